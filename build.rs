@@ -1,0 +1,29 @@
+//! Compiles the protos in pure Rust (protox; no system protoc), generates the
+//! tonic/prost code, proto3-JSON serde impls (pbjson) and the descriptor set
+//! served by gRPC reflection.
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let files = [
+        "proto/popgw/registry/v1/registry.proto",
+        "proto/popgw/v1/gateway.proto",
+        "proto/popgw/v1/audit.proto",
+    ];
+    let fds = protox::compile(files, ["proto"])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    let bytes = fds.encode_to_vec();
+    fs::write(out.join("popgw_descriptor.bin"), &bytes)?;
+
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+
+    pbjson_build::Builder::new()
+        .register_descriptors(&bytes)?
+        .build(&[".popgw"])?;
+    Ok(())
+}

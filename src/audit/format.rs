@@ -1,0 +1,232 @@
+//! Byte-level format helpers shared by the writer, the readers and the verifier.
+
+use super::{AuditError, Checkpoint, RecordBody};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub(crate) const ZERO_HASH: [u8; 32] = [0; 32];
+pub(crate) const CHECKPOINTS_FILE: &str = "checkpoints.log";
+pub(crate) const PUBKEY_FILE: &str = "audit-signing.pub";
+
+/// One segment removed by retention.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemovedSegment {
+    pub file: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Hash of record `last_seq`.
+    pub last_hash: String,
+}
+
+/// A signed note that whole segments were deleted on purpose.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetentionNote {
+    pub removed: Vec<RemovedSegment>,
+    pub time_unix_ms: i64,
+    pub node: String,
+    pub signature: String,
+}
+
+/// One line of `checkpoints.log`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub(crate) enum LogEntry {
+    Checkpoint(Checkpoint),
+    Retention(RetentionNote),
+}
+
+pub(crate) fn segment_name(first_seq: u64) -> String {
+    format!("audit-{first_seq:020}.log")
+}
+
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("audit-")?.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Segments of `dir`, sorted by first seq.
+pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(seq) = entry.file_name().to_str().and_then(parse_segment_name) {
+            if entry.file_type()?.is_file() {
+                out.push((seq, entry.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub(crate) fn record_hash(prev: &[u8; 32], json: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(json);
+    h.finalize().into()
+}
+
+/// Decodes exactly 64 lowercase hex characters.
+pub(crate) fn decode_hash(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
+/// A parsed record line (without its `\n`).
+pub(crate) struct ParsedLine {
+    pub hash: String,
+    pub json: String,
+    pub body: RecordBody,
+}
+
+pub(crate) fn parse_line(line: &[u8]) -> Result<ParsedLine, String> {
+    let text = std::str::from_utf8(line).map_err(|_| "line is not UTF-8".to_string())?;
+    let (hash, json) = text
+        .split_once(' ')
+        .ok_or_else(|| "line has no space between hash and JSON".to_string())?;
+    if decode_hash(hash).is_none() {
+        return Err("hash is not 64 lowercase hex characters".into());
+    }
+    let body: RecordBody =
+        serde_json::from_str(json).map_err(|e| format!("record JSON does not parse: {e}"))?;
+    Ok(ParsedLine {
+        hash: hash.to_string(),
+        json: json.to_string(),
+        body,
+    })
+}
+
+/// Splits into complete `\n`-terminated lines (offset, line without `\n`);
+/// returns them and the offset where an unterminated tail starts
+/// (`bytes.len()` if there is none).
+pub(crate) fn split_lines(bytes: &[u8]) -> (Vec<(usize, &[u8])>, usize) {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    while let Some(pos) = bytes[start..].iter().position(|&b| b == b'\n') {
+        lines.push((start, &bytes[start..start + pos]));
+        start += pos + 1;
+    }
+    (lines, start)
+}
+
+pub(crate) fn checkpoint_message(
+    seq: u64,
+    head_hash: &str,
+    time_unix_ms: i64,
+    node: &str,
+) -> Vec<u8> {
+    format!("popgw-audit-checkpoint-v1\n{seq}\n{head_hash}\n{time_unix_ms}\n{node}").into_bytes()
+}
+
+pub(crate) fn retention_message(
+    removed: &[RemovedSegment],
+    time_unix_ms: i64,
+    node: &str,
+) -> Vec<u8> {
+    let mut s = format!(
+        "popgw-audit-retention-v1\n{time_unix_ms}\n{node}\n{}",
+        removed.len()
+    );
+    for r in removed {
+        s.push_str(&format!(
+            "\n{}\n{}\n{}\n{}",
+            r.file, r.first_seq, r.last_seq, r.last_hash
+        ));
+    }
+    s.into_bytes()
+}
+
+pub(crate) fn sign_checkpoint(
+    key: &SigningKey,
+    seq: u64,
+    head_hash: String,
+    time_unix_ms: i64,
+    node: &str,
+) -> Checkpoint {
+    let sig = key.sign(&checkpoint_message(seq, &head_hash, time_unix_ms, node));
+    Checkpoint {
+        seq,
+        head_hash,
+        time_unix_ms,
+        node: node.to_string(),
+        signature: hex::encode(sig.to_bytes()),
+    }
+}
+
+pub(crate) fn sign_retention(
+    key: &SigningKey,
+    removed: Vec<RemovedSegment>,
+    time_unix_ms: i64,
+    node: &str,
+) -> RetentionNote {
+    let sig = key.sign(&retention_message(&removed, time_unix_ms, node));
+    RetentionNote {
+        removed,
+        time_unix_ms,
+        node: node.to_string(),
+        signature: hex::encode(sig.to_bytes()),
+    }
+}
+
+fn check_sig(key: &VerifyingKey, msg: &[u8], sig_hex: &str) -> Result<(), String> {
+    let mut raw = [0u8; 64];
+    if sig_hex.len() != 128 || hex::decode_to_slice(sig_hex, &mut raw).is_err() {
+        return Err("signature is not 128 hex characters".into());
+    }
+    key.verify(msg, &Signature::from_bytes(&raw))
+        .map_err(|_| "signature does not verify".to_string())
+}
+
+pub(crate) fn verify_entry(key: &VerifyingKey, entry: &LogEntry) -> Result<(), String> {
+    match entry {
+        LogEntry::Checkpoint(c) => check_sig(
+            key,
+            &checkpoint_message(c.seq, &c.head_hash, c.time_unix_ms, &c.node),
+            &c.signature,
+        ),
+        LogEntry::Retention(r) => check_sig(
+            key,
+            &retention_message(&r.removed, r.time_unix_ms, &r.node),
+            &r.signature,
+        ),
+    }
+}
+
+/// `(line number, entry)` pairs and an optional torn tail `(offset, length)`.
+pub(crate) type LogEntries = (Vec<(usize, LogEntry)>, Option<(usize, usize)>);
+
+/// Parsed `checkpoints.log` entries (1-based line numbers) and the offset of
+/// a torn (unterminated) final line, if any. A missing file is empty.
+pub(crate) fn read_log_entries(dir: &Path) -> Result<LogEntries, AuditError> {
+    let path = dir.join(CHECKPOINTS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
+        Err(e) => return Err(e.into()),
+    };
+    let (lines, tail) = split_lines(&bytes);
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, (_, line)) in lines.iter().enumerate() {
+        let entry: LogEntry = serde_json::from_slice(line)
+            .map_err(|e| AuditError::Corrupt(format!("{}: line {}: {e}", path.display(), i + 1)))?;
+        out.push((i + 1, entry));
+    }
+    let torn = (tail < bytes.len()).then_some((tail, bytes.len() - tail));
+    Ok((out, torn))
+}
+
+/// fsync a directory so that file creations, renames and removals in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

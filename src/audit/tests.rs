@@ -1,0 +1,456 @@
+use super::*;
+use ed25519_dalek::SigningKey;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[7u8; 32])
+}
+
+fn cfg(dir: &Path) -> AuditConfig {
+    let mut c = AuditConfig::new(dir, "node-a");
+    // Only count-based and shutdown checkpoints in tests: no timing dependence.
+    c.checkpoint_interval = Duration::from_secs(3600);
+    c
+}
+
+fn entry(i: usize) -> AuditEntry {
+    AuditEntry {
+        request_id: format!("req-{i}"),
+        client: "portal-tax".into(),
+        rpc: "/popgw.v1.Population/GetPerson".into(),
+        procedure: "tax-assessment".into(),
+        case_id: format!("case-{i}"),
+        subject: Pseudonymizer::new([1; 32]).pseudonym(&format!("1980010{i}")),
+        fields: vec!["name".into(), "address".into()],
+        outcome: "OK".into(),
+        code: "Ok".into(),
+        rule: "tax-basic".into(),
+        cache: "miss".into(),
+        latency_us: 1234,
+        detail: String::new(),
+    }
+}
+
+async fn fill(dir: &Path, c: AuditConfig, n: usize) -> AuditLog {
+    let log = AuditLog::open(c, key()).unwrap();
+    for i in 0..n {
+        log.append(entry(i)).await.unwrap();
+    }
+    let _ = dir;
+    log
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    format::list_segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// Rewrites the lines (without '\n') of a file.
+fn edit_lines(path: &Path, f: impl FnOnce(&mut Vec<String>)) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    f(&mut lines);
+    let mut out = lines.join("\n");
+    out.push('\n');
+    std::fs::write(path, out).unwrap();
+}
+
+fn assert_contiguous(recs: &[StoredRecord], from: u64) {
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r.body.seq, from + i as u64);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_are_all_durable_contiguous_and_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(cfg(tmp.path()), key()).unwrap();
+    let mut rx = log.subscribe();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move { log.append(entry(i)).await }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap().unwrap().seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+    assert_eq!(log.last_seq(), 200);
+    // Every committed record is broadcast, in order.
+    for s in 1..=200 {
+        assert_eq!(rx.recv().await.unwrap().body.seq, s);
+    }
+    log.shutdown().await;
+    log.shutdown().await; // idempotent
+    assert!(matches!(
+        log.append(entry(0)).await,
+        Err(AuditError::Closed)
+    ));
+    let head = log.head().unwrap();
+    assert_eq!(head.seq, 200);
+
+    let log = AuditLog::open(cfg(tmp.path()), key()).unwrap();
+    assert_eq!(log.last_seq(), 200);
+    log.shutdown().await;
+    let recs = read_records(tmp.path()).unwrap();
+    assert_eq!(recs.len(), 200);
+    assert_contiguous(&recs, 1);
+    assert_eq!(recs[0].body.prev, "0".repeat(64));
+    assert!(recs.iter().all(|r| r.body.node == "node-a"));
+    let rep = verify_dir(tmp.path(), None).unwrap();
+    assert_eq!(rep.records, 200);
+    assert_eq!(rep.last_seq, 200);
+    assert_eq!(rep.head_hash, recs[199].hash);
+    assert!(rep.checkpoints >= 2);
+    let cps = read_checkpoints(tmp.path()).unwrap();
+    assert_eq!(cps.last().unwrap().seq, 200);
+    // A verifier with the wrong key rejects the signatures.
+    let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
+    assert!(verify_dir(tmp.path(), Some(&other)).is_err());
+    assert!(verify_dir(tmp.path(), Some(&key().verifying_key())).is_ok());
+}
+
+#[tokio::test]
+async fn record_line_format_is_hash_space_json_in_documented_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = fill(tmp.path(), cfg(tmp.path()), 2).await;
+    log.shutdown().await;
+    let text = std::fs::read_to_string(&segments(tmp.path())[0]).unwrap();
+    let first = text.lines().next().unwrap();
+    let (hash, json) = first.split_once(' ').unwrap();
+    assert_eq!(hash.len(), 64);
+    let keys = [
+        "seq",
+        "time_unix_ms",
+        "node",
+        "request_id",
+        "client",
+        "rpc",
+        "procedure",
+        "case_id",
+        "subject",
+        "fields",
+        "outcome",
+        "code",
+        "rule",
+        "cache",
+        "latency_us",
+        "detail",
+        "prev",
+    ];
+    let mut pos = 0;
+    for k in keys {
+        let at = json[pos..].find(&format!("\"{k}\":")).unwrap() + pos;
+        pos = at;
+    }
+    // Independent hash: SHA-256(32 zero bytes || json).
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update([0u8; 32]);
+    h.update(json.as_bytes());
+    assert_eq!(hex::encode(h.finalize()), hash);
+    assert_eq!(
+        segments(tmp.path())[0].file_name().unwrap(),
+        "audit-00000000000000000001.log"
+    );
+    let pubhex = std::fs::read_to_string(tmp.path().join("audit-signing.pub")).unwrap();
+    assert_eq!(pubhex.trim(), hex::encode(key().verifying_key().to_bytes()));
+}
+
+#[tokio::test]
+async fn edited_record_is_detected_at_its_seq() {
+    let tmp = tempfile::tempdir().unwrap();
+    fill(tmp.path(), cfg(tmp.path()), 10).await.shutdown().await;
+    let seg = &segments(tmp.path())[0];
+    edit_lines(seg, |l| {
+        l[4] = l[4].replace("\"outcome\":\"OK\"", "\"outcome\":\"DENIED\"")
+    });
+    let err = verify_dir(tmp.path(), None).unwrap_err();
+    assert_eq!(err.seq, 5);
+    assert_eq!(&err.file, seg);
+    assert!(err.reason.contains("hash mismatch"), "{err}");
+}
+
+#[tokio::test]
+async fn edited_record_with_recomputed_hash_breaks_the_next_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    fill(tmp.path(), cfg(tmp.path()), 10).await.shutdown().await;
+    let seg = &segments(tmp.path())[0];
+    let recs = read_records(tmp.path()).unwrap();
+    edit_lines(seg, |l| {
+        let json = recs[4]
+            .json
+            .replace("\"outcome\":\"OK\"", "\"outcome\":\"DENIED\"");
+        let prev = format::decode_hash(&recs[4].body.prev).unwrap();
+        let h = hex::encode(format::record_hash(&prev, json.as_bytes()));
+        l[4] = format!("{h} {json}");
+    });
+    let err = verify_dir(tmp.path(), None).unwrap_err();
+    assert_eq!(err.seq, 6, "{err}");
+}
+
+#[tokio::test]
+async fn deleted_record_is_detected() {
+    let tmp = tempfile::tempdir().unwrap();
+    fill(tmp.path(), cfg(tmp.path()), 10).await.shutdown().await;
+    edit_lines(&segments(tmp.path())[0], |l| {
+        l.remove(3); // seq 4
+    });
+    let err = verify_dir(tmp.path(), None).unwrap_err();
+    assert_eq!(err.seq, 5, "{err}");
+    assert!(err.reason.contains("expected seq 4"), "{err}");
+}
+
+#[tokio::test]
+async fn swapped_records_are_detected() {
+    let tmp = tempfile::tempdir().unwrap();
+    fill(tmp.path(), cfg(tmp.path()), 10).await.shutdown().await;
+    edit_lines(&segments(tmp.path())[0], |l| l.swap(2, 3));
+    let err = verify_dir(tmp.path(), None).unwrap_err();
+    assert_eq!(err.seq, 4, "{err}");
+}
+
+#[tokio::test]
+async fn tail_cut_behind_a_checkpoint_is_detected_and_open_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    fill(tmp.path(), cfg(tmp.path()), 10).await.shutdown().await;
+    edit_lines(&segments(tmp.path())[0], |l| l.truncate(7));
+    let err = verify_dir(tmp.path(), None).unwrap_err();
+    assert_eq!(err.seq, 8, "{err}");
+    assert!(err.reason.contains("checkpoint covers seq 10"), "{err}");
+    // The writer will not paper over it by continuing the chain.
+    assert!(matches!(
+        AuditLog::open(cfg(tmp.path()), key()),
+        Err(AuditError::Corrupt(_))
+    ));
+}
+
+#[tokio::test]
+async fn forged_checkpoint_signature_is_detected() {
+    let tmp = tempfile::tempdir().unwrap();
+    fill(tmp.path(), cfg(tmp.path()), 3).await.shutdown().await;
+    edit_lines(&tmp.path().join("checkpoints.log"), |l| {
+        let last = l.last_mut().unwrap();
+        *last = last.replace("\"seq\":3", "\"seq\":2");
+    });
+    let err = verify_dir(tmp.path(), None).unwrap_err();
+    assert!(err.reason.contains("signature"), "{err}");
+    assert_eq!(err.file, tmp.path().join("checkpoints.log"));
+}
+
+#[tokio::test]
+async fn torn_tail_is_cut_on_open_recorded_and_chain_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = fill(tmp.path(), cfg(tmp.path()), 10).await;
+    log.crash().await; // no final checkpoint, as after a power cut
+    let seg = segments(tmp.path())[0].clone();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    // Cut record 10 in the middle of its line.
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(len - 40).unwrap();
+    drop(f);
+
+    let log = AuditLog::open(cfg(tmp.path()), key()).unwrap();
+    assert_eq!(log.last_seq(), 10, "recovery record takes seq 10");
+    let c = log.append(entry(99)).await.unwrap();
+    assert_eq!(c.seq, 11);
+    log.shutdown().await;
+
+    let recs = read_records(tmp.path()).unwrap();
+    assert_eq!(recs.len(), 11);
+    assert_contiguous(&recs, 1);
+    let rec = &recs[9].body;
+    assert_eq!(rec.rpc, "audit.recovery");
+    assert_eq!(rec.outcome, "TORN_TAIL_CUT");
+    assert!(
+        rec.detail.contains("after last intact seq 9"),
+        "{}",
+        rec.detail
+    );
+    let cut: u64 = rec
+        .detail
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(cut > 0);
+    assert_eq!(rec.prev, recs[8].hash);
+    let rep = verify_dir(tmp.path(), None).unwrap();
+    assert_eq!(rep.last_seq, 11);
+}
+
+#[tokio::test]
+async fn unterminated_line_is_ignored_by_readers_until_recovery() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = fill(tmp.path(), cfg(tmp.path()), 3).await;
+    log.crash().await;
+    let seg = segments(tmp.path())[0].clone();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    std::io::Write::write_all(&mut f, b"0123abcd {\"seq\":4,\"ti").unwrap();
+    drop(f);
+    assert_eq!(read_records(tmp.path()).unwrap().len(), 3);
+    assert_eq!(verify_dir(tmp.path(), None).unwrap().last_seq, 3);
+    let log = AuditLog::open(cfg(tmp.path()), key()).unwrap();
+    log.shutdown().await;
+    let recs = read_records(tmp.path()).unwrap();
+    assert_eq!(recs[3].body.outcome, "TORN_TAIL_CUT");
+    verify_dir(tmp.path(), None).unwrap();
+}
+
+#[tokio::test]
+async fn write_error_fails_closed_and_restart_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = fill(tmp.path(), cfg(tmp.path()), 5).await;
+    assert!(!log.is_failed());
+    log.inject_io_error();
+    let err = log.append(entry(5)).await.unwrap_err();
+    assert!(matches!(err, AuditError::Io(_)), "{err}");
+    assert!(log.is_failed());
+    for i in 0..3 {
+        assert!(matches!(
+            log.append(entry(i)).await,
+            Err(AuditError::Failed)
+        ));
+    }
+    assert_eq!(log.last_seq(), 5);
+    log.shutdown().await;
+
+    // Restart: the half-written record is cut, the chain continues.
+    let log = AuditLog::open(cfg(tmp.path()), key()).unwrap();
+    assert!(!log.is_failed());
+    assert_eq!(log.append(entry(7)).await.unwrap().seq, 7);
+    log.shutdown().await;
+    let recs = read_records(tmp.path()).unwrap();
+    assert_contiguous(&recs, 1);
+    assert_eq!(recs[5].body.outcome, "TORN_TAIL_CUT");
+    assert_eq!(recs[6].body.request_id, "req-7");
+    verify_dir(tmp.path(), None).unwrap();
+}
+
+#[tokio::test]
+async fn size_rotation_makes_several_segments_that_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = cfg(tmp.path());
+    c.segment_max_bytes = 2048;
+    c.checkpoint_every_records = 7;
+    let log = fill(tmp.path(), c.clone(), 60).await;
+    log.shutdown().await;
+    let segs = segments(tmp.path());
+    assert!(segs.len() >= 4, "{} segments", segs.len());
+    let recs = read_records(tmp.path()).unwrap();
+    assert_eq!(recs.len(), 60);
+    assert_contiguous(&recs, 1);
+    // Each segment is named after its first record.
+    for s in &segs {
+        let first = recs.iter().find(|r| &r.file == s).unwrap();
+        assert_eq!(
+            s.file_name().unwrap().to_str().unwrap(),
+            format!("audit-{:020}.log", first.body.seq)
+        );
+    }
+    let rep = verify_dir(tmp.path(), None).unwrap();
+    assert_eq!(rep.segments, segs.len());
+    assert!(rep.checkpoints >= 8);
+
+    // Removing a middle segment is detected.
+    std::fs::remove_file(&segs[1]).unwrap();
+    let err = verify_dir(tmp.path(), None).unwrap_err();
+    assert_eq!(err.file, segs[2]);
+}
+
+#[tokio::test]
+async fn retention_removes_old_segments_with_a_signed_note_and_verify_passes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = cfg(tmp.path());
+    c.segment_max_bytes = 2048;
+    fill(tmp.path(), c.clone(), 40).await.shutdown().await;
+    let before = segments(tmp.path());
+    assert!(before.len() >= 3);
+
+    // Everything but the current segment is older than a zero retention.
+    c.retention = Some(Duration::ZERO);
+    let log = AuditLog::open(c.clone(), key()).unwrap();
+    let after = segments(tmp.path());
+    assert_eq!(after, vec![before.last().unwrap().clone()]);
+    log.append(entry(40)).await.unwrap();
+    log.shutdown().await;
+
+    let log_text = std::fs::read_to_string(tmp.path().join("checkpoints.log")).unwrap();
+    assert!(log_text.contains("\"kind\":\"retention\""));
+    let recs = read_records(tmp.path()).unwrap();
+    assert!(recs[0].body.seq > 1);
+    assert_eq!(recs.last().unwrap().body.seq, 41);
+    let rep = verify_dir(tmp.path(), None).unwrap();
+    assert_eq!(rep.last_seq, 41);
+    assert_eq!(rep.records, recs.len() as u64);
+
+    // Without the note, the missing start is detected.
+    edit_lines(&tmp.path().join("checkpoints.log"), |l| {
+        l.retain(|x| !x.contains("\"kind\":\"retention\""))
+    });
+    let err = verify_dir(tmp.path(), None).unwrap_err();
+    assert_eq!(err.seq, recs[0].body.seq);
+}
+
+#[tokio::test]
+async fn buffered_mode_appends_and_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = cfg(tmp.path());
+    c.durability = Durability::Buffered;
+    c.checkpoint_every_records = 5;
+    let log = fill(tmp.path(), c, 12).await;
+    assert_eq!(log.head().unwrap().seq, 10);
+    log.shutdown().await;
+    assert_eq!(verify_dir(tmp.path(), None).unwrap().last_seq, 12);
+}
+
+#[tokio::test]
+async fn a_different_signing_key_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    fill(tmp.path(), cfg(tmp.path()), 1).await.shutdown().await;
+    let other = SigningKey::from_bytes(&[9u8; 32]);
+    assert!(matches!(
+        AuditLog::open(cfg(tmp.path()), other),
+        Err(AuditError::Corrupt(_))
+    ));
+}
+
+#[test]
+fn keys_are_created_once_with_private_permissions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("audit.key");
+    let k1 = load_or_create_signing_key(&p).unwrap();
+    let k2 = load_or_create_signing_key(&p).unwrap();
+    assert_eq!(k1.to_bytes(), k2.to_bytes());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let q = tmp.path().join("pseudonym.key");
+    let a = Pseudonymizer::load_or_create(&q).unwrap();
+    let b = Pseudonymizer::load_or_create(&q).unwrap();
+    assert_eq!(a.pseudonym("x"), b.pseudonym("x"));
+}
+
+#[test]
+fn pseudonyms_are_stable_keyed_and_hide_the_id() {
+    let id = "19800101-1234";
+    let a = Pseudonymizer::new([1; 32]);
+    let b = Pseudonymizer::new([2; 32]);
+    assert_eq!(a.pseudonym(id), Pseudonymizer::new([1; 32]).pseudonym(id));
+    assert_ne!(a.pseudonym(id), b.pseudonym(id));
+    assert_ne!(a.pseudonym(id), a.pseudonym("19800101-1235"));
+    let p = a.pseudonym(id);
+    assert_eq!(p.len(), 64);
+    assert!(!p.contains(id) && !p.contains("19800101"));
+    assert!(!format!("{a:?}").contains(&hex::encode([1u8; 32])));
+}

@@ -1,0 +1,305 @@
+//! Readers and the independent verifier.
+
+use super::format::{
+    decode_hash, list_segments, parse_line, read_log_entries, record_hash, split_lines,
+    verify_entry, LogEntry, RemovedSegment, CHECKPOINTS_FILE, PUBKEY_FILE, ZERO_HASH,
+};
+use super::{AuditError, Checkpoint, StoredRecord};
+use ed25519_dalek::VerifyingKey;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// All records of all segments, in order. An unterminated final line of the
+/// last segment (a write in progress or a torn write) is not returned.
+/// Parses only; use [`verify_dir`] to check the chain.
+pub fn read_records(dir: &Path) -> Result<Vec<StoredRecord>, AuditError> {
+    let segments = list_segments(dir)?;
+    let mut out = Vec::new();
+    for (i, (_, path)) in segments.iter().enumerate() {
+        let bytes = std::fs::read(path)?;
+        let (lines, tail) = split_lines(&bytes);
+        if tail < bytes.len() && i + 1 < segments.len() {
+            return Err(AuditError::Corrupt(format!(
+                "{}: unterminated last line",
+                path.display()
+            )));
+        }
+        for (offset, line) in lines {
+            let p = parse_line(line).map_err(|e| {
+                AuditError::Corrupt(format!("{}: offset {offset}: {e}", path.display()))
+            })?;
+            out.push(StoredRecord {
+                body: p.body,
+                hash: p.hash,
+                json: p.json,
+                file: path.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// All signed checkpoints (not retention notes) in `checkpoints.log`, oldest
+/// first. Signatures are not checked here.
+pub fn read_checkpoints(dir: &Path) -> Result<Vec<Checkpoint>, AuditError> {
+    let (entries, _) = read_log_entries(dir)?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            LogEntry::Checkpoint(c) => Some(c),
+            LogEntry::Retention(_) => None,
+        })
+        .collect())
+}
+
+/// Summary of a successful verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Records present (not counting those removed by retention).
+    pub records: u64,
+    pub segments: usize,
+    /// Signed checkpoints checked (retention notes not counted).
+    pub checkpoints: usize,
+    pub last_seq: u64,
+    pub head_hash: String,
+}
+
+/// The first problem found: the seq of the first bad (or missing) record and
+/// the file it is in (or `checkpoints.log` / `audit-signing.pub`).
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: record {seq}: {reason}", file = file.display())]
+pub struct VerifyFailure {
+    pub seq: u64,
+    pub file: PathBuf,
+    pub reason: String,
+}
+
+fn fail(seq: u64, file: &Path, reason: impl Into<String>) -> VerifyFailure {
+    VerifyFailure {
+        seq,
+        file: file.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn read_pubkey(dir: &Path) -> Result<VerifyingKey, VerifyFailure> {
+    let path = dir.join(PUBKEY_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| fail(0, &path, format!("cannot read public key: {e}")))?;
+    let mut raw = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut raw)
+        .map_err(|_| fail(0, &path, "public key is not 64 hex characters"))?;
+    VerifyingKey::from_bytes(&raw).map_err(|_| fail(0, &path, "not a valid ed25519 public key"))
+}
+
+/// Verifies the whole directory: every record's hash, seq and prev link,
+/// segment names, every checkpoint and retention signature, that every
+/// checkpoint still matches the log, and that records missing at the start are
+/// explained by signed retention notes. `pubkey` None reads
+/// `audit-signing.pub` from `dir` (pin the key out of band when you can).
+pub fn verify_dir(
+    dir: &Path,
+    pubkey: Option<&VerifyingKey>,
+) -> Result<VerifyReport, VerifyFailure> {
+    let key = match pubkey {
+        Some(k) => *k,
+        None => read_pubkey(dir)?,
+    };
+    let ckpt_path = dir.join(CHECKPOINTS_FILE);
+    let (entries, _) = read_log_entries(dir).map_err(|e| fail(0, &ckpt_path, e.to_string()))?;
+
+    // 1. Every signature.
+    let mut checkpoints: HashMap<u64, Vec<String>> = HashMap::new();
+    let mut max_ckpt: Option<u64> = None;
+    let mut n_ckpt = 0usize;
+    let mut removed: Vec<RemovedSegment> = Vec::new();
+    for (line, entry) in &entries {
+        let seq = match entry {
+            LogEntry::Checkpoint(c) => c.seq,
+            LogEntry::Retention(r) => r.removed.iter().map(|s| s.last_seq).max().unwrap_or(0),
+        };
+        verify_entry(&key, entry)
+            .map_err(|e| fail(seq, &ckpt_path, format!("checkpoints.log line {line}: {e}")))?;
+        match entry {
+            LogEntry::Checkpoint(c) => {
+                n_ckpt += 1;
+                checkpoints
+                    .entry(c.seq)
+                    .or_default()
+                    .push(c.head_hash.clone());
+                max_ckpt = max_ckpt.max(Some(c.seq));
+            }
+            LogEntry::Retention(r) => removed.extend(r.removed.iter().cloned()),
+        }
+    }
+    let check_ckpt = |seq: u64, hash: &str, file: &Path| -> Result<(), VerifyFailure> {
+        match checkpoints.get(&seq) {
+            Some(hs) if hs.iter().any(|h| h != hash) => Err(fail(
+                seq,
+                file,
+                format!("hash {hash} differs from the signed checkpoint for this seq"),
+            )),
+            _ => Ok(()),
+        }
+    };
+
+    // 2. The chain.
+    let segments = list_segments(dir).map_err(|e| fail(0, dir, e.to_string()))?;
+    let mut prev: Option<[u8; 32]> = None;
+    let mut expect: Option<u64> = None;
+    let mut first_seq_seen: Option<u64> = None;
+    let mut records = 0u64;
+    for (i, (name_seq, path)) in segments.iter().enumerate() {
+        if let Some(e) = expect {
+            if *name_seq != e {
+                return Err(fail(
+                    e,
+                    path,
+                    format!("segment name says first seq {name_seq}, expected {e} (segment missing or renamed?)"),
+                ));
+            }
+        }
+        let bytes = std::fs::read(path)
+            .map_err(|e| fail(expect.unwrap_or(*name_seq), path, e.to_string()))?;
+        let (lines, tail) = split_lines(&bytes);
+        if tail < bytes.len() {
+            if i + 1 < segments.len() {
+                return Err(fail(
+                    expect.unwrap_or(*name_seq) + lines.len() as u64,
+                    path,
+                    "unterminated line at the end of a segment that is not the last",
+                ));
+            }
+            tracing::warn!(file = %path.display(), bytes = bytes.len() - tail,
+                "audit verify: ignoring unterminated last line (write in progress or torn write)");
+        }
+        let mut seg_expect = expect.unwrap_or(*name_seq);
+        for (offset, line) in lines {
+            let p = parse_line(line).map_err(|e| {
+                fail(
+                    seg_expect,
+                    path,
+                    format!("unreadable record at offset {offset}: {e}"),
+                )
+            })?;
+            let b = &p.body;
+            let chain_prev = match prev {
+                Some(h) => h,
+                None => {
+                    // The first surviving record.
+                    let stated = decode_hash(&b.prev)
+                        .ok_or_else(|| fail(b.seq, path, "prev is not 64 lowercase hex"))?;
+                    if b.seq == 1 {
+                        if stated != ZERO_HASH {
+                            return Err(fail(1, path, "first record's prev is not all zeros"));
+                        }
+                    } else {
+                        check_retention(&removed, b.seq, &b.prev)
+                            .map_err(|r| fail(b.seq, path, r))?;
+                    }
+                    first_seq_seen = Some(b.seq);
+                    stated
+                }
+            };
+            if b.seq != seg_expect {
+                return Err(fail(
+                    b.seq,
+                    path,
+                    format!("out of order: expected seq {seg_expect} here (record missing, reordered or inserted)"),
+                ));
+            }
+            let h = record_hash(&chain_prev, p.json.as_bytes());
+            let hh = hex::encode(h);
+            if hh != p.hash {
+                return Err(fail(b.seq, path, "hash mismatch: record was modified"));
+            }
+            if b.prev != hex::encode(chain_prev) {
+                return Err(fail(
+                    b.seq,
+                    path,
+                    "prev does not match the previous record's hash",
+                ));
+            }
+            check_ckpt(b.seq, &p.hash, path)?;
+            prev = Some(h);
+            seg_expect += 1;
+            records += 1;
+        }
+        expect = Some(seg_expect);
+    }
+
+    let last_seq = expect.map(|e| e - 1).unwrap_or(0);
+    let head_hash = hex::encode(prev.unwrap_or(ZERO_HASH));
+    if prev.is_none() && last_seq > 0 {
+        // Only empty segments survive: retention notes must explain the rest.
+        check_retention(&removed, last_seq + 1, "")
+            .map_err(|r| fail(last_seq + 1, &segments[0].1, r))?;
+    }
+    check_ckpt(0, &hex::encode(ZERO_HASH), &ckpt_path)?;
+
+    // 3. No checkpoint may name a record that no longer exists.
+    if let Some(max) = max_ckpt {
+        if max > last_seq {
+            let file = segments
+                .last()
+                .map(|s| s.1.clone())
+                .unwrap_or(ckpt_path.clone());
+            return Err(fail(
+                last_seq + 1,
+                &file,
+                format!("record missing: a signed checkpoint covers seq {max} but the log ends at seq {last_seq} (tail cut)"),
+            ));
+        }
+    }
+    let first = first_seq_seen.unwrap_or(last_seq + 1);
+    for seq in checkpoints.keys() {
+        if *seq > 0
+            && *seq < first
+            && !removed
+                .iter()
+                .any(|r| r.first_seq <= *seq && *seq <= r.last_seq)
+        {
+            return Err(fail(*seq, &ckpt_path, "checkpointed record is missing"));
+        }
+    }
+
+    Ok(VerifyReport {
+        records,
+        segments: segments.len(),
+        checkpoints: n_ckpt,
+        last_seq,
+        head_hash,
+    })
+}
+
+/// Records 1 ..= first-1 must be covered by signed retention notes, the last
+/// of which hands over to `prev` (skipped if `prev` is empty).
+fn check_retention(removed: &[RemovedSegment], first: u64, prev: &str) -> Result<(), String> {
+    let mut ranges: Vec<(u64, u64)> = removed.iter().map(|r| (r.first_seq, r.last_seq)).collect();
+    ranges.sort_unstable();
+    let mut covered = 0u64;
+    for (a, b) in ranges {
+        if a > covered + 1 {
+            break;
+        }
+        covered = covered.max(b);
+    }
+    if covered + 1 < first {
+        return Err(format!(
+            "records {}..={} are missing and no signed retention note removed them",
+            covered + 1,
+            first - 1
+        ));
+    }
+    if !prev.is_empty()
+        && !removed
+            .iter()
+            .any(|r| r.last_seq + 1 == first && r.last_hash == prev)
+    {
+        return Err(format!(
+            "prev does not match the last_hash of the retention note that removed seq {}",
+            first - 1
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,782 @@
+//! The group-commit writer thread, recovery on open, rotation, checkpoints and
+//! retention.
+
+use super::format::{
+    decode_hash, list_segments, parse_line, read_log_entries, record_hash, segment_name,
+    sign_checkpoint, sign_retention, split_lines, sync_dir, LogEntry, RemovedSegment,
+    CHECKPOINTS_FILE, PUBKEY_FILE, ZERO_HASH,
+};
+use super::{
+    AuditConfig, AuditEntry, AuditError, Checkpoint, Committed, Durability, RecordBody,
+    StoredRecord,
+};
+use ed25519_dalek::SigningKey;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, oneshot, watch};
+
+type Reply = oneshot::Sender<Result<Committed, AuditError>>;
+
+enum Msg {
+    Append(Box<AuditEntry>, Reply),
+    Shutdown(oneshot::Sender<()>),
+    /// Test only: stop as if the process had crashed (no final checkpoint).
+    #[cfg(test)]
+    Crash(oneshot::Sender<()>),
+}
+
+/// State shared between the handles and the writer thread.
+struct Shared {
+    failed: AtomicBool,
+    inject: AtomicBool,
+    last_seq: AtomicU64,
+    batches: AtomicU64,
+    batched_records: AtomicU64,
+    head: Mutex<Option<Checkpoint>>,
+    bcast: broadcast::Sender<Arc<StoredRecord>>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    done: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+}
+
+/// Handle to the audit log of one node. Cheap to clone; all clones share one
+/// writer thread. Dropping the last clone stops the writer like
+/// [`AuditLog::shutdown`] (without waiting for it).
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log directory, recovers a torn tail, and spawns
+    /// the writer thread. Blocking; call it at startup.
+    pub fn open(cfg: AuditConfig, key: SigningKey) -> Result<AuditLog, AuditError> {
+        if cfg.node.contains('\n') {
+            return Err(AuditError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "audit node id may not contain a newline",
+            )));
+        }
+        std::fs::create_dir_all(&cfg.dir)?;
+        sync_dir(&cfg.dir)?;
+        if let Some(parent) = cfg.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+        ensure_pubkey(&cfg.dir, &key)?;
+
+        let (bcast, _) = broadcast::channel(16384);
+        let shared = Arc::new(Shared {
+            failed: AtomicBool::new(false),
+            inject: AtomicBool::new(false),
+            last_seq: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            batched_records: AtomicU64::new(0),
+            head: Mutex::new(None),
+            bcast,
+        });
+        let mut writer = Writer::recover(cfg, key, shared.clone())?;
+        writer.apply_retention(now_ms())?;
+
+        let (tx, rx) = mpsc::channel();
+        let (done_tx, done_rx) = watch::channel(false);
+        let dir = writer.cfg.dir.clone();
+        std::thread::Builder::new()
+            .name("popgw-audit-writer".into())
+            .spawn(move || {
+                writer.run(rx);
+                drop(writer);
+                let _ = done_tx.send(true);
+            })?;
+        Ok(AuditLog {
+            inner: Arc::new(Inner {
+                dir,
+                tx: Mutex::new(Some(tx)),
+                done: done_rx,
+                shared,
+            }),
+        })
+    }
+
+    /// Queues the record and resolves once it is durable (per the configured
+    /// [`Durability`]). If the future is dropped early the record is still
+    /// written.
+    pub async fn append(&self, entry: AuditEntry) -> Result<Committed, AuditError> {
+        if self.is_failed() {
+            return Err(AuditError::Failed);
+        }
+        let (reply, rx) = oneshot::channel();
+        {
+            let tx = lock(&self.inner.tx);
+            match tx.as_ref() {
+                Some(tx) if tx.send(Msg::Append(Box::new(entry), reply)).is_ok() => {}
+                _ => return Err(AuditError::Closed),
+            }
+        }
+        match rx.await {
+            Ok(r) => r,
+            Err(_) if self.is_failed() => Err(AuditError::Failed),
+            Err(_) => Err(AuditError::Closed),
+        }
+    }
+
+    /// Every record committed from now on (lagging receivers lose records).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredRecord>> {
+        self.inner.shared.bcast.subscribe()
+    }
+
+    /// The latest signed checkpoint.
+    pub fn head(&self) -> Option<Checkpoint> {
+        lock(&self.inner.shared.head).clone()
+    }
+
+    /// The last durable seq (0 if the log is empty).
+    pub fn last_seq(&self) -> u64 {
+        self.inner.shared.last_seq.load(Ordering::Acquire)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.inner.shared.failed.load(Ordering::Acquire)
+    }
+
+    /// Writes every queued record, signs a final checkpoint and stops the
+    /// writer. Idempotent; later appends fail with [`AuditError::Closed`].
+    pub async fn shutdown(&self) {
+        self.stop(Msg::Shutdown).await
+    }
+
+    #[cfg(test)]
+    pub(crate) async fn crash(&self) {
+        self.stop(Msg::Crash).await
+    }
+
+    async fn stop(&self, msg: impl FnOnce(oneshot::Sender<()>) -> Msg) {
+        let tx = lock(&self.inner.tx).take();
+        if let Some(tx) = tx {
+            let (ack, ack_rx) = oneshot::channel();
+            if tx.send(msg(ack)).is_ok() {
+                drop(tx);
+                let _ = ack_rx.await;
+            }
+        }
+        let mut done = self.inner.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    /// The next batch's write fails as if the disk were full (half of the
+    /// batch's bytes reach the file, then the write errors).
+    #[doc(hidden)]
+    pub fn inject_io_error(&self) {
+        self.inner.shared.inject.store(true, Ordering::Release);
+    }
+
+    /// (batches committed, records committed in them) since open, for
+    /// benchmarks: mean batch size = records / batches.
+    #[doc(hidden)]
+    pub fn batch_stats(&self) -> (u64, u64) {
+        (
+            self.inner.shared.batches.load(Ordering::Relaxed),
+            self.inner.shared.batched_records.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Writes `audit-signing.pub` if absent; refuses a different key.
+fn ensure_pubkey(dir: &Path, key: &SigningKey) -> Result<(), AuditError> {
+    let path = dir.join(PUBKEY_FILE);
+    let want = hex::encode(key.verifying_key().to_bytes());
+    match std::fs::read_to_string(&path) {
+        Ok(have) if have.trim() == want => Ok(()),
+        Ok(_) => Err(AuditError::Corrupt(format!(
+            "{} holds a different public key than the configured signing key; \
+             use the original key or start a new audit directory",
+            path.display()
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let tmp = dir.join(format!(".{PUBKEY_FILE}.tmp"));
+            let mut f = File::create(&tmp)?;
+            f.write_all(format!("{want}\n").as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            sync_dir(dir)?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+struct Segment {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    records: u64,
+    started_ms: i64,
+}
+
+struct Writer {
+    cfg: AuditConfig,
+    key: SigningKey,
+    shared: Arc<Shared>,
+    seg: Option<Segment>,
+    ckpt: File,
+    next_seq: u64,
+    last_hash: [u8; 32],
+    since_ckpt: u64,
+    last_ckpt_at: Instant,
+}
+
+/// The last record of a segment file (complete lines only), if any.
+fn last_record_of(path: &Path) -> Result<Option<super::format::ParsedLine>, AuditError> {
+    let bytes = std::fs::read(path)?;
+    let (lines, _) = split_lines(&bytes);
+    match lines.last() {
+        None => Ok(None),
+        Some((_, line)) => parse_line(line)
+            .map(Some)
+            .map_err(|e| AuditError::Corrupt(format!("{}: last record: {e}", path.display()))),
+    }
+}
+
+/// The first record of a segment file, if it has a complete one.
+fn first_record_of(path: &Path) -> io::Result<Option<super::format::ParsedLine>> {
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let mut f = File::open(path)?;
+    loop {
+        let n = f.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = bytes.iter().position(|&b| b == b'\n') {
+            return Ok(parse_line(&bytes[..pos]).ok());
+        }
+    }
+}
+
+impl Writer {
+    /// Finds the end of the chain, cuts a torn tail of the last segment and
+    /// writes a recovery record if it did.
+    fn recover(
+        cfg: AuditConfig,
+        key: SigningKey,
+        shared: Arc<Shared>,
+    ) -> Result<Writer, AuditError> {
+        let dir = cfg.dir.clone();
+        let (entries, ckpt_torn) = read_log_entries(&dir)?;
+        let ckpt_path = dir.join(CHECKPOINTS_FILE);
+        let mut notes = Vec::new();
+        if let Some((offset, len)) = ckpt_torn {
+            let f = OpenOptions::new().write(true).open(&ckpt_path)?;
+            f.set_len(offset as u64)?;
+            f.sync_all()?;
+            notes.push(format!(
+                "cut {len} bytes of torn tail from {CHECKPOINTS_FILE} at offset {offset}"
+            ));
+        }
+        let latest_ckpt = entries.iter().rev().find_map(|(_, e)| match e {
+            LogEntry::Checkpoint(c) => Some(c.clone()),
+            LogEntry::Retention(_) => None,
+        });
+        let chain_start = |seq: u64| -> Option<[u8; 32]> {
+            if seq == 1 {
+                return Some(ZERO_HASH);
+            }
+            entries.iter().find_map(|(_, e)| match e {
+                LogEntry::Retention(r) => r
+                    .removed
+                    .iter()
+                    .find(|s| s.last_seq + 1 == seq)
+                    .and_then(|s| decode_hash(&s.last_hash)),
+                LogEntry::Checkpoint(_) => None,
+            })
+        };
+
+        let segments = list_segments(&dir)?;
+        let mut seg = None;
+        let mut next_seq = 1;
+        let mut last_hash = ZERO_HASH;
+        let mut tail_hashes: Vec<(u64, [u8; 32])> = Vec::new();
+        if let Some((first_seq, path)) = segments.last().cloned() {
+            let bytes = std::fs::read(&path)?;
+            let (lines, _) = split_lines(&bytes);
+            let mut good_end = 0usize;
+            let mut prev: Option<[u8; 32]> = None;
+            let mut expect = first_seq;
+            let mut first_time = None;
+            for (offset, line) in lines {
+                let Ok(p) = parse_line(line) else { break };
+                let chain_prev = match prev {
+                    Some(h) => h,
+                    None => match decode_hash(&p.body.prev) {
+                        Some(h) => h,
+                        None => break,
+                    },
+                };
+                let h = record_hash(&chain_prev, p.json.as_bytes());
+                if p.body.seq != expect
+                    || hex::encode(h) != p.hash
+                    || hex::encode(chain_prev) != p.body.prev
+                {
+                    break;
+                }
+                first_time.get_or_insert(p.body.time_unix_ms);
+                tail_hashes.push((p.body.seq, h));
+                prev = Some(h);
+                expect += 1;
+                good_end = offset + line.len() + 1;
+            }
+            if good_end < bytes.len() {
+                let cut = bytes.len() - good_end;
+                let f = OpenOptions::new().write(true).open(&path)?;
+                f.set_len(good_end as u64)?;
+                f.sync_all()?;
+                tracing::warn!(file = %path.display(), bytes = cut, "audit log: cut torn tail");
+                notes.insert(
+                    0,
+                    format!(
+                        "cut {cut} bytes from {} at offset {good_end} after last intact seq {}",
+                        path.file_name().unwrap_or_default().to_string_lossy(),
+                        expect - 1
+                    ),
+                );
+            }
+            match prev {
+                Some(h) => {
+                    next_seq = expect;
+                    last_hash = h;
+                }
+                None => {
+                    // Empty last segment: the chain ends in the previous one.
+                    next_seq = first_seq;
+                    last_hash = if segments.len() >= 2 {
+                        let (_, prev_path) = &segments[segments.len() - 2];
+                        match last_record_of(prev_path)? {
+                            Some(p) if p.body.seq + 1 == first_seq => decode_hash(&p.hash)
+                                .ok_or_else(|| AuditError::Corrupt("bad hash".into()))?,
+                            _ => {
+                                return Err(AuditError::Corrupt(format!(
+                                    "{} does not end just before {}",
+                                    prev_path.display(),
+                                    path.display()
+                                )))
+                            }
+                        }
+                    } else {
+                        chain_start(first_seq).ok_or_else(|| {
+                            AuditError::Corrupt(format!(
+                                "{} starts at seq {first_seq} but no retention note explains the earlier records",
+                                path.display()
+                            ))
+                        })?
+                    };
+                }
+            }
+            let file = OpenOptions::new().append(true).open(&path)?;
+            seg = Some(Segment {
+                file,
+                path,
+                size: good_end as u64,
+                records: next_seq - first_seq,
+                started_ms: first_time.unwrap_or_else(now_ms),
+            });
+        }
+
+        // Never continue a log that ends before, or differs from, what was signed.
+        if let Some(c) = &latest_ckpt {
+            let last = next_seq - 1;
+            if c.seq > last {
+                return Err(AuditError::Corrupt(format!(
+                    "log ends at seq {last} but a signed checkpoint covers seq {}: \
+                     records were removed; run verify",
+                    c.seq
+                )));
+            }
+            let known = if c.seq == 0 {
+                Some(ZERO_HASH)
+            } else {
+                tail_hashes
+                    .iter()
+                    .find(|(s, _)| *s == c.seq)
+                    .map(|(_, h)| *h)
+            };
+            if let Some(h) = known {
+                if hex::encode(h) != c.head_hash {
+                    return Err(AuditError::Corrupt(format!(
+                        "record {} differs from the signed checkpoint; run verify",
+                        c.seq
+                    )));
+                }
+            }
+        }
+
+        let ckpt = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&ckpt_path)?;
+        if ckpt.metadata()?.len() == 0 {
+            ckpt.sync_all()?;
+            sync_dir(&dir)?;
+        }
+        shared.last_seq.store(next_seq - 1, Ordering::Release);
+        *lock(&shared.head) = latest_ckpt;
+        let mut w = Writer {
+            cfg,
+            key,
+            shared,
+            seg,
+            ckpt,
+            next_seq,
+            last_hash,
+            since_ckpt: 0,
+            last_ckpt_at: Instant::now(),
+        };
+        if !notes.is_empty() {
+            let entry = AuditEntry {
+                client: "popgw".into(),
+                rpc: "audit.recovery".into(),
+                outcome: "TORN_TAIL_CUT".into(),
+                cache: "none".into(),
+                detail: notes.join("; "),
+                ..Default::default()
+            };
+            let (reply, mut rx) = oneshot::channel();
+            w.commit(vec![(entry, reply)]);
+            match rx.try_recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(AuditError::Failed),
+            }
+        }
+        Ok(w)
+    }
+
+    fn run(&mut self, rx: mpsc::Receiver<Msg>) {
+        let tick = self
+            .cfg
+            .checkpoint_interval
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let max_batch = self.cfg.max_batch.max(1);
+        loop {
+            let first = match rx.recv_timeout(tick) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.maybe_checkpoint();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.finish();
+                    return;
+                }
+            };
+            let mut batch = Vec::new();
+            let mut stop = None;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Append(e, r) => batch.push((*e, r)),
+                    other => {
+                        stop = Some(other);
+                        break;
+                    }
+                }
+                if batch.len() >= max_batch {
+                    break;
+                }
+                match rx.try_recv() {
+                    Ok(m) => next = Some(m),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
+                }
+            }
+            if !batch.is_empty() {
+                self.commit(batch);
+            }
+            self.maybe_checkpoint();
+            match stop {
+                Some(Msg::Shutdown(ack)) => {
+                    self.finish();
+                    let _ = ack.send(());
+                    return;
+                }
+                #[cfg(test)]
+                Some(Msg::Crash(ack)) => {
+                    let _ = ack.send(());
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
+    }
+
+    /// Enters the sticky failed state.
+    fn fail(&mut self, what: &str, err: &io::Error) {
+        tracing::error!(error = %err, "audit log {what} failed; failing closed until restart");
+        self.shared.failed.store(true, Ordering::Release);
+        // Never touch these files again in this process.
+        self.seg = None;
+    }
+
+    fn commit(&mut self, batch: Vec<(AuditEntry, Reply)>) {
+        if self.failed() {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(AuditError::Failed));
+            }
+            return;
+        }
+        let now = now_ms();
+        if let Err(e) = self.rotate_if_needed(now) {
+            self.fail("segment rotation", &e);
+            for (_, reply) in batch {
+                let _ = reply.send(Err(io::Error::new(e.kind(), e.to_string()).into()));
+            }
+            return;
+        }
+        let Some(seg) = self.seg.as_mut() else {
+            unreachable!("rotate_if_needed leaves a segment open")
+        };
+        let mut buf = Vec::with_capacity(batch.len() * 512);
+        let mut stored = Vec::with_capacity(batch.len());
+        let mut prev = self.last_hash;
+        let mut seq = self.next_seq;
+        for (e, _) in &batch {
+            let body = RecordBody {
+                seq,
+                time_unix_ms: now,
+                node: self.cfg.node.clone(),
+                request_id: e.request_id.clone(),
+                client: e.client.clone(),
+                rpc: e.rpc.clone(),
+                procedure: e.procedure.clone(),
+                case_id: e.case_id.clone(),
+                subject: e.subject.clone(),
+                fields: e.fields.clone(),
+                outcome: e.outcome.clone(),
+                code: e.code.clone(),
+                rule: e.rule.clone(),
+                cache: e.cache.clone(),
+                latency_us: e.latency_us,
+                detail: e.detail.clone(),
+                prev: hex::encode(prev),
+            };
+            let json = serde_json::to_string(&body).expect("record serialises");
+            let hash = record_hash(&prev, json.as_bytes());
+            let hash_hex = hex::encode(hash);
+            buf.extend_from_slice(hash_hex.as_bytes());
+            buf.push(b' ');
+            buf.extend_from_slice(json.as_bytes());
+            buf.push(b'\n');
+            stored.push(StoredRecord {
+                body,
+                hash: hash_hex,
+                json,
+                file: seg.path.clone(),
+            });
+            prev = hash;
+            seq += 1;
+        }
+
+        let result = if self.shared.inject.swap(false, Ordering::AcqRel) {
+            let _ = seg.file.write_all(&buf[..buf.len() / 2]);
+            Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "injected write error (no space left on device)",
+            ))
+        } else {
+            seg.file
+                .write_all(&buf)
+                .and_then(|()| match self.cfg.durability {
+                    Durability::Fsync => seg.file.sync_data(),
+                    Durability::Buffered => Ok(()),
+                })
+        };
+        if let Err(e) = result {
+            self.fail("write", &e);
+            for (_, reply) in batch {
+                let _ = reply.send(Err(io::Error::new(e.kind(), e.to_string()).into()));
+            }
+            return;
+        }
+
+        let n = batch.len() as u64;
+        seg.size += buf.len() as u64;
+        seg.records += n;
+        self.next_seq = seq;
+        self.last_hash = prev;
+        self.since_ckpt += n;
+        self.shared.last_seq.store(seq - 1, Ordering::Release);
+        self.shared.batches.fetch_add(1, Ordering::Relaxed);
+        self.shared.batched_records.fetch_add(n, Ordering::Relaxed);
+        for ((_, reply), rec) in batch.into_iter().zip(stored) {
+            let _ = reply.send(Ok(Committed {
+                seq: rec.body.seq,
+                hash: rec.hash.clone(),
+            }));
+            let _ = self.shared.bcast.send(Arc::new(rec));
+        }
+    }
+
+    fn rotate_if_needed(&mut self, now: i64) -> io::Result<()> {
+        let max_age = i64::try_from(self.cfg.segment_max_age.as_millis()).unwrap_or(i64::MAX);
+        let rotate = match &self.seg {
+            None => true,
+            Some(s) => {
+                s.records > 0
+                    && (s.size >= self.cfg.segment_max_bytes
+                        || now.saturating_sub(s.started_ms) >= max_age)
+            }
+        };
+        if !rotate {
+            return Ok(());
+        }
+        if let Some(old) = self.seg.take() {
+            // Buffered mode: a closed segment must be durable before the next one exists.
+            old.file.sync_data()?;
+        }
+        let path = self.cfg.dir.join(segment_name(self.next_seq));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
+        file.sync_all()?;
+        sync_dir(&self.cfg.dir)?;
+        self.seg = Some(Segment {
+            file,
+            path,
+            size: 0,
+            records: 0,
+            started_ms: now,
+        });
+        if let Err(e) = self.apply_retention(now) {
+            tracing::error!(error = %e, "audit log retention failed");
+        }
+        Ok(())
+    }
+
+    /// Deletes old whole segments (never the current one), after appending a
+    /// signed note of what is removed.
+    fn apply_retention(&mut self, now: i64) -> Result<(), AuditError> {
+        let Some(ret) = self.cfg.retention else {
+            return Ok(());
+        };
+        if self.failed() {
+            return Ok(());
+        }
+        let cutoff = now.saturating_sub(i64::try_from(ret.as_millis()).unwrap_or(i64::MAX));
+        let segments = list_segments(&self.cfg.dir)?;
+        let current = self.seg.as_ref().map(|s| s.path.clone());
+        let mut removed = Vec::new();
+        for pair in segments.windows(2) {
+            let ((first, path), (next_first, next_path)) = (&pair[0], &pair[1]);
+            if Some(path) == current.as_ref() {
+                break;
+            }
+            // All records of `path` are older than the first one of the next segment.
+            match first_record_of(next_path)? {
+                Some(p) if p.body.seq == *next_first && p.body.time_unix_ms <= cutoff => {
+                    removed.push(RemovedSegment {
+                        file: segment_name(*first),
+                        first_seq: *first,
+                        last_seq: next_first - 1,
+                        last_hash: p.body.prev,
+                    });
+                }
+                _ => break,
+            }
+        }
+        if removed.is_empty() {
+            return Ok(());
+        }
+        let note = sign_retention(&self.key, removed, now, &self.cfg.node);
+        if let Err(e) = self.append_log_entry(&LogEntry::Retention(note.clone())) {
+            self.fail("retention note write", &e);
+            return Err(e.into());
+        }
+        for r in &note.removed {
+            if let Err(e) = std::fs::remove_file(self.cfg.dir.join(&r.file)) {
+                tracing::warn!(file = %r.file, error = %e, "audit log retention: remove failed");
+            }
+        }
+        sync_dir(&self.cfg.dir)?;
+        tracing::info!(
+            segments = note.removed.len(),
+            "audit log retention removed old segments"
+        );
+        Ok(())
+    }
+
+    fn append_log_entry(&mut self, entry: &LogEntry) -> io::Result<()> {
+        let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.ckpt.write_all(&line)?;
+        self.ckpt.sync_data()
+    }
+
+    fn maybe_checkpoint(&mut self) {
+        if self.since_ckpt > 0
+            && (self.since_ckpt >= self.cfg.checkpoint_every_records
+                || self.last_ckpt_at.elapsed() >= self.cfg.checkpoint_interval)
+        {
+            self.checkpoint();
+        }
+    }
+
+    fn checkpoint(&mut self) {
+        if self.failed() {
+            return;
+        }
+        // A checkpoint only ever names durable records (matters in Buffered mode).
+        if let Some(seg) = &self.seg {
+            if self.cfg.durability == Durability::Buffered {
+                if let Err(e) = seg.file.sync_data() {
+                    self.fail("fsync before checkpoint", &e);
+                    return;
+                }
+            }
+        }
+        let cp = sign_checkpoint(
+            &self.key,
+            self.next_seq - 1,
+            hex::encode(self.last_hash),
+            now_ms(),
+            &self.cfg.node,
+        );
+        if let Err(e) = self.append_log_entry(&LogEntry::Checkpoint(cp.clone())) {
+            self.fail("checkpoint write", &e);
+            return;
+        }
+        self.since_ckpt = 0;
+        self.last_ckpt_at = Instant::now();
+        *lock(&self.shared.head) = Some(cp);
+    }
+
+    /// Final checkpoint at shutdown.
+    fn finish(&mut self) {
+        if !self.failed() {
+            self.checkpoint();
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Configuration: one TOML file (`popgw serve --config FILE`), every setting with a
+//! default so that `popgw serve` alone runs the embedded development set-up.
+//! See config/popgw.example.toml for every setting, documented.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The gateway's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address `popgw serve` binds (the library never binds: see `server::serve`).
+    pub listen: SocketAddr,
+    /// This node's id, written into every audit record (one audit chain per node).
+    pub node_id: String,
+    /// Where generated state lives: demo population, demo policy, keys, audit log.
+    pub data_dir: PathBuf,
+    /// Mutual TLS.
+    pub tls: TlsSettings,
+    /// The policy file; default `<data_dir>/policy.toml`, written from the demo policy on
+    /// first start when absent.
+    pub policy_file: Option<PathBuf>,
+    /// A catalogue file replacing the built-in 25 procedures (see config/procedures.toml).
+    pub catalogue_file: Option<PathBuf>,
+    /// The upstream registry.
+    pub registry: RegistrySettings,
+    /// The audit log.
+    pub audit: AuditSettings,
+}
+
+/// Mutual TLS settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// CA that client certificates must chain to.
+    pub client_ca: PathBuf,
+    /// The server's certificate chain.
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+    /// Create a development PKI in the certificate's folder when `client_ca` is absent.
+    /// Never enable in production: a missing CA must stop the gateway, not be invented.
+    pub create_dev_pki: bool,
+    /// A handshake not finished within this many milliseconds is dropped.
+    pub handshake_timeout_ms: u64,
+}
+
+/// Registry settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySettings {
+    /// "embedded" (the only kind so far).
+    pub kind: String,
+    /// JSON Lines population file; default `<data_dir>/population.jsonl`, generated on
+    /// first start when absent and `create_demo` is set.
+    pub population_file: Option<PathBuf>,
+    /// Generate a demo population when the file is absent.
+    pub create_demo: bool,
+    /// Size of the demo population.
+    pub demo_count: u64,
+    /// Seed of the demo population.
+    pub demo_seed: u64,
+}
+
+/// Audit-log settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Folder of the segments and checkpoints; default `<data_dir>/audit`.
+    pub dir: Option<PathBuf>,
+    /// "fsync" (default: an answer leaves only after its record is on disk) or
+    /// "buffered" (written, not fsynced: a power loss can lose the last records).
+    pub durability: String,
+    /// Rotate a segment past this size.
+    pub segment_max_bytes: u64,
+    /// Rotate a segment older than this.
+    pub segment_max_age_secs: u64,
+    /// Sign a checkpoint every this many records...
+    pub checkpoint_every_records: u64,
+    /// ...or this often, whichever comes first (and at shutdown).
+    pub checkpoint_interval_secs: u64,
+    /// Remove whole segments older than this many days (0 = keep everything).
+    pub retention_days: u64,
+    /// ed25519 checkpoint signing key; default `<data_dir>/audit-signing.key`, created on first start.
+    pub signing_key_file: Option<PathBuf>,
+    /// HMAC key of the subject pseudonyms; default `<data_dir>/audit-pseudonym.key`, created on first start.
+    pub pseudonym_key_file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:50051".parse().expect("static address"),
+            node_id: "node-1".into(),
+            data_dir: "data".into(),
+            tls: TlsSettings::default(),
+            policy_file: None,
+            catalogue_file: None,
+            registry: RegistrySettings::default(),
+            audit: AuditSettings::default(),
+        }
+    }
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            client_ca: "certs/ca.pem".into(),
+            cert: "certs/server.pem".into(),
+            key: "certs/server.key".into(),
+            create_dev_pki: true,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            kind: "embedded".into(),
+            population_file: None,
+            create_demo: true,
+            demo_count: 10_000,
+            demo_seed: 2022,
+        }
+    }
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            dir: None,
+            durability: "fsync".into(),
+            segment_max_bytes: 64 << 20,
+            segment_max_age_secs: 3600,
+            checkpoint_every_records: 1000,
+            checkpoint_interval_secs: 10,
+            retention_days: 0,
+            signing_key_file: None,
+            pseudonym_key_file: None,
+        }
+    }
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: problems.join("; "),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Every semantic problem of this configuration.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.registry.kind != "embedded" {
+            p.push(format!(
+                "registry.kind {:?}: only \"embedded\" exists so far",
+                self.registry.kind
+            ));
+        }
+        if !matches!(self.audit.durability.as_str(), "fsync" | "buffered") {
+            p.push("audit.durability must be \"fsync\" or \"buffered\"".into());
+        }
+        if self.node_id.is_empty() || self.node_id.chars().any(|c| c.is_control()) {
+            p.push("node_id must be a non-empty printable name".into());
+        }
+        p
+    }
+
+    /// A configuration rooted in `dir`: data in `dir/data`, certificates in `dir/certs`
+    /// (tests and benchmarks use this with a temporary folder).
+    pub fn rooted_at(dir: &Path) -> Config {
+        let mut c = Config {
+            data_dir: dir.join("data"),
+            ..Config::default()
+        };
+        c.tls.client_ca = dir.join("certs/ca.pem");
+        c.tls.cert = dir.join("certs/server.pem");
+        c.tls.key = dir.join("certs/server.key");
+        c
+    }
+
+    /// The policy file in use.
+    pub fn policy_path(&self) -> PathBuf {
+        self.policy_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("policy.toml"))
+    }
+    /// The population file in use.
+    pub fn population_path(&self) -> PathBuf {
+        self.registry
+            .population_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("population.jsonl"))
+    }
+    /// The audit folder in use.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.audit
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit"))
+    }
+    /// The checkpoint signing key in use.
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.audit
+            .signing_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-signing.key"))
+    }
+    /// The pseudonym key in use.
+    pub fn pseudonym_key_path(&self) -> PathBuf {
+        self.audit
+            .pseudonym_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-pseudonym.key"))
+    }
+    /// The TLS handshake timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.tls.handshake_timeout_ms)
+    }
+}

@@ -1,0 +1,80 @@
+//! The gateway's errors and their one mapping to gRPC status codes.
+//!
+//! Messages name the field or rule at fault and never carry a value (a value may be
+//! personal data, and statuses end up in client logs).
+
+use tonic::{Code, Status};
+
+use crate::audit::AuditError;
+use crate::policy::Denied;
+use crate::registry::RegistryError;
+use crate::tls::IdentityError;
+use crate::validation::InvalidField;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No usable client identity.
+    #[error("{0}")]
+    Unauthenticated(#[from] IdentityError),
+    /// Known identity, not allowed.
+    #[error("{0}")]
+    Denied(#[from] Denied),
+    /// A procedure's profile does not allow this access.
+    #[error("{0}")]
+    NotInProfile(String),
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(#[from] InvalidField),
+    /// The subject does not exist (only where the caller may learn it).
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The registry could not be asked: "could not check".
+    #[error("could not check: {0}")]
+    Upstream(#[from] RegistryError),
+    /// The audit log could not record the request: nothing is disclosed.
+    #[error("audit log unavailable, nothing disclosed: {0}")]
+    Audit(#[from] AuditError),
+}
+
+impl GatewayError {
+    /// The gRPC code.
+    pub fn code(&self) -> Code {
+        match self {
+            GatewayError::Unauthenticated(_) => Code::Unauthenticated,
+            GatewayError::Denied(_) | GatewayError::NotInProfile(_) => Code::PermissionDenied,
+            GatewayError::Invalid(_) => Code::InvalidArgument,
+            GatewayError::NotFound(_) => Code::NotFound,
+            GatewayError::Upstream(_) | GatewayError::Audit(_) => Code::Unavailable,
+        }
+    }
+}
+
+impl From<GatewayError> for Status {
+    fn from(e: GatewayError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+/// The canonical upper-case name of a gRPC code, as written in the audit log.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

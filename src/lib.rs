@@ -1,0 +1,45 @@
+//! popgw: the gRPC gateway between Vietnam's National Population Database and the
+//! public-service portals (Project 06).
+//!
+//! The path of one request, module by module:
+//!
+//! - [`tls`]: TLS identity. Mutual TLS on every connection; the client is named by
+//!   the URI SAN of its certificate.
+//! - [`policy`]: deny by default; which client may call which RPC for which procedure,
+//!   and whether it sees per-field details.
+//! - [`catalogue`]: the 25 procedures, each with its matching rule and field profile.
+//! - [`validation`]: every request field checked before any lookup (ids, names,
+//!   dates, case ids).
+//! - [`registry`]: the `Registry` trait and the embedded registry (plus the synthetic
+//!   population generator).
+//! - [`matching`]: Vietnamese name normalisation and the verdict.
+//! - [`disclosure`]: minimisation of a record to the fields granted.
+//! - [`audit`]: the tamper-evident, durable audit log (group commit, hash chain,
+//!   signed checkpoints, verification).
+//! - [`service`]: the gRPC services `IdentityGateway` and `AuditLog`.
+//! - [`error`]: the library's errors and their single mapping to gRPC codes.
+//! - [`server`]: assembly; `serve(listener, config, shutdown)`.
+//! - [`config`], [`telemetry`], [`pki`] (development certificates), [`demo`] (first
+//!   start), [`client`] (the command-line client's connection), [`proto`] (generated).
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod catalogue;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod disclosure;
+pub mod error;
+pub mod matching;
+pub mod pki;
+pub mod policy;
+pub mod proto;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod telemetry;
+pub mod tls;
+pub mod validation;
+
+pub use config::Config;
+pub use server::{serve, Server};

@@ -1,0 +1,545 @@
+//! The `popgw` command: a thin shell over the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use popgw::client::{connect, ClientCerts};
+use popgw::proto::gateway as pb;
+use popgw::proto::gateway::audit_log_client::AuditLogClient;
+use popgw::proto::gateway::identity_gateway_client::IdentityGatewayClient;
+use popgw::proto::registry::Sex;
+use popgw::{audit, config::Config, demo, pki, registry, service, Server};
+use tokio_stream::StreamExt;
+
+#[derive(Parser)]
+#[command(name = "popgw", version, about = "gRPC gateway to the national population database")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (first start creates dev certificates, a demo policy and population).
+    Serve {
+        /// Configuration file (see config/popgw.example.toml); defaults need none.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override the listen address.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Development certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// The embedded registry's population.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
+    /// Ask whether a declared identity belongs to one living citizen.
+    Verify {
+        #[command(flatten)]
+        conn: Conn,
+        /// Personal id (12 digits; 9 for P01).
+        #[arg(long)]
+        id: String,
+        /// Full name as declared.
+        #[arg(long)]
+        name: String,
+        /// Date of birth, YYYY-MM-DD or YYYY.
+        #[arg(long, default_value = "")]
+        dob: String,
+        /// male or female.
+        #[arg(long)]
+        sex: Option<String>,
+        #[command(flatten)]
+        case: Case,
+    },
+    /// Read a citizen's record, minimised to the procedure's profile.
+    Citizen {
+        #[command(flatten)]
+        conn: Conn,
+        /// Personal id.
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        case: Case,
+    },
+    /// Read a citizen's household.
+    Household {
+        #[command(flatten)]
+        conn: Conn,
+        /// Personal id of any member.
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        case: Case,
+    },
+    /// List the procedures.
+    Procedures {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a development PKI (never for production).
+    Init {
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Write a deterministic synthetic population as JSON Lines.
+    Generate {
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 2022)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every segment, the chain and every checkpoint; exit 0 only if all hold.
+    Verify {
+        /// The audit folder.
+        #[arg(long, default_value = "data/audit")]
+        dir: PathBuf,
+        /// The checkpoint public key (hex); default: audit-signing.pub in the folder.
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+    },
+    /// Records matching filters, from the files (--dir) or a running gateway.
+    Query {
+        #[command(flatten)]
+        conn: Conn,
+        /// Read these files instead of asking a gateway.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// With --dir and --personal-id: the pseudonym key file.
+        #[arg(long, default_value = "data/audit-pseudonym.key")]
+        pseudonym_key: PathBuf,
+        #[arg(long)]
+        client: Option<String>,
+        #[arg(long)]
+        procedure: Option<String>,
+        #[arg(long)]
+        case_id: Option<String>,
+        #[arg(long)]
+        personal_id: Option<String>,
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only records at or after this time (ms since the epoch).
+        #[arg(long, default_value_t = 0)]
+        from_ms: i64,
+        /// Only records at or before this time (ms since the epoch).
+        #[arg(long, default_value_t = 0)]
+        to_ms: i64,
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
+    /// Follow live records of a running gateway from a sequence number.
+    Tail {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+}
+
+#[derive(Args)]
+struct Conn {
+    /// Gateway address.
+    #[arg(long, default_value = "localhost:50051", env = "POPGW_ADDR")]
+    addr: String,
+    /// Which development client certificate to present (portal, ministry, operator).
+    #[arg(long = "as", default_value = "portal")]
+    as_: String,
+    /// Folder of the development PKI.
+    #[arg(long, default_value = "certs")]
+    certs: PathBuf,
+    /// Client certificate (overrides --as).
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client key.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// CA of the server certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct Case {
+    /// Procedure code, P01..P25.
+    #[arg(long)]
+    procedure: String,
+    /// Dossier number.
+    #[arg(long = "case")]
+    case_id: String,
+}
+
+impl Conn {
+    fn certs(&self) -> ClientCerts {
+        let mut c = ClientCerts::dev(&self.certs, &self.as_);
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            c.cert = cert.clone();
+            c.key = key.clone();
+        }
+        if let Some(ca) = &self.ca {
+            c.ca = ca.clone();
+        }
+        c
+    }
+    async fn gateway(&self) -> Result<IdentityGatewayClient<tonic::transport::Channel>> {
+        Ok(IdentityGatewayClient::new(connect(&self.addr, &self.certs()).await?))
+    }
+    async fn audit(&self) -> Result<AuditLogClient<tonic::transport::Channel>> {
+        Ok(AuditLogClient::new(connect(&self.addr, &self.certs()).await?))
+    }
+}
+
+/// A gRPC error as the user sees it.
+fn rpc(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", popgw::error::code_name(status.code()), status.message())
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+/// A proto enum value's name without its type prefix (VERDICT_MATCH → MATCH).
+fn enum_name(s: &str) -> &str {
+    for prefix in ["VERDICT_", "FIELD_RESULT_", "NO_MATCH_REASON_", "MATCHING_RULE_"] {
+        if let Some(rest) = s.strip_prefix(prefix) {
+            return rest;
+        }
+    }
+    s
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    popgw::telemetry::init();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { config, listen } => serve(config, listen).await,
+        Command::Certs {
+            command: CertsCommand::Init { out },
+        } => {
+            let _ca = pki::init(&out)?;
+            println!("wrote a development PKI to {} (development only)", out.display());
+            Ok(())
+        }
+        Command::Registry {
+            command: RegistryCommand::Generate { count, seed, out },
+        } => {
+            let t = std::time::Instant::now();
+            let s = registry::generate::generate_to_file(count, seed, &out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote {} citizens ({} households, {} deceased, {} year-only births, {} old ids) to {} in {:.1}s",
+                s.count, s.households, s.deceased, s.year_only, s.with_old_id, out.display(), t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::Verify { conn, id, name, dob, sex, case } => {
+            let sex = match sex.as_deref() {
+                None => Sex::Unspecified,
+                Some("male" | "m" | "nam") => Sex::Male,
+                Some("female" | "f" | "nu" | "nữ") => Sex::Female,
+                Some(other) => bail!("--sex {other:?}: use male or female"),
+            };
+            let answer = conn
+                .gateway()
+                .await?
+                .verify_identity(pb::VerifyIdentityRequest {
+                    personal_id: id,
+                    full_name: name,
+                    date_of_birth: dob,
+                    sex: sex as i32,
+                    procedure_code: case.procedure,
+                    case_id: case.case_id,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if conn.json {
+                return print_json(&answer);
+            }
+            println!("{}  (request {})", enum_name(answer.verdict().as_str_name()), answer.request_id);
+            if let Some(d) = answer.details {
+                if d.reason != 0 {
+                    println!("  reason:        {}", enum_name(d.reason().as_str_name()));
+                }
+                println!("  personal_id:   {}", enum_name(d.personal_id().as_str_name()));
+                println!("  full_name:     {}", enum_name(d.full_name().as_str_name()));
+                println!("  date_of_birth: {}", enum_name(d.date_of_birth().as_str_name()));
+                println!("  sex:           {}", enum_name(d.sex().as_str_name()));
+                println!("  name rule:     {}", enum_name(d.rule().as_str_name()));
+            }
+            Ok(())
+        }
+        Command::Citizen { conn, id, case } => {
+            let answer = conn
+                .gateway()
+                .await?
+                .get_citizen(pb::GetCitizenRequest {
+                    personal_id: id,
+                    procedure_code: case.procedure,
+                    case_id: case.case_id,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if conn.json {
+                return print_json(&answer);
+            }
+            println!("request {}", answer.request_id);
+            let record = serde_json::to_value(answer.citizen.unwrap_or_default())?;
+            for field in &answer.disclosed_fields {
+                let key = camel(field);
+                let value = record.get(&key).cloned().unwrap_or(serde_json::Value::String(String::new()));
+                println!("  {field:<26} {value}");
+            }
+            Ok(())
+        }
+        Command::Household { conn, id, case } => {
+            let answer = conn
+                .gateway()
+                .await?
+                .get_household(pb::GetHouseholdRequest {
+                    personal_id: id,
+                    procedure_code: case.procedure,
+                    case_id: case.case_id,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if conn.json {
+                return print_json(&answer);
+            }
+            println!("request {}", answer.request_id);
+            for m in answer.head.iter().chain(answer.members.iter()) {
+                println!("  {:<14} {:<12} {}", m.relation_to_head, m.personal_id, m.full_name);
+            }
+            Ok(())
+        }
+        Command::Procedures { conn } => {
+            let answer = conn
+                .gateway()
+                .await?
+                .list_procedures(pb::ListProceduresRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if conn.json {
+                return print_json(&answer);
+            }
+            for p in answer.procedures {
+                println!("{}  {:<8} {}  [{}]", p.code, enum_name(p.matching_rule().as_str_name()), p.name_en, p.lead_agency);
+                println!("      {}", p.name_vi);
+                println!("      fields: {}", p.readable_fields.join(", "));
+            }
+            Ok(())
+        }
+        Command::Audit { command } => audit_command(command).await,
+    }
+}
+
+fn camel(field: &str) -> String {
+    let mut out = String::new();
+    let mut up = false;
+    for c in field.chars() {
+        if c == '_' {
+            up = true;
+        } else if up {
+            out.extend(c.to_uppercase());
+            up = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
+    let mut config = match &config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = listen {
+        config.listen = listen.parse().context("--listen")?;
+    }
+    for note in demo::prepare(&config)? {
+        println!("{note}");
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let server = Server::load(config).await?;
+    println!("popgw serving {} citizens on {addr} (mutual TLS)", server.population());
+    for r in server.examples() {
+        println!(
+            "  try: popgw verify --id {} --name \"{}\" --dob {} --sex {} --procedure P03 --case DEMO-1",
+            r.personal_id,
+            r.full_name,
+            r.date_of_birth,
+            if r.sex == Sex::Female as i32 { "female" } else { "male" }
+        );
+    }
+    let shutdown = async {
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        println!("popgw shutting down: draining and signing the final audit checkpoint");
+    };
+    server.serve(listener, shutdown).await?;
+    Ok(())
+}
+
+fn print_record(r: &pb::AuditRecord, json: bool) {
+    if json {
+        println!("{}", r.json);
+        return;
+    }
+    let time = chrono::DateTime::from_timestamp_millis(r.time_unix_ms)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default();
+    println!(
+        "{:>8} {time} {} {} {} case={} subject={} {} {} fields=[{}]{}",
+        r.seq,
+        r.client,
+        r.rpc,
+        r.procedure,
+        r.case_id,
+        r.subject.get(..12).unwrap_or(&r.subject),
+        r.outcome,
+        r.code,
+        r.fields.join(","),
+        if r.detail.is_empty() { String::new() } else { format!(" ({})", r.detail) }
+    );
+}
+
+async fn audit_command(command: AuditCommand) -> Result<()> {
+    match command {
+        AuditCommand::Verify { dir, pubkey } => {
+            let key = match pubkey {
+                Some(path) => Some(read_pubkey(&path)?),
+                None => None,
+            };
+            match audit::verify_dir(&dir, key.as_ref()) {
+                Ok(r) => {
+                    println!(
+                        "OK: {} records in {} segments, {} checkpoints; last seq {}, head {}",
+                        r.records, r.segments, r.checkpoints, r.last_seq, r.head_hash
+                    );
+                    Ok(())
+                }
+                Err(f) => bail!("audit log FAILED verification: {f}"),
+            }
+        }
+        AuditCommand::Query {
+            conn, dir, pseudonym_key, client, procedure, case_id, personal_id, outcome, from_ms, to_ms, limit,
+        } => {
+            let req = pb::AuditQueryRequest {
+                from_unix_ms: from_ms,
+                to_unix_ms: to_ms,
+                client: client.unwrap_or_default(),
+                procedure: procedure.unwrap_or_default(),
+                case_id: case_id.unwrap_or_default(),
+                personal_id: personal_id.unwrap_or_default(),
+                outcome: outcome.unwrap_or_default(),
+                limit,
+            };
+            if let Some(dir) = dir {
+                let subject = if req.personal_id.is_empty() {
+                    String::new()
+                } else {
+                    audit::Pseudonymizer::load_or_create(&pseudonym_key)
+                        .with_context(|| format!("pseudonym key {}", pseudonym_key.display()))?
+                        .pseudonym(req.personal_id.trim())
+                };
+                let filter = service::audit_log::Filter {
+                    from_ms: req.from_unix_ms,
+                    to_ms: req.to_unix_ms,
+                    client: req.client,
+                    procedure: req.procedure,
+                    case_id: req.case_id,
+                    subject,
+                    outcome: req.outcome,
+                };
+                let limit = if limit == 0 { usize::MAX } else { limit as usize };
+                for r in audit::read_records(&dir)?.iter().filter(|r| filter.accepts(&r.body)).take(limit) {
+                    print_record(&service::audit_log::to_pb(r), conn.json);
+                }
+                return Ok(());
+            }
+            let mut stream = conn.audit().await?.query(req).await.map_err(rpc)?.into_inner();
+            while let Some(r) = stream.next().await {
+                print_record(&r.map_err(rpc)?, conn.json);
+            }
+            Ok(())
+        }
+        AuditCommand::Tail { conn, from } => {
+            let mut stream = conn
+                .audit()
+                .await?
+                .watch(pb::AuditWatchRequest { from_seq: from })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            while let Some(r) = stream.next().await {
+                print_record(&r.map_err(rpc)?, conn.json);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read_pubkey(path: &Path) -> Result<ed25519_dalek::VerifyingKey> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes: [u8; 32] = hex::decode(text.trim())
+        .context("public key must be 64 hex digits")?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("public key must be 32 bytes"))?;
+    Ok(ed25519_dalek::VerifyingKey::from_bytes(&bytes)?)
+}

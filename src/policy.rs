@@ -1,0 +1,271 @@
+//! Policy: which client may call which RPC, for which procedures, seeing what.
+//!
+//! Invariant: deny by default. An identity missing from the policy, an RPC or a
+//! procedure not granted, an RPC outside the client's role: all PERMISSION_DENIED.
+//! The policy can only narrow what a procedure's profile allows, never widen it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::disclosure;
+
+/// The RPCs a policy can grant, by name.
+pub const RPCS: &[&str] = &[
+    "VerifyIdentity",
+    "VerifyIdentityStream",
+    "GetCitizen",
+    "GetHousehold",
+    "ListProcedures",
+    "AuditLog.Query",
+    "AuditLog.Watch",
+    "AuditLog.Head",
+];
+
+/// What a client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A public-service portal backend: verification only.
+    Portal,
+    /// A ministry system: verification and minimised records.
+    Ministry,
+    /// An operator: the audit log.
+    Operator,
+}
+
+impl Role {
+    /// Whether this role may ever be granted `rpc`.
+    pub fn may_be_granted(self, rpc: &str) -> bool {
+        match self {
+            Role::Portal => matches!(rpc, "VerifyIdentity" | "VerifyIdentityStream" | "ListProcedures"),
+            Role::Ministry => !rpc.starts_with("AuditLog."),
+            Role::Operator => rpc.starts_with("AuditLog.") || rpc == "ListProcedures",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default, rename = "client")]
+    clients: Vec<ClientEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientEntry {
+    identity: String,
+    role: Role,
+    rpcs: Vec<String>,
+    #[serde(default)]
+    procedures: Vec<String>,
+    #[serde(default)]
+    details: bool,
+    #[serde(default)]
+    fields: Option<Vec<String>>,
+}
+
+/// One client's grants.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The client's identity (URI SAN).
+    pub identity: String,
+    /// Its role.
+    pub role: Role,
+    rpcs: BTreeSet<String>,
+    /// `None` = every procedure ("*").
+    procedures: Option<BTreeSet<String>>,
+    /// Whether per-field verification details and NO_MATCH reasons are shown.
+    pub details: bool,
+    /// `None` = every field the procedure's profile allows; otherwise the intersection.
+    fields: Option<BTreeSet<String>>,
+}
+
+impl Grant {
+    /// Whether `rpc` is granted.
+    pub fn allows_rpc(&self, rpc: &str) -> bool {
+        self.rpcs.contains(rpc) && self.role.may_be_granted(rpc)
+    }
+    /// Whether `procedure` is granted.
+    pub fn allows_procedure(&self, procedure: &str) -> bool {
+        self.procedures
+            .as_ref()
+            .is_none_or(|p| p.contains(procedure))
+    }
+    /// The fields of `profile` this client may receive.
+    pub fn readable_fields(&self, profile: &[String]) -> Vec<String> {
+        profile
+            .iter()
+            .filter(|f| self.fields.as_ref().is_none_or(|allowed| allowed.contains(*f)))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Why access was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// The identity is not in the policy.
+    #[error("client is not in the policy")]
+    UnknownClient,
+    /// The RPC is not granted to this client.
+    #[error("{0} is not granted to this client")]
+    Rpc(String),
+    /// The procedure is not granted to this client.
+    #[error("procedure {0} is not granted to this client")]
+    Procedure(String),
+}
+
+/// Errors in a policy file: all of them, reported at once.
+#[derive(Debug, thiserror::Error)]
+#[error("policy {path}: {}", problems.join("; "))]
+pub struct PolicyError {
+    /// The file.
+    pub path: String,
+    /// Every problem found.
+    pub problems: Vec<String>,
+}
+
+/// The loaded policy.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    clients: HashMap<String, Grant>,
+}
+
+impl Policy {
+    /// Loads and checks a policy file.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            path: path.display().to_string(),
+            problems: vec![e.to_string()],
+        })?;
+        Self::from_toml(&text).map_err(|problems| PolicyError {
+            path: path.display().to_string(),
+            problems,
+        })
+    }
+
+    /// Parses and checks a policy; every problem is returned.
+    pub fn from_toml(text: &str) -> Result<Policy, Vec<String>> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        let mut problems = Vec::new();
+        let mut clients = HashMap::new();
+        for c in file.clients {
+            let who = c.identity.clone();
+            if !c.identity.contains("://") {
+                problems.push(format!("client {who:?}: identity must be a URI SAN"));
+            }
+            for rpc in &c.rpcs {
+                if !RPCS.contains(&rpc.as_str()) {
+                    problems.push(format!("client {who}: unknown rpc {rpc:?}"));
+                } else if !c.role.may_be_granted(rpc) {
+                    problems.push(format!(
+                        "client {who}: role {:?} may not be granted {rpc}",
+                        c.role
+                    ));
+                }
+            }
+            let procedures = if c.procedures.iter().any(|p| p == "*") {
+                None
+            } else {
+                for p in &c.procedures {
+                    if !is_procedure_code(p) {
+                        problems.push(format!("client {who}: bad procedure code {p:?}"));
+                    }
+                }
+                Some(c.procedures.iter().cloned().collect())
+            };
+            let fields = match c.fields {
+                Some(f) if !f.iter().any(|x| x == "*") => {
+                    for x in &f {
+                        if !disclosure::is_known_field(x) {
+                            problems.push(format!("client {who}: unknown field {x:?}"));
+                        }
+                    }
+                    Some(f.into_iter().collect())
+                }
+                _ => None,
+            };
+            let grant = Grant {
+                identity: c.identity.clone(),
+                role: c.role,
+                rpcs: c.rpcs.into_iter().collect(),
+                procedures,
+                details: c.details,
+                fields,
+            };
+            if clients.insert(c.identity, grant).is_some() {
+                problems.push(format!("client {who}: listed twice"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(Policy { clients })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The grant of `identity` if it may call `rpc`.
+    pub fn authorize_rpc(&self, identity: &str, rpc: &str) -> Result<&Grant, Denied> {
+        let grant = self.clients.get(identity).ok_or(Denied::UnknownClient)?;
+        if !grant.allows_rpc(rpc) {
+            return Err(Denied::Rpc(rpc.to_string()));
+        }
+        Ok(grant)
+    }
+
+    /// Number of clients.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether no client is listed (everything is then denied).
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+}
+
+fn is_procedure_code(p: &str) -> bool {
+    p.len() == 3 && p.starts_with('P') && p[1..].bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The demo policy written on first start, for the development PKI's clients.
+pub const DEMO_POLICY: &str = include_str!("../config/policy.dev.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_policy_parses_and_denies_by_default() {
+        let p = Policy::from_toml(DEMO_POLICY).unwrap();
+        assert!(p.authorize_rpc("spiffe://nobody/x", "VerifyIdentity").is_err());
+        let portal = p
+            .authorize_rpc(crate::pki::PORTAL_ID, "VerifyIdentity")
+            .unwrap();
+        assert!(!portal.details);
+        assert_eq!(
+            p.authorize_rpc(crate::pki::PORTAL_ID, "GetCitizen").unwrap_err(),
+            Denied::Rpc("GetCitizen".into())
+        );
+        assert!(p.authorize_rpc(crate::pki::MINISTRY_ID, "AuditLog.Query").is_err());
+        assert!(p.authorize_rpc(crate::pki::OPERATOR_ID, "AuditLog.Query").is_ok());
+    }
+
+    #[test]
+    fn a_role_cannot_be_widened_by_the_file() {
+        let errs = Policy::from_toml(
+            r#"[[client]]
+identity = "spiffe://x/portal"
+role = "portal"
+rpcs = ["GetCitizen", "AuditLog.Query", "Nope"]
+procedures = ["P1"]
+fields = ["shoe_size"]
+"#,
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 5, "{errs:?}");
+    }
+}

@@ -1,0 +1,201 @@
+//! Assembles the gateway from its configuration and serves it on a listener the
+//! caller bound (the library never binds a socket: tests use 127.0.0.1:0).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tonic::transport::Server as TonicServer;
+
+use crate::audit::{self, AuditConfig, AuditLog, Durability, Pseudonymizer};
+use crate::catalogue::{Catalogue, CatalogueError};
+use crate::config::Config;
+use crate::policy::{Policy, PolicyError};
+use crate::proto::gateway::audit_log_server::AuditLogServer;
+use crate::proto::gateway::identity_gateway_server::IdentityGatewayServer;
+use crate::proto::registry::CitizenRecord;
+use crate::registry::embedded::EmbeddedRegistry;
+use crate::registry::{Registry, RegistryError};
+use crate::service::audit_log::AuditLogService;
+use crate::service::gateway::GatewayService;
+use crate::service::Gateway;
+use crate::telemetry::Metrics;
+use crate::tls::{self, TlsError};
+
+/// Why the gateway cannot start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// TLS material unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Policy file unusable.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// Catalogue file unusable.
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
+    /// Population unusable.
+    #[error("population: {0}")]
+    Registry(#[from] RegistryError),
+    /// Audit log unusable (the gateway does not start without one).
+    #[error("audit log: {0}")]
+    Audit(#[from] audit::AuditError),
+    /// A key file unusable.
+    #[error("{0}: {1}")]
+    Key(String, std::io::Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A loaded gateway, ready to serve.
+pub struct Server {
+    config: Config,
+    gateway: Arc<Gateway>,
+    tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    examples: Vec<CitizenRecord>,
+    population: usize,
+}
+
+impl Server {
+    /// Loads TLS material, policy, catalogue, the embedded population and the audit log.
+    pub async fn load(config: Config) -> Result<Server, ServeError> {
+        let population = config.population_path();
+        let registry =
+            tokio::task::spawn_blocking(move || EmbeddedRegistry::load_jsonl(&population))
+                .await
+                .map_err(|e| RegistryError::Invalid(e.to_string()))??;
+        let examples = registry.examples();
+        let population = registry.len();
+        Self::assemble(config, Arc::new(registry), examples, population).await
+    }
+
+    /// Like [`Server::load`], over another registry (a remote one, or in tests one
+    /// that is down).
+    pub async fn with_registry(
+        config: Config,
+        registry: Arc<dyn Registry>,
+    ) -> Result<Server, ServeError> {
+        Self::assemble(config, registry, Vec::new(), 0).await
+    }
+
+    async fn assemble(
+        config: Config,
+        registry: Arc<dyn Registry>,
+        examples: Vec<CitizenRecord>,
+        population: usize,
+    ) -> Result<Server, ServeError> {
+        let tls = tls::server_config(&config.tls.client_ca, &config.tls.cert, &config.tls.key)?;
+        let policy = Policy::load(&config.policy_path())?;
+        let catalogue = match &config.catalogue_file {
+            Some(path) => Catalogue::load(path)?,
+            None => Catalogue::builtin(),
+        };
+
+        let signing_key_path = config.signing_key_path();
+        let key = audit::load_or_create_signing_key(&signing_key_path)
+            .map_err(|e| ServeError::Key(signing_key_path.display().to_string(), e))?;
+        let pseudonym_path = config.pseudonym_key_path();
+        let pseudonyms = Pseudonymizer::load_or_create(&pseudonym_path)
+            .map_err(|e| ServeError::Key(pseudonym_path.display().to_string(), e))?;
+        let a = &config.audit;
+        let mut audit_config = AuditConfig::new(config.audit_dir(), config.node_id.clone());
+        audit_config.durability = if a.durability == "buffered" {
+            Durability::Buffered
+        } else {
+            Durability::Fsync
+        };
+        audit_config.segment_max_bytes = a.segment_max_bytes;
+        audit_config.segment_max_age = Duration::from_secs(a.segment_max_age_secs);
+        audit_config.checkpoint_every_records = a.checkpoint_every_records;
+        audit_config.checkpoint_interval = Duration::from_secs(a.checkpoint_interval_secs);
+        audit_config.retention =
+            (a.retention_days > 0).then(|| Duration::from_secs(a.retention_days * 86_400));
+        let audit = tokio::task::spawn_blocking(move || AuditLog::open(audit_config, key))
+            .await
+            .map_err(|e| audit::AuditError::Corrupt(e.to_string()))??;
+
+        let gateway = Arc::new(Gateway {
+            policy: Arc::new(policy),
+            catalogue: Arc::new(catalogue),
+            registry,
+            audit,
+            pseudonyms,
+            metrics: Arc::new(Metrics::default()),
+        });
+        Ok(Server {
+            config,
+            gateway,
+            tls: Arc::new(ArcSwap::new(tls)),
+            examples,
+            population,
+        })
+    }
+
+    /// Two living citizens of the population, for the first-start message.
+    pub fn examples(&self) -> &[CitizenRecord] {
+        &self.examples
+    }
+
+    /// Number of citizens loaded.
+    pub fn population(&self) -> usize {
+        self.population
+    }
+
+    /// The shared state (tests read the counters and the audit log through it).
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains and closes the audit log (which
+    /// signs a final checkpoint).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<IdentityGatewayServer<GatewayService>>()
+            .await;
+        health_reporter
+            .set_serving::<AuditLogServer<AuditLogService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServeError::Key("reflection".into(), std::io::Error::other(e)))?;
+
+        let incoming = tls::incoming(
+            listener,
+            self.tls.clone(),
+            self.config.handshake_timeout(),
+            self.gateway.metrics.clone(),
+        );
+        let result = TonicServer::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(IdentityGatewayServer::new(GatewayService::new(
+                self.gateway.clone(),
+            )))
+            .add_service(AuditLogServer::new(AuditLogService::new(
+                self.gateway.clone(),
+            )))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        self.gateway.audit.shutdown().await;
+        Ok(result?)
+    }
+}
+
+/// Loads the gateway from `config` and serves it on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    Server::load(config).await?.serve(listener, shutdown).await
+}

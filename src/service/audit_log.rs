@@ -1,0 +1,228 @@
+//! `popgw.v1.AuditLog`: the operators' view of the audit log (operator role only).
+//! Reading the log is itself audited.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{Gateway, Outcome, RequestCtx};
+use crate::audit::{self, StoredRecord};
+use crate::error::GatewayError;
+use crate::proto::gateway as pb;
+use crate::proto::gateway::audit_log_server::AuditLog;
+use crate::validation::{self};
+
+/// The AuditLog service.
+#[derive(Clone)]
+pub struct AuditLogService {
+    gw: Arc<Gateway>,
+}
+
+impl AuditLogService {
+    /// A service over the shared gateway state.
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        Self { gw }
+    }
+}
+
+/// A stored record as the API returns it.
+pub fn to_pb(r: &StoredRecord) -> pb::AuditRecord {
+    let b = &r.body;
+    pb::AuditRecord {
+        seq: b.seq,
+        time_unix_ms: b.time_unix_ms,
+        node: b.node.clone(),
+        request_id: b.request_id.clone(),
+        client: b.client.clone(),
+        rpc: b.rpc.clone(),
+        procedure: b.procedure.clone(),
+        case_id: b.case_id.clone(),
+        subject: b.subject.clone(),
+        fields: b.fields.clone(),
+        outcome: b.outcome.clone(),
+        code: b.code.clone(),
+        rule: b.rule.clone(),
+        cache: b.cache.clone(),
+        latency_us: b.latency_us,
+        prev_hash: b.prev.clone(),
+        hash: r.hash.clone(),
+        detail: b.detail.clone(),
+        json: r.json.clone(),
+    }
+}
+
+/// A query's filters, with the personal id already turned into its pseudonym.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Inclusive lower bound, ms since the epoch (0 = none).
+    pub from_ms: i64,
+    /// Inclusive upper bound (0 = none).
+    pub to_ms: i64,
+    /// Client identity.
+    pub client: String,
+    /// Procedure code.
+    pub procedure: String,
+    /// Case id.
+    pub case_id: String,
+    /// Subject pseudonym.
+    pub subject: String,
+    /// Outcome word or gRPC code name.
+    pub outcome: String,
+}
+
+impl Filter {
+    /// Whether `r` passes every filter set.
+    pub fn accepts(&self, r: &audit::RecordBody) -> bool {
+        let eq = |f: &str, v: &str| f.is_empty() || f == v;
+        (self.from_ms == 0 || r.time_unix_ms >= self.from_ms)
+            && (self.to_ms == 0 || r.time_unix_ms <= self.to_ms)
+            && eq(&self.client, &r.client)
+            && eq(&self.procedure, &r.procedure)
+            && eq(&self.case_id, &r.case_id)
+            && eq(&self.subject, &r.subject)
+            && (self.outcome.is_empty() || self.outcome == r.outcome || self.outcome == r.code)
+    }
+}
+
+type RecordStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + Send + 'static>>;
+
+impl Gateway {
+    fn audit_filter(&self, req: &pb::AuditQueryRequest) -> Result<Filter, GatewayError> {
+        let subject = if req.personal_id.trim().is_empty() {
+            String::new()
+        } else {
+            let id = validation::parse_declared_id(&req.personal_id, true)?;
+            self.subject(id.digits())
+        };
+        Ok(Filter {
+            from_ms: req.from_unix_ms,
+            to_ms: req.to_unix_ms,
+            client: req.client.clone(),
+            procedure: req.procedure.clone(),
+            case_id: req.case_id.clone(),
+            subject,
+            outcome: req.outcome.clone(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl AuditLog for AuditLogService {
+    type QueryStream = RecordStream;
+
+    async fn query(
+        &self,
+        request: Request<pb::AuditQueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let mut ctx: RequestCtx = self.gw.begin("AuditLog.Query", request.peer_certs());
+        let req = request.into_inner();
+        let result: Result<(Filter, Outcome), GatewayError> = self
+            .gw
+            .authorize(&ctx)
+            .and_then(|_| self.gw.audit_filter(&req))
+            .map(|f| (f, "QUERIED"));
+        if let Ok((f, _)) = &result {
+            ctx.subject = f.subject.clone();
+            ctx.fields = vec!["audit_records".into()];
+        }
+        let filter = self.gw.finish(ctx, result).await?;
+        let dir = self.gw.audit.dir().to_path_buf();
+        let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
+        let records = tokio::task::spawn_blocking(move || audit::read_records(&dir))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let out: Vec<_> = records
+            .iter()
+            .filter(|r| filter.accepts(&r.body))
+            .take(limit)
+            .map(|r| Ok(to_pb(r)))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(out))))
+    }
+
+    type WatchStream = RecordStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::AuditWatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let mut ctx = self.gw.begin("AuditLog.Watch", request.peer_certs());
+        let from = request.into_inner().from_seq;
+        let result = self.gw.authorize(&ctx).map(|_| ((), "WATCHING"));
+        ctx.fields = vec!["audit_records".into()];
+        // Subscribe before reading the backlog so nothing falls between the two.
+        let mut live = self.gw.audit.subscribe();
+        self.gw.finish(ctx, result).await?;
+        let dir = self.gw.audit.dir().to_path_buf();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let backlog = match tokio::task::spawn_blocking(move || audit::read_records(&dir)).await {
+                Ok(Ok(records)) => records,
+                _ => {
+                    let _ = tx.send(Err(Status::unavailable("audit log unreadable"))).await;
+                    return;
+                }
+            };
+            let mut next = from.max(1);
+            let start = next;
+            for r in backlog.iter().filter(|r| r.body.seq >= start) {
+                if tx.send(Ok(to_pb(r))).await.is_err() {
+                    return;
+                }
+                next = r.body.seq + 1;
+            }
+            loop {
+                match live.recv().await {
+                    Ok(r) if r.body.seq < next => continue,
+                    Ok(r) => {
+                        next = r.body.seq + 1;
+                        if tx.send(Ok(to_pb(&r))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!(
+                                "watcher fell {n} records behind; resume with from_seq={next}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn head(
+        &self,
+        request: Request<pb::AuditHeadRequest>,
+    ) -> Result<Response<pb::AuditCheckpoint>, Status> {
+        let ctx = self.gw.begin("AuditLog.Head", request.peer_certs());
+        let result = self.gw.authorize(&ctx).map(|_| ((), "READ"));
+        self.gw.finish(ctx, result).await?;
+        let public_key = std::fs::read_to_string(self.gw.audit.dir().join("audit-signing.pub"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let cp = self
+            .gw
+            .audit
+            .head()
+            .ok_or_else(|| Status::not_found("no checkpoint signed yet"))?;
+        Ok(Response::new(pb::AuditCheckpoint {
+            seq: cp.seq,
+            head_hash: cp.head_hash,
+            time_unix_ms: cp.time_unix_ms,
+            node: cp.node,
+            signature: cp.signature,
+            public_key,
+        }))
+    }
+}

@@ -1,0 +1,357 @@
+//! `popgw.v1.IdentityGateway`: verification, minimised records, households, catalogue.
+//!
+//! Order of checks in every RPC: client identity → RPC granted → procedure known
+//! (INVALID_ARGUMENT) → procedure granted (PERMISSION_DENIED) → every other field
+//! validated → registry → matching / minimisation → audit → answer.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{Gateway, Outcome, RequestCtx};
+use crate::catalogue::{MatchingRule, Procedure};
+use crate::disclosure;
+use crate::error::GatewayError;
+use crate::matching::{self, Declaration, FieldResult, NoMatchReason, Verification};
+use crate::policy::Grant;
+use crate::proto::gateway as pb;
+use crate::proto::gateway::identity_gateway_server::IdentityGateway;
+use crate::registry::LookupKey;
+use crate::validation::{self, DeclaredId, InvalidField};
+
+/// The IdentityGateway service.
+#[derive(Clone)]
+pub struct GatewayService {
+    gw: Arc<Gateway>,
+}
+
+impl GatewayService {
+    /// A service over the shared gateway state.
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        Self { gw }
+    }
+}
+
+fn rule_name(rule: MatchingRule) -> &'static str {
+    match rule {
+        MatchingRule::Exact => "EXACT",
+        MatchingRule::Tolerant => "TOLERANT",
+    }
+}
+
+fn pb_rule(rule: MatchingRule) -> pb::MatchingRule {
+    match rule {
+        MatchingRule::Exact => pb::MatchingRule::Exact,
+        MatchingRule::Tolerant => pb::MatchingRule::Tolerant,
+    }
+}
+
+fn pb_field(r: FieldResult) -> i32 {
+    (match r {
+        FieldResult::Match => pb::FieldResult::Match,
+        FieldResult::Mismatch => pb::FieldResult::Mismatch,
+        FieldResult::NotProvided => pb::FieldResult::NotProvided,
+        FieldResult::NotCompared => pb::FieldResult::Unspecified,
+    }) as i32
+}
+
+fn reason_name(r: NoMatchReason) -> (&'static str, pb::NoMatchReason) {
+    match r {
+        NoMatchReason::NotFound => ("NOT_FOUND", pb::NoMatchReason::NotFound),
+        NoMatchReason::Deceased => ("DECEASED", pb::NoMatchReason::Deceased),
+        NoMatchReason::FieldsDiffer => ("FIELDS_DIFFER", pb::NoMatchReason::FieldsDiffer),
+        NoMatchReason::IdInconsistent => ("ID_INCONSISTENT", pb::NoMatchReason::IdInconsistent),
+    }
+}
+
+impl Gateway {
+    /// Resolves and authorises the procedure of a request: known, then granted.
+    fn procedure<'a>(
+        &'a self,
+        ctx: &mut RequestCtx,
+        grant: &Grant,
+        code: &str,
+    ) -> Result<&'a Procedure, GatewayError> {
+        let code = code.trim();
+        if code.is_empty() {
+            return Err(InvalidField {
+                field: "procedure_code",
+                reason: "required".into(),
+            }
+            .into());
+        }
+        let procedure = self.catalogue.get(code).ok_or_else(|| InvalidField {
+            field: "procedure_code",
+            reason: "unknown procedure (see ListProcedures)".into(),
+        })?;
+        ctx.procedure = procedure.code.clone();
+        ctx.rule = rule_name(procedure.matching_rule).into();
+        if !grant.allows_procedure(&procedure.code) {
+            return Err(crate::policy::Denied::Procedure(procedure.code.clone()).into());
+        }
+        Ok(procedure)
+    }
+
+    fn lookup_key(&self, ctx: &mut RequestCtx, id: &DeclaredId) -> LookupKey {
+        ctx.subject = self.subject(id.digits());
+        match id {
+            DeclaredId::Personal(p) => LookupKey::PersonalId(p.digits.clone()),
+            DeclaredId::Old(d) => LookupKey::OldId(d.clone()),
+        }
+    }
+
+    /// One verification, shared by the unary and the streaming RPC.
+    pub(crate) async fn verify(
+        &self,
+        ctx: &mut RequestCtx,
+        req: pb::VerifyIdentityRequest,
+    ) -> Result<(pb::VerifyIdentityResponse, Outcome), GatewayError> {
+        let grant = self.authorize(ctx)?;
+        let procedure = self.procedure(ctx, grant, &req.procedure_code)?;
+        ctx.case_id = validation::check_case_id(&req.case_id)?;
+        let id = validation::parse_declared_id(&req.personal_id, procedure.old_id_accepted)?;
+        validation::check_full_name(&req.full_name)?;
+        let dob = validation::parse_birth_date(&req.date_of_birth, validation::today_in_vietnam())?;
+        let sex = validation::parse_sex(req.sex)?;
+        let key = self.lookup_key(ctx, &id);
+
+        let verification = match &id {
+            DeclaredId::Personal(p) => match validation::id_consistency(p, sex, dob) {
+                Err(field) => Some(Verification::id_inconsistent(field, sex.is_some(), dob.is_some())),
+                Ok(()) => None,
+            },
+            DeclaredId::Old(_) => None,
+        };
+        let verification = match verification {
+            Some(v) => v,
+            None => {
+                let record = self.registry.citizen(&key).await?;
+                let declared = Declaration {
+                    full_name: &req.full_name,
+                    date_of_birth: dob,
+                    sex,
+                };
+                matching::verify(procedure.matching_rule, &declared, record.as_ref())
+            }
+        };
+        let (verdict, outcome) = if verification.is_match() {
+            (pb::Verdict::Match, "MATCH")
+        } else {
+            (pb::Verdict::NoMatch, "NO_MATCH")
+        };
+        let reason = verification.no_match.map(reason_name);
+        if let Some((name, _)) = reason {
+            ctx.detail = name.into();
+        }
+        let details = grant.details.then(|| pb::VerificationDetails {
+            personal_id: pb_field(verification.personal_id),
+            full_name: pb_field(verification.full_name),
+            date_of_birth: pb_field(verification.date_of_birth),
+            sex: pb_field(verification.sex),
+            reason: reason.map_or(0, |(_, r)| r as i32),
+            rule: pb_rule(procedure.matching_rule) as i32,
+        });
+        // Only the verdict is disclosed; the per-field results when granted.
+        ctx.fields = vec!["verdict".into()];
+        if details.is_some() {
+            ctx.fields.push("verification_details".into());
+        }
+        Ok((
+            pb::VerifyIdentityResponse {
+                verdict: verdict as i32,
+                request_id: ctx.request_id.clone(),
+                details,
+            },
+            outcome,
+        ))
+    }
+
+    async fn citizen(
+        &self,
+        ctx: &mut RequestCtx,
+        req: pb::GetCitizenRequest,
+    ) -> Result<(pb::GetCitizenResponse, Outcome), GatewayError> {
+        let grant = self.authorize(ctx)?;
+        let procedure = self.procedure(ctx, grant, &req.procedure_code)?;
+        ctx.case_id = validation::check_case_id(&req.case_id)?;
+        let id = validation::parse_declared_id(&req.personal_id, procedure.old_id_accepted)?;
+        let key = self.lookup_key(ctx, &id);
+        let record = self
+            .registry
+            .citizen(&key)
+            .await?
+            .ok_or(GatewayError::NotFound("no citizen has this personal_id"))?;
+        let allowed = grant.readable_fields(&procedure.readable_fields);
+        let (citizen, disclosed) = disclosure::minimise(&record, &allowed);
+        ctx.fields = disclosed.clone();
+        Ok((
+            pb::GetCitizenResponse {
+                request_id: ctx.request_id.clone(),
+                citizen: Some(citizen),
+                disclosed_fields: disclosed,
+            },
+            "DISCLOSED",
+        ))
+    }
+
+    async fn household(
+        &self,
+        ctx: &mut RequestCtx,
+        req: pb::GetHouseholdRequest,
+    ) -> Result<(pb::GetHouseholdResponse, Outcome), GatewayError> {
+        let grant = self.authorize(ctx)?;
+        let procedure = self.procedure(ctx, grant, &req.procedure_code)?;
+        ctx.case_id = validation::check_case_id(&req.case_id)?;
+        let id = validation::parse_declared_id(&req.personal_id, procedure.old_id_accepted)?;
+        if !procedure.household_readable {
+            return Err(GatewayError::NotInProfile(format!(
+                "procedure {} does not allow household data",
+                procedure.code
+            )));
+        }
+        let key = self.lookup_key(ctx, &id);
+        let record = self
+            .registry
+            .citizen(&key)
+            .await?
+            .ok_or(GatewayError::NotFound("no citizen has this personal_id"))?;
+        let household_id = record
+            .household
+            .as_ref()
+            .map(|h| h.household_id.clone())
+            .unwrap_or_default();
+        if household_id.is_empty() {
+            return Err(GatewayError::NotFound("the citizen belongs to no household"));
+        }
+        let household = self
+            .registry
+            .household(&household_id)
+            .await?
+            .ok_or(GatewayError::NotFound("the citizen belongs to no household"))?;
+        ctx.fields = vec![
+            "household.head".into(),
+            "household.members".into(),
+        ];
+        Ok((
+            pb::GetHouseholdResponse {
+                request_id: ctx.request_id.clone(),
+                head: household.head,
+                members: household.members,
+            },
+            "DISCLOSED",
+        ))
+    }
+
+    fn procedures(&self, ctx: &mut RequestCtx) -> Result<(pb::ListProceduresResponse, Outcome), GatewayError> {
+        self.authorize(ctx)?;
+        let procedures = self
+            .catalogue
+            .procedures()
+            .map(|p| pb::Procedure {
+                code: p.code.clone(),
+                name_vi: p.name_vi.clone(),
+                name_en: p.name_en.clone(),
+                lead_agency: p.lead_agency.clone(),
+                matching_rule: pb_rule(p.matching_rule) as i32,
+                readable_fields: p.readable_fields.clone(),
+                household_readable: p.household_readable,
+                old_id_accepted: p.old_id_accepted,
+            })
+            .collect();
+        Ok((pb::ListProceduresResponse { procedures }, "LISTED"))
+    }
+}
+
+type VerifyStream =
+    Pin<Box<dyn Stream<Item = Result<pb::VerifyIdentityStreamResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl IdentityGateway for GatewayService {
+    async fn verify_identity(
+        &self,
+        request: Request<pb::VerifyIdentityRequest>,
+    ) -> Result<Response<pb::VerifyIdentityResponse>, Status> {
+        let mut ctx = self.gw.begin("VerifyIdentity", request.peer_certs());
+        let result = self.gw.verify(&mut ctx, request.into_inner()).await;
+        self.gw.finish(ctx, result).await.map(Response::new)
+    }
+
+    type VerifyIdentityStreamStream = VerifyStream;
+
+    async fn verify_identity_stream(
+        &self,
+        request: Request<Streaming<pb::VerifyIdentityStreamRequest>>,
+    ) -> Result<Response<Self::VerifyIdentityStreamStream>, Status> {
+        let certs = request.peer_certs();
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let gw = self.gw.clone();
+        tokio::spawn(async move {
+            while let Some(item) = inbound.next().await {
+                let item = match item {
+                    Ok(item) => item,
+                    Err(status) => {
+                        tracing::debug!(code = ?status.code(), "verification stream ended by transport");
+                        break;
+                    }
+                };
+                let mut ctx = gw.begin("VerifyIdentityStream", certs.clone());
+                let result = match item.request {
+                    Some(req) => gw.verify(&mut ctx, req).await,
+                    None => Err(InvalidField {
+                        field: "request",
+                        reason: "required".into(),
+                    }
+                    .into()),
+                };
+                let result = match gw.finish(ctx, result).await {
+                    Ok(resp) => pb::verify_identity_stream_response::Result::Response(resp),
+                    Err(status) => pb::verify_identity_stream_response::Result::Error(pb::ItemError {
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                    }),
+                };
+                let answer = pb::VerifyIdentityStreamResponse {
+                    correlation_id: item.correlation_id,
+                    result: Some(result),
+                };
+                if tx.send(Ok(answer)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_citizen(
+        &self,
+        request: Request<pb::GetCitizenRequest>,
+    ) -> Result<Response<pb::GetCitizenResponse>, Status> {
+        let mut ctx = self.gw.begin("GetCitizen", request.peer_certs());
+        let result = self.gw.citizen(&mut ctx, request.into_inner()).await;
+        self.gw.finish(ctx, result).await.map(Response::new)
+    }
+
+    async fn get_household(
+        &self,
+        request: Request<pb::GetHouseholdRequest>,
+    ) -> Result<Response<pb::GetHouseholdResponse>, Status> {
+        let mut ctx = self.gw.begin("GetHousehold", request.peer_certs());
+        let result = self.gw.household(&mut ctx, request.into_inner()).await;
+        self.gw.finish(ctx, result).await.map(Response::new)
+    }
+
+    async fn list_procedures(
+        &self,
+        request: Request<pb::ListProceduresRequest>,
+    ) -> Result<Response<pb::ListProceduresResponse>, Status> {
+        let mut ctx = self.gw.begin("ListProcedures", request.peer_certs());
+        let result = self.gw.procedures(&mut ctx);
+        self.gw.finish(ctx, result).await.map(Response::new)
+    }
+}

@@ -1,0 +1,313 @@
+//! Checks every field of a request before any lookup: personal ids (12 digits, the
+//! province/century/sex/year structure, the old 9-digit id), names, dates, case ids.
+
+/// The 63 historical province codes (PPP of the 12-digit id) and their names.
+/// Ids were not renumbered by the 2025 merger, so these are the codes to validate against.
+pub const PROVINCES: &[(&str, &str)] = &[
+    ("001", "Hà Nội"),
+    ("002", "Hà Giang"),
+    ("004", "Cao Bằng"),
+    ("006", "Bắc Kạn"),
+    ("008", "Tuyên Quang"),
+    ("010", "Lào Cai"),
+    ("011", "Điện Biên"),
+    ("012", "Lai Châu"),
+    ("014", "Sơn La"),
+    ("015", "Yên Bái"),
+    ("017", "Hòa Bình"),
+    ("019", "Thái Nguyên"),
+    ("020", "Lạng Sơn"),
+    ("022", "Quảng Ninh"),
+    ("024", "Bắc Giang"),
+    ("025", "Phú Thọ"),
+    ("026", "Vĩnh Phúc"),
+    ("027", "Bắc Ninh"),
+    ("030", "Hải Dương"),
+    ("031", "Hải Phòng"),
+    ("033", "Hưng Yên"),
+    ("034", "Thái Bình"),
+    ("035", "Hà Nam"),
+    ("036", "Nam Định"),
+    ("037", "Ninh Bình"),
+    ("038", "Thanh Hóa"),
+    ("040", "Nghệ An"),
+    ("042", "Hà Tĩnh"),
+    ("044", "Quảng Bình"),
+    ("045", "Quảng Trị"),
+    ("046", "Thừa Thiên Huế"),
+    ("048", "Đà Nẵng"),
+    ("049", "Quảng Nam"),
+    ("051", "Quảng Ngãi"),
+    ("052", "Bình Định"),
+    ("054", "Phú Yên"),
+    ("056", "Khánh Hòa"),
+    ("058", "Ninh Thuận"),
+    ("060", "Bình Thuận"),
+    ("062", "Kon Tum"),
+    ("064", "Gia Lai"),
+    ("066", "Đắk Lắk"),
+    ("067", "Đắk Nông"),
+    ("068", "Lâm Đồng"),
+    ("070", "Bình Phước"),
+    ("072", "Tây Ninh"),
+    ("074", "Bình Dương"),
+    ("075", "Đồng Nai"),
+    ("077", "Bà Rịa – Vũng Tàu"),
+    ("079", "Hồ Chí Minh"),
+    ("080", "Long An"),
+    ("082", "Tiền Giang"),
+    ("083", "Bến Tre"),
+    ("084", "Trà Vinh"),
+    ("086", "Vĩnh Long"),
+    ("087", "Đồng Tháp"),
+    ("089", "An Giang"),
+    ("091", "Kiên Giang"),
+    ("092", "Cần Thơ"),
+    ("093", "Hậu Giang"),
+    ("094", "Sóc Trăng"),
+    ("095", "Bạc Liêu"),
+    ("096", "Cà Mau"),
+];
+
+use chrono::{Datelike, NaiveDate};
+
+use crate::proto::registry::Sex;
+
+/// Longest accepted full name, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+/// Longest accepted case id (dossier number), in characters.
+pub const MAX_CASE_ID_CHARS: usize = 64;
+
+/// A request field that failed validation. The message names the field and the
+/// rule, never the value (it may be personal data).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidField {
+    /// The request field's name.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidField {
+    InvalidField {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// A parsed 12-digit personal id: PPP G YY RRRRRR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonalId {
+    /// The 12 digits.
+    pub digits: String,
+    /// The province of birth registration, `None` for an unknown prefix (births
+    /// abroad use codes not in the table: unknown origin, not forgery).
+    pub province: Option<&'static str>,
+    /// Sex encoded by digit 4.
+    pub sex: Sex,
+    /// Birth year encoded by digit 4 (century) and digits 5-6.
+    pub birth_year: i32,
+}
+
+/// A personal id as declared: the 12-digit id, or the old 9-digit CMND where the
+/// procedure accepts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeclaredId {
+    /// The 12-digit personal id.
+    Personal(PersonalId),
+    /// The old 9-digit id (its prefix cannot be validated).
+    Old(String),
+}
+
+impl DeclaredId {
+    /// The digits.
+    pub fn digits(&self) -> &str {
+        match self {
+            DeclaredId::Personal(p) => &p.digits,
+            DeclaredId::Old(d) => d,
+        }
+    }
+}
+
+/// Parses a 12-digit personal id (surrounding ASCII white space trimmed).
+pub fn parse_personal_id(raw: &str) -> Result<PersonalId, InvalidField> {
+    let s = raw.trim_ascii();
+    if s.is_empty() {
+        return Err(invalid("personal_id", "required"));
+    }
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid("personal_id", "must contain only ASCII digits"));
+    }
+    if s.len() != 12 {
+        return Err(invalid("personal_id", "must be exactly 12 digits"));
+    }
+    let b = s.as_bytes();
+    let g = (b[3] - b'0') as i32;
+    let yy = ((b[4] - b'0') * 10 + (b[5] - b'0')) as i32;
+    let prefix = &s[..3];
+    Ok(PersonalId {
+        digits: s.to_string(),
+        province: PROVINCES
+            .iter()
+            .find(|(code, _)| *code == prefix)
+            .map(|(_, name)| *name),
+        sex: if g % 2 == 0 { Sex::Male } else { Sex::Female },
+        birth_year: 1900 + (g / 2) * 100 + yy,
+    })
+}
+
+/// Parses a declared id: 12 digits always; 9 digits only when `old_id_accepted`.
+pub fn parse_declared_id(raw: &str, old_id_accepted: bool) -> Result<DeclaredId, InvalidField> {
+    let s = raw.trim_ascii();
+    if s.len() == 9 && s.bytes().all(|b| b.is_ascii_digit()) {
+        return if old_id_accepted {
+            Ok(DeclaredId::Old(s.to_string()))
+        } else {
+            Err(invalid(
+                "personal_id",
+                "the old 9-digit id is not accepted for this procedure; give the 12-digit id",
+            ))
+        };
+    }
+    parse_personal_id(s).map(DeclaredId::Personal)
+}
+
+/// A declared date of birth: a full date, or only a year.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BirthDate {
+    /// YYYY-MM-DD.
+    Full(NaiveDate),
+    /// YYYY only.
+    Year(i32),
+}
+
+impl BirthDate {
+    /// The year.
+    pub fn year(&self) -> i32 {
+        match self {
+            BirthDate::Full(d) => d.year(),
+            BirthDate::Year(y) => *y,
+        }
+    }
+}
+
+/// Parses "YYYY-MM-DD" or "YYYY" without judging it against today (used for records too).
+pub fn parse_date_shape(s: &str) -> Option<BirthDate> {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(|c| c.is_ascii_digit());
+    match b.len() {
+        4 if digits(0..4) => s.parse().ok().map(BirthDate::Year),
+        10 if digits(0..4) && b[4] == b'-' && digits(5..7) && b[7] == b'-' && digits(8..10) => {
+            let y = s[0..4].parse().ok()?;
+            let m = s[5..7].parse().ok()?;
+            let d = s[8..10].parse().ok()?;
+            NaiveDate::from_ymd_opt(y, m, d).map(BirthDate::Full)
+        }
+        _ => None,
+    }
+}
+
+/// Today's date in Vietnam (UTC+7), the reference for "future" birth dates.
+pub fn today_in_vietnam() -> NaiveDate {
+    (chrono::Utc::now() + chrono::Duration::hours(7)).date_naive()
+}
+
+/// Parses a declared date of birth; `Ok(None)` when not provided (empty).
+pub fn parse_birth_date(raw: &str, today: NaiveDate) -> Result<Option<BirthDate>, InvalidField> {
+    let s = raw.trim_ascii();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let date = parse_date_shape(s).ok_or_else(|| {
+        invalid(
+            "date_of_birth",
+            "must be a real date as YYYY-MM-DD, or a year as YYYY",
+        )
+    })?;
+    if date.year() < 1900 {
+        return Err(invalid("date_of_birth", "year before 1900"));
+    }
+    let future = match date {
+        BirthDate::Full(d) => d > today,
+        BirthDate::Year(y) => y > today.year(),
+    };
+    if future {
+        return Err(invalid("date_of_birth", "is in the future"));
+    }
+    Ok(Some(date))
+}
+
+/// Checks a declared full name: required, at most 100 characters, no control
+/// characters, at least one letter.
+pub fn check_full_name(raw: &str) -> Result<(), InvalidField> {
+    if raw.trim().is_empty() {
+        return Err(invalid("full_name", "required"));
+    }
+    if raw.chars().count() > MAX_NAME_CHARS {
+        return Err(invalid(
+            "full_name",
+            format!("longer than {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(invalid("full_name", "contains control characters"));
+    }
+    if raw.chars().any(|c| c.is_ascii_digit()) {
+        return Err(invalid("full_name", "contains digits"));
+    }
+    if !raw.chars().any(char::is_alphabetic) {
+        return Err(invalid("full_name", "contains no letter"));
+    }
+    Ok(())
+}
+
+/// Checks the case id (dossier number): required, 1-64 printable characters.
+pub fn check_case_id(raw: &str) -> Result<String, InvalidField> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return Err(invalid("case_id", "required (the dossier number)"));
+    }
+    if s.chars().count() > MAX_CASE_ID_CHARS {
+        return Err(invalid(
+            "case_id",
+            format!("longer than {MAX_CASE_ID_CHARS} characters"),
+        ));
+    }
+    if s.chars().any(|c| c.is_control()) {
+        return Err(invalid("case_id", "contains non-printable characters"));
+    }
+    Ok(s.to_string())
+}
+
+/// The declared sex: `None` when not provided; an unknown enum value is an error.
+pub fn parse_sex(raw: i32) -> Result<Option<Sex>, InvalidField> {
+    match Sex::try_from(raw) {
+        Ok(Sex::Unspecified) => Ok(None),
+        Ok(s) => Ok(Some(s)),
+        Err(_) => Err(invalid("sex", "unknown value")),
+    }
+}
+
+/// Whether the id's sex/century digit and year digits agree with what was declared.
+/// Returns the first inconsistency found, as a field name.
+pub fn id_consistency(
+    id: &PersonalId,
+    sex: Option<Sex>,
+    birth: Option<BirthDate>,
+) -> Result<(), &'static str> {
+    if let Some(sex) = sex {
+        if sex != id.sex {
+            return Err("sex");
+        }
+    }
+    if let Some(b) = birth {
+        if b.year() != id.birth_year {
+            return Err("date_of_birth");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

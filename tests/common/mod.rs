@@ -1,0 +1,161 @@
+//! Test harness: the real gateway on 127.0.0.1:0 with a PKI, policy and small
+//! population generated into a temporary folder, called over real mutual TLS.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use popgw::client::{connect, ClientCerts};
+use popgw::config::Config;
+use popgw::pki::{self, DevCa};
+use popgw::proto::gateway as pb;
+use popgw::proto::gateway::audit_log_client::AuditLogClient;
+use popgw::proto::gateway::identity_gateway_client::IdentityGatewayClient;
+use popgw::proto::registry::CitizenRecord;
+use popgw::registry::Registry;
+use popgw::service::Gateway;
+use popgw::Server;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// A client known to the CA but absent from the policy.
+pub const STRANGER_ID: &str = "spiffe://popgw.dev/portal/stranger";
+
+/// Extra policy entries used by the tests, appended to the demo policy.
+pub const TEST_POLICY: &str = r#"
+[[client]]
+identity = "spiffe://popgw.dev/ministry/limited"
+role = "ministry"
+rpcs = ["GetCitizen"]
+procedures = ["P21"]
+fields = ["full_name", "date_of_birth", "permanent_residence"]
+"#;
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    pub certs: PathBuf,
+    pub ca: DevCa,
+    pub gateway: Arc<Gateway>,
+    pub population: Vec<CitizenRecord>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub fn population_records(path: &Path) -> Vec<CitizenRecord> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Prepares the folder: PKI (with an expired and an unknown client), policy, population.
+pub fn prepare(dir: &Path) -> (Config, DevCa) {
+    let config = Config::rooted_at(dir);
+    let certs = dir.join("certs");
+    let ca = pki::init(&certs).unwrap();
+    pki::write_client(&ca, &certs, "expired", pki::PORTAL_ID, (2025, 1, 1)).unwrap();
+    pki::write_client(&ca, &certs, "stranger", STRANGER_ID, (2036, 1, 1)).unwrap();
+    pki::write_client(&ca, &certs, "limited", "spiffe://popgw.dev/ministry/limited", (2036, 1, 1)).unwrap();
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    std::fs::write(
+        config.policy_path(),
+        format!("{}\n{}", popgw::policy::DEMO_POLICY, TEST_POLICY),
+    )
+    .unwrap();
+    popgw::registry::generate::generate_to_file(2_000, 7, &config.population_path()).unwrap();
+    (config, ca)
+}
+
+impl TestGateway {
+    pub async fn start() -> TestGateway {
+        Self::start_with(|_| {}, None).await
+    }
+
+    pub async fn start_with(
+        adjust: impl FnOnce(&mut Config),
+        registry: Option<Arc<dyn Registry>>,
+    ) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut config, ca) = prepare(dir.path());
+        adjust(&mut config);
+        let population = population_records(&config.population_path());
+        let server = match registry {
+            Some(r) => Server::with_registry(config, r).await.unwrap(),
+            None => Server::load(config).await.unwrap(),
+        };
+        let gateway = server.gateway();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            server
+                .serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        TestGateway {
+            addr,
+            certs: dir.path().join("certs"),
+            dir,
+            ca,
+            gateway,
+            population,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn channel(&self, who: &str) -> Channel {
+        connect(&format!("localhost:{}", self.addr.port()), &ClientCerts::dev(&self.certs, who))
+            .await
+            .unwrap()
+    }
+
+    pub async fn client(&self, who: &str) -> IdentityGatewayClient<Channel> {
+        IdentityGatewayClient::new(self.channel(who).await)
+    }
+
+    pub async fn audit_client(&self, who: &str) -> AuditLogClient<Channel> {
+        AuditLogClient::new(self.channel(who).await)
+    }
+
+    /// Stops the server (drains and signs the final checkpoint).
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap();
+        }
+    }
+
+    /// A living citizen with a full date of birth and a 12-digit id.
+    pub fn living(&self) -> &CitizenRecord {
+        self.population
+            .iter()
+            .find(|r| r.date_of_death.is_empty() && r.date_of_birth.len() == 10)
+            .unwrap()
+    }
+
+    pub fn find(&self, pred: impl Fn(&CitizenRecord) -> bool) -> &CitizenRecord {
+        self.population.iter().find(|r| pred(r)).expect("population has such a citizen")
+    }
+}
+
+/// A verification request declaring exactly what the record holds.
+pub fn declare(r: &CitizenRecord, procedure: &str) -> pb::VerifyIdentityRequest {
+    pb::VerifyIdentityRequest {
+        personal_id: r.personal_id.clone(),
+        full_name: r.full_name.clone(),
+        date_of_birth: r.date_of_birth.clone(),
+        sex: r.sex,
+        procedure_code: procedure.into(),
+        case_id: "HS-2026-000123".into(),
+    }
+}
