@@ -3,7 +3,7 @@
 //! 64 concurrent tokio tasks each append records; throughput is reported as
 //! records (elements) per second. Mean batch size is printed at the end.
 
-use popgw::audit; // in popgw: `use popgw::audit;`
+use popgw::audit;
 
 use audit::{AuditConfig, AuditEntry, AuditLog, Durability};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -15,16 +15,16 @@ const PER_TASK: usize = 16;
 fn entry(i: usize) -> AuditEntry {
     AuditEntry {
         request_id: format!("req-{i}"),
-        client: "portal-tax".into(),
-        rpc: "/popgw.v1.Population/GetPerson".into(),
-        procedure: "tax-assessment".into(),
-        case_id: format!("case-{i}"),
+        client: "spiffe://popgw.dev/portal/dvcqg".into(),
+        rpc: "VerifyIdentity".into(),
+        procedure: "P03".into(),
+        case_id: format!("HS-2026-{i:06}"),
         subject: "4f1c".repeat(16),
-        fields: vec!["name".into(), "address".into(), "birth_date".into()],
-        outcome: "OK".into(),
-        code: "Ok".into(),
-        rule: "tax-basic".into(),
-        cache: "miss".into(),
+        fields: vec!["verdict".into()],
+        outcome: "MATCH".into(),
+        code: "OK".into(),
+        rule: "EXACT".into(),
+        cache: "none".into(),
         latency_us: 850,
         detail: String::new(),
     }

@@ -377,15 +377,8 @@ mod tests {
             loaded,
             Catalogue::builtin(),
             "config/procedures.toml drifted from the built-in catalogue; regenerate with \
-             `cargo test --lib catalogue::tests::write_config_file -- --ignored`"
+             `popgw procedures --builtin-toml > config/procedures.toml`"
         );
-    }
-
-    /// Regenerates `config/procedures.toml` from the built-in catalogue.
-    #[test]
-    #[ignore]
-    fn write_config_file() {
-        std::fs::write(CONFIG, Catalogue::builtin().to_toml()).unwrap();
     }
 
     const ONE: &str = r#"

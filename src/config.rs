@@ -257,3 +257,37 @@ impl Config {
         Duration::from_millis(self.tls.handshake_timeout_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_is_the_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/popgw.example.toml");
+        let example = Config::load(&path).unwrap();
+        let default = Config::default();
+        assert_eq!(format!("{example:?}"), format!("{default:?}"));
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(
+            &path,
+            "node_id = \"\"\n[registry]\nkind = \"remote\"\n[audit]\ndurability = \"sometimes\"\n",
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("registry.kind") && e.contains("durability") && e.contains("node_id"),
+            "{e}"
+        );
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nshoe_size = 42\n").unwrap();
+        assert!(Config::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("shoe_size"));
+    }
+}

@@ -14,7 +14,11 @@ use popgw::{audit, config::Config, demo, pki, registry, service, Server};
 use tokio_stream::StreamExt;
 
 #[derive(Parser)]
-#[command(name = "popgw", version, about = "gRPC gateway to the national population database")]
+#[command(
+    name = "popgw",
+    version,
+    about = "gRPC gateway to the national population database"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,6 +88,9 @@ enum Command {
     Procedures {
         #[command(flatten)]
         conn: Conn,
+        /// Print the built-in catalogue as a catalogue file (no gateway needed).
+        #[arg(long)]
+        builtin_toml: bool,
     },
     /// The audit log.
     Audit {
@@ -154,10 +161,13 @@ enum AuditCommand {
         #[arg(long, default_value_t = 0)]
         limit: u32,
     },
-    /// Follow live records of a running gateway from a sequence number.
+    /// Follow live records from a sequence number, from a running gateway or the files (--dir).
     Tail {
         #[command(flatten)]
         conn: Conn,
+        /// Follow these files instead of asking a gateway (polled twice a second).
+        #[arg(long)]
+        dir: Option<PathBuf>,
         #[arg(long, default_value_t = 0)]
         from: u64,
     },
@@ -211,16 +221,24 @@ impl Conn {
         c
     }
     async fn gateway(&self) -> Result<IdentityGatewayClient<tonic::transport::Channel>> {
-        Ok(IdentityGatewayClient::new(connect(&self.addr, &self.certs()).await?))
+        Ok(IdentityGatewayClient::new(
+            connect(&self.addr, &self.certs()).await?,
+        ))
     }
     async fn audit(&self) -> Result<AuditLogClient<tonic::transport::Channel>> {
-        Ok(AuditLogClient::new(connect(&self.addr, &self.certs()).await?))
+        Ok(AuditLogClient::new(
+            connect(&self.addr, &self.certs()).await?,
+        ))
     }
 }
 
 /// A gRPC error as the user sees it.
 fn rpc(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}", popgw::error::code_name(status.code()), status.message())
+    anyhow::anyhow!(
+        "{}: {}",
+        popgw::error::code_name(status.code()),
+        status.message()
+    )
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
@@ -230,7 +248,12 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
 
 /// A proto enum value's name without its type prefix (VERDICT_MATCH → MATCH).
 fn enum_name(s: &str) -> &str {
-    for prefix in ["VERDICT_", "FIELD_RESULT_", "NO_MATCH_REASON_", "MATCHING_RULE_"] {
+    for prefix in [
+        "VERDICT_",
+        "FIELD_RESULT_",
+        "NO_MATCH_REASON_",
+        "MATCHING_RULE_",
+    ] {
         if let Some(rest) = s.strip_prefix(prefix) {
             return rest;
         }
@@ -257,7 +280,10 @@ async fn run(cli: Cli) -> Result<()> {
             command: CertsCommand::Init { out },
         } => {
             let _ca = pki::init(&out)?;
-            println!("wrote a development PKI to {} (development only)", out.display());
+            println!(
+                "wrote a development PKI to {} (development only)",
+                out.display()
+            );
             Ok(())
         }
         Command::Registry {
@@ -272,7 +298,14 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Verify { conn, id, name, dob, sex, case } => {
+        Command::Verify {
+            conn,
+            id,
+            name,
+            dob,
+            sex,
+            case,
+        } => {
             let sex = match sex.as_deref() {
                 None => Sex::Unspecified,
                 Some("male" | "m" | "nam") => Sex::Male,
@@ -296,14 +329,27 @@ async fn run(cli: Cli) -> Result<()> {
             if conn.json {
                 return print_json(&answer);
             }
-            println!("{}  (request {})", enum_name(answer.verdict().as_str_name()), answer.request_id);
+            println!(
+                "{}  (request {})",
+                enum_name(answer.verdict().as_str_name()),
+                answer.request_id
+            );
             if let Some(d) = answer.details {
                 if d.reason != 0 {
                     println!("  reason:        {}", enum_name(d.reason().as_str_name()));
                 }
-                println!("  personal_id:   {}", enum_name(d.personal_id().as_str_name()));
-                println!("  full_name:     {}", enum_name(d.full_name().as_str_name()));
-                println!("  date_of_birth: {}", enum_name(d.date_of_birth().as_str_name()));
+                println!(
+                    "  personal_id:   {}",
+                    enum_name(d.personal_id().as_str_name())
+                );
+                println!(
+                    "  full_name:     {}",
+                    enum_name(d.full_name().as_str_name())
+                );
+                println!(
+                    "  date_of_birth: {}",
+                    enum_name(d.date_of_birth().as_str_name())
+                );
                 println!("  sex:           {}", enum_name(d.sex().as_str_name()));
                 println!("  name rule:     {}", enum_name(d.rule().as_str_name()));
             }
@@ -328,7 +374,10 @@ async fn run(cli: Cli) -> Result<()> {
             let record = serde_json::to_value(answer.citizen.unwrap_or_default())?;
             for field in &answer.disclosed_fields {
                 let key = camel(field);
-                let value = record.get(&key).cloned().unwrap_or(serde_json::Value::String(String::new()));
+                let value = record
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or(serde_json::Value::String(String::new()));
                 println!("  {field:<26} {value}");
             }
             Ok(())
@@ -350,11 +399,20 @@ async fn run(cli: Cli) -> Result<()> {
             }
             println!("request {}", answer.request_id);
             for m in answer.head.iter().chain(answer.members.iter()) {
-                println!("  {:<14} {:<12} {}", m.relation_to_head, m.personal_id, m.full_name);
+                println!(
+                    "  {:<14} {:<12} {}",
+                    m.relation_to_head, m.personal_id, m.full_name
+                );
             }
             Ok(())
         }
-        Command::Procedures { conn } => {
+        Command::Procedures {
+            builtin_toml: true, ..
+        } => {
+            print!("{}", popgw::catalogue::Catalogue::builtin().to_toml());
+            Ok(())
+        }
+        Command::Procedures { conn, .. } => {
             let answer = conn
                 .gateway()
                 .await?
@@ -366,7 +424,13 @@ async fn run(cli: Cli) -> Result<()> {
                 return print_json(&answer);
             }
             for p in answer.procedures {
-                println!("{}  {:<8} {}  [{}]", p.code, enum_name(p.matching_rule().as_str_name()), p.name_en, p.lead_agency);
+                println!(
+                    "{}  {:<8} {}  [{}]",
+                    p.code,
+                    enum_name(p.matching_rule().as_str_name()),
+                    p.name_en,
+                    p.lead_agency
+                );
                 println!("      {}", p.name_vi);
                 println!("      fields: {}", p.readable_fields.join(", "));
             }
@@ -408,7 +472,10 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let server = Server::load(config).await?;
-    println!("popgw serving {} citizens on {addr} (mutual TLS)", server.population());
+    println!(
+        "popgw serving {} citizens on {addr} (mutual TLS)",
+        server.population()
+    );
     for r in server.examples() {
         println!(
             "  try: popgw verify --id {} --name \"{}\" --dob {} --sex {} --procedure P03 --case DEMO-1",
@@ -421,8 +488,9 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
     let shutdown = async {
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -455,7 +523,11 @@ fn print_record(r: &pb::AuditRecord, json: bool) {
         r.outcome,
         r.code,
         r.fields.join(","),
-        if r.detail.is_empty() { String::new() } else { format!(" ({})", r.detail) }
+        if r.detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.detail)
+        }
     );
 }
 
@@ -478,7 +550,17 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             }
         }
         AuditCommand::Query {
-            conn, dir, pseudonym_key, client, procedure, case_id, personal_id, outcome, from_ms, to_ms, limit,
+            conn,
+            dir,
+            pseudonym_key,
+            client,
+            procedure,
+            case_id,
+            personal_id,
+            outcome,
+            from_ms,
+            to_ms,
+            limit,
         } => {
             let req = pb::AuditQueryRequest {
                 from_unix_ms: from_ms,
@@ -507,19 +589,55 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                     subject,
                     outcome: req.outcome,
                 };
-                let limit = if limit == 0 { usize::MAX } else { limit as usize };
-                for r in audit::read_records(&dir)?.iter().filter(|r| filter.accepts(&r.body)).take(limit) {
+                let limit = if limit == 0 {
+                    usize::MAX
+                } else {
+                    limit as usize
+                };
+                for r in audit::read_records(&dir)?
+                    .iter()
+                    .filter(|r| filter.accepts(&r.body))
+                    .take(limit)
+                {
                     print_record(&service::audit_log::to_pb(r), conn.json);
                 }
                 return Ok(());
             }
-            let mut stream = conn.audit().await?.query(req).await.map_err(rpc)?.into_inner();
+            let mut stream = conn
+                .audit()
+                .await?
+                .query(req)
+                .await
+                .map_err(rpc)?
+                .into_inner();
             while let Some(r) = stream.next().await {
                 print_record(&r.map_err(rpc)?, conn.json);
             }
             Ok(())
         }
-        AuditCommand::Tail { conn, from } => {
+        AuditCommand::Tail {
+            conn,
+            dir: Some(dir),
+            from,
+        } => {
+            let mut next = from.max(1);
+            loop {
+                let start = next;
+                for r in audit::read_records(&dir)?
+                    .iter()
+                    .filter(|r| r.body.seq >= start)
+                {
+                    print_record(&service::audit_log::to_pb(r), conn.json);
+                    next = r.body.seq + 1;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+        AuditCommand::Tail {
+            conn,
+            dir: None,
+            from,
+        } => {
             let mut stream = conn
                 .audit()
                 .await?
@@ -536,7 +654,8 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
 }
 
 fn read_pubkey(path: &Path) -> Result<ed25519_dalek::VerifyingKey> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let bytes: [u8; 32] = hex::decode(text.trim())
         .context("public key must be 64 hex digits")?
         .try_into()

@@ -22,7 +22,10 @@ pub fn normalise_exact(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut pending_space = false;
     for c in name.nfc() {
-        if matches!(c, '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}') {
+        if matches!(
+            c,
+            '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}'
+        ) {
             continue;
         }
         if c.is_whitespace() {
@@ -147,7 +150,11 @@ pub struct Declaration<'a> {
 /// Dates compare at the precision declared: a full date matches only the same full
 /// date; a year-only declaration matches only a record that itself holds only that
 /// year (a year-only claim must not verify a record that knows the full date).
-pub fn verify(rule: MatchingRule, declared: &Declaration<'_>, record: Option<&CitizenRecord>) -> Verification {
+pub fn verify(
+    rule: MatchingRule,
+    declared: &Declaration<'_>,
+    record: Option<&CitizenRecord>,
+) -> Verification {
     let Some(record) = record else {
         return Verification {
             no_match: Some(NoMatchReason::NotFound),

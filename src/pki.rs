@@ -145,7 +145,9 @@ pub fn write_client(
 
 /// Whether `dir` already holds a development PKI (its CA and server certificate).
 pub fn exists(dir: &Path) -> bool {
-    dir.join("ca.pem").exists() && dir.join("server.pem").exists() && dir.join("server.key").exists()
+    dir.join("ca.pem").exists()
+        && dir.join("server.pem").exists()
+        && dir.join("server.key").exists()
 }
 
 fn write(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {

@@ -39,7 +39,10 @@ impl Role {
     /// Whether this role may ever be granted `rpc`.
     pub fn may_be_granted(self, rpc: &str) -> bool {
         match self {
-            Role::Portal => matches!(rpc, "VerifyIdentity" | "VerifyIdentityStream" | "ListProcedures"),
+            Role::Portal => matches!(
+                rpc,
+                "VerifyIdentity" | "VerifyIdentityStream" | "ListProcedures"
+            ),
             Role::Ministry => !rpc.starts_with("AuditLog."),
             Role::Operator => rpc.starts_with("AuditLog.") || rpc == "ListProcedures",
         }
@@ -98,7 +101,11 @@ impl Grant {
     pub fn readable_fields(&self, profile: &[String]) -> Vec<String> {
         profile
             .iter()
-            .filter(|f| self.fields.as_ref().is_none_or(|allowed| allowed.contains(*f)))
+            .filter(|f| {
+                self.fields
+                    .as_ref()
+                    .is_none_or(|allowed| allowed.contains(*f))
+            })
             .cloned()
             .collect()
     }
@@ -241,17 +248,24 @@ mod tests {
     #[test]
     fn demo_policy_parses_and_denies_by_default() {
         let p = Policy::from_toml(DEMO_POLICY).unwrap();
-        assert!(p.authorize_rpc("spiffe://nobody/x", "VerifyIdentity").is_err());
+        assert!(p
+            .authorize_rpc("spiffe://nobody/x", "VerifyIdentity")
+            .is_err());
         let portal = p
             .authorize_rpc(crate::pki::PORTAL_ID, "VerifyIdentity")
             .unwrap();
         assert!(!portal.details);
         assert_eq!(
-            p.authorize_rpc(crate::pki::PORTAL_ID, "GetCitizen").unwrap_err(),
+            p.authorize_rpc(crate::pki::PORTAL_ID, "GetCitizen")
+                .unwrap_err(),
             Denied::Rpc("GetCitizen".into())
         );
-        assert!(p.authorize_rpc(crate::pki::MINISTRY_ID, "AuditLog.Query").is_err());
-        assert!(p.authorize_rpc(crate::pki::OPERATOR_ID, "AuditLog.Query").is_ok());
+        assert!(p
+            .authorize_rpc(crate::pki::MINISTRY_ID, "AuditLog.Query")
+            .is_err());
+        assert!(p
+            .authorize_rpc(crate::pki::OPERATOR_ID, "AuditLog.Query")
+            .is_ok());
     }
 
     #[test]

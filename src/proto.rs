@@ -15,10 +15,10 @@ pub mod popgw {
     }
 }
 
-/// The gateway's public API (`popgw.v1`).
-pub use popgw::v1 as gateway;
 /// The upstream registry's contract (`popgw.registry.v1`).
 pub use popgw::registry::v1 as registry;
+/// The gateway's public API (`popgw.v1`).
+pub use popgw::v1 as gateway;
 
 /// Encoded descriptor set of every popgw proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -14,7 +14,10 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 
 /// The request id of an answer or a refusal.
-fn request_id<T>(r: &Result<tonic::Response<T>, tonic::Status>, ok: impl Fn(&T) -> String) -> String {
+fn request_id<T>(
+    r: &Result<tonic::Response<T>, tonic::Status>,
+    ok: impl Fn(&T) -> String,
+) -> String {
     match r {
         Ok(resp) => ok(resp.get_ref()),
         Err(status) => status
@@ -56,11 +59,27 @@ async fn every_outcome_leaves_exactly_one_record() {
     let mut bad = declare(&r, "P03");
     bad.date_of_birth = "1990-02-30".into();
     let res = portal.verify_identity(bad).await;
-    expected.push((request_id(&res, vid), "INVALID_ARGUMENT", "INVALID_ARGUMENT"));
+    expected.push((
+        request_id(&res, vid),
+        "INVALID_ARGUMENT",
+        "INVALID_ARGUMENT",
+    ));
     let res = ministry.verify_identity(declare(&r, "P09")).await;
-    expected.push((request_id(&res, vid), "PERMISSION_DENIED", "PERMISSION_DENIED"));
-    let res = gw.client("stranger").await.verify_identity(declare(&r, "P03")).await;
-    expected.push((request_id(&res, vid), "PERMISSION_DENIED", "PERMISSION_DENIED"));
+    expected.push((
+        request_id(&res, vid),
+        "PERMISSION_DENIED",
+        "PERMISSION_DENIED",
+    ));
+    let res = gw
+        .client("stranger")
+        .await
+        .verify_identity(declare(&r, "P03"))
+        .await;
+    expected.push((
+        request_id(&res, vid),
+        "PERMISSION_DENIED",
+        "PERMISSION_DENIED",
+    ));
     let res = ministry
         .get_citizen(pb::GetCitizenRequest {
             personal_id: r.personal_id.clone(),
@@ -69,27 +88,47 @@ async fn every_outcome_leaves_exactly_one_record() {
         })
         .await;
     let disclosed = res.as_ref().unwrap().get_ref().disclosed_fields.clone();
-    expected.push((request_id(&res, |c| c.request_id.clone()), "DISCLOSED", "OK"));
+    expected.push((
+        request_id(&res, |c| c.request_id.clone()),
+        "DISCLOSED",
+        "OK",
+    ));
 
     let records = all_records(&gw).await;
     for (id, outcome, code) in &expected {
         let found: Vec<_> = records.iter().filter(|x| &x.request_id == id).collect();
-        assert_eq!(found.len(), 1, "request {id} ({outcome}) must have exactly one record");
+        assert_eq!(
+            found.len(),
+            1,
+            "request {id} ({outcome}) must have exactly one record"
+        );
         assert_eq!(found[0].outcome, *outcome);
         assert_eq!(found[0].code, *code);
     }
-    let get = records.iter().find(|x| x.request_id == expected[5].0).unwrap();
-    assert_eq!(get.fields, disclosed, "the record names the fields disclosed");
+    let get = records
+        .iter()
+        .find(|x| x.request_id == expected[5].0)
+        .unwrap();
+    assert_eq!(
+        get.fields, disclosed,
+        "the record names the fields disclosed"
+    );
     assert_eq!(get.procedure, "P16");
     assert_eq!(get.case_id, "HS-9");
     assert_eq!(get.client, popgw::pki::MINISTRY_ID);
     assert_eq!(get.rule, "EXACT");
-    let no_match = records.iter().find(|x| x.request_id == expected[1].0).unwrap();
+    let no_match = records
+        .iter()
+        .find(|x| x.request_id == expected[1].0)
+        .unwrap();
     assert_eq!(no_match.detail, "FIELDS_DIFFER");
 
     // No personal data in the log: neither the id nor the name, anywhere.
     for rec in &records {
-        assert!(!rec.json.contains(&r.personal_id), "personal id in clear in the audit log");
+        assert!(
+            !rec.json.contains(&r.personal_id),
+            "personal id in clear in the audit log"
+        );
         assert!(!rec.json.contains(&r.full_name));
         assert!(!rec.json.contains(&r.date_of_birth));
     }
@@ -97,7 +136,10 @@ async fn every_outcome_leaves_exactly_one_record() {
     // An operator holding the key can still search by personal id.
     let mut op = gw.audit_client("operator").await;
     let by_subject: Vec<_> = op
-        .query(pb::AuditQueryRequest { personal_id: r.personal_id.clone(), ..Default::default() })
+        .query(pb::AuditQueryRequest {
+            personal_id: r.personal_id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -132,7 +174,11 @@ impl Registry for DownRegistry {
 async fn an_unreachable_registry_answers_could_not_check_and_is_recorded() {
     let gw = TestGateway::start_with(|_| {}, Some(Arc::new(DownRegistry))).await;
     let r = gw.population[0].clone();
-    let res = gw.client("portal").await.verify_identity(declare(&r, "P03")).await;
+    let res = gw
+        .client("portal")
+        .await
+        .verify_identity(declare(&r, "P03"))
+        .await;
     let status = res.as_ref().unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "never a false NO_MATCH");
     assert!(status.message().contains("could not check"));
@@ -152,7 +198,10 @@ async fn only_operators_read_the_log_and_trying_is_recorded() {
         assert_eq!(e.code(), Code::PermissionDenied, "{who}");
         let e = c.head(pb::AuditHeadRequest {}).await.unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{who}");
-        let e = c.watch(pb::AuditWatchRequest { from_seq: 0 }).await.unwrap_err();
+        let e = c
+            .watch(pb::AuditWatchRequest { from_seq: 0 })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{who}");
     }
     let records = all_records(&gw).await;
@@ -168,8 +217,18 @@ async fn watch_tails_live_records_and_head_is_signed() {
     let gw = TestGateway::start_with(|c| c.audit.checkpoint_every_records = 1, None).await;
     let r = gw.living().clone();
     let mut op = gw.audit_client("operator").await;
-    let mut live = op.watch(pb::AuditWatchRequest { from_seq: 1 }).await.unwrap().into_inner();
-    let answer = gw.client("portal").await.verify_identity(declare(&r, "P03")).await.unwrap().into_inner();
+    let mut live = op
+        .watch(pb::AuditWatchRequest { from_seq: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = gw
+        .client("portal")
+        .await
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .unwrap()
+        .into_inner();
     let mut seen = HashMap::new();
     while let Some(rec) = live.next().await {
         let rec = rec.unwrap();
@@ -178,13 +237,21 @@ async fn watch_tails_live_records_and_head_is_signed() {
             break;
         }
     }
-    assert_eq!(seen.get(&answer.request_id).map(String::as_str), Some("MATCH"));
+    assert_eq!(
+        seen.get(&answer.request_id).map(String::as_str),
+        Some("MATCH")
+    );
 
     let head = op.head(pb::AuditHeadRequest {}).await.unwrap().into_inner();
     assert!(head.seq >= 1);
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&hex::decode(&head.public_key).unwrap().try_into().unwrap()).unwrap();
+    let key = ed25519_dalek::VerifyingKey::from_bytes(
+        &hex::decode(&head.public_key).unwrap().try_into().unwrap(),
+    )
+    .unwrap();
     let checkpoints = popgw::audit::read_checkpoints(gw.gateway.audit.dir()).unwrap();
-    assert!(checkpoints.iter().any(|c| c.seq == head.seq && c.signature == head.signature));
+    assert!(checkpoints
+        .iter()
+        .any(|c| c.seq == head.seq && c.signature == head.signature));
     assert!(popgw::audit::verify_dir(gw.gateway.audit.dir(), Some(&key)).is_ok());
 }
 
@@ -195,7 +262,10 @@ async fn a_failed_audit_write_fails_closed() {
     let mut ministry = gw.client("ministry").await;
     assert!(ministry.verify_identity(declare(&r, "P03")).await.is_ok());
     gw.gateway.audit.inject_io_error();
-    let e = ministry.verify_identity(declare(&r, "P03")).await.unwrap_err();
+    let e = ministry
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
     assert!(e.message().contains("audit"), "{}", e.message());
     // Nothing disclosed after the failure either: records and verdicts alike.

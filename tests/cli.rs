@@ -36,7 +36,14 @@ fn start_default(dir: &Path) -> Running {
     while let Some(Ok(line)) = lines.next() {
         seen.push(line.clone());
         if let Some(rest) = line.strip_prefix("popgw serving ") {
-            addr = rest.split(" on ").nth(1).unwrap().split(' ').next().unwrap().to_string();
+            addr = rest
+                .split(" on ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_string();
         }
         if let Some(cmd) = line.trim().strip_prefix("try: ") {
             examples.push(cmd.to_string());
@@ -45,10 +52,23 @@ fn start_default(dir: &Path) -> Running {
             }
         }
     }
-    assert!(!addr.is_empty() && examples.len() == 2, "unexpected start-up output: {seen:?}");
-    assert!(seen.iter().any(|l| l.contains("development PKI")), "{seen:?}");
-    assert!(seen.iter().any(|l| l.contains("demo population")), "{seen:?}");
-    Running { child, addr, examples }
+    assert!(
+        !addr.is_empty() && examples.len() == 2,
+        "unexpected start-up output: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("development PKI")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("demo population")),
+        "{seen:?}"
+    );
+    Running {
+        child,
+        addr,
+        examples,
+    }
 }
 
 /// Splits a printed example command line into arguments (quotes around the name).
@@ -76,7 +96,11 @@ fn split_example(cmd: &str) -> Vec<String> {
 }
 
 fn popgw(dir: &Path, args: &[String]) -> (bool, String, String) {
-    let out = Command::new(BIN).args(args).current_dir(dir).output().unwrap();
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -88,7 +112,10 @@ fn popgw(dir: &Path, args: &[String]) -> (bool, String, String) {
 fn first_start_then_verify_citizen_and_audit_from_the_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let gw = start_default(dir.path());
-    let addr = vec!["--addr".to_string(), format!("localhost:{}", gw.addr.rsplit(':').next().unwrap())];
+    let addr = vec![
+        "--addr".to_string(),
+        format!("localhost:{}", gw.addr.rsplit(':').next().unwrap()),
+    ];
 
     // The printed example verifies.
     let mut args = split_example(&gw.examples[0]);
@@ -116,10 +143,21 @@ fn first_start_then_verify_citizen_and_audit_from_the_terminal() {
     // The ministry reads only the profile's fields (P16: marriage registration), as JSON.
     let id_at = args.iter().position(|a| a == "--id").unwrap() + 1;
     let id = args[id_at].clone();
-    let mut citizen: Vec<String> = ["citizen", "--as", "ministry", "--json", "--id", &id, "--procedure", "P16", "--case", "HT-1"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut citizen: Vec<String> = [
+        "citizen",
+        "--as",
+        "ministry",
+        "--json",
+        "--id",
+        &id,
+        "--procedure",
+        "P16",
+        "--case",
+        "HT-1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     citizen.extend(addr.clone());
     let (ok, out, err) = popgw(dir.path(), &citizen);
     assert!(ok, "{err}");
@@ -142,10 +180,18 @@ fn first_start_then_verify_citizen_and_audit_from_the_terminal() {
     assert!(err.contains("PERMISSION_DENIED"), "{err}");
 
     // The operator finds those requests in the audit log by personal id.
-    let mut query: Vec<String> = ["audit", "query", "--as", "operator", "--json", "--personal-id", &id]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut query: Vec<String> = [
+        "audit",
+        "query",
+        "--as",
+        "operator",
+        "--json",
+        "--personal-id",
+        &id,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     query.extend(addr.clone());
     let (ok, out, err) = popgw(dir.path(), &query);
     assert!(ok, "{err}");
@@ -155,7 +201,15 @@ fn first_start_then_verify_citizen_and_audit_from_the_terminal() {
 
     // Stop it cleanly; the files verify.
     drop(gw);
-    let (ok, out, err) = popgw(dir.path(), &["audit".into(), "verify".into(), "--dir".into(), "data/audit".into()]);
+    let (ok, out, err) = popgw(
+        dir.path(),
+        &[
+            "audit".into(),
+            "verify".into(),
+            "--dir".into(),
+            "data/audit".into(),
+        ],
+    );
     assert!(ok, "{out}{err}");
     assert!(out.starts_with("OK:"), "{out}");
 }
@@ -166,7 +220,10 @@ fn generate_is_deterministic() {
     for name in ["a.jsonl", "b.jsonl"] {
         let (ok, _, err) = popgw(
             dir.path(),
-            &["registry", "generate", "--count", "500", "--seed", "9", "--out", name].map(String::from),
+            &[
+                "registry", "generate", "--count", "500", "--seed", "9", "--out", name,
+            ]
+            .map(String::from),
         );
         assert!(ok, "{err}");
     }
@@ -182,10 +239,15 @@ fn audit_verify_names_the_first_bad_record() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let key = popgw::audit::load_or_create_signing_key(&dir.path().join("k")).unwrap();
-        let audit = popgw::audit::AuditLog::open(popgw::audit::AuditConfig::new(&log, "n1"), key).unwrap();
+        let audit =
+            popgw::audit::AuditLog::open(popgw::audit::AuditConfig::new(&log, "n1"), key).unwrap();
         for i in 0..20 {
             audit
-                .append(popgw::audit::AuditEntry { request_id: format!("r{i}"), outcome: "MATCH".into(), ..Default::default() })
+                .append(popgw::audit::AuditEntry {
+                    request_id: format!("r{i}"),
+                    outcome: "MATCH".into(),
+                    ..Default::default()
+                })
                 .await
                 .unwrap();
         }
@@ -198,12 +260,23 @@ fn audit_verify_names_the_first_bad_record() {
     let seg = std::fs::read_dir(&log)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("audit-0"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("audit-0")
+        })
         .unwrap();
     let text = std::fs::read_to_string(&seg).unwrap();
     let edited: Vec<String> = text
         .lines()
-        .map(|l| if l.contains("\"seq\":7,") { l.replace("MATCH", "NO_MATCH") } else { l.to_string() })
+        .map(|l| {
+            if l.contains("\"seq\":7,") {
+                l.replace("MATCH", "NO_MATCH")
+            } else {
+                l.to_string()
+            }
+        })
         .collect();
     std::fs::write(&seg, edited.join("\n") + "\n").unwrap();
     let (ok, _, err) = verify(dir.path());

@@ -24,7 +24,13 @@ fn spawn(config: &Path) -> (Child, u16) {
     for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(rest) = line.strip_prefix("popgw serving ") {
-            let addr = rest.split(" on ").nth(1).unwrap().split(' ').next().unwrap();
+            let addr = rest
+                .split(" on ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
             port = addr.rsplit(':').next().unwrap().parse().unwrap();
             break;
         }
@@ -104,18 +110,31 @@ checkpoint_every_records = 50
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
     let answered = answered.lock().unwrap().clone();
-    assert!(answered.len() >= 100, "load did not build up: {}", answered.len());
+    assert!(
+        answered.len() >= 100,
+        "load did not build up: {}",
+        answered.len()
+    );
 
     // Restart: recovery, then a clean stop.
     let (mut child, _) = spawn(&cfg_path);
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     assert!(child.wait().unwrap().success());
 
     let audit_dir = config.audit_dir();
     let records = popgw::audit::read_records(&audit_dir).unwrap();
-    let logged: std::collections::HashSet<_> = records.iter().map(|r| r.body.request_id.clone()).collect();
+    let logged: std::collections::HashSet<_> =
+        records.iter().map(|r| r.body.request_id.clone()).collect();
     let missing: Vec<_> = answered.iter().filter(|id| !logged.contains(*id)).collect();
-    assert!(missing.is_empty(), "{} of {} answered requests missing from the log", missing.len(), answered.len());
-    let report = popgw::audit::verify_dir(&audit_dir, None).expect("the log verifies after kill -9 and restart");
+    assert!(
+        missing.is_empty(),
+        "{} of {} answered requests missing from the log",
+        missing.len(),
+        answered.len()
+    );
+    let report = popgw::audit::verify_dir(&audit_dir, None)
+        .expect("the log verifies after kill -9 and restart");
     assert!(report.records as usize >= answered.len());
 }

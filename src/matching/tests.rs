@@ -20,25 +20,65 @@ fn case_and_white_space_fold() {
 
 #[test]
 fn exact_keeps_diacritics_and_tone_placement() {
-    assert!(!names_match(MatchingRule::Exact, "Nguyen Van An", "NGUYỄN VĂN AN"));
-    assert!(!names_match(MatchingRule::Exact, "Lê Thị Hoà", "LÊ THỊ HÒA"));
-    assert!(!names_match(MatchingRule::Exact, "Dang Van Duc", "ĐẶNG VĂN ĐỨC"));
+    assert!(!names_match(
+        MatchingRule::Exact,
+        "Nguyen Van An",
+        "NGUYỄN VĂN AN"
+    ));
+    assert!(!names_match(
+        MatchingRule::Exact,
+        "Lê Thị Hoà",
+        "LÊ THỊ HÒA"
+    ));
+    assert!(!names_match(
+        MatchingRule::Exact,
+        "Dang Van Duc",
+        "ĐẶNG VĂN ĐỨC"
+    ));
 }
 
 #[test]
 fn tolerant_folds_diacritics_d_bar_tone_placement_and_i_y() {
-    assert!(names_match(MatchingRule::Tolerant, "Dang Van Duc", "ĐẶNG VĂN ĐỨC"));
-    assert!(names_match(MatchingRule::Tolerant, "Lê Thị Hoà", "LÊ THỊ HÒA"));
-    assert!(names_match(MatchingRule::Tolerant, "Trần Thuý Lí", "TRẦN THÚY LÝ"));
+    assert!(names_match(
+        MatchingRule::Tolerant,
+        "Dang Van Duc",
+        "ĐẶNG VĂN ĐỨC"
+    ));
+    assert!(names_match(
+        MatchingRule::Tolerant,
+        "Lê Thị Hoà",
+        "LÊ THỊ HÒA"
+    ));
+    assert!(names_match(
+        MatchingRule::Tolerant,
+        "Trần Thuý Lí",
+        "TRẦN THÚY LÝ"
+    ));
     // The look-alike eth is treated as đ.
-    assert!(names_match(MatchingRule::Tolerant, "Ðặng Văn Ðức", "ĐẶNG VĂN ĐỨC"));
+    assert!(names_match(
+        MatchingRule::Tolerant,
+        "Ðặng Văn Ðức",
+        "ĐẶNG VĂN ĐỨC"
+    ));
 }
 
 #[test]
 fn tolerant_still_compares_the_whole_name() {
-    assert!(!names_match(MatchingRule::Tolerant, "Nguyễn An", "NGUYỄN VĂN AN"));
-    assert!(!names_match(MatchingRule::Tolerant, "Nguyễn Văn", "NGUYỄN VĂN AN"));
-    assert!(names_match(MatchingRule::Tolerant, "h'hen niê", "H'HEN NIÊ"));
+    assert!(!names_match(
+        MatchingRule::Tolerant,
+        "Nguyễn An",
+        "NGUYỄN VĂN AN"
+    ));
+    assert!(!names_match(
+        MatchingRule::Tolerant,
+        "Nguyễn Văn",
+        "NGUYỄN VĂN AN"
+    ));
+    assert!(names_match(
+        MatchingRule::Tolerant,
+        "h'hen niê",
+        "H'HEN NIÊ"
+    ));
 }
 
 fn record(dob: &str, dead: bool) -> CitizenRecord {
@@ -47,7 +87,11 @@ fn record(dob: &str, dead: bool) -> CitizenRecord {
         full_name: "NGUYỄN VĂN AN".into(),
         date_of_birth: dob.into(),
         sex: Sex::Male as i32,
-        date_of_death: if dead { "2020-01-01".into() } else { String::new() },
+        date_of_death: if dead {
+            "2020-01-01".into()
+        } else {
+            String::new()
+        },
         ..Default::default()
     }
 }
@@ -84,6 +128,16 @@ fn verdicts() {
 #[test]
 fn year_only_dates_match_only_year_only_records() {
     let year = parse_date_shape("1992");
-    assert!(verify(MatchingRule::Exact, &declared(year), Some(&record("1992", false))).is_match());
-    assert!(!verify(MatchingRule::Exact, &declared(year), Some(&record("1992-05-17", false))).is_match());
+    assert!(verify(
+        MatchingRule::Exact,
+        &declared(year),
+        Some(&record("1992", false))
+    )
+    .is_match());
+    assert!(!verify(
+        MatchingRule::Exact,
+        &declared(year),
+        Some(&record("1992-05-17", false))
+    )
+    .is_match());
 }

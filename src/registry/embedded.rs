@@ -56,16 +56,16 @@ struct Builder {
 impl Builder {
     fn insert(&mut self, record: CitizenRecord) -> Result<(), String> {
         let id = parse_digits(&record.personal_id, 12)
-            .ok_or_else(|| format!("personal_id {:?} is not 12 digits", record.personal_id))?;
+            .ok_or_else(|| "personal_id is not 12 digits".to_string())?;
         if self.registry.citizens.contains_key(&id) {
-            return Err(format!("duplicate personal_id {}", record.personal_id));
+            return Err("duplicate personal_id".to_string());
         }
         if !record.old_id_number.is_empty() {
-            let old = parse_digits(&record.old_id_number, 9).ok_or_else(|| {
-                format!("old_id_number {:?} is not 9 digits", record.old_id_number)
-            })?;
+            // Messages never carry the id itself: they may reach logs.
+            let old = parse_digits(&record.old_id_number, 9)
+                .ok_or_else(|| "old_id_number is not 9 digits".to_string())?;
             if self.registry.old_ids.contains_key(&old) {
-                return Err(format!("duplicate old_id_number {}", record.old_id_number));
+                return Err("duplicate old_id_number".to_string());
             }
             self.registry.old_ids.insert(old, id);
         }
@@ -173,8 +173,15 @@ impl EmbeddedRegistry {
             let invalid = |msg: String| {
                 RegistryError::Invalid(format!("{} line {number}: {msg}", path.display()))
             };
-            let record: CitizenRecord =
-                serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+            let record: CitizenRecord = serde_json::from_str(text).map_err(|e| {
+                // serde_json's message may quote a value (personal data): give only
+                // the kind of error and the column.
+                invalid(format!(
+                    "not a CitizenRecord in proto3 JSON ({:?} error at column {})",
+                    e.classify(),
+                    e.column()
+                ))
+            })?;
             builder.insert(record).map_err(invalid)?;
         }
         Ok(builder.finish())

@@ -1205,39 +1205,4 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), buf);
         assert_eq!(s, s2);
     }
-
-    /// Timing: `cargo test --release --lib generate::tests::time_one_million -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn time_one_million() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pop.jsonl");
-        let t = std::time::Instant::now();
-        let s = generate_to_file(1_000_000, 1, &path).unwrap();
-        let generated = t.elapsed();
-        let size = std::fs::metadata(&path).unwrap().len();
-        let t = std::time::Instant::now();
-        let reg = crate::registry::EmbeddedRegistry::load_jsonl(&path).unwrap();
-        let loaded = t.elapsed();
-        let rss = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS"))
-                    .map(str::to_string)
-            })
-            .unwrap_or_default();
-        let hwm = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM"))
-                    .map(str::to_string)
-            })
-            .unwrap_or_default();
-        println!(
-            "generated {s:?} in {generated:?} ({size} bytes); loaded {} in {loaded:?}; {rss}; {hwm}",
-            reg.len()
-        );
-    }
 }

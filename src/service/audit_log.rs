@@ -131,7 +131,11 @@ impl AuditLog for AuditLogService {
         }
         let filter = self.gw.finish(ctx, result).await?;
         let dir = self.gw.audit.dir().to_path_buf();
-        let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
+        let limit = if req.limit == 0 {
+            usize::MAX
+        } else {
+            req.limit as usize
+        };
         let records = tokio::task::spawn_blocking(move || audit::read_records(&dir))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
@@ -161,10 +165,13 @@ impl AuditLog for AuditLogService {
         let dir = self.gw.audit.dir().to_path_buf();
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
-            let backlog = match tokio::task::spawn_blocking(move || audit::read_records(&dir)).await {
+            let backlog = match tokio::task::spawn_blocking(move || audit::read_records(&dir)).await
+            {
                 Ok(Ok(records)) => records,
                 _ => {
-                    let _ = tx.send(Err(Status::unavailable("audit log unreadable"))).await;
+                    let _ = tx
+                        .send(Err(Status::unavailable("audit log unreadable")))
+                        .await;
                     return;
                 }
             };

@@ -122,7 +122,11 @@ impl Gateway {
 
         let verification = match &id {
             DeclaredId::Personal(p) => match validation::id_consistency(p, sex, dob) {
-                Err(field) => Some(Verification::id_inconsistent(field, sex.is_some(), dob.is_some())),
+                Err(field) => Some(Verification::id_inconsistent(
+                    field,
+                    sex.is_some(),
+                    dob.is_some(),
+                )),
                 Ok(()) => None,
             },
             DeclaredId::Old(_) => None,
@@ -226,28 +230,42 @@ impl Gateway {
             .map(|h| h.household_id.clone())
             .unwrap_or_default();
         if household_id.is_empty() {
-            return Err(GatewayError::NotFound("the citizen belongs to no household"));
+            return Err(GatewayError::NotFound(
+                "the citizen belongs to no household",
+            ));
         }
-        let household = self
-            .registry
-            .household(&household_id)
-            .await?
-            .ok_or(GatewayError::NotFound("the citizen belongs to no household"))?;
-        ctx.fields = vec![
-            "household.head".into(),
-            "household.members".into(),
-        ];
+        let household =
+            self.registry
+                .household(&household_id)
+                .await?
+                .ok_or(GatewayError::NotFound(
+                    "the citizen belongs to no household",
+                ))?;
+        ctx.fields = vec!["household.head".into(), "household.members".into()];
+        let head_id = household
+            .head
+            .as_ref()
+            .map(|h| h.personal_id.clone())
+            .unwrap_or_default();
+        let members = household
+            .members
+            .into_iter()
+            .filter(|m| m.personal_id != head_id)
+            .collect();
         Ok((
             pb::GetHouseholdResponse {
                 request_id: ctx.request_id.clone(),
                 head: household.head,
-                members: household.members,
+                members,
             },
             "DISCLOSED",
         ))
     }
 
-    fn procedures(&self, ctx: &mut RequestCtx) -> Result<(pb::ListProceduresResponse, Outcome), GatewayError> {
+    fn procedures(
+        &self,
+        ctx: &mut RequestCtx,
+    ) -> Result<(pb::ListProceduresResponse, Outcome), GatewayError> {
         self.authorize(ctx)?;
         let procedures = self
             .catalogue
@@ -311,10 +329,12 @@ impl IdentityGateway for GatewayService {
                 };
                 let result = match gw.finish(ctx, result).await {
                     Ok(resp) => pb::verify_identity_stream_response::Result::Response(resp),
-                    Err(status) => pb::verify_identity_stream_response::Result::Error(pb::ItemError {
-                        code: status.code() as i32,
-                        message: status.message().to_string(),
-                    }),
+                    Err(status) => {
+                        pb::verify_identity_stream_response::Result::Error(pb::ItemError {
+                            code: status.code() as i32,
+                            message: status.message().to_string(),
+                        })
+                    }
                 };
                 let answer = pb::VerifyIdentityStreamResponse {
                     correlation_id: item.correlation_id,

@@ -74,7 +74,11 @@ fn new_request_id() -> String {
 
 impl Gateway {
     /// Starts a request: assigns its id and names its client.
-    pub fn begin(&self, rpc: &'static str, certs: Option<Arc<Vec<CertificateDer<'static>>>>) -> RequestCtx {
+    pub fn begin(
+        &self,
+        rpc: &'static str,
+        certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    ) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
             request_id: new_request_id(),
@@ -102,7 +106,11 @@ impl Gateway {
 
     /// Ends a request: writes its audit record and returns the answer, or the error
     /// status; UNAVAILABLE (nothing disclosed) if the record cannot be made durable.
-    pub async fn finish<T>(&self, ctx: RequestCtx, result: Result<(T, Outcome), GatewayError>) -> Result<T, Status> {
+    pub async fn finish<T>(
+        &self,
+        ctx: RequestCtx,
+        result: Result<(T, Outcome), GatewayError>,
+    ) -> Result<T, Status> {
         self.metrics.requests.inc();
         let (outcome, code, detail) = match &result {
             Ok((_, outcome)) => (outcome.to_string(), Code::Ok, ctx.detail.clone()),
@@ -112,7 +120,11 @@ impl Gateway {
             Ok(id) => id.clone(),
             Err(e) => format!("unauthenticated: {e}"),
         };
-        let fields = if result.is_ok() { ctx.fields } else { Vec::new() };
+        let fields = if result.is_ok() {
+            ctx.fields
+        } else {
+            Vec::new()
+        };
         let entry = AuditEntry {
             request_id: ctx.request_id.clone(),
             client: client.clone(),

@@ -29,7 +29,14 @@ fn unknown_prefix_is_unknown_origin_not_an_error() {
 #[test]
 fn id_is_trimmed_but_otherwise_strict() {
     assert!(parse_personal_id("  026092008262\t").is_ok());
-    for bad in ["02609200826", "0260920082620", "02609200826a", "026 92008262", "", "０２６０９２００８２６２"] {
+    for bad in [
+        "02609200826",
+        "0260920082620",
+        "02609200826a",
+        "026 92008262",
+        "",
+        "０２６０９２００８２６２",
+    ] {
         let e = parse_personal_id(bad).unwrap_err();
         assert_eq!(e.field, "personal_id", "{bad:?}");
         assert!(!e.to_string().contains(bad.trim()) || bad.trim().is_empty());
@@ -49,12 +56,30 @@ fn old_id_only_where_allowed() {
 fn dates() {
     assert_eq!(
         parse_birth_date("1992-02-29", today()).unwrap(),
-        Some(BirthDate::Full(NaiveDate::from_ymd_opt(1992, 2, 29).unwrap()))
+        Some(BirthDate::Full(
+            NaiveDate::from_ymd_opt(1992, 2, 29).unwrap()
+        ))
     );
-    assert_eq!(parse_birth_date("1990", today()).unwrap(), Some(BirthDate::Year(1990)));
+    assert_eq!(
+        parse_birth_date("1990", today()).unwrap(),
+        Some(BirthDate::Year(1990))
+    );
     assert_eq!(parse_birth_date("", today()).unwrap(), None);
-    for bad in ["1990-02-31", "1991-02-29", "1990-13-01", "90-01-01", "1990/01/01", "2026-11-26", "2027", "1850"] {
-        assert_eq!(parse_birth_date(bad, today()).unwrap_err().field, "date_of_birth", "{bad}");
+    for bad in [
+        "1990-02-31",
+        "1991-02-29",
+        "1990-13-01",
+        "90-01-01",
+        "1990/01/01",
+        "2026-11-26",
+        "2027",
+        "1850",
+    ] {
+        assert_eq!(
+            parse_birth_date(bad, today()).unwrap_err().field,
+            "date_of_birth",
+            "{bad}"
+        );
     }
 }
 
@@ -72,7 +97,10 @@ fn names() {
 
 #[test]
 fn case_ids() {
-    assert_eq!(check_case_id(" H01.01-241125-0001 ").unwrap(), "H01.01-241125-0001");
+    assert_eq!(
+        check_case_id(" H01.01-241125-0001 ").unwrap(),
+        "H01.01-241125-0001"
+    );
     assert!(check_case_id("").is_err());
     assert!(check_case_id(&"x".repeat(65)).is_err());
     assert!(check_case_id(&"x".repeat(64)).is_ok());
@@ -84,5 +112,8 @@ fn consistency() {
     let id = parse_personal_id("026092008262").unwrap();
     assert!(id_consistency(&id, Some(Sex::Male), Some(BirthDate::Year(1992))).is_ok());
     assert_eq!(id_consistency(&id, Some(Sex::Female), None), Err("sex"));
-    assert_eq!(id_consistency(&id, None, Some(BirthDate::Year(1993))), Err("date_of_birth"));
+    assert_eq!(
+        id_consistency(&id, None, Some(BirthDate::Year(1993))),
+        Err("date_of_birth")
+    );
 }

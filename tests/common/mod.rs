@@ -59,7 +59,14 @@ pub fn prepare(dir: &Path) -> (Config, DevCa) {
     let ca = pki::init(&certs).unwrap();
     pki::write_client(&ca, &certs, "expired", pki::PORTAL_ID, (2025, 1, 1)).unwrap();
     pki::write_client(&ca, &certs, "stranger", STRANGER_ID, (2036, 1, 1)).unwrap();
-    pki::write_client(&ca, &certs, "limited", "spiffe://popgw.dev/ministry/limited", (2036, 1, 1)).unwrap();
+    pki::write_client(
+        &ca,
+        &certs,
+        "limited",
+        "spiffe://popgw.dev/ministry/limited",
+        (2036, 1, 1),
+    )
+    .unwrap();
     std::fs::create_dir_all(&config.data_dir).unwrap();
     std::fs::write(
         config.policy_path(),
@@ -112,9 +119,12 @@ impl TestGateway {
     }
 
     pub async fn channel(&self, who: &str) -> Channel {
-        connect(&format!("localhost:{}", self.addr.port()), &ClientCerts::dev(&self.certs, who))
-            .await
-            .unwrap()
+        connect(
+            &format!("localhost:{}", self.addr.port()),
+            &ClientCerts::dev(&self.certs, who),
+        )
+        .await
+        .unwrap()
     }
 
     pub async fn client(&self, who: &str) -> IdentityGatewayClient<Channel> {
@@ -144,7 +154,10 @@ impl TestGateway {
     }
 
     pub fn find(&self, pred: impl Fn(&CitizenRecord) -> bool) -> &CitizenRecord {
-        self.population.iter().find(|r| pred(r)).expect("population has such a citizen")
+        self.population
+            .iter()
+            .find(|r| pred(r))
+            .expect("population has such a citizen")
     }
 }
 
