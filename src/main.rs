@@ -55,8 +55,8 @@ enum Command {
         /// Full name as declared.
         #[arg(long)]
         name: String,
-        /// Date of birth, YYYY-MM-DD or YYYY.
-        #[arg(long, default_value = "")]
+        /// Date of birth, YYYY-MM-DD (or YYYY when the record holds only the year).
+        #[arg(long)]
         dob: String,
         /// male or female.
         #[arg(long)]
@@ -498,7 +498,12 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-        println!("popgw shutting down: draining and signing the final audit checkpoint");
+        // stdout may be closed by now (a supervisor went away): never panic on it.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
+            "popgw shutting down: draining and signing the final audit checkpoint"
+        );
     };
     server.serve(listener, shutdown).await?;
     Ok(())
@@ -541,8 +546,8 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             match audit::verify_dir(&dir, key.as_ref()) {
                 Ok(r) => {
                     println!(
-                        "OK: {} records in {} segments, {} checkpoints; last seq {}, head {}",
-                        r.records, r.segments, r.checkpoints, r.last_seq, r.head_hash
+                        "OK: {} records in {} segments, {} checkpoints; last seq {}, head {}; {} records after the last checkpoint",
+                        r.records, r.segments, r.checkpoints, r.last_seq, r.head_hash, r.unsigned_tail
                     );
                     Ok(())
                 }
@@ -576,9 +581,10 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                 let subject = if req.personal_id.is_empty() {
                     String::new()
                 } else {
-                    audit::Pseudonymizer::load_or_create(&pseudonym_key)
+                    let id = popgw::validation::parse_declared_id(&req.personal_id, true)?;
+                    audit::Pseudonymizer::load(&pseudonym_key)
                         .with_context(|| format!("pseudonym key {}", pseudonym_key.display()))?
-                        .pseudonym(req.personal_id.trim())
+                        .pseudonym(id.digits())
                 };
                 let filter = service::audit_log::Filter {
                     from_ms: req.from_unix_ms,

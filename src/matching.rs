@@ -7,7 +7,7 @@
 //!   explicitly, since they do not decompose), which also makes tone-mark placement
 //!   (hòa/hoà) irrelevant, and y folded to i (Lý/Lí).
 //!
-//! Invariant: a deceased citizen never verifies; an unfound id is NO_MATCH only when
+//! Invariant: a deceased or disappeared citizen never verifies; an unfound id is NO_MATCH only when
 //! the registry answered "no such citizen" (a registry error is "could not check").
 
 use unicode_normalization::char::is_combining_mark;
@@ -83,6 +83,8 @@ pub enum NoMatchReason {
     NotFound,
     /// The citizen is recorded as deceased.
     Deceased,
+    /// The citizen is recorded as disappeared.
+    Disappeared,
     /// At least one declared field differs from the record.
     FieldsDiffer,
     /// The id's digits contradict the declared sex or birth year (no lookup made).
@@ -183,6 +185,8 @@ pub fn verify(
     let differ = [full_name, date_of_birth, sex].contains(&FieldResult::Mismatch);
     let no_match = if !record.date_of_death.is_empty() {
         Some(NoMatchReason::Deceased)
+    } else if !record.date_of_disappearance.is_empty() {
+        Some(NoMatchReason::Disappeared)
     } else if differ {
         Some(NoMatchReason::FieldsDiffer)
     } else {

@@ -70,6 +70,7 @@ pub const PROVINCES: &[(&str, &str)] = &[
 ];
 
 use chrono::{Datelike, NaiveDate};
+use unicode_normalization::UnicodeNormalization;
 
 use crate::proto::registry::Sex;
 
@@ -244,14 +245,21 @@ pub fn check_full_name(raw: &str) -> Result<(), InvalidField> {
     if raw.trim().is_empty() {
         return Err(invalid("full_name", "required"));
     }
-    if raw.chars().count() > MAX_NAME_CHARS {
+    // Counted after NFC: a name sent decomposed (NFD) is not longer than the same name composed.
+    if raw.nfc().count() > MAX_NAME_CHARS {
         return Err(invalid(
             "full_name",
             format!("longer than {MAX_NAME_CHARS} characters"),
         ));
     }
-    if raw.chars().any(char::is_control) {
-        return Err(invalid("full_name", "contains control characters"));
+    if raw
+        .chars()
+        .any(|c| c.is_control() || is_invisible_format(c))
+    {
+        return Err(invalid(
+            "full_name",
+            "contains control or invisible formatting characters",
+        ));
     }
     if raw.chars().any(|c| c.is_ascii_digit()) {
         return Err(invalid("full_name", "contains digits"));
@@ -260,6 +268,22 @@ pub fn check_full_name(raw: &str) -> Result<(), InvalidField> {
         return Err(invalid("full_name", "contains no letter"));
     }
     Ok(())
+}
+
+/// Zero-width characters that name matching folds away (they slip into copied names).
+fn is_zero_width(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}'
+    )
+}
+
+/// Invisible formatting characters (bidirectional overrides, soft hyphen...) that could
+/// disguise what an operator reads in the audit log; zero-width spaces are tolerated in
+/// names only.
+fn is_invisible_format(c: char) -> bool {
+    !is_zero_width(c)
+        && matches!(c, '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2061}'..='\u{206F}' | '\u{FE00}'..='\u{FE0F}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// Checks the case id (dossier number): required, 1-64 printable characters.
@@ -274,7 +298,9 @@ pub fn check_case_id(raw: &str) -> Result<String, InvalidField> {
             format!("longer than {MAX_CASE_ID_CHARS} characters"),
         ));
     }
-    if s.chars().any(|c| c.is_control()) {
+    if s.chars()
+        .any(|c| c.is_control() || is_invisible_format(c) || is_zero_width(c))
+    {
         return Err(invalid("case_id", "contains non-printable characters"));
     }
     Ok(s.to_string())

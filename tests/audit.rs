@@ -121,7 +121,12 @@ async fn every_outcome_leaves_exactly_one_record() {
         .iter()
         .find(|x| x.request_id == expected[1].0)
         .unwrap();
-    assert_eq!(no_match.detail, "FIELDS_DIFFER");
+    assert_eq!(no_match.detail, "FIELDS_DIFFER; compared=id,name,dob,sex");
+    let matched = records
+        .iter()
+        .find(|x| x.request_id == expected[0].0)
+        .unwrap();
+    assert_eq!(matched.detail, "compared=id,name,dob,sex");
 
     // No personal data in the log: neither the id nor the name, anywhere.
     for rec in &records {
@@ -148,11 +153,33 @@ async fn every_outcome_leaves_exactly_one_record() {
         .unwrap();
     let ids: Vec<_> = by_subject.iter().map(|x| x.request_id.clone()).collect();
     for (id, outcome, _) in &expected {
-        // Requests refused before the id was read have no subject.
-        if *outcome != "INVALID_ARGUMENT" && *outcome != "PERMISSION_DENIED" {
-            assert!(ids.contains(id), "query by personal id must find {outcome}");
-        }
+        // Refused attempts on this citizen are found too ("who tried to look at me").
+        assert!(ids.contains(id), "query by personal id must find {outcome}");
     }
+
+    // A P01 lookup by the old 9-digit id is found by the citizen's 12-digit id.
+    let old = gw
+        .find(|p| {
+            p.date_of_death.is_empty()
+                && p.date_of_disappearance.is_empty()
+                && !p.old_id_number.is_empty()
+        })
+        .clone();
+    let mut req = declare(&old, "P01");
+    req.personal_id = old.old_id_number.clone();
+    let answer = portal.verify_identity(req).await.unwrap().into_inner();
+    let found: Vec<_> = op
+        .query(pb::AuditQueryRequest {
+            personal_id: old.personal_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    assert!(found.iter().any(|x| x.request_id == answer.request_id));
 }
 
 struct DownRegistry;

@@ -56,6 +56,8 @@ fn start_default(dir: &Path) -> Running {
         !addr.is_empty() && examples.len() == 2,
         "unexpected start-up output: {seen:?}"
     );
+    // Keep draining stdout so the server never writes into a closed pipe.
+    std::thread::spawn(move || for _ in lines {});
     assert!(
         seen.iter().any(|l| l.contains("development PKI")),
         "{seen:?}"
@@ -199,7 +201,14 @@ fn first_start_then_verify_citizen_and_audit_from_the_terminal() {
     assert!(lines.len() >= 3, "{out}");
     assert!(!out.contains(&id), "the log holds pseudonyms, not ids");
 
-    // Stop it cleanly; the files verify.
+    // Stop it cleanly (SIGTERM: drain, sign the final checkpoint); the files verify.
+    let mut gw = gw;
+    let stopped = Command::new("kill")
+        .args(["-TERM", &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(gw.child.wait().unwrap().success());
     drop(gw);
     let (ok, out, err) = popgw(
         dir.path(),

@@ -294,7 +294,10 @@ async fn household_only_where_the_profile_allows() {
         r.household.as_ref().unwrap().head_personal_id
     );
     assert!(a.members.iter().any(|m| m.personal_id == r.personal_id));
-    assert!(a.members.iter().all(|m| m.personal_id != head.personal_id && !m.relation_to_head.is_empty()));
+    assert!(a
+        .members
+        .iter()
+        .all(|m| m.personal_id != head.personal_id && !m.relation_to_head.is_empty()));
     let e = ministry
         .get_household(pb::GetHouseholdRequest {
             personal_id: r.personal_id.clone(),
@@ -304,6 +307,19 @@ async fn household_only_where_the_profile_allows() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
+    // A client whose policy leaves out the household field cannot read it this way either.
+    let e = gw
+        .client("limited")
+        .await
+        .get_household(pb::GetHouseholdRequest {
+            personal_id: r.personal_id.clone(),
+            procedure_code: "P20".into(),
+            case_id: "HS-3".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("household"), "{}", e.message());
 }
 
 #[tokio::test]
@@ -454,6 +470,15 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         ("case_id", Box::new(|q| q.case_id = String::new())),
         ("case_id", Box::new(|q| q.case_id = "x".repeat(65))),
         ("case_id", Box::new(|q| q.case_id = "HS\n1".into())),
+        ("case_id", Box::new(|q| q.case_id = "HS-1\u{202E}2".into())),
+        (
+            "full_name",
+            Box::new(|q| q.full_name = "Nguyễn\u{202E}Văn".into()),
+        ),
+        (
+            "date_of_birth",
+            Box::new(|q| q.date_of_birth = String::new()),
+        ),
         (
             "date_of_birth",
             Box::new(|q| q.date_of_birth = "1990-02-31".into()),

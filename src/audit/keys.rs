@@ -87,6 +87,15 @@ impl Pseudonymizer {
         Pseudonymizer { key }
     }
 
+    /// Loads an existing key (32 bytes as hex); a missing file is an error, so that a
+    /// wrong path never silently yields pseudonyms that match nothing.
+    pub fn load(path: &Path) -> io::Result<Self> {
+        Ok(Self::new(decode_secret(
+            path,
+            &std::fs::read_to_string(path)?,
+        )?))
+    }
+
     /// Loads the key (32 bytes as hex) or creates it with mode 0600.
     pub fn load_or_create(path: &Path) -> io::Result<Self> {
         Ok(Self::new(load_or_create_secret(path)?))

@@ -284,6 +284,36 @@ async fn torn_tail_is_cut_on_open_recorded_and_chain_continues() {
     assert_eq!(rec.prev, recs[8].hash);
     let rep = verify_dir(tmp.path(), None).unwrap();
     assert_eq!(rep.last_seq, 11);
+    // The cut bytes are kept beside the log, and the old segment was not appended to.
+    let kept: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains(".log.cut-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        segments(tmp.path()).len(),
+        2,
+        "a restart opens a new segment"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_record_under_a_checkpoint_is_never_cut_on_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = fill(tmp.path(), cfg(tmp.path()), 10).await;
+    log.shutdown().await; // signs a checkpoint covering seq 10
+    let seg = segments(tmp.path())[0].clone();
+    edit_lines(&seg, |lines| {
+        lines[4] = lines[4].replace("\"latency_us\":", "\"latency_us\":1");
+    });
+    let before = std::fs::read(&seg).unwrap();
+    assert!(matches!(
+        AuditLog::open(cfg(tmp.path()), key()),
+        Err(AuditError::Corrupt(_))
+    ));
+    assert_eq!(std::fs::read(&seg).unwrap(), before, "evidence untouched");
+    assert_eq!(verify_dir(tmp.path(), None).unwrap_err().seq, 5);
 }
 
 #[tokio::test]
@@ -296,7 +326,10 @@ async fn unterminated_line_is_ignored_by_readers_until_recovery() {
     std::io::Write::write_all(&mut f, b"0123abcd {\"seq\":4,\"ti").unwrap();
     drop(f);
     assert_eq!(read_records(tmp.path()).unwrap().len(), 3);
-    assert_eq!(verify_dir(tmp.path(), None).unwrap().last_seq, 3);
+    // Nothing was signed before the crash: verify says so (at seq 3, the torn line ignored).
+    let e = verify_dir(tmp.path(), None).unwrap_err();
+    assert_eq!(e.seq, 3);
+    assert!(e.reason.contains("no signed checkpoint"), "{e}");
     let log = AuditLog::open(cfg(tmp.path()), key()).unwrap();
     log.shutdown().await;
     let recs = read_records(tmp.path()).unwrap();
@@ -453,4 +486,16 @@ fn pseudonyms_are_stable_keyed_and_hide_the_id() {
     assert_eq!(p.len(), 64);
     assert!(!p.contains(id) && !p.contains("19800101"));
     assert!(!format!("{a:?}").contains(&hex::encode([1u8; 32])));
+}
+
+#[tokio::test]
+async fn a_log_without_any_signed_checkpoint_does_not_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = fill(tmp.path(), cfg(tmp.path()), 5).await;
+    log.shutdown().await;
+    assert_eq!(verify_dir(tmp.path(), None).unwrap().unsigned_tail, 0);
+    // Whoever rewrites the records and drops the checkpoints must not get a pass.
+    std::fs::write(tmp.path().join("checkpoints.log"), "").unwrap();
+    let e = verify_dir(tmp.path(), None).unwrap_err();
+    assert!(e.reason.contains("no signed checkpoint"), "{e}");
 }

@@ -62,6 +62,9 @@ pub struct VerifyReport {
     pub checkpoints: usize,
     pub last_seq: u64,
     pub head_hash: String,
+    /// Records after the latest signed checkpoint: their integrity rests on the chain
+    /// alone until the next checkpoint (a cut of this tail cannot be detected).
+    pub unsigned_tail: u64,
 }
 
 /// The first problem found: the seq of the first bad (or missing) record and
@@ -263,12 +266,23 @@ pub fn verify_dir(
         }
     }
 
+    // 4. A log nobody signed proves nothing: anyone can recompute an unkeyed chain.
+    if records > 0 && max_ckpt.is_none() {
+        let file = segments.last().map(|s| s.1.clone()).unwrap_or(ckpt_path);
+        return Err(fail(
+            last_seq,
+            &file,
+            "no signed checkpoint covers any record (checkpoints.log missing or emptied?)",
+        ));
+    }
+
     Ok(VerifyReport {
         records,
         segments: segments.len(),
         checkpoints: n_ckpt,
         last_seq,
         head_hash,
+        unsigned_tail: last_seq.saturating_sub(max_ckpt.unwrap_or(0)),
     })
 }
 

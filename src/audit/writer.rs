@@ -317,6 +317,7 @@ impl Writer {
         let mut next_seq = 1;
         let mut last_hash = ZERO_HASH;
         let mut tail_hashes: Vec<(u64, [u8; 32])> = Vec::new();
+        let mut pending_cut: Option<(PathBuf, usize, usize, u64)> = None;
         if let Some((first_seq, path)) = segments.last().cloned() {
             let bytes = std::fs::read(&path)?;
             let (lines, _) = split_lines(&bytes);
@@ -347,19 +348,9 @@ impl Writer {
                 good_end = offset + line.len() + 1;
             }
             if good_end < bytes.len() {
-                let cut = bytes.len() - good_end;
-                let f = OpenOptions::new().write(true).open(&path)?;
-                f.set_len(good_end as u64)?;
-                f.sync_all()?;
-                tracing::warn!(file = %path.display(), bytes = cut, "audit log: cut torn tail");
-                notes.insert(
-                    0,
-                    format!(
-                        "cut {cut} bytes from {} at offset {good_end} after last intact seq {}",
-                        path.file_name().unwrap_or_default().to_string_lossy(),
-                        expect - 1
-                    ),
-                );
+                // Cut later, once the signed checkpoints agree that nothing they cover
+                // lies in the tail.
+                pending_cut = Some((path.clone(), good_end, bytes.len() - good_end, expect - 1));
             }
             match prev {
                 Some(h) => {
@@ -392,14 +383,19 @@ impl Writer {
                     };
                 }
             }
-            let file = OpenOptions::new().append(true).open(&path)?;
-            seg = Some(Segment {
-                file,
-                path,
-                size: good_end as u64,
-                records: next_seq - first_seq,
-                started_ms: first_time.unwrap_or_else(now_ms),
-            });
+            // A segment that holds records is never appended to again by a new
+            // process: its pages may have failed writeback in the previous one
+            // ("fsyncgate"). The first commit opens a new segment at `next_seq`.
+            if next_seq == first_seq {
+                let file = OpenOptions::new().append(true).open(&path)?;
+                seg = Some(Segment {
+                    file,
+                    path,
+                    size: good_end as u64,
+                    records: 0,
+                    started_ms: first_time.unwrap_or_else(now_ms),
+                });
+            }
         }
 
         // Never continue a log that ends before, or differs from, what was signed.
@@ -428,6 +424,32 @@ impl Writer {
                     )));
                 }
             }
+        }
+
+        if let Some((path, good_end, cut, last_intact)) = pending_cut {
+            // Keep the cut bytes beside the log: a crash leaves only unacknowledged
+            // records there, but if anything else caused it, the evidence survives.
+            let bytes = std::fs::read(&path)?;
+            let kept = path.with_extension(format!("log.cut-{}", now_ms()));
+            let mut side = OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .open(&kept)?;
+            std::io::Write::write_all(&mut side, &bytes[good_end..])?;
+            side.sync_all()?;
+            let f = OpenOptions::new().write(true).open(&path)?;
+            f.set_len(good_end as u64)?;
+            f.sync_all()?;
+            sync_dir(&dir)?;
+            tracing::warn!(file = %path.display(), bytes = cut, "audit log: cut torn tail");
+            notes.insert(
+                0,
+                format!(
+                    "cut {cut} bytes from {} at offset {good_end} after last intact seq {last_intact}; kept in {}",
+                    path.file_name().unwrap_or_default().to_string_lossy(),
+                    kept.file_name().unwrap_or_default().to_string_lossy()
+                ),
+            );
         }
 
         let ckpt = OpenOptions::new()

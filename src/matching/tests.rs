@@ -141,3 +141,14 @@ fn year_only_dates_match_only_year_only_records() {
     )
     .is_match());
 }
+
+#[test]
+fn a_disappeared_citizen_never_verifies() {
+    let full = parse_date_shape("1992-05-17");
+    let mut r = record("1992-05-17", false);
+    r.date_of_disappearance = "2019-07-01".into();
+    assert_eq!(
+        verify(MatchingRule::Exact, &declared(full), Some(&r)).no_match,
+        Some(NoMatchReason::Disappeared)
+    );
+}

@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{Gateway, Outcome, RequestCtx};
+use super::{Gateway, RequestCtx};
 use crate::audit::{self, StoredRecord};
 use crate::error::GatewayError;
 use crate::proto::gateway as pb;
@@ -120,32 +120,40 @@ impl AuditLog for AuditLogService {
     ) -> Result<Response<Self::QueryStream>, Status> {
         let mut ctx: RequestCtx = self.gw.begin("AuditLog.Query", request.peer_certs());
         let req = request.into_inner();
-        let result: Result<(Filter, Outcome), GatewayError> = self
-            .gw
-            .authorize(&ctx)
-            .and_then(|_| self.gw.audit_filter(&req))
-            .map(|f| (f, "QUERIED"));
-        if let Ok((f, _)) = &result {
-            ctx.subject = f.subject.clone();
-            ctx.fields = vec!["audit_records".into()];
-        }
-        let filter = self.gw.finish(ctx, result).await?;
-        let dir = self.gw.audit.dir().to_path_buf();
         let limit = if req.limit == 0 {
             usize::MAX
         } else {
             req.limit as usize
         };
-        let records = tokio::task::spawn_blocking(move || audit::read_records(&dir))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let out: Vec<_> = records
-            .iter()
-            .filter(|r| filter.accepts(&r.body))
-            .take(limit)
-            .map(|r| Ok(to_pb(r)))
-            .collect();
+        let result = match self
+            .gw
+            .authorize(&ctx)
+            .and_then(|_| self.gw.audit_filter(&req))
+        {
+            Err(e) => Err(e),
+            Ok(filter) => {
+                ctx.subject = filter.subject.clone();
+                ctx.fields = vec!["audit_records".into()];
+                // Read before recording the outcome, so the record says what happened.
+                let dir = self.gw.audit.dir().to_path_buf();
+                match tokio::task::spawn_blocking(move || audit::read_records(&dir)).await {
+                    Ok(Ok(records)) => Ok((
+                        records
+                            .iter()
+                            .filter(|r| filter.accepts(&r.body))
+                            .take(limit)
+                            .map(|r| Ok(to_pb(r)))
+                            .collect::<Vec<_>>(),
+                        "QUERIED",
+                    )),
+                    Ok(Err(e)) => Err(GatewayError::Audit(e)),
+                    Err(e) => Err(GatewayError::Audit(audit::AuditError::Corrupt(
+                        e.to_string(),
+                    ))),
+                }
+            }
+        };
+        let out = self.gw.finish(ctx, result).await?;
         Ok(Response::new(Box::pin(tokio_stream::iter(out))))
     }
 
@@ -212,17 +220,18 @@ impl AuditLog for AuditLogService {
         request: Request<pb::AuditHeadRequest>,
     ) -> Result<Response<pb::AuditCheckpoint>, Status> {
         let ctx = self.gw.begin("AuditLog.Head", request.peer_certs());
-        let result = self.gw.authorize(&ctx).map(|_| ((), "READ"));
-        self.gw.finish(ctx, result).await?;
+        let result = self.gw.authorize(&ctx).and_then(|_| {
+            self.gw
+                .audit
+                .head()
+                .map(|cp| (cp, "READ"))
+                .ok_or(GatewayError::NotFound("no checkpoint signed yet"))
+        });
+        let cp = self.gw.finish(ctx, result).await?;
         let public_key = std::fs::read_to_string(self.gw.audit.dir().join("audit-signing.pub"))
             .unwrap_or_default()
             .trim()
             .to_string();
-        let cp = self
-            .gw
-            .audit
-            .head()
-            .ok_or_else(|| Status::not_found("no checkpoint signed yet"))?;
         Ok(Response::new(pb::AuditCheckpoint {
             seq: cp.seq,
             head_hash: cp.head_hash,

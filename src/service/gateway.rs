@@ -21,6 +21,7 @@ use crate::matching::{self, Declaration, FieldResult, NoMatchReason, Verificatio
 use crate::policy::Grant;
 use crate::proto::gateway as pb;
 use crate::proto::gateway::identity_gateway_server::IdentityGateway;
+use crate::proto::registry::CitizenRecord;
 use crate::registry::LookupKey;
 use crate::validation::{self, DeclaredId, InvalidField};
 
@@ -66,6 +67,7 @@ fn reason_name(r: NoMatchReason) -> (&'static str, pb::NoMatchReason) {
         NoMatchReason::Deceased => ("DECEASED", pb::NoMatchReason::Deceased),
         NoMatchReason::FieldsDiffer => ("FIELDS_DIFFER", pb::NoMatchReason::FieldsDiffer),
         NoMatchReason::IdInconsistent => ("ID_INCONSISTENT", pb::NoMatchReason::IdInconsistent),
+        NoMatchReason::Disappeared => ("DISAPPEARED", pb::NoMatchReason::Disappeared),
     }
 }
 
@@ -97,6 +99,22 @@ impl Gateway {
         Ok(procedure)
     }
 
+    /// Names the subject as early as possible, before any policy check, so that
+    /// refused attempts on a citizen are found by a query on their personal id.
+    fn early_subject(&self, ctx: &mut RequestCtx, raw_id: &str) {
+        if let Ok(id) = validation::parse_declared_id(raw_id, true) {
+            ctx.subject = self.subject(id.digits());
+        }
+    }
+
+    /// After a lookup by the old 9-digit id, the subject becomes the citizen's
+    /// 12-digit id, the one they will ask about.
+    fn found_subject(&self, ctx: &mut RequestCtx, record: Option<&CitizenRecord>) {
+        if let Some(r) = record.filter(|r| !r.personal_id.is_empty()) {
+            ctx.subject = self.subject(&r.personal_id);
+        }
+    }
+
     fn lookup_key(&self, ctx: &mut RequestCtx, id: &DeclaredId) -> LookupKey {
         ctx.subject = self.subject(id.digits());
         match id {
@@ -111,14 +129,27 @@ impl Gateway {
         ctx: &mut RequestCtx,
         req: pb::VerifyIdentityRequest,
     ) -> Result<(pb::VerifyIdentityResponse, Outcome), GatewayError> {
+        self.early_subject(ctx, &req.personal_id);
         let grant = self.authorize(ctx)?;
         let procedure = self.procedure(ctx, grant, &req.procedure_code)?;
         ctx.case_id = validation::check_case_id(&req.case_id)?;
         let id = validation::parse_declared_id(&req.personal_id, procedure.old_id_accepted)?;
         validation::check_full_name(&req.full_name)?;
-        let dob = validation::parse_birth_date(&req.date_of_birth, validation::today_in_vietnam())?;
+        // The birth date is required: id and name alone must never verify anyone.
+        let dob = validation::parse_birth_date(&req.date_of_birth, validation::today_in_vietnam())?
+            .ok_or(InvalidField {
+                field: "date_of_birth",
+                reason: "required (YYYY-MM-DD, or YYYY when only the year is recorded)".into(),
+            })?;
+        let dob = Some(dob);
         let sex = validation::parse_sex(req.sex)?;
         let key = self.lookup_key(ctx, &id);
+        // What was compared goes into the audit record (names of fields, never values).
+        ctx.detail = if sex.is_some() {
+            "compared=id,name,dob,sex".into()
+        } else {
+            "compared=id,name,dob".into()
+        };
 
         let verification = match &id {
             DeclaredId::Personal(p) => match validation::id_consistency(p, sex, dob) {
@@ -135,6 +166,7 @@ impl Gateway {
             Some(v) => v,
             None => {
                 let record = self.registry.citizen(&key).await?;
+                self.found_subject(ctx, record.as_ref());
                 let declared = Declaration {
                     full_name: &req.full_name,
                     date_of_birth: dob,
@@ -150,7 +182,7 @@ impl Gateway {
         };
         let reason = verification.no_match.map(reason_name);
         if let Some((name, _)) = reason {
-            ctx.detail = name.into();
+            ctx.detail = format!("{name}; {}", ctx.detail);
         }
         let details = grant.details.then(|| pb::VerificationDetails {
             personal_id: pb_field(verification.personal_id),
@@ -180,6 +212,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
         req: pb::GetCitizenRequest,
     ) -> Result<(pb::GetCitizenResponse, Outcome), GatewayError> {
+        self.early_subject(ctx, &req.personal_id);
         let grant = self.authorize(ctx)?;
         let procedure = self.procedure(ctx, grant, &req.procedure_code)?;
         ctx.case_id = validation::check_case_id(&req.case_id)?;
@@ -190,6 +223,7 @@ impl Gateway {
             .citizen(&key)
             .await?
             .ok_or(GatewayError::NotFound("no citizen has this personal_id"))?;
+        self.found_subject(ctx, Some(&record));
         let allowed = grant.readable_fields(&procedure.readable_fields);
         let (citizen, disclosed) = disclosure::minimise(&record, &allowed);
         ctx.fields = disclosed.clone();
@@ -208,6 +242,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
         req: pb::GetHouseholdRequest,
     ) -> Result<(pb::GetHouseholdResponse, Outcome), GatewayError> {
+        self.early_subject(ctx, &req.personal_id);
         let grant = self.authorize(ctx)?;
         let procedure = self.procedure(ctx, grant, &req.procedure_code)?;
         ctx.case_id = validation::check_case_id(&req.case_id)?;
@@ -218,12 +253,23 @@ impl Gateway {
                 procedure.code
             )));
         }
+        // The client's field allow-list narrows household access like any field.
+        if !grant
+            .readable_fields(&procedure.readable_fields)
+            .iter()
+            .any(|f| f == "household")
+        {
+            return Err(GatewayError::NotInProfile(
+                "household data is not granted to this client".into(),
+            ));
+        }
         let key = self.lookup_key(ctx, &id);
         let record = self
             .registry
             .citizen(&key)
             .await?
             .ok_or(GatewayError::NotFound("no citizen has this personal_id"))?;
+        self.found_subject(ctx, Some(&record));
         let household_id = record
             .household
             .as_ref()

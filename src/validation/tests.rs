@@ -117,3 +117,21 @@ fn consistency() {
         Err("date_of_birth")
     );
 }
+
+#[test]
+fn invisible_formatting_is_refused_but_zero_width_spaces_in_names_are_folded_later() {
+    assert!(check_full_name("Nguyễn\u{202E}Văn An").is_err());
+    assert!(check_full_name("Nguy\u{00AD}ễn Văn An").is_err());
+    assert!(check_full_name("Nguyễn\u{200B} Văn An").is_ok());
+    assert!(check_case_id("HS-1\u{202E}2").is_err());
+    assert!(check_case_id("HS\u{200B}1").is_err());
+}
+
+#[test]
+fn name_length_is_counted_composed() {
+    use unicode_normalization::UnicodeNormalization;
+    let composed = "Ễ".repeat(100);
+    let decomposed: String = composed.nfd().collect();
+    assert!(decomposed.chars().count() > 100);
+    assert!(check_full_name(&decomposed).is_ok());
+}

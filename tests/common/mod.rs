@@ -28,8 +28,8 @@ pub const TEST_POLICY: &str = r#"
 [[client]]
 identity = "spiffe://popgw.dev/ministry/limited"
 role = "ministry"
-rpcs = ["GetCitizen"]
-procedures = ["P21"]
+rpcs = ["GetCitizen", "GetHousehold"]
+procedures = ["P20", "P21"]
 fields = ["full_name", "date_of_birth", "permanent_residence"]
 "#;
 
