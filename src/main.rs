@@ -13,6 +13,19 @@ use popgw::proto::registry::Sex;
 use popgw::{audit, config::Config, demo, pki, registry, service, Server};
 use tokio_stream::StreamExt;
 
+/// Prints a line to stdout; a closed pipe (`popgw ... | head`) ends the program quietly
+/// instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "popgw",
@@ -234,15 +247,21 @@ impl Conn {
 
 /// A gRPC error as the user sees it.
 fn rpc(status: tonic::Status) -> anyhow::Error {
+    let hint = if status.message().contains("transport error") {
+        " (the connection failed: is the gateway running at this address, and is your \
+         certificate signed by its client CA and still valid?)"
+    } else {
+        ""
+    };
     anyhow::anyhow!(
-        "{}: {}",
+        "{}: {}{hint}",
         popgw::error::code_name(status.code()),
         status.message()
     )
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string(value)?);
+    out!("{}", serde_json::to_string(value)?);
     Ok(())
 }
 
@@ -280,7 +299,7 @@ async fn run(cli: Cli) -> Result<()> {
             command: CertsCommand::Init { out },
         } => {
             let _ca = pki::init(&out)?;
-            println!(
+            out!(
                 "wrote a development PKI to {} (development only)",
                 out.display()
             );
@@ -292,7 +311,7 @@ async fn run(cli: Cli) -> Result<()> {
             let t = std::time::Instant::now();
             let s = registry::generate::generate_to_file(count, seed, &out)
                 .with_context(|| format!("writing {}", out.display()))?;
-            println!(
+            out!(
                 "wrote {} citizens ({} households, {} deceased, {} year-only births, {} old ids) to {} in {:.1}s",
                 s.count, s.households, s.deceased, s.year_only, s.with_old_id, out.display(), t.elapsed().as_secs_f64()
             );
@@ -329,29 +348,29 @@ async fn run(cli: Cli) -> Result<()> {
             if conn.json {
                 return print_json(&answer);
             }
-            println!(
+            out!(
                 "{}  (request {})",
                 enum_name(answer.verdict().as_str_name()),
                 answer.request_id
             );
             if let Some(d) = answer.details {
                 if d.reason != 0 {
-                    println!("  reason:        {}", enum_name(d.reason().as_str_name()));
+                    out!("  reason:        {}", enum_name(d.reason().as_str_name()));
                 }
-                println!(
+                out!(
                     "  personal_id:   {}",
                     enum_name(d.personal_id().as_str_name())
                 );
-                println!(
+                out!(
                     "  full_name:     {}",
                     enum_name(d.full_name().as_str_name())
                 );
-                println!(
+                out!(
                     "  date_of_birth: {}",
                     enum_name(d.date_of_birth().as_str_name())
                 );
-                println!("  sex:           {}", enum_name(d.sex().as_str_name()));
-                println!("  name rule:     {}", enum_name(d.rule().as_str_name()));
+                out!("  sex:           {}", enum_name(d.sex().as_str_name()));
+                out!("  name rule:     {}", enum_name(d.rule().as_str_name()));
             }
             Ok(())
         }
@@ -370,7 +389,7 @@ async fn run(cli: Cli) -> Result<()> {
             if conn.json {
                 return print_json(&answer);
             }
-            println!("request {}", answer.request_id);
+            out!("request {}", answer.request_id);
             let record = serde_json::to_value(answer.citizen.unwrap_or_default())?;
             for field in &answer.disclosed_fields {
                 let key = camel(field);
@@ -378,7 +397,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .get(&key)
                     .cloned()
                     .unwrap_or(serde_json::Value::String(String::new()));
-                println!("  {field:<26} {value}");
+                out!("  {field:<26} {value}");
             }
             Ok(())
         }
@@ -397,11 +416,13 @@ async fn run(cli: Cli) -> Result<()> {
             if conn.json {
                 return print_json(&answer);
             }
-            println!("request {}", answer.request_id);
+            out!("request {}", answer.request_id);
             for m in answer.head.iter().chain(answer.members.iter()) {
-                println!(
+                out!(
                     "  {:<14} {:<12} {}",
-                    m.relation_to_head, m.personal_id, m.full_name
+                    m.relation_to_head,
+                    m.personal_id,
+                    m.full_name
                 );
             }
             Ok(())
@@ -409,7 +430,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Procedures {
             builtin_toml: true, ..
         } => {
-            print!("{}", popgw::catalogue::Catalogue::builtin().to_toml());
+            out!(
+                "{}",
+                popgw::catalogue::Catalogue::builtin().to_toml().trim_end()
+            );
             Ok(())
         }
         Command::Procedures { conn, .. } => {
@@ -424,15 +448,15 @@ async fn run(cli: Cli) -> Result<()> {
                 return print_json(&answer);
             }
             for p in answer.procedures {
-                println!(
+                out!(
                     "{}  {:<8} {}  [{}]",
                     p.code,
                     enum_name(p.matching_rule().as_str_name()),
                     p.name_en,
                     p.lead_agency
                 );
-                println!("      {}", p.name_vi);
-                println!("      fields: {}", p.readable_fields.join(", "));
+                out!("      {}", p.name_vi);
+                out!("      fields: {}", p.readable_fields.join(", "));
             }
             Ok(())
         }
@@ -465,19 +489,19 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
         config.listen = listen.parse().context("--listen")?;
     }
     for note in demo::prepare(&config)? {
-        println!("{note}");
+        out!("{note}");
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let server = Server::load(config).await?;
-    println!(
+    out!(
         "popgw serving {} citizens on {addr} (mutual TLS)",
         server.population()
     );
     for r in server.examples() {
-        println!(
+        out!(
             "  try: popgw verify --id {} --name \"{}\" --dob {} --sex {} --procedure P03 --case DEMO-1",
             r.personal_id,
             r.full_name,
@@ -511,13 +535,13 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
 
 fn print_record(r: &pb::AuditRecord, json: bool) {
     if json {
-        println!("{}", r.json);
+        out!("{}", r.json);
         return;
     }
     let time = chrono::DateTime::from_timestamp_millis(r.time_unix_ms)
         .map(|t| t.to_rfc3339())
         .unwrap_or_default();
-    println!(
+    out!(
         "{:>8} {time} {} {} {} case={} subject={} {} {} fields=[{}]{}",
         r.seq,
         r.client,
@@ -545,7 +569,7 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             };
             match audit::verify_dir(&dir, key.as_ref()) {
                 Ok(r) => {
-                    println!(
+                    out!(
                         "OK: {} records in {} segments, {} checkpoints; last seq {}, head {}; {} records after the last checkpoint",
                         r.records, r.segments, r.checkpoints, r.last_seq, r.head_hash, r.unsigned_tail
                     );

@@ -57,7 +57,7 @@ fn pb_field(r: FieldResult) -> i32 {
         FieldResult::Match => pb::FieldResult::Match,
         FieldResult::Mismatch => pb::FieldResult::Mismatch,
         FieldResult::NotProvided => pb::FieldResult::NotProvided,
-        FieldResult::NotCompared => pb::FieldResult::Unspecified,
+        FieldResult::NotCompared => pb::FieldResult::NotCompared,
     }) as i32
 }
 
