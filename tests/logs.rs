@@ -1,0 +1,99 @@
+//! No personal data in logs: with popgw's tracing at TRACE, a session of matches,
+//! refusals, bad input, TLS refusals and an audit failure leaves no id, name or
+//! birth date in the log output.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use common::{declare, TestGateway};
+use popgw::client::{connect, ClientCerts};
+use popgw::proto::gateway as pb;
+use tracing_subscriber::fmt::MakeWriter;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn tracing_output_carries_no_personal_data() {
+    let capture = Capture::default();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("popgw=trace,info"))
+        .with_writer(capture.clone())
+        .init();
+
+    let gw = TestGateway::start().await;
+    let r = gw.living().clone();
+    let mut portal = gw.client("portal").await;
+    let mut ministry = gw.client("ministry").await;
+    portal.verify_identity(declare(&r, "P03")).await.unwrap();
+    let mut wrong = declare(&r, "P03");
+    wrong.full_name = "Someone Else".into();
+    portal.verify_identity(wrong).await.unwrap();
+    let mut bad = declare(&r, "P03");
+    bad.date_of_birth = format!("{}-13-01", &r.date_of_birth[..4]);
+    assert!(portal.verify_identity(bad).await.is_err());
+    assert!(ministry.verify_identity(declare(&r, "P09")).await.is_err());
+    ministry
+        .get_citizen(pb::GetCitizenRequest {
+            personal_id: r.personal_id.clone(),
+            procedure_code: "P03".into(),
+            case_id: "HS-1".into(),
+        })
+        .await
+        .unwrap();
+    // A TLS refusal and an audit failure are logged (warn / error).
+    let outsider = connect(
+        &format!("localhost:{}", gw.addr.port()),
+        &ClientCerts::dev(&gw.certs, "outsider"),
+    )
+    .await;
+    if let Ok(channel) = outsider {
+        let mut c =
+            popgw::proto::gateway::identity_gateway_client::IdentityGatewayClient::new(channel);
+        assert!(c.verify_identity(declare(&r, "P03")).await.is_err());
+    }
+    gw.gateway.audit.inject_io_error();
+    assert!(ministry.verify_identity(declare(&r, "P03")).await.is_err());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("TLS handshake refused"),
+        "the refusal is traced:\n{text}"
+    );
+    assert!(
+        text.contains("audit write failed"),
+        "the audit failure is traced:\n{text}"
+    );
+    for needle in [&r.personal_id, &r.full_name, &r.date_of_birth] {
+        assert!(
+            !text.contains(needle.as_str()),
+            "personal data in logs: {needle}\n{text}"
+        );
+    }
+    let household = r
+        .permanent_residence
+        .as_ref()
+        .map(|a| a.line.clone())
+        .unwrap_or_default();
+    assert!(household.is_empty() || !text.contains(&household));
+}
