@@ -174,6 +174,11 @@ enum AuditCommand {
         #[arg(long, default_value_t = 0)]
         limit: u32,
     },
+    /// The latest signed checkpoint of a running gateway.
+    Head {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Follow live records from a sequence number, from a running gateway or the files (--dir).
     Tail {
         #[command(flatten)]
@@ -643,6 +648,30 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             while let Some(r) = stream.next().await {
                 print_record(&r.map_err(rpc)?, conn.json);
             }
+            Ok(())
+        }
+        AuditCommand::Head { conn } => {
+            let head = conn
+                .audit()
+                .await?
+                .head(pb::AuditHeadRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if conn.json {
+                return print_json(&head);
+            }
+            out!(
+                "seq {} head {} node {} at {}\n  signature {}\n  public key {}",
+                head.seq,
+                head.head_hash,
+                head.node,
+                chrono::DateTime::from_timestamp_millis(head.time_unix_ms)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default(),
+                head.signature,
+                head.public_key
+            );
             Ok(())
         }
         AuditCommand::Tail {

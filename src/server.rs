@@ -124,6 +124,7 @@ impl Server {
             audit,
             pseudonyms,
             metrics: Arc::new(Metrics::default()),
+            health: tonic_health::server::HealthReporter::new(),
         });
         Ok(Server {
             config,
@@ -156,13 +157,14 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<IdentityGatewayServer<GatewayService>>()
-            .await;
-        health_reporter
-            .set_serving::<AuditLogServer<AuditLogService>>()
-            .await;
+        let health_service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(self.gateway.health.clone()),
+        );
+        if self.gateway.audit.is_failed() {
+            self.gateway.set_not_serving().await;
+        } else {
+            self.gateway.set_serving().await;
+        }
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -307,4 +307,17 @@ async fn a_failed_audit_write_fails_closed() {
     assert_eq!(e.code(), Code::Unavailable);
     assert!(gw.gateway.audit.is_failed());
     assert!(gw.gateway.metrics.audit_failures.get() >= 2);
+    // Health tells load balancers to stop sending requests this node can only refuse.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(gw.channel("portal").await);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "popgw.v1.IdentityGateway".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.status(),
+        tonic_health::pb::health_check_response::ServingStatus::NotServing
+    );
 }

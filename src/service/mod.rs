@@ -39,6 +39,9 @@ pub struct Gateway {
     pub pseudonyms: Pseudonymizer,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// grpc.health.v1 status: NOT_SERVING once the audit log has failed, so that load
+    /// balancers stop sending requests this node can only refuse.
+    pub health: tonic_health::server::HealthReporter,
 }
 
 /// What one request has established so far; becomes its audit record.
@@ -145,6 +148,9 @@ impl Gateway {
             Ok(_) => {}
             Err(e) => {
                 self.metrics.audit_failures.inc();
+                if self.audit.is_failed() {
+                    self.set_not_serving().await;
+                }
                 tracing::error!(%request_id, rpc = ctx.rpc, error = %e, "audit write failed; request refused");
                 return Err(with_request_id(GatewayError::Audit(e).into(), &request_id));
             }
@@ -155,6 +161,35 @@ impl Gateway {
             .map_err(|e| with_request_id(e.into(), &request_id))
     }
 }
+
+impl Gateway {
+    /// Marks every service NOT_SERVING (the audit log can no longer be written).
+    pub async fn set_not_serving(&self) {
+        for name in SERVICE_NAMES {
+            self.health
+                .set_service_status(*name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+
+    /// Marks every service SERVING.
+    pub async fn set_serving(&self) {
+        for name in SERVICE_NAMES {
+            self.health
+                .set_service_status(*name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+    }
+}
+
+/// The fully qualified names of the gateway's own services, as health reports them.
+pub const SERVICE_NAMES: &[&str] = &["popgw.v1.IdentityGateway", "popgw.v1.AuditLog"];
 
 /// Attaches the request id to an error status (metadata `x-request-id`).
 fn with_request_id(mut status: Status, request_id: &str) -> Status {
