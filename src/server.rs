@@ -125,6 +125,7 @@ impl Server {
             pseudonyms,
             metrics: Arc::new(Metrics::default()),
             health: tonic_health::server::HealthReporter::new(),
+            stopping: tokio::sync::watch::Sender::new(false),
         });
         Ok(Server {
             config,
@@ -186,7 +187,11 @@ impl Server {
             .add_service(AuditLogServer::new(AuditLogService::new(
                 self.gateway.clone(),
             )))
-            .serve_with_incoming_shutdown(incoming, shutdown)
+            .serve_with_incoming_shutdown(incoming, async {
+                shutdown.await;
+                // End long-lived streams first, or graceful shutdown would wait for them.
+                self.gateway.stopping.send_replace(true);
+            })
             .await;
         self.gateway.audit.shutdown().await;
         Ok(result?)

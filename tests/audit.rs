@@ -321,3 +321,31 @@ async fn a_failed_audit_write_fails_closed() {
         tonic_health::pb::health_check_response::ServingStatus::NotServing
     );
 }
+
+#[tokio::test]
+async fn shutdown_ends_live_watchers_and_signs_a_final_checkpoint() {
+    let mut gw = TestGateway::start().await;
+    let r = gw.living().clone();
+    gw.client("portal")
+        .await
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .unwrap();
+    let mut op = gw.audit_client("operator").await;
+    let mut live = op
+        .watch(pb::AuditWatchRequest { from_seq: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(live.next().await.unwrap().is_ok());
+    // An operator still tailing must not hold the gateway up.
+    tokio::time::timeout(std::time::Duration::from_secs(10), gw.stop())
+        .await
+        .expect("shutdown finished with a watcher attached");
+    let dir = gw.gateway.audit.dir().to_path_buf();
+    let report = popgw::audit::verify_dir(&dir, None).unwrap();
+    assert_eq!(
+        report.unsigned_tail, 0,
+        "the final checkpoint covers every record"
+    );
+}

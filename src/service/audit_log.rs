@@ -172,6 +172,7 @@ impl AuditLog for AuditLogService {
         self.gw.finish(ctx, result).await?;
         let dir = self.gw.audit.dir().to_path_buf();
         let (tx, rx) = mpsc::channel(256);
+        let mut stopping = self.gw.stopping.subscribe();
         tokio::spawn(async move {
             let backlog = match tokio::task::spawn_blocking(move || audit::read_records(&dir)).await
             {
@@ -192,7 +193,15 @@ impl AuditLog for AuditLogService {
                 next = r.body.seq + 1;
             }
             loop {
-                match live.recv().await {
+                let received = tokio::select! {
+                    r = live.recv() => r,
+                    // The gateway is stopping: end the stream so shutdown is not held up.
+                    _ = super::stopped(&mut stopping) => {
+                        let _ = tx.send(Err(Status::unavailable("gateway shutting down; resume with from_seq"))).await;
+                        return;
+                    }
+                };
+                match received {
                     Ok(r) if r.body.seq < next => continue,
                     Ok(r) => {
                         next = r.body.seq + 1;

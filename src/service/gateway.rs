@@ -355,8 +355,15 @@ impl IdentityGateway for GatewayService {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let gw = self.gw.clone();
+        let mut stopping = self.gw.stopping.subscribe();
         tokio::spawn(async move {
-            while let Some(item) = inbound.next().await {
+            loop {
+                // An idle stream must not hold up a graceful shutdown.
+                let item = tokio::select! {
+                    item = inbound.next() => item,
+                    _ = super::stopped(&mut stopping) => None,
+                };
+                let Some(item) = item else { break };
                 let item = match item {
                     Ok(item) => item,
                     Err(status) => {

@@ -42,6 +42,8 @@ pub struct Gateway {
     /// grpc.health.v1 status: NOT_SERVING once the audit log has failed, so that load
     /// balancers stop sending requests this node can only refuse.
     pub health: tonic_health::server::HealthReporter,
+    /// Turns true when shutdown begins: long-lived streams (AuditLog.Watch) end then.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// What one request has established so far; becomes its audit record.
@@ -197,4 +199,14 @@ fn with_request_id(mut status: Status, request_id: &str) -> Status {
         status.metadata_mut().insert("x-request-id", v);
     }
     status
+}
+
+/// Resolves once the gateway starts shutting down (or its state is gone).
+pub(crate) async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let now = *stopping.borrow_and_update();
+        if now || stopping.changed().await.is_err() {
+            return;
+        }
+    }
 }
