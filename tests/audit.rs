@@ -349,3 +349,48 @@ async fn shutdown_ends_live_watchers_and_signs_a_final_checkpoint() {
         "the final checkpoint covers every record"
     );
 }
+
+#[tokio::test]
+async fn each_stream_item_has_its_own_record() {
+    let gw = TestGateway::start().await;
+    let r = gw.living().clone();
+    let mut bad = declare(&r, "P03");
+    bad.personal_id = "12".into();
+    let items = vec![
+        pb::VerifyIdentityStreamRequest {
+            correlation_id: "a".into(),
+            request: Some(declare(&r, "P03")),
+        },
+        pb::VerifyIdentityStreamRequest {
+            correlation_id: "b".into(),
+            request: Some(bad),
+        },
+        pb::VerifyIdentityStreamRequest {
+            correlation_id: "c".into(),
+            request: Some(declare(&r, "P09")),
+        },
+    ];
+    let answers: Vec<_> = gw
+        .client("portal")
+        .await
+        .verify_identity_stream(tokio_stream::iter(items))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    assert_eq!(answers.len(), 3);
+    let records: Vec<_> = all_records(&gw)
+        .await
+        .into_iter()
+        .filter(|x| x.rpc == "VerifyIdentityStream")
+        .collect();
+    let outcomes: Vec<_> = records.iter().map(|x| x.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["MATCH", "INVALID_ARGUMENT", "MATCH"]);
+    use pb::verify_identity_stream_response::Result as R;
+    let Some(R::Response(first)) = &answers[0].result else {
+        panic!("first item should verify")
+    };
+    assert_eq!(records[0].request_id, first.request_id);
+}
