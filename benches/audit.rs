@@ -14,6 +14,7 @@ const PER_TASK: usize = 16;
 
 fn entry(i: usize) -> AuditEntry {
     AuditEntry {
+        related: Vec::new(),
         request_id: format!("req-{i}"),
         client: "spiffe://popgw.dev/portal/dvcqg".into(),
         rpc: "VerifyIdentity".into(),

@@ -394,3 +394,76 @@ async fn each_stream_item_has_its_own_record() {
     };
     assert_eq!(records[0].request_id, first.request_id);
 }
+
+#[tokio::test]
+async fn disclosures_about_relatives_are_found_by_the_relatives_id() {
+    let gw = TestGateway::start().await;
+    let r = gw
+        .find(|p| {
+            p.spouse.as_ref().is_some_and(|s| !s.personal_id.is_empty())
+                && p.household
+                    .as_ref()
+                    .is_some_and(|h| h.relation_to_head != "head")
+        })
+        .clone();
+    let spouse_id = r.spouse.as_ref().unwrap().personal_id.clone();
+    let head_id = r.household.as_ref().unwrap().head_personal_id.clone();
+    let mut ministry = gw.client("ministry").await;
+    let citizen = ministry
+        .get_citizen(pb::GetCitizenRequest {
+            personal_id: r.personal_id.clone(),
+            procedure_code: "P16".into(),
+            case_id: "HT-7".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        citizen.citizen.unwrap().spouse.unwrap().personal_id,
+        spouse_id
+    );
+    let household = ministry
+        .get_household(pb::GetHouseholdRequest {
+            personal_id: r.personal_id.clone(),
+            procedure_code: "P03".into(),
+            case_id: "HT-8".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut op = gw.audit_client("operator").await;
+    let about = |id: String| {
+        let mut op = op.clone();
+        async move {
+            op.query(pb::AuditQueryRequest {
+                personal_id: id,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .unwrap()
+        }
+    };
+    let spouse_view = about(spouse_id.clone()).await;
+    assert!(
+        spouse_view
+            .iter()
+            .any(|x| x.request_id == citizen.request_id),
+        "the spouse can learn their data was disclosed"
+    );
+    let head_view = about(head_id.clone()).await;
+    assert!(head_view
+        .iter()
+        .any(|x| x.request_id == household.request_id));
+    let all = all_records(&gw).await;
+    assert!(
+        all.iter()
+            .all(|x| !x.json.contains(&spouse_id) && !x.json.contains(&head_id)),
+        "pseudonyms only"
+    );
+    let _ = &mut op;
+}

@@ -55,6 +55,7 @@
 //! | `procedure` | string | administrative procedure the request was made for |
 //! | `case_id` | string | case id given by the client |
 //! | `subject` | string | keyed pseudonym (hex HMAC-SHA-256) of the personal id, never the id |
+//! | `related` | array of strings | pseudonyms of other people whose data the answer disclosed (relatives, household members); may be empty |
 //! | `fields` | array of strings | names of the fields disclosed (never values) |
 //! | `outcome` | string | outcome, e.g. `OK`, `DENIED`, `TORN_TAIL_CUT` |
 //! | `code` | string | gRPC status code name |
@@ -173,6 +174,8 @@ pub struct AuditEntry {
     pub case_id: String,
     /// Keyed pseudonym of the personal id ([`Pseudonymizer::pseudonym`]), never the id itself.
     pub subject: String,
+    /// Pseudonyms of other people whose data the answer disclosed (relatives, household).
+    pub related: Vec<String>,
     /// Names of the fields disclosed, never their values.
     pub fields: Vec<String>,
     pub outcome: String,
@@ -196,6 +199,9 @@ pub struct RecordBody {
     pub procedure: String,
     pub case_id: String,
     pub subject: String,
+    /// Absent in records written before this member existed.
+    #[serde(default)]
+    pub related: Vec<String>,
     pub fields: Vec<String>,
     pub outcome: String,
     pub code: String,

@@ -16,6 +16,7 @@ fn cfg(dir: &Path) -> AuditConfig {
 
 fn entry(i: usize) -> AuditEntry {
     AuditEntry {
+        related: Vec::new(),
         request_id: format!("req-{i}"),
         client: "portal-tax".into(),
         rpc: "/popgw.v1.Population/GetPerson".into(),

@@ -595,6 +595,7 @@ impl Writer {
                 procedure: e.procedure.clone(),
                 case_id: e.case_id.clone(),
                 subject: e.subject.clone(),
+                related: e.related.clone(),
                 fields: e.fields.clone(),
                 outcome: e.outcome.clone(),
                 code: e.code.clone(),

@@ -52,6 +52,7 @@ pub fn to_pb(r: &StoredRecord) -> pb::AuditRecord {
         hash: r.hash.clone(),
         detail: b.detail.clone(),
         json: r.json.clone(),
+        related: b.related.clone(),
     }
 }
 
@@ -68,7 +69,7 @@ pub struct Filter {
     pub procedure: String,
     /// Case id.
     pub case_id: String,
-    /// Subject pseudonym.
+    /// Subject pseudonym (matches the record's subject or one of its related people).
     pub subject: String,
     /// Outcome word or gRPC code name.
     pub outcome: String,
@@ -83,7 +84,9 @@ impl Filter {
             && eq(&self.client, &r.client)
             && eq(&self.procedure, &r.procedure)
             && eq(&self.case_id, &r.case_id)
-            && eq(&self.subject, &r.subject)
+            && (self.subject.is_empty()
+                || self.subject == r.subject
+                || r.related.contains(&self.subject))
             && (self.outcome.is_empty() || self.outcome == r.outcome || self.outcome == r.code)
     }
 }

@@ -107,6 +107,35 @@ impl Gateway {
         }
     }
 
+    /// Pseudonyms of the other people a minimised record names (relatives, household
+    /// head), so that their own "who saw data about me" finds this disclosure.
+    fn related_subjects(&self, disclosed: &CitizenRecord) -> Vec<String> {
+        let mut ids: Vec<&str> = Vec::new();
+        for r in [
+            &disclosed.father,
+            &disclosed.mother,
+            &disclosed.spouse,
+            &disclosed.legal_representative,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(disclosed.children.iter())
+        {
+            ids.push(&r.personal_id);
+        }
+        if let Some(h) = &disclosed.household {
+            ids.push(&h.head_personal_id);
+        }
+        let mut out: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !id.is_empty() && *id != disclosed.personal_id)
+            .map(|id| self.subject(id))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// After a lookup by the old 9-digit id, the subject becomes the citizen's
     /// 12-digit id, the one they will ask about.
     fn found_subject(&self, ctx: &mut RequestCtx, record: Option<&CitizenRecord>) {
@@ -227,6 +256,7 @@ impl Gateway {
         let allowed = grant.readable_fields(&procedure.readable_fields);
         let (citizen, disclosed) = disclosure::minimise(&record, &allowed);
         ctx.fields = disclosed.clone();
+        ctx.related = self.related_subjects(&citizen);
         Ok((
             pb::GetCitizenResponse {
                 request_id: ctx.request_id.clone(),
@@ -288,6 +318,14 @@ impl Gateway {
                     "the citizen belongs to no household",
                 ))?;
         ctx.fields = vec!["household.head".into(), "household.members".into()];
+        ctx.related = household
+            .head
+            .iter()
+            .chain(household.members.iter())
+            .map(|m| m.personal_id.as_str())
+            .filter(|id| !id.is_empty() && *id != record.personal_id)
+            .map(|id| self.subject(id))
+            .collect();
         let head_id = household
             .head
             .as_ref()

@@ -62,6 +62,8 @@ pub struct RequestCtx {
     pub case_id: String,
     /// The subject's pseudonym.
     pub subject: String,
+    /// Pseudonyms of other people whose data the answer disclosed.
+    pub related: Vec<String>,
     /// Names of fields disclosed.
     pub fields: Vec<String>,
     /// The name rule applied.
@@ -92,6 +94,7 @@ impl Gateway {
             procedure: String::new(),
             case_id: String::new(),
             subject: String::new(),
+            related: Vec::new(),
             fields: Vec::new(),
             rule: String::new(),
             detail: String::new(),
@@ -125,10 +128,10 @@ impl Gateway {
             Ok(id) => id.clone(),
             Err(e) => format!("unauthenticated: {e}"),
         };
-        let fields = if result.is_ok() {
-            ctx.fields
+        let (fields, related) = if result.is_ok() {
+            (ctx.fields, ctx.related)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         let entry = AuditEntry {
             request_id: ctx.request_id.clone(),
@@ -137,6 +140,7 @@ impl Gateway {
             procedure: ctx.procedure,
             case_id: ctx.case_id,
             subject: ctx.subject,
+            related,
             fields,
             outcome: outcome.clone(),
             code: code_name(code).to_string(),
