@@ -501,6 +501,16 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let server = Server::load(config).await?;
+    // Handle SIGTERM and SIGINT from now on, before anyone is told we are serving: a supervisor
+    // that stops us right after start-up gets a clean shutdown, not the default kill.
+    #[cfg(unix)]
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        )
+    };
     out!(
         "popgw serving {} citizens on {addr} (mutual TLS)",
         server.population()
@@ -514,16 +524,11 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
             if r.sex == Sex::Female as i32 { "female" } else { "male" }
         );
     }
-    let shutdown = async {
+    let shutdown = async move {
         #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
@@ -629,13 +634,14 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                 } else {
                     limit as usize
                 };
-                for r in audit::read_records(&dir)?
-                    .iter()
-                    .filter(|r| filter.accepts(&r.body))
-                    .take(limit)
-                {
-                    print_record(&service::audit_log::to_pb(r), conn.json);
-                }
+                let mut printed = 0usize;
+                audit::scan_records(&dir, 1, |r| {
+                    if filter.accepts(&r.body) {
+                        print_record(&service::audit_log::to_pb(&r), conn.json);
+                        printed += 1;
+                    }
+                    printed < limit
+                })?;
                 return Ok(());
             }
             let mut stream = conn
@@ -681,14 +687,11 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
         } => {
             let mut next = from.max(1);
             loop {
-                let start = next;
-                for r in audit::read_records(&dir)?
-                    .iter()
-                    .filter(|r| r.body.seq >= start)
-                {
-                    print_record(&service::audit_log::to_pb(r), conn.json);
+                audit::scan_records(&dir, next, |r| {
+                    print_record(&service::audit_log::to_pb(&r), conn.json);
                     next = r.body.seq + 1;
-                }
+                    true
+                })?;
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }

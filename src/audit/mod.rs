@@ -160,7 +160,9 @@ use std::time::Duration;
 
 pub use format::{RemovedSegment, RetentionNote};
 pub use keys::{load_or_create_signing_key, Pseudonymizer};
-pub use verify::{read_checkpoints, read_records, verify_dir, VerifyFailure, VerifyReport};
+pub use verify::{
+    read_checkpoints, read_records, scan_records, verify_dir, VerifyFailure, VerifyReport,
+};
 pub use writer::AuditLog;
 
 /// What the caller supplies for one request; the log adds seq, time, node and

@@ -13,9 +13,30 @@ use std::path::{Path, PathBuf};
 /// last segment (a write in progress or a torn write) is not returned.
 /// Parses only; use [`verify_dir`] to check the chain.
 pub fn read_records(dir: &Path) -> Result<Vec<StoredRecord>, AuditError> {
-    let segments = list_segments(dir)?;
     let mut out = Vec::new();
+    scan_records(dir, 1, |r| {
+        out.push(r);
+        true
+    })?;
+    Ok(out)
+}
+
+/// Calls `visit` with every record whose seq is at least `from_seq`, in order,
+/// reading one segment at a time (memory is bounded by one segment, not the log);
+/// stops early when `visit` returns false. Parses only, like [`read_records`].
+pub fn scan_records(
+    dir: &Path,
+    from_seq: u64,
+    mut visit: impl FnMut(StoredRecord) -> bool,
+) -> Result<(), AuditError> {
+    let segments = list_segments(dir)?;
     for (i, (_, path)) in segments.iter().enumerate() {
+        // Skip whole segments that end before `from_seq`.
+        if let Some((next_first, _)) = segments.get(i + 1) {
+            if *next_first <= from_seq {
+                continue;
+            }
+        }
         let bytes = std::fs::read(path)?;
         let (lines, tail) = split_lines(&bytes);
         if tail < bytes.len() && i + 1 < segments.len() {
@@ -28,15 +49,21 @@ pub fn read_records(dir: &Path) -> Result<Vec<StoredRecord>, AuditError> {
             let p = parse_line(line).map_err(|e| {
                 AuditError::Corrupt(format!("{}: offset {offset}: {e}", path.display()))
             })?;
-            out.push(StoredRecord {
+            if p.body.seq < from_seq {
+                continue;
+            }
+            let record = StoredRecord {
                 body: p.body,
                 hash: p.hash,
                 json: p.json,
                 file: path.clone(),
-            });
+            };
+            if !visit(record) {
+                return Ok(());
+            }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// All signed checkpoints (not retention notes) in `checkpoints.log`, oldest

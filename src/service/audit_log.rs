@@ -139,16 +139,19 @@ impl AuditLog for AuditLogService {
                 ctx.fields = vec!["audit_records".into()];
                 // Read before recording the outcome, so the record says what happened.
                 let dir = self.gw.audit.dir().to_path_buf();
-                match tokio::task::spawn_blocking(move || audit::read_records(&dir)).await {
-                    Ok(Ok(records)) => Ok((
-                        records
-                            .iter()
-                            .filter(|r| filter.accepts(&r.body))
-                            .take(limit)
-                            .map(|r| Ok(to_pb(r)))
-                            .collect::<Vec<_>>(),
-                        "QUERIED",
-                    )),
+                // Filter while reading, one segment at a time: memory holds the matches only.
+                let scan = tokio::task::spawn_blocking(move || {
+                    let mut found = Vec::new();
+                    audit::scan_records(&dir, 1, |r| {
+                        if filter.accepts(&r.body) {
+                            found.push(Ok(to_pb(&r)));
+                        }
+                        found.len() < limit
+                    })
+                    .map(|()| found)
+                });
+                match scan.await {
+                    Ok(Ok(found)) => Ok((found, "QUERIED")),
                     Ok(Err(e)) => Err(GatewayError::Audit(e)),
                     Err(e) => Err(GatewayError::Audit(audit::AuditError::Corrupt(
                         e.to_string(),
@@ -177,9 +180,20 @@ impl AuditLog for AuditLogService {
         let (tx, rx) = mpsc::channel(256);
         let mut stopping = self.gw.stopping.subscribe();
         tokio::spawn(async move {
-            let backlog = match tokio::task::spawn_blocking(move || audit::read_records(&dir)).await
-            {
-                Ok(Ok(records)) => records,
+            // The backlog, streamed from the files one segment at a time.
+            let backlog_tx = tx.clone();
+            let start = from.max(1);
+            let scanned = tokio::task::spawn_blocking(move || {
+                let mut last = None;
+                let result = audit::scan_records(&dir, start, |r| {
+                    last = Some(r.body.seq);
+                    backlog_tx.blocking_send(Ok(to_pb(&r))).is_ok()
+                });
+                result.map(|()| last)
+            })
+            .await;
+            let mut next = match scanned {
+                Ok(Ok(last)) => last.map_or(start, |s| s + 1),
                 _ => {
                     let _ = tx
                         .send(Err(Status::unavailable("audit log unreadable")))
@@ -187,13 +201,8 @@ impl AuditLog for AuditLogService {
                     return;
                 }
             };
-            let mut next = from.max(1);
-            let start = next;
-            for r in backlog.iter().filter(|r| r.body.seq >= start) {
-                if tx.send(Ok(to_pb(r))).await.is_err() {
-                    return;
-                }
-                next = r.body.seq + 1;
+            if tx.is_closed() {
+                return;
             }
             loop {
                 let received = tokio::select! {
