@@ -152,3 +152,57 @@ fn a_disappeared_citizen_never_verifies() {
         Some(NoMatchReason::Disappeared)
     );
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Vietnamese-looking names: letters with and without diacritics, đ, spaces.
+    fn name() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just("Nguyễn"),
+                Just("Trần"),
+                Just("Lê"),
+                Just("Đặng"),
+                Just("Thị"),
+                Just("Văn"),
+                Just("Hoà"),
+                Just("Hòa"),
+                Just("Thuỷ"),
+                Just("Thúy"),
+                Just("Lý"),
+                Just("Lí"),
+                Just("H'Hen"),
+                Just("Niê"),
+                Just("Ê"),
+                Just("Đức"),
+                Just("an")
+            ],
+            1..5,
+        )
+        .prop_map(|parts| parts.join(" "))
+    }
+
+    proptest! {
+        #[test]
+        fn rules_are_reflexive_and_blind_to_nfc_nfd_case_and_spacing(n in name()) {
+            let nfd: String = n.nfd().collect();
+            let shouted = format!("  {}  ", n.to_uppercase().replace(' ', "\u{00A0} "));
+            for rule in [MatchingRule::Exact, MatchingRule::Tolerant] {
+                prop_assert!(names_match(rule, &n, &n));
+                prop_assert!(names_match(rule, &nfd, &n));
+                prop_assert!(names_match(rule, &shouted, &n));
+            }
+        }
+
+        #[test]
+        fn exact_implies_tolerant(a in name(), b in name()) {
+            if names_match(MatchingRule::Exact, &a, &b) {
+                prop_assert!(names_match(MatchingRule::Tolerant, &a, &b));
+            }
+            prop_assert_eq!(normalise_exact(&normalise_exact(&a)), normalise_exact(&a));
+            prop_assert_eq!(normalise_tolerant(&normalise_tolerant(&a)), normalise_tolerant(&a));
+        }
+    }
+}

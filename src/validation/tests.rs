@@ -135,3 +135,33 @@ fn name_length_is_counted_composed() {
     assert!(decomposed.chars().count() > 100);
     assert!(check_full_name(&decomposed).is_ok());
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        // Whatever a caller sends, validation answers Ok or a named error: it never panics,
+        // and an error message never echoes the input.
+        #[test]
+        fn arbitrary_input_never_panics(s in "\\PC{0,40}", raw in any::<i32>()) {
+            let today = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
+            if let Err(e) = parse_declared_id(&s, true) {
+                prop_assert_eq!(e.field, "personal_id");
+            }
+            let _ = parse_birth_date(&s, today);
+            let _ = check_full_name(&s);
+            let _ = check_case_id(&s);
+            let _ = parse_sex(raw);
+        }
+
+        // Every well-formed id decodes to the sex and year its digits encode.
+        #[test]
+        fn well_formed_ids_round_trip(p in 0u32..1000, g in 0u8..10, yy in 0u8..100, r in 0u32..1_000_000) {
+            let s = format!("{p:03}{g}{yy:02}{r:06}");
+            let id = parse_personal_id(&s).unwrap();
+            prop_assert_eq!(id.birth_year, 1900 + (g as i32 / 2) * 100 + yy as i32);
+            prop_assert_eq!(id.sex, if g % 2 == 0 { Sex::Male } else { Sex::Female });
+        }
+    }
+}
