@@ -7,6 +7,10 @@
 //! generator share this process and the machine's cores, so the figure is a floor.
 //!
 //! `cargo bench --bench gateway` (POPGW_BENCH_SECS, POPGW_BENCH_CALLERS to change).
+//!
+//! Against a gateway already running elsewhere (e.g. `taskset -c 0 popgw serve` in
+//! DIR, so that server and generator each get their own core): set
+//! POPGW_BENCH_ADDR=localhost:50051 and POPGW_BENCH_DIR=DIR (its certs/ and data/).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,32 +41,45 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let mut config = Config::rooted_at(dir.path());
+        let external = std::env::var("POPGW_BENCH_ADDR").ok();
+        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let root = match &external {
+            Some(_) => std::path::PathBuf::from(std::env::var("POPGW_BENCH_DIR").expect("POPGW_BENCH_DIR")),
+            None => tmp.path().to_path_buf(),
+        };
+        let mut config = Config::rooted_at(&root);
         config.registry.demo_count = 100_000;
-        for note in popgw::demo::prepare(&config).unwrap() {
-            println!("{note}");
+        if external.is_none() {
+            for note in popgw::demo::prepare(&config).unwrap() {
+                println!("{note}");
+            }
         }
         let population: Vec<CitizenRecord> = std::fs::read_to_string(config.population_path())
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
-            .filter(|r: &CitizenRecord| r.date_of_death.is_empty())
+            .filter(|r: &CitizenRecord| r.date_of_death.is_empty() && r.date_of_disappearance.is_empty())
             .take(10_000)
             .collect();
-        let server = Server::load(config).await.unwrap();
-        let gateway = server.gateway();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let served = tokio::spawn(server.serve(listener, async {
-            let _ = stop_rx.await;
-        }));
+        let (addr, in_process) = match &external {
+            Some(addr) => (addr.clone(), None),
+            None => {
+                let server = Server::load(config).await.unwrap();
+                let gateway = server.gateway();
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let port = listener.local_addr().unwrap().port();
+                let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+                let served = tokio::spawn(server.serve(listener, async {
+                    let _ = stop_rx.await;
+                }));
+                (format!("localhost:{port}"), Some((gateway, stop_tx, served)))
+            }
+        };
 
-        let certs = ClientCerts::dev(&dir.path().join("certs"), "portal");
+        let certs = ClientCerts::dev(&root.join("certs"), "portal");
         let mut channels = Vec::new();
         for _ in 0..CHANNELS {
-            channels.push(connect(&format!("localhost:{port}"), &certs).await.unwrap());
+            channels.push(connect(&addr, &certs).await.unwrap());
         }
         let population = Arc::new(population);
         let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
@@ -107,7 +124,6 @@ fn main() {
         }
         let elapsed = start.elapsed().as_secs_f64();
         let h = hist.lock().await;
-        let (batches, records) = gateway.audit.batch_stats();
         println!(
             "gateway VerifyIdentity: {callers} callers on {CHANNELS} mTLS connections for {elapsed:.1} s: \
              {ok} MATCH, {failed} other; {:.0} req/s; latency p50 {} us, p99 {} us, p99.9 {} us, max {} us",
@@ -117,11 +133,14 @@ fn main() {
             h.value_at_quantile(0.999),
             h.max()
         );
-        println!(
-            "audit: {records} records in {batches} fsynced batches (mean {:.1} per fsync)",
-            records as f64 / batches.max(1) as f64
-        );
-        let _ = stop_tx.send(());
-        served.await.unwrap().unwrap();
+        if let Some((gateway, stop_tx, served)) = in_process {
+            let (batches, records) = gateway.audit.batch_stats();
+            println!(
+                "audit: {records} records in {batches} fsynced batches (mean {:.1} per fsync)",
+                records as f64 / batches.max(1) as f64
+            );
+            let _ = stop_tx.send(());
+            served.await.unwrap().unwrap();
+        }
     });
 }
