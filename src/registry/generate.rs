@@ -33,7 +33,7 @@ use crate::proto::registry::{
 };
 use crate::validation::PROVINCES;
 
-/// What [`generate`] wrote.
+/// What [`generate()`] wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GenerateSummary {
     /// Citizens written.
@@ -64,7 +64,7 @@ pub fn generate(count: u64, seed: u64, out: &mut impl Write) -> io::Result<Gener
     Ok(g.summary)
 }
 
-/// [`generate`] into a new file at `path` (truncated if it exists), synced to disk.
+/// [`generate()`] into a new file at `path` (truncated if it exists), synced to disk.
 pub fn generate_to_file(count: u64, seed: u64, path: &Path) -> io::Result<GenerateSummary> {
     let mut file = std::fs::File::create(path)?;
     let summary = generate(count, seed, &mut file)?;

@@ -1,6 +1,6 @@
 //! Where citizen records come from: the [`Registry`] trait and its embedded,
 //! in-memory implementation ([`EmbeddedRegistry`]), plus a deterministic synthetic
-//! population generator ([`generate`]) for demos and tests.
+//! population generator ([`generate`](mod@generate)) for demos and tests.
 //!
 //! # Design
 //! The gateway talks to every source of records through [`Registry`]. Today the
