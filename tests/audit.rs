@@ -467,3 +467,66 @@ async fn disclosures_about_relatives_are_found_by_the_relatives_id() {
     );
     let _ = &mut op;
 }
+
+/// An upstream that answers, but slowly.
+struct SlowRegistry;
+
+#[tonic::async_trait]
+impl Registry for SlowRegistry {
+    async fn citizen(&self, _: &LookupKey) -> Result<Option<CitizenRecord>, RegistryError> {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        Ok(None)
+    }
+    async fn household(&self, _: &str) -> Result<Option<Household>, RegistryError> {
+        Ok(None)
+    }
+    fn kind(&self) -> &'static str {
+        "slow"
+    }
+}
+
+#[tokio::test]
+async fn a_request_its_client_gave_up_on_still_leaves_its_record() {
+    let gw = TestGateway::start_with(|_| {}, Some(Arc::new(SlowRegistry))).await;
+    let r = gw.population[0].clone();
+    let mut req = tonic::Request::new(declare(&r, "P03"));
+    req.set_timeout(std::time::Duration::from_millis(50));
+    let e = gw
+        .client("portal")
+        .await
+        .verify_identity(req)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e:?}"
+    );
+    // The request goes on to its end on the server and is recorded.
+    let mut op = gw.audit_client("operator").await;
+    let mut found = Vec::new();
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        found = op
+            .query(pb::AuditQueryRequest {
+                personal_id: r.personal_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .unwrap();
+        // (The operator's own queries are recorded under this subject too.)
+        found.retain(|x| x.rpc == "VerifyIdentity");
+        if !found.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        found.len(),
+        1,
+        "exactly one record for the abandoned request"
+    );
+    assert_eq!(found[0].outcome, "NO_MATCH");
+}

@@ -378,9 +378,16 @@ impl IdentityGateway for GatewayService {
         &self,
         request: Request<pb::VerifyIdentityRequest>,
     ) -> Result<Response<pb::VerifyIdentityResponse>, Status> {
-        let mut ctx = self.gw.begin("VerifyIdentity", request.peer_certs());
-        let result = self.gw.verify(&mut ctx, request.into_inner()).await;
-        self.gw.finish(ctx, result).await.map(Response::new)
+        let gw = self.gw.clone();
+        let certs = request.peer_certs();
+        let request = request.into_inner();
+        super::detached(async move {
+            let mut ctx = gw.begin("VerifyIdentity", certs);
+            let result = gw.verify(&mut ctx, request).await;
+            gw.finish(ctx, result).await
+        })
+        .await
+        .map(Response::new)
     }
 
     type VerifyIdentityStreamStream = VerifyStream;
@@ -443,18 +450,32 @@ impl IdentityGateway for GatewayService {
         &self,
         request: Request<pb::GetCitizenRequest>,
     ) -> Result<Response<pb::GetCitizenResponse>, Status> {
-        let mut ctx = self.gw.begin("GetCitizen", request.peer_certs());
-        let result = self.gw.citizen(&mut ctx, request.into_inner()).await;
-        self.gw.finish(ctx, result).await.map(Response::new)
+        let gw = self.gw.clone();
+        let certs = request.peer_certs();
+        let request = request.into_inner();
+        super::detached(async move {
+            let mut ctx = gw.begin("GetCitizen", certs);
+            let result = gw.citizen(&mut ctx, request).await;
+            gw.finish(ctx, result).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn get_household(
         &self,
         request: Request<pb::GetHouseholdRequest>,
     ) -> Result<Response<pb::GetHouseholdResponse>, Status> {
-        let mut ctx = self.gw.begin("GetHousehold", request.peer_certs());
-        let result = self.gw.household(&mut ctx, request.into_inner()).await;
-        self.gw.finish(ctx, result).await.map(Response::new)
+        let gw = self.gw.clone();
+        let certs = request.peer_certs();
+        let request = request.into_inner();
+        super::detached(async move {
+            let mut ctx = gw.begin("GetHousehold", certs);
+            let result = gw.household(&mut ctx, request).await;
+            gw.finish(ctx, result).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn list_procedures(

@@ -194,6 +194,17 @@ impl Gateway {
     }
 }
 
+/// Runs a request to its end in its own task, so that a client that gives up
+/// (cancels, times out, disconnects) cannot cut it short between the decision and its
+/// audit record: every request that reached a service leaves exactly one record.
+pub(crate) async fn detached<T: Send + 'static>(
+    request: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(request)
+        .await
+        .unwrap_or_else(|e| Err(Status::internal(format!("request task failed: {e}"))))
+}
+
 /// The fully qualified names of the gateway's own services, as health reports them.
 pub const SERVICE_NAMES: &[&str] = &["popgw.v1.IdentityGateway", "popgw.v1.AuditLog"];
 
