@@ -16,6 +16,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// This node's id, written into every audit record (one audit chain per node).
     pub node_id: String,
+    /// At shutdown, how long open connections may take to finish their requests
+    /// before they are closed (milliseconds).
+    pub shutdown_grace_ms: u64,
     /// Where generated state lives: demo population, demo policy, keys, audit log.
     pub data_dir: PathBuf,
     /// Mutual TLS.
@@ -95,6 +98,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:50051".parse().expect("static address"),
             node_id: "node-1".into(),
+            shutdown_grace_ms: 10_000,
             data_dir: "data".into(),
             tls: TlsSettings::default(),
             policy_file: None,
@@ -252,6 +256,11 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("audit-pseudonym.key"))
     }
+    /// How long shutdown waits for open connections.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
     /// The TLS handshake timeout.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.tls.handshake_timeout_ms)

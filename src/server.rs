@@ -126,6 +126,7 @@ impl Server {
             metrics: Arc::new(Metrics::default()),
             health: tonic_health::server::HealthReporter::new(),
             stopping: tokio::sync::watch::Sender::new(false),
+            tasks: tokio_util::task::TaskTracker::new(),
         });
         Ok(Server {
             config,
@@ -178,7 +179,8 @@ impl Server {
             self.config.handshake_timeout(),
             self.gateway.metrics.clone(),
         );
-        let result = TonicServer::builder()
+        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = TonicServer::builder()
             .add_service(health_service)
             .add_service(reflection)
             .add_service(IdentityGatewayServer::new(GatewayService::new(
@@ -191,8 +193,37 @@ impl Server {
                 shutdown.await;
                 // End long-lived streams first, or graceful shutdown would wait for them.
                 self.gateway.stopping.send_replace(true);
-            })
-            .await;
+                let _ = draining_tx.send(());
+            });
+        // Graceful shutdown waits for every connection to close, and a client that reads
+        // nothing never lets its last stream finish: past the grace period, stop waiting.
+        let grace = self.config.shutdown_grace();
+        let result = tokio::select! {
+            result = serving => result,
+            _ = async {
+                match draining_rx.await {
+                    Ok(()) => tokio::time::sleep(grace).await,
+                    Err(_) => std::future::pending().await,
+                }
+            } => {
+                tracing::warn!(?grace, "shutdown: connections still open after the grace period; closing them");
+                Ok(())
+            }
+        };
+        // Requests whose clients gave up may still be running: let them finish and
+        // record themselves before the audit log closes (bounded, so a hung upstream
+        // cannot hold the process forever).
+        self.gateway.stopping.send_replace(true);
+        self.gateway.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(30), self.gateway.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = self.gateway.tasks.len(),
+                "shutdown: requests still running after 30 s; closing the audit log anyway"
+            );
+        }
         self.gateway.audit.shutdown().await;
         Ok(result?)
     }

@@ -517,3 +517,14 @@ async fn a_log_without_any_signed_checkpoint_does_not_verify() {
     let e = verify_dir(tmp.path(), None).unwrap_err();
     assert!(e.reason.contains("no signed checkpoint"), "{e}");
 }
+
+#[tokio::test]
+async fn an_empty_log_checkpoint_signs_no_later_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(cfg(tmp.path()), key()).unwrap();
+    log.shutdown().await; // signs "seq 0: empty log"
+    let log = fill(tmp.path(), cfg(tmp.path()), 4).await;
+    log.crash().await; // records, but no checkpoint covering them
+    let e = verify_dir(tmp.path(), None).unwrap_err();
+    assert!(e.reason.contains("no signed checkpoint"), "{e}");
+}

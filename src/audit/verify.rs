@@ -294,7 +294,8 @@ pub fn verify_dir(
     }
 
     // 4. A log nobody signed proves nothing: anyone can recompute an unkeyed chain.
-    if records > 0 && max_ckpt.is_none() {
+    // (A checkpoint of seq 0, "empty log", signs none of them.)
+    if records > 0 && max_ckpt.unwrap_or(0) == 0 {
         let file = segments.last().map(|s| s.1.clone()).unwrap_or(ckpt_path);
         return Err(fail(
             last_seq,

@@ -437,6 +437,8 @@ impl Writer {
                 .open(&kept)?;
             std::io::Write::write_all(&mut side, &bytes[good_end..])?;
             side.sync_all()?;
+            // The kept file's name must be durable before the segment shrinks.
+            sync_dir(&dir)?;
             let f = OpenOptions::new().write(true).open(&path)?;
             f.set_len(good_end as u64)?;
             f.sync_all()?;

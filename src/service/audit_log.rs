@@ -121,45 +121,48 @@ impl AuditLog for AuditLogService {
         &self,
         request: Request<pb::AuditQueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
-        let mut ctx: RequestCtx = self.gw.begin("AuditLog.Query", request.peer_certs());
-        let req = request.into_inner();
-        let limit = if req.limit == 0 {
-            usize::MAX
-        } else {
-            req.limit as usize
-        };
-        let result = match self
-            .gw
-            .authorize(&ctx)
-            .and_then(|_| self.gw.audit_filter(&req))
-        {
-            Err(e) => Err(e),
-            Ok(filter) => {
-                ctx.subject = filter.subject.clone();
-                ctx.fields = vec!["audit_records".into()];
-                // Read before recording the outcome, so the record says what happened.
-                let dir = self.gw.audit.dir().to_path_buf();
-                // Filter while reading, one segment at a time: memory holds the matches only.
-                let scan = tokio::task::spawn_blocking(move || {
-                    let mut found = Vec::new();
-                    audit::scan_records(&dir, 1, |r| {
-                        if filter.accepts(&r.body) {
-                            found.push(Ok(to_pb(&r)));
-                        }
-                        found.len() < limit
-                    })
-                    .map(|()| found)
-                });
-                match scan.await {
-                    Ok(Ok(found)) => Ok((found, "QUERIED")),
-                    Ok(Err(e)) => Err(GatewayError::Audit(e)),
-                    Err(e) => Err(GatewayError::Audit(audit::AuditError::Corrupt(
-                        e.to_string(),
-                    ))),
+        let gw = self.gw.clone();
+        let certs = request.peer_certs();
+        let request = request.into_inner();
+        // Run to the end even if the operator gives up: the search is always recorded.
+        let out = super::detached(&self.gw, async move {
+            let mut ctx: RequestCtx = gw.begin("AuditLog.Query", certs);
+            let req = request;
+            let limit = if req.limit == 0 {
+                usize::MAX
+            } else {
+                req.limit as usize
+            };
+            let result = match gw.authorize(&ctx).and_then(|_| gw.audit_filter(&req)) {
+                Err(e) => Err(e),
+                Ok(filter) => {
+                    ctx.subject = filter.subject.clone();
+                    ctx.fields = vec!["audit_records".into()];
+                    // Read before recording the outcome, so the record says what happened.
+                    let dir = gw.audit.dir().to_path_buf();
+                    // Filter while reading, one segment at a time: memory holds the matches only.
+                    let scan = tokio::task::spawn_blocking(move || {
+                        let mut found = Vec::new();
+                        audit::scan_records(&dir, 1, |r| {
+                            if filter.accepts(&r.body) {
+                                found.push(Ok(to_pb(&r)));
+                            }
+                            found.len() < limit
+                        })
+                        .map(|()| found)
+                    });
+                    match scan.await {
+                        Ok(Ok(found)) => Ok((found, "QUERIED")),
+                        Ok(Err(e)) => Err(GatewayError::Audit(e)),
+                        Err(e) => Err(GatewayError::Audit(audit::AuditError::Corrupt(
+                            e.to_string(),
+                        ))),
+                    }
                 }
-            }
-        };
-        let out = self.gw.finish(ctx, result).await?;
+            };
+            gw.finish(ctx, result).await
+        })
+        .await?;
         Ok(Response::new(Box::pin(tokio_stream::iter(out))))
     }
 
@@ -183,11 +186,26 @@ impl AuditLog for AuditLogService {
             // The backlog, streamed from the files one segment at a time.
             let backlog_tx = tx.clone();
             let start = from.max(1);
+            let backlog_stop = stopping.clone();
             let scanned = tokio::task::spawn_blocking(move || {
                 let mut last = None;
                 let result = audit::scan_records(&dir, start, |r| {
                     last = Some(r.body.seq);
-                    backlog_tx.blocking_send(Ok(to_pb(&r))).is_ok()
+                    let mut item = Ok(to_pb(&r));
+                    // Wait for a slow reader, but never past the start of shutdown.
+                    loop {
+                        match backlog_tx.try_send(item) {
+                            Ok(()) => return true,
+                            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                            Err(mpsc::error::TrySendError::Full(back)) => {
+                                if *backlog_stop.borrow() {
+                                    return false;
+                                }
+                                item = back;
+                                std::thread::sleep(std::time::Duration::from_millis(5));
+                            }
+                        }
+                    }
                 });
                 result.map(|()| last)
             })
@@ -217,7 +235,11 @@ impl AuditLog for AuditLogService {
                     Ok(r) if r.body.seq < next => continue,
                     Ok(r) => {
                         next = r.body.seq + 1;
-                        if tx.send(Ok(to_pb(&r))).await.is_err() {
+                        let sent = tokio::select! {
+                            sent = tx.send(Ok(to_pb(&r))) => sent.is_ok(),
+                            _ = super::stopped(&mut stopping) => false,
+                        };
+                        if !sent {
                             return;
                         }
                     }

@@ -381,7 +381,7 @@ impl IdentityGateway for GatewayService {
         let gw = self.gw.clone();
         let certs = request.peer_certs();
         let request = request.into_inner();
-        super::detached(async move {
+        super::detached(&self.gw, async move {
             let mut ctx = gw.begin("VerifyIdentity", certs);
             let result = gw.verify(&mut ctx, request).await;
             gw.finish(ctx, result).await
@@ -401,12 +401,17 @@ impl IdentityGateway for GatewayService {
         let (tx, rx) = mpsc::channel(64);
         let gw = self.gw.clone();
         let mut stopping = self.gw.stopping.subscribe();
-        tokio::spawn(async move {
+        self.gw.tasks.spawn(async move {
             loop {
                 // An idle stream must not hold up a graceful shutdown.
                 let item = tokio::select! {
                     item = inbound.next() => item,
-                    _ = super::stopped(&mut stopping) => None,
+                    _ = super::stopped(&mut stopping) => {
+                        let _ = tx.try_send(Err(Status::unavailable(
+                            "gateway shutting down; resend the items not answered",
+                        )));
+                        break;
+                    }
                 };
                 let Some(item) = item else { break };
                 let item = match item {
@@ -438,7 +443,12 @@ impl IdentityGateway for GatewayService {
                     correlation_id: item.correlation_id,
                     result: Some(result),
                 };
-                if tx.send(Ok(answer)).await.is_err() {
+                // A client that stops reading must not hold up shutdown either.
+                let sent = tokio::select! {
+                    sent = tx.send(Ok(answer)) => sent.is_ok(),
+                    _ = super::stopped(&mut stopping) => false,
+                };
+                if !sent {
                     break;
                 }
             }
@@ -453,7 +463,7 @@ impl IdentityGateway for GatewayService {
         let gw = self.gw.clone();
         let certs = request.peer_certs();
         let request = request.into_inner();
-        super::detached(async move {
+        super::detached(&self.gw, async move {
             let mut ctx = gw.begin("GetCitizen", certs);
             let result = gw.citizen(&mut ctx, request).await;
             gw.finish(ctx, result).await
@@ -469,7 +479,7 @@ impl IdentityGateway for GatewayService {
         let gw = self.gw.clone();
         let certs = request.peer_certs();
         let request = request.into_inner();
-        super::detached(async move {
+        super::detached(&self.gw, async move {
             let mut ctx = gw.begin("GetHousehold", certs);
             let result = gw.household(&mut ctx, request).await;
             gw.finish(ctx, result).await

@@ -44,6 +44,8 @@ pub struct Gateway {
     pub health: tonic_health::server::HealthReporter,
     /// Turns true when shutdown begins: long-lived streams (AuditLog.Watch) end then.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Every request task; shutdown waits for them before it closes the audit log.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// What one request has established so far; becomes its audit record.
@@ -197,12 +199,16 @@ impl Gateway {
 /// Runs a request to its end in its own task, so that a client that gives up
 /// (cancels, times out, disconnects) cannot cut it short between the decision and its
 /// audit record: every request that reached a service leaves exactly one record.
+/// The task is tracked, so shutdown waits for it before closing the audit log.
 pub(crate) async fn detached<T: Send + 'static>(
+    gw: &Gateway,
     request: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::spawn(request)
-        .await
-        .unwrap_or_else(|e| Err(Status::internal(format!("request task failed: {e}"))))
+    gw.tasks.spawn(request).await.unwrap_or_else(|e| {
+        // A panic's message may carry anything: log it, answer a fixed text.
+        tracing::error!(error = %e, "request task failed");
+        Err(Status::internal("request failed"))
+    })
 }
 
 /// The fully qualified names of the gateway's own services, as health reports them.
