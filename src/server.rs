@@ -179,6 +179,19 @@ impl Server {
             self.config.handshake_timeout(),
             self.gateway.metrics.clone(),
         );
+        // The audit log can also fail between requests (a checkpoint or retention write on
+        // its timer): health follows it within a second, not only at the next request.
+        let watched = self.gateway.clone();
+        let health_watch = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if watched.audit.is_failed() {
+                    watched.set_not_serving().await;
+                    return;
+                }
+            }
+        });
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let serving = TonicServer::builder()
             .add_service(health_service)
@@ -224,6 +237,7 @@ impl Server {
                 "shutdown: requests still running after 30 s; closing the audit log anyway"
             );
         }
+        health_watch.abort();
         self.gateway.audit.shutdown().await;
         Ok(result?)
     }
