@@ -20,13 +20,15 @@
 //! - [`error`]: the library's errors and their single mapping to gRPC codes.
 //! - [`server`]: assembly; `serve(listener, config, shutdown)`.
 //! - [`config`], [`telemetry`], [`pki`] (development certificates), [`demo`] (first
-//!   start), [`client`] (the command-line client's connection), [`proto`] (generated).
+//!   start), [`client`] (the command-line client's connection), [`console`] (its output),
+//!   [`proto`] (generated).
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod catalogue;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod disclosure;
 pub mod error;

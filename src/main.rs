@@ -10,7 +10,7 @@ use popgw::proto::gateway as pb;
 use popgw::proto::gateway::audit_log_client::AuditLogClient;
 use popgw::proto::gateway::identity_gateway_client::IdentityGatewayClient;
 use popgw::proto::registry::Sex;
-use popgw::{audit, config::Config, demo, pki, registry, service, Server};
+use popgw::{audit, config::Config, console, demo, pki, registry, service, Server};
 use tokio_stream::StreamExt;
 
 /// Prints a line to stdout; a closed pipe (`popgw ... | head`) ends the program quietly
@@ -252,37 +252,12 @@ impl Conn {
 
 /// A gRPC error as the user sees it.
 fn rpc(status: tonic::Status) -> anyhow::Error {
-    let hint = if status.message().contains("transport error") {
-        " (the connection failed: is the gateway running at this address, and is your \
-         certificate signed by its client CA and still valid?)"
-    } else {
-        ""
-    };
-    anyhow::anyhow!(
-        "{}: {}{hint}",
-        popgw::error::code_name(status.code()),
-        status.message()
-    )
+    anyhow::anyhow!(console::status(&status))
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     out!("{}", serde_json::to_string(value)?);
     Ok(())
-}
-
-/// A proto enum value's name without its type prefix (VERDICT_MATCH → MATCH).
-fn enum_name(s: &str) -> &str {
-    for prefix in [
-        "VERDICT_",
-        "FIELD_RESULT_",
-        "NO_MATCH_REASON_",
-        "MATCHING_RULE_",
-    ] {
-        if let Some(rest) = s.strip_prefix(prefix) {
-            return rest;
-        }
-    }
-    s
 }
 
 #[tokio::main]
@@ -353,30 +328,7 @@ async fn run(cli: Cli) -> Result<()> {
             if conn.json {
                 return print_json(&answer);
             }
-            out!(
-                "{}  (request {})",
-                enum_name(answer.verdict().as_str_name()),
-                answer.request_id
-            );
-            if let Some(d) = answer.details {
-                if d.reason != 0 {
-                    out!("  reason:        {}", enum_name(d.reason().as_str_name()));
-                }
-                out!(
-                    "  personal_id:   {}",
-                    enum_name(d.personal_id().as_str_name())
-                );
-                out!(
-                    "  full_name:     {}",
-                    enum_name(d.full_name().as_str_name())
-                );
-                out!(
-                    "  date_of_birth: {}",
-                    enum_name(d.date_of_birth().as_str_name())
-                );
-                out!("  sex:           {}", enum_name(d.sex().as_str_name()));
-                out!("  name rule:     {}", enum_name(d.rule().as_str_name()));
-            }
+            out!("{}", console::verification(&answer));
             Ok(())
         }
         Command::Citizen { conn, id, case } => {
@@ -394,16 +346,7 @@ async fn run(cli: Cli) -> Result<()> {
             if conn.json {
                 return print_json(&answer);
             }
-            out!("request {}", answer.request_id);
-            let record = serde_json::to_value(answer.citizen.unwrap_or_default())?;
-            for field in &answer.disclosed_fields {
-                let key = camel(field);
-                let value = record
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or(serde_json::Value::String(String::new()));
-                out!("  {field:<26} {value}");
-            }
+            out!("{}", console::citizen(&answer));
             Ok(())
         }
         Command::Household { conn, id, case } => {
@@ -421,15 +364,7 @@ async fn run(cli: Cli) -> Result<()> {
             if conn.json {
                 return print_json(&answer);
             }
-            out!("request {}", answer.request_id);
-            for m in answer.head.iter().chain(answer.members.iter()) {
-                out!(
-                    "  {:<14} {:<12} {}",
-                    m.relation_to_head,
-                    m.personal_id,
-                    m.full_name
-                );
-            }
+            out!("{}", console::household(&answer));
             Ok(())
         }
         Command::Procedures {
@@ -452,37 +387,11 @@ async fn run(cli: Cli) -> Result<()> {
             if conn.json {
                 return print_json(&answer);
             }
-            for p in answer.procedures {
-                out!(
-                    "{}  {:<8} {}  [{}]",
-                    p.code,
-                    enum_name(p.matching_rule().as_str_name()),
-                    p.name_en,
-                    p.lead_agency
-                );
-                out!("      {}", p.name_vi);
-                out!("      fields: {}", p.readable_fields.join(", "));
-            }
+            out!("{}", console::procedures(&answer));
             Ok(())
         }
         Command::Audit { command } => audit_command(command).await,
     }
-}
-
-fn camel(field: &str) -> String {
-    let mut out = String::new();
-    let mut up = false;
-    for c in field.chars() {
-        if c == '_' {
-            up = true;
-        } else if up {
-            out.extend(c.to_uppercase());
-            up = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
@@ -544,30 +453,7 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
 }
 
 fn print_record(r: &pb::AuditRecord, json: bool) {
-    if json {
-        out!("{}", r.json);
-        return;
-    }
-    let time = chrono::DateTime::from_timestamp_millis(r.time_unix_ms)
-        .map(|t| t.to_rfc3339())
-        .unwrap_or_default();
-    out!(
-        "{:>8} {time} {} {} {} case={} subject={} {} {} fields=[{}]{}",
-        r.seq,
-        r.client,
-        r.rpc,
-        r.procedure,
-        r.case_id,
-        r.subject.get(..12).unwrap_or(&r.subject),
-        r.outcome,
-        r.code,
-        r.fields.join(","),
-        if r.detail.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", r.detail)
-        }
-    );
+    out!("{}", console::audit_record(r, json));
 }
 
 async fn audit_command(command: AuditCommand) -> Result<()> {
@@ -579,10 +465,7 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             };
             match audit::verify_dir(&dir, key.as_ref()) {
                 Ok(r) => {
-                    out!(
-                        "OK: {} records in {} segments, {} checkpoints; last seq {}, head {}; {} records after the last checkpoint",
-                        r.records, r.segments, r.checkpoints, r.last_seq, r.head_hash, r.unsigned_tail
-                    );
+                    out!("{}", console::verify_report(&r));
                     Ok(())
                 }
                 Err(f) => bail!("audit log FAILED verification: {f}"),
@@ -667,17 +550,7 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             if conn.json {
                 return print_json(&head);
             }
-            out!(
-                "seq {} head {} node {} at {}\n  signature {}\n  public key {}",
-                head.seq,
-                head.head_hash,
-                head.node,
-                chrono::DateTime::from_timestamp_millis(head.time_unix_ms)
-                    .map(|t| t.to_rfc3339())
-                    .unwrap_or_default(),
-                head.signature,
-                head.public_key
-            );
+            out!("{}", console::checkpoint(&head));
             Ok(())
         }
         AuditCommand::Tail {

@@ -1,0 +1,232 @@
+//! How the command-line client shows answers at a terminal (`popgw verify`,
+//! `citizen`, `household`, `procedures`, `audit …`). Pure formatting: `main.rs`
+//! makes the calls and prints what these functions return.
+
+use std::fmt::Write as _;
+
+use crate::audit::VerifyReport;
+use crate::proto::gateway as pb;
+
+/// A proto enum value's name without its type prefix (VERDICT_MATCH → MATCH).
+pub fn enum_name(s: &str) -> &str {
+    for prefix in [
+        "VERDICT_",
+        "FIELD_RESULT_",
+        "NO_MATCH_REASON_",
+        "MATCHING_RULE_",
+    ] {
+        if let Some(rest) = s.strip_prefix(prefix) {
+            return rest;
+        }
+    }
+    s
+}
+
+/// A verdict, and the per-field details when the caller was granted them.
+pub fn verification(a: &pb::VerifyIdentityResponse) -> String {
+    let mut out = format!(
+        "{}  (request {})",
+        enum_name(a.verdict().as_str_name()),
+        a.request_id
+    );
+    if let Some(d) = &a.details {
+        if d.reason != 0 {
+            let _ = write!(
+                out,
+                "\n  reason:        {}",
+                enum_name(d.reason().as_str_name())
+            );
+        }
+        for (label, value) in [
+            ("personal_id:  ", d.personal_id().as_str_name()),
+            ("full_name:    ", d.full_name().as_str_name()),
+            ("date_of_birth:", d.date_of_birth().as_str_name()),
+            ("sex:          ", d.sex().as_str_name()),
+            ("name rule:    ", d.rule().as_str_name()),
+        ] {
+            let _ = write!(out, "\n  {label} {}", enum_name(value));
+        }
+    }
+    out
+}
+
+fn camel(field: &str) -> String {
+    let mut out = String::new();
+    let mut up = false;
+    for c in field.chars() {
+        if c == '_' {
+            up = true;
+        } else if up {
+            out.extend(c.to_uppercase());
+            up = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The disclosed fields of a minimised record, one per line, in the mask's order.
+pub fn citizen(a: &pb::GetCitizenResponse) -> String {
+    let mut out = format!("request {}", a.request_id);
+    let record = serde_json::to_value(a.citizen.clone().unwrap_or_default()).unwrap_or_default();
+    for field in &a.disclosed_fields {
+        let value = record
+            .get(camel(field))
+            .cloned()
+            .unwrap_or(serde_json::Value::String(String::new()));
+        let _ = write!(out, "\n  {field:<26} {value}");
+    }
+    out
+}
+
+/// The household head, then the members.
+pub fn household(a: &pb::GetHouseholdResponse) -> String {
+    let mut out = format!("request {}", a.request_id);
+    for m in a.head.iter().chain(a.members.iter()) {
+        let _ = write!(
+            out,
+            "\n  {:<14} {:<12} {}",
+            m.relation_to_head, m.personal_id, m.full_name
+        );
+    }
+    out
+}
+
+/// The catalogue, three lines a procedure.
+pub fn procedures(a: &pb::ListProceduresResponse) -> String {
+    let mut out = String::new();
+    for p in &a.procedures {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        let _ = write!(
+            out,
+            "{}  {:<8} {}  [{}]\n      {}\n      fields: {}",
+            p.code,
+            enum_name(p.matching_rule().as_str_name()),
+            p.name_en,
+            p.lead_agency,
+            p.name_vi,
+            p.readable_fields.join(", ")
+        );
+    }
+    out
+}
+
+/// One audit record: its exact JSON line, or a readable summary (subject shortened).
+pub fn audit_record(r: &pb::AuditRecord, json: bool) -> String {
+    if json {
+        return r.json.clone();
+    }
+    let time = chrono::DateTime::from_timestamp_millis(r.time_unix_ms)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default();
+    format!(
+        "{:>8} {time} {} {} {} case={} subject={} {} {} fields=[{}]{}",
+        r.seq,
+        r.client,
+        r.rpc,
+        r.procedure,
+        r.case_id,
+        r.subject.get(..12).unwrap_or(&r.subject),
+        r.outcome,
+        r.code,
+        r.fields.join(","),
+        if r.detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.detail)
+        }
+    )
+}
+
+/// The latest signed checkpoint.
+pub fn checkpoint(h: &pb::AuditCheckpoint) -> String {
+    format!(
+        "seq {} head {} node {} at {}\n  signature {}\n  public key {}",
+        h.seq,
+        h.head_hash,
+        h.node,
+        chrono::DateTime::from_timestamp_millis(h.time_unix_ms)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default(),
+        h.signature,
+        h.public_key
+    )
+}
+
+/// A successful `audit verify`.
+pub fn verify_report(r: &VerifyReport) -> String {
+    format!(
+        "OK: {} records in {} segments, {} checkpoints; last seq {}, head {}; {} records after the last checkpoint",
+        r.records, r.segments, r.checkpoints, r.last_seq, r.head_hash, r.unsigned_tail
+    )
+}
+
+/// A gRPC error as the user sees it: code name, message, and a hint when the
+/// connection itself failed.
+pub fn status(status: &tonic::Status) -> String {
+    let hint = if status.message().contains("transport error") {
+        " (the connection failed: is the gateway running at this address, and is your \
+         certificate signed by its client CA and still valid?)"
+    } else {
+        ""
+    };
+    format!(
+        "{}: {}{hint}",
+        crate::error::code_name(status.code()),
+        status.message()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_verdict_shows_no_details() {
+        let a = pb::VerifyIdentityResponse {
+            verdict: pb::Verdict::NoMatch as i32,
+            request_id: "r1".into(),
+            details: None,
+        };
+        assert_eq!(verification(&a), "NO_MATCH  (request r1)");
+    }
+
+    #[test]
+    fn details_name_the_reason_and_each_field() {
+        let a = pb::VerifyIdentityResponse {
+            verdict: pb::Verdict::NoMatch as i32,
+            request_id: "r2".into(),
+            details: Some(pb::VerificationDetails {
+                personal_id: pb::FieldResult::Match as i32,
+                full_name: pb::FieldResult::Match as i32,
+                date_of_birth: pb::FieldResult::Mismatch as i32,
+                sex: pb::FieldResult::NotProvided as i32,
+                reason: pb::NoMatchReason::FieldsDiffer as i32,
+                rule: pb::MatchingRule::Tolerant as i32,
+            }),
+        };
+        let text = verification(&a);
+        assert!(text.contains("reason:        FIELDS_DIFFER"), "{text}");
+        assert!(text.contains("date_of_birth: MISMATCH"), "{text}");
+        assert!(text.contains("sex:           NOT_PROVIDED"), "{text}");
+        assert!(text.contains("name rule:     TOLERANT"), "{text}");
+    }
+
+    #[test]
+    fn only_disclosed_fields_are_printed() {
+        let a = pb::GetCitizenResponse {
+            request_id: "r3".into(),
+            citizen: Some(crate::proto::registry::CitizenRecord {
+                full_name: "LÊ THỊ HOA".into(),
+                ..Default::default()
+            }),
+            disclosed_fields: vec!["full_name".into(), "temporary_residence".into()],
+        };
+        let text = citizen(&a);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.contains("\"LÊ THỊ HOA\""));
+    }
+}
