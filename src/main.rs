@@ -255,6 +255,15 @@ fn rpc(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(console::status(&status))
 }
 
+/// Prints an answer as proto3 JSON (`--json`) or as `text` formats it.
+fn show<T: serde::Serialize>(json: bool, answer: &T, text: fn(&T) -> String) -> Result<()> {
+    if json {
+        return print_json(answer);
+    }
+    out!("{}", text(answer));
+    Ok(())
+}
+
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     out!("{}", serde_json::to_string(value)?);
     Ok(())
@@ -325,11 +334,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(rpc)?
                 .into_inner();
-            if conn.json {
-                return print_json(&answer);
-            }
-            out!("{}", console::verification(&answer));
-            Ok(())
+            show(conn.json, &answer, console::verification)
         }
         Command::Citizen { conn, id, case } => {
             let answer = conn
@@ -343,11 +348,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(rpc)?
                 .into_inner();
-            if conn.json {
-                return print_json(&answer);
-            }
-            out!("{}", console::citizen(&answer));
-            Ok(())
+            show(conn.json, &answer, console::citizen)
         }
         Command::Household { conn, id, case } => {
             let answer = conn
@@ -361,11 +362,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(rpc)?
                 .into_inner();
-            if conn.json {
-                return print_json(&answer);
-            }
-            out!("{}", console::household(&answer));
-            Ok(())
+            show(conn.json, &answer, console::household)
         }
         Command::Procedures {
             builtin_toml: true, ..
@@ -384,11 +381,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(rpc)?
                 .into_inner();
-            if conn.json {
-                return print_json(&answer);
-            }
-            out!("{}", console::procedures(&answer));
-            Ok(())
+            show(conn.json, &answer, console::procedures)
         }
         Command::Audit { command } => audit_command(command).await,
     }
