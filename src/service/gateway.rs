@@ -137,15 +137,17 @@ impl Gateway {
     }
 
     /// After a lookup by the old 9-digit id, the subject becomes the citizen's
-    /// 12-digit id, the one they will ask about.
-    fn found_subject(&self, ctx: &mut RequestCtx, record: Option<&CitizenRecord>) {
-        if let Some(r) = record.filter(|r| !r.personal_id.is_empty()) {
-            ctx.subject = self.subject(&r.personal_id);
+    /// 12-digit id, the one they will ask about. (For a 12-digit id `early_subject`
+    /// already named it: no second HMAC.)
+    fn found_subject(&self, ctx: &mut RequestCtx, id: &DeclaredId, record: Option<&CitizenRecord>) {
+        if let (DeclaredId::Old(_), Some(r)) = (id, record) {
+            if !r.personal_id.is_empty() {
+                ctx.subject = self.subject(&r.personal_id);
+            }
         }
     }
 
-    fn lookup_key(&self, ctx: &mut RequestCtx, id: &DeclaredId) -> LookupKey {
-        ctx.subject = self.subject(id.digits());
+    fn lookup_key(id: &DeclaredId) -> LookupKey {
         match id {
             DeclaredId::Personal(p) => LookupKey::PersonalId(p.digits.clone()),
             DeclaredId::Old(d) => LookupKey::OldId(d.clone()),
@@ -172,7 +174,7 @@ impl Gateway {
             })?;
         let dob = Some(dob);
         let sex = validation::parse_sex(req.sex)?;
-        let key = self.lookup_key(ctx, &id);
+        let key = Self::lookup_key(&id);
         // What was compared goes into the audit record (names of fields, never values).
         ctx.detail = if sex.is_some() {
             "compared=id,name,dob,sex".into()
@@ -195,7 +197,7 @@ impl Gateway {
             Some(v) => v,
             None => {
                 let record = self.registry.citizen(&key).await?;
-                self.found_subject(ctx, record.as_ref());
+                self.found_subject(ctx, &id, record.as_ref());
                 let declared = Declaration {
                     full_name: &req.full_name,
                     date_of_birth: dob,
@@ -246,13 +248,13 @@ impl Gateway {
         let procedure = self.procedure(ctx, grant, &req.procedure_code)?;
         ctx.case_id = validation::check_case_id(&req.case_id)?;
         let id = validation::parse_declared_id(&req.personal_id, procedure.old_id_accepted)?;
-        let key = self.lookup_key(ctx, &id);
+        let key = Self::lookup_key(&id);
         let record = self
             .registry
             .citizen(&key)
             .await?
             .ok_or(GatewayError::NotFound("no citizen has this personal_id"))?;
-        self.found_subject(ctx, Some(&record));
+        self.found_subject(ctx, &id, Some(&record));
         let allowed = grant.readable_fields(&procedure.readable_fields);
         let (citizen, disclosed) = disclosure::minimise(&record, &allowed);
         ctx.fields = disclosed.clone();
@@ -293,13 +295,13 @@ impl Gateway {
                 "household data is not granted to this client".into(),
             ));
         }
-        let key = self.lookup_key(ctx, &id);
+        let key = Self::lookup_key(&id);
         let record = self
             .registry
             .citizen(&key)
             .await?
             .ok_or(GatewayError::NotFound("no citizen has this personal_id"))?;
-        self.found_subject(ctx, Some(&record));
+        self.found_subject(ctx, &id, Some(&record));
         let household_id = record
             .household
             .as_ref()

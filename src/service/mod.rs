@@ -173,26 +173,20 @@ impl Gateway {
 impl Gateway {
     /// Marks every service NOT_SERVING (the audit log can no longer be written).
     pub async fn set_not_serving(&self) {
-        for name in SERVICE_NAMES {
-            self.health
-                .set_service_status(*name, tonic_health::ServingStatus::NotServing)
-                .await;
-        }
-        self.health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
+        self.set_health(tonic_health::ServingStatus::NotServing)
             .await;
     }
 
     /// Marks every service SERVING.
     pub async fn set_serving(&self) {
-        for name in SERVICE_NAMES {
-            self.health
-                .set_service_status(*name, tonic_health::ServingStatus::Serving)
-                .await;
+        self.set_health(tonic_health::ServingStatus::Serving).await;
+    }
+
+    async fn set_health(&self, status: tonic_health::ServingStatus) {
+        // "" is the server as a whole.
+        for name in SERVICE_NAMES.iter().chain([&""]) {
+            self.health.set_service_status(*name, status).await;
         }
-        self.health
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
     }
 }
 
