@@ -55,17 +55,25 @@ pub struct TlsSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrySettings {
-    /// "embedded" (the only kind so far).
+    /// "disk" (default: the on-disk store), "postgres", or "embedded" (in memory, from a
+    /// JSON Lines file; for tests).
     pub kind: String,
-    /// JSON Lines population file; default `<data_dir>/population.jsonl`, generated on
-    /// first start when absent and `create_demo` is set.
+    /// disk: the store folder; default `<data_dir>/registry`.
+    pub path: Option<PathBuf>,
+    /// postgres: the database URL (`postgres://user@host:port/db`).
+    pub url: Option<String>,
+    /// embedded: the JSON Lines population; default `<data_dir>/population.jsonl`.
     pub population_file: Option<PathBuf>,
-    /// Generate a demo population when the file is absent.
+    /// disk and embedded: create a demo population when there is none.
     pub create_demo: bool,
     /// Size of the demo population.
     pub demo_count: u64,
     /// Seed of the demo population.
     pub demo_seed: u64,
+    /// Every registry call gives up after this many milliseconds: "could not check".
+    pub timeout_ms: u64,
+    /// postgres: connections in the pool.
+    pub pool_size: usize,
 }
 
 /// Audit-log settings.
@@ -124,11 +132,15 @@ impl Default for TlsSettings {
 impl Default for RegistrySettings {
     fn default() -> Self {
         RegistrySettings {
-            kind: "embedded".into(),
+            kind: "disk".into(),
+            path: None,
+            url: None,
             population_file: None,
             create_demo: true,
             demo_count: 10_000,
             demo_seed: 2022,
+            timeout_ms: 1000,
+            pool_size: 16,
         }
     }
 }
@@ -194,11 +206,20 @@ impl Config {
     /// Every semantic problem of this configuration.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
-        if self.registry.kind != "embedded" {
-            p.push(format!(
-                "registry.kind {:?}: only \"embedded\" exists so far",
-                self.registry.kind
-            ));
+        match self.registry.kind.as_str() {
+            "disk" | "embedded" => {}
+            "postgres" => {
+                let url = self.registry.url.as_deref().unwrap_or_default();
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    p.push("registry.url: kind \"postgres\" needs a postgres:// URL".into());
+                }
+            }
+            other => p.push(format!(
+                "registry.kind {other:?}: must be \"disk\", \"postgres\" or \"embedded\""
+            )),
+        }
+        if self.registry.timeout_ms == 0 {
+            p.push("registry.timeout_ms must be at least 1".into());
         }
         if !matches!(self.audit.durability.as_str(), "fsync" | "buffered") {
             p.push("audit.durability must be \"fsync\" or \"buffered\"".into());
@@ -234,6 +255,21 @@ impl Config {
             .population_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("population.jsonl"))
+    }
+    /// The on-disk registry folder in use.
+    pub fn registry_path(&self) -> PathBuf {
+        self.registry
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("registry"))
+    }
+    /// How the registry store is opened.
+    pub fn store_options(&self) -> crate::registry::StoreOptions {
+        crate::registry::StoreOptions {
+            timeout: Duration::from_millis(self.registry.timeout_ms),
+            pool_size: self.registry.pool_size,
+            ..Default::default()
+        }
     }
     /// The audit folder in use.
     pub fn audit_dir(&self) -> PathBuf {

@@ -1,6 +1,7 @@
 //! How the command-line client shows answers at a terminal (`popgw verify`,
 //! `citizen`, `household`, `procedures`, `audit …`). Pure formatting: `main.rs`
-//! makes the calls and prints what these functions return.
+//! makes the calls and prints what these functions return. [`Progress`] shows a
+//! long import: a bar on a terminal, a plain line now and then otherwise.
 
 use std::fmt::Write as _;
 
@@ -228,5 +229,70 @@ mod tests {
         let text = citizen(&a);
         assert_eq!(text.lines().count(), 3, "{text}");
         assert!(text.contains("\"LÊ THỊ HOA\""));
+    }
+}
+
+/// Progress of a long-running count (an import), on standard error: an indicatif
+/// spinner with the count and rate on a terminal; otherwise a plain line every
+/// `every` items, so that logs and pipes get something readable.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    every: u64,
+    next: u64,
+    started: std::time::Instant,
+    what: &'static str,
+}
+
+impl Progress {
+    /// Starts showing progress of `what` (e.g. "citizens").
+    pub fn new(what: &'static str, every: u64) -> Progress {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {human_pos} {msg} ({per_sec}, {elapsed})",
+                )
+                .expect("static template"),
+            );
+            bar.set_message(what);
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            bar
+        });
+        Progress {
+            bar,
+            every: every.max(1),
+            next: every.max(1),
+            started: std::time::Instant::now(),
+            what,
+        }
+    }
+
+    /// `done` items so far.
+    pub fn update(&mut self, done: u64) {
+        match &self.bar {
+            Some(bar) => bar.set_position(done),
+            None if done >= self.next => {
+                eprintln!("{}", self.line(done));
+                self.next = (done / self.every + 1) * self.every;
+            }
+            None => {}
+        }
+    }
+
+    fn line(&self, done: u64) -> String {
+        let secs = self.started.elapsed().as_secs_f64();
+        format!(
+            "{done} {} in {secs:.1} s ({:.0}/s)",
+            self.what,
+            done as f64 / secs.max(1e-9)
+        )
+    }
+
+    /// Clears the bar.
+    pub fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
     }
 }

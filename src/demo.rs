@@ -6,7 +6,9 @@ use std::path::Path;
 use crate::config::Config;
 use crate::pki::{self, PkiError};
 use crate::policy::DEMO_POLICY;
+use crate::registry::disk::DiskStore;
 use crate::registry::generate;
+use crate::registry::import::{ImportError, Records};
 
 /// Something first start could not create.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +19,9 @@ pub enum DemoError {
     /// A file.
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    /// The demo population could not be imported.
+    #[error("importing the demo population: {0}")]
+    Import(#[from] ImportError),
 }
 
 /// Creates what is missing and says what it created (one line each, for stdout).
@@ -45,20 +50,56 @@ pub fn prepare(config: &Config) -> Result<Vec<String>, DemoError> {
         std::fs::write(&policy, DEMO_POLICY).map_err(io(&policy))?;
         notes.push(format!("wrote the demo policy to {}", policy.display()));
     }
-    let population = config.population_path();
-    if config.registry.create_demo && !population.exists() {
-        let summary = generate::generate_to_file(
-            config.registry.demo_count,
-            config.registry.demo_seed,
-            &population,
-        )
-        .map_err(io(&population))?;
-        notes.push(format!(
-            "generated a demo population of {} citizens in {} (seed {})",
-            summary.count,
-            population.display(),
-            config.registry.demo_seed
-        ));
+    match config.registry.kind.as_str() {
+        "embedded" => {
+            let population = config.population_path();
+            if config.registry.create_demo && !population.exists() {
+                let summary = generate::generate_to_file(
+                    config.registry.demo_count,
+                    config.registry.demo_seed,
+                    &population,
+                )
+                .map_err(io(&population))?;
+                notes.push(format!(
+                    "generated a demo population of {} citizens in {} (seed {})",
+                    summary.count,
+                    population.display(),
+                    config.registry.demo_seed
+                ));
+            }
+        }
+        "disk" => {
+            let dir = config.registry_path();
+            if config.registry.create_demo && !DiskStore::exists(&dir) {
+                let summary = import_demo(config, &dir)?;
+                notes.push(format!(
+                    "imported a demo population of {} citizens into {} (seed {})",
+                    summary.imported,
+                    dir.display(),
+                    config.registry.demo_seed
+                ));
+            }
+        }
+        _ => {}
     }
     Ok(notes)
+}
+
+/// Generates the demo population straight into an import (through a pipe: no
+/// intermediate file).
+fn import_demo(
+    config: &Config,
+    dir: &Path,
+) -> Result<crate::registry::import::ImportSummary, DemoError> {
+    let (reader, mut writer) = std::io::pipe().map_err(|e| DemoError::Io("pipe".into(), e))?;
+    let (count, seed) = (config.registry.demo_count, config.registry.demo_seed);
+    let generator = std::thread::spawn(move || generate::generate(count, seed, &mut writer));
+    let records = Records::new(std::io::BufReader::new(reader), false);
+    let imported = DiskStore::import(dir, records, &mut |_| {});
+    let generated = generator
+        .join()
+        .map_err(|_| DemoError::Io("demo generator".into(), std::io::Error::other("panicked")))?;
+    let summary = imported?;
+    generated.map_err(|e| DemoError::Io("demo generator".into(), e))?;
+    Ok(summary)
 }

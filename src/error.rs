@@ -78,3 +78,17 @@ pub fn code_name(code: Code) -> &'static str {
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
+
+/// The gRPC status of a registry error, for `popgw registry serve`: UNAVAILABLE when
+/// the store could not answer, OUT_OF_RANGE for a change-feed position that cannot be
+/// resumed, INTERNAL (fixed message, details logged) for stored data that is invalid.
+pub fn registry_status(e: &RegistryError) -> Status {
+    match e {
+        RegistryError::Unavailable(_) => Status::unavailable(e.to_string()),
+        RegistryError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
+        RegistryError::Invalid(_) => {
+            tracing::error!(error = %e, "registry: stored data invalid");
+            Status::internal("registry data invalid")
+        }
+    }
+}

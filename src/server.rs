@@ -1,5 +1,6 @@
 //! Assembles the gateway from its configuration and serves it on a listener the
-//! caller bound (the library never binds a socket: tests use 127.0.0.1:0).
+//! caller bound (the library never binds a socket: tests use 127.0.0.1:0); and
+//! [`serve_registry`], the same for `popgw registry serve`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,11 +16,13 @@ use crate::config::Config;
 use crate::policy::{Policy, PolicyError};
 use crate::proto::gateway::audit_log_server::AuditLogServer;
 use crate::proto::gateway::identity_gateway_server::IdentityGatewayServer;
+use crate::proto::registry::population_registry_server::PopulationRegistryServer;
 use crate::proto::registry::CitizenRecord;
 use crate::registry::embedded::EmbeddedRegistry;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{self, Registry, RegistryError, Store, StoreLocation};
 use crate::service::audit_log::AuditLogService;
 use crate::service::gateway::GatewayService;
+use crate::service::registry::{follow_head, Faults, RegistryService};
 use crate::service::Gateway;
 use crate::telemetry::Metrics;
 use crate::tls::{self, TlsError};
@@ -56,20 +59,33 @@ pub struct Server {
     gateway: Arc<Gateway>,
     tls: Arc<ArcSwap<rustls::ServerConfig>>,
     examples: Vec<CitizenRecord>,
-    population: usize,
+    population: u64,
+    store: Option<Arc<dyn Store>>,
 }
 
 impl Server {
-    /// Loads TLS material, policy, catalogue, the embedded population and the audit log.
+    /// Loads TLS material, policy, catalogue, the registry its configuration names
+    /// (the on-disk store by default) and the audit log.
     pub async fn load(config: Config) -> Result<Server, ServeError> {
-        let population = config.population_path();
-        let registry =
-            tokio::task::spawn_blocking(move || EmbeddedRegistry::load_jsonl(&population))
-                .await
-                .map_err(|e| RegistryError::Invalid(e.to_string()))??;
-        let examples = registry.examples();
-        let population = registry.len();
-        Self::assemble(config, Arc::new(registry), examples, population).await
+        if config.registry.kind == "embedded" {
+            let population = config.population_path();
+            let registry =
+                tokio::task::spawn_blocking(move || EmbeddedRegistry::load_jsonl(&population))
+                    .await
+                    .map_err(|e| RegistryError::Invalid(e.to_string()))??;
+            let examples = registry.examples();
+            let population = registry.len() as u64;
+            return Self::assemble(config, Arc::new(registry), examples, population, None).await;
+        }
+        let location = match config.registry.kind.as_str() {
+            "postgres" => StoreLocation::Postgres(config.registry.url.clone().unwrap_or_default()),
+            _ => StoreLocation::Disk(config.registry_path()),
+        };
+        let store = registry::open_store(&location, &config.store_options()).await?;
+        let examples = store.examples(2).await?;
+        let population = store.count().await?;
+        let registry: Arc<dyn Registry> = store.clone();
+        Self::assemble(config, registry, examples, population, Some(store)).await
     }
 
     /// Like [`Server::load`], over another registry (a remote one, or in tests one
@@ -78,14 +94,15 @@ impl Server {
         config: Config,
         registry: Arc<dyn Registry>,
     ) -> Result<Server, ServeError> {
-        Self::assemble(config, registry, Vec::new(), 0).await
+        Self::assemble(config, registry, Vec::new(), 0, None).await
     }
 
     async fn assemble(
         config: Config,
         registry: Arc<dyn Registry>,
         examples: Vec<CitizenRecord>,
-        population: usize,
+        population: u64,
+        store: Option<Arc<dyn Store>>,
     ) -> Result<Server, ServeError> {
         let tls = tls::server_config(&config.tls.client_ca, &config.tls.cert, &config.tls.key)?;
         let policy = Policy::load(&config.policy_path())?;
@@ -134,6 +151,7 @@ impl Server {
             tls: Arc::new(ArcSwap::new(tls)),
             examples,
             population,
+            store,
         })
     }
 
@@ -142,8 +160,8 @@ impl Server {
         &self.examples
     }
 
-    /// Number of citizens loaded.
-    pub fn population(&self) -> usize {
+    /// Number of citizens in the registry.
+    pub fn population(&self) -> u64 {
         self.population
     }
 
@@ -192,6 +210,18 @@ impl Server {
                 }
             }
         });
+        // A store re-imported under the running gateway is picked up within a second.
+        let refresher = self.store.clone().map(|store| {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = store.refresh().await {
+                        tracing::warn!(error = %e, "registry store: cannot pick up a new import");
+                    }
+                }
+            })
+        });
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let serving = TonicServer::builder()
             .add_service(health_service)
@@ -238,6 +268,9 @@ impl Server {
             );
         }
         health_watch.abort();
+        if let Some(r) = refresher {
+            r.abort();
+        }
         self.gateway.audit.shutdown().await;
         Ok(result?)
     }
@@ -250,4 +283,51 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     Server::load(config).await?.serve(listener, shutdown).await
+}
+
+/// What `popgw registry serve` needs besides its store and listener.
+pub struct RegistryServeOptions {
+    /// Mutual TLS: the same `[tls]` section as the gateway's.
+    pub tls: crate::config::TlsSettings,
+    /// The client identities (URI SANs) served; everyone else is refused.
+    pub allow: std::collections::HashSet<String>,
+    /// Faults to inject (none by default).
+    pub faults: Arc<Faults>,
+}
+
+/// Serves `store` as `popgw.registry.v1.PopulationRegistry` (plus `grpc.health.v1`) over
+/// mutual TLS on `listener` until `shutdown`; live `WatchChanges` streams end first.
+pub async fn serve_registry(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    options: RegistryServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let tls = tls::server_config(&options.tls.client_ca, &options.tls.cert, &options.tls.key)?;
+    let metrics = Arc::new(Metrics::default());
+    let incoming = tls::incoming(
+        listener,
+        Arc::new(ArcSwap::new(tls)),
+        Duration::from_millis(options.tls.handshake_timeout_ms),
+        metrics,
+    );
+    let versions = store.versions().await?;
+    let (heads_tx, heads_rx) = tokio::sync::watch::channel(versions.head);
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn(follow_head(store.clone(), heads_tx, stopping_rx.clone()));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<PopulationRegistryServer<RegistryService>>()
+        .await;
+    let service = RegistryService::new(store, options.allow, options.faults, heads_rx, stopping_rx);
+    let result = TonicServer::builder()
+        .add_service(health_service)
+        .add_service(PopulationRegistryServer::new(service))
+        .serve_with_incoming_shutdown(incoming, async {
+            shutdown.await;
+            let _ = stopping_tx.send(true);
+        })
+        .await;
+    follower.abort();
+    Ok(result?)
 }

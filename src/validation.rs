@@ -335,5 +335,83 @@ pub fn id_consistency(
     Ok(())
 }
 
+/// Checks a record as a registry holds it, before it is stored (import, update) or
+/// trusted (an answer from a remote registry): the id's structure, its sex and year
+/// digits against the record's sex and date of birth, real dates not in the future,
+/// a name, and the shape of the old id and household id. The first problem is
+/// returned, naming the record field, never its value.
+pub fn check_record(r: &crate::proto::registry::CitizenRecord) -> Result<(), InvalidField> {
+    let id = parse_personal_id(&r.personal_id)?;
+    if id.digits != r.personal_id {
+        return Err(invalid("personal_id", "has surrounding white space"));
+    }
+    let sex = match Sex::try_from(r.sex) {
+        Ok(Sex::Male) => Sex::Male,
+        Ok(Sex::Female) => Sex::Female,
+        _ => return Err(invalid("sex", "must be male or female")),
+    };
+    if sex != id.sex {
+        return Err(invalid("sex", "disagrees with the id's sex digit"));
+    }
+    let today = today_in_vietnam();
+    let birth = parse_birth_date(&r.date_of_birth, today)?
+        .ok_or_else(|| invalid("date_of_birth", "required"))?;
+    if birth.year() != id.birth_year {
+        return Err(invalid(
+            "date_of_birth",
+            "year disagrees with the id's year digits",
+        ));
+    }
+    check_full_name(&r.full_name)?;
+    let old = &r.old_id_number;
+    if !old.is_empty() && (old.len() != 9 || !old.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(invalid(
+            "old_id_number",
+            "must be empty or exactly 9 digits",
+        ));
+    }
+    for (field, date) in [
+        ("date_of_death", &r.date_of_death),
+        ("date_of_disappearance", &r.date_of_disappearance),
+    ] {
+        if date.is_empty() {
+            continue;
+        }
+        match parse_date_shape(date) {
+            Some(BirthDate::Full(d)) if d > today => {
+                return Err(invalid(field, "is in the future"));
+            }
+            Some(BirthDate::Full(d)) if d.year() < birth.year() => {
+                return Err(invalid(field, "is before the date of birth"));
+            }
+            Some(BirthDate::Full(_)) => {}
+            _ => return Err(invalid(field, "must be a real date as YYYY-MM-DD")),
+        }
+    }
+    if let Some(h) = &r.household {
+        if !h.household_id.is_empty() {
+            check_household_id(&h.household_id)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks a household id: 1-64 ASCII letters, digits, '-' or '_'.
+pub fn check_household_id(raw: &str) -> Result<(), InvalidField> {
+    if raw.is_empty() || raw.len() > 64 {
+        return Err(invalid("household_id", "must be 1 to 64 characters"));
+    }
+    if !raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(invalid(
+            "household_id",
+            "may hold only ASCII letters, digits, '-' and '_'",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

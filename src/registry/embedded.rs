@@ -13,8 +13,9 @@ use std::path::Path;
 
 use prost::Message;
 
+use super::household::{self, Member};
 use super::{LookupKey, Registry, RegistryError};
-use crate::proto::registry::{Address, CitizenRecord, Household, HouseholdMember};
+use crate::proto::registry::{CitizenRecord, Household};
 
 /// An in-memory registry with O(1) lookups by personal id, old id and household id.
 #[derive(Debug, Default)]
@@ -36,21 +37,11 @@ fn parse_digits(s: &str, len: usize) -> Option<u64> {
     }
 }
 
-/// A household member seen while loading, before the household is assembled.
-struct Pending {
-    member: HouseholdMember,
-    is_head: bool,
-    date_of_birth: String,
-    address: Option<Address>,
-    head_personal_id: String,
-    head_full_name: String,
-}
-
 /// Accumulates records, checking ids, then assembles the households.
 #[derive(Default)]
 struct Builder {
     registry: EmbeddedRegistry,
-    pending: HashMap<String, Vec<Pending>>,
+    pending: HashMap<String, Vec<Member>>,
 }
 
 impl Builder {
@@ -69,31 +60,8 @@ impl Builder {
             }
             self.registry.old_ids.insert(old, id);
         }
-        if let Some(h) = record
-            .household
-            .as_ref()
-            .filter(|h| !h.household_id.is_empty())
-        {
-            let is_head = h.relation_to_head == "head" || h.head_personal_id == record.personal_id;
-            self.pending
-                .entry(h.household_id.clone())
-                .or_default()
-                .push(Pending {
-                    member: HouseholdMember {
-                        personal_id: record.personal_id.clone(),
-                        full_name: record.full_name.clone(),
-                        relation_to_head: if is_head {
-                            "head".into()
-                        } else {
-                            h.relation_to_head.clone()
-                        },
-                    },
-                    is_head,
-                    date_of_birth: record.date_of_birth.clone(),
-                    address: record.permanent_residence.clone(),
-                    head_personal_id: h.head_personal_id.clone(),
-                    head_full_name: h.head_full_name.clone(),
-                });
+        if let Some((household_id, member)) = Member::of(&record) {
+            self.pending.entry(household_id).or_default().push(member);
         }
         self.registry
             .citizens
@@ -102,41 +70,13 @@ impl Builder {
     }
 
     fn finish(mut self) -> EmbeddedRegistry {
-        fn rank(p: &Pending) -> u8 {
-            match (p.is_head, p.member.relation_to_head.as_str()) {
-                (true, _) => 0,
-                (_, "spouse") => 1,
-                (_, "child") => 2,
-                _ => 3,
-            }
-        }
         self.registry.households.reserve(self.pending.len());
-        for (household_id, mut members) in self.pending {
-            members.sort_by(|a, b| {
-                rank(a)
-                    .cmp(&rank(b))
-                    .then_with(|| a.date_of_birth.cmp(&b.date_of_birth))
-                    .then_with(|| a.member.personal_id.cmp(&b.member.personal_id))
-            });
-            let first = &members[0];
-            let head = if first.is_head {
-                first.member.clone()
-            } else {
-                HouseholdMember {
-                    personal_id: first.head_personal_id.clone(),
-                    full_name: first.head_full_name.clone(),
-                    relation_to_head: "head".into(),
-                }
-            };
-            let household = Household {
-                household_id: household_id.clone(),
-                head: Some(head),
-                address: first.address.clone(),
-                members: members.into_iter().map(|p| p.member).collect(),
-            };
-            self.registry
-                .households
-                .insert(household_id, household.encode_to_vec().into_boxed_slice());
+        for (household_id, members) in self.pending {
+            if let Some(household) = household::assemble(&household_id, members) {
+                self.registry
+                    .households
+                    .insert(household_id, household.encode_to_vec().into_boxed_slice());
+            }
         }
         self.registry.citizens.shrink_to_fit();
         self.registry.old_ids.shrink_to_fit();

@@ -9,6 +9,7 @@
 
 pub mod audit_log;
 pub mod gateway;
+pub mod registry;
 
 use std::sync::Arc;
 use std::time::Instant;

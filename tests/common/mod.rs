@@ -74,7 +74,19 @@ pub fn prepare(dir: &Path) -> (Config, DevCa) {
     )
     .unwrap();
     popgw::registry::generate::generate_to_file(2_000, 7, &config.population_path()).unwrap();
+    import_to_disk(&config.population_path(), &config.registry_path());
     (config, ca)
+}
+
+/// Imports a JSON Lines population into an on-disk store (the gateway's default kind).
+pub fn import_to_disk(population: &Path, dir: &Path) -> popgw::registry::import::ImportSummary {
+    let file = std::io::BufReader::new(std::fs::File::open(population).unwrap());
+    popgw::registry::disk::DiskStore::import(
+        dir,
+        popgw::registry::import::Records::new(file, false),
+        &mut |_| {},
+    )
+    .unwrap()
 }
 
 impl TestGateway {

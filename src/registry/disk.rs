@@ -1,0 +1,600 @@
+//! The on-disk store: a national population in one redb file, opened in well under a
+//! second whatever its size, read without holding it in memory.
+//!
+//! # Layout
+//! A store is a folder. Each import writes a new *generation*, `registry-<version>.redb`,
+//! beside the one being served (first as `….redb.partial`), fsyncs it, and only then
+//! points the folder's `CURRENT` file at it (written to a temporary file, fsynced,
+//! renamed, folder fsynced). An import that stops half-way, `kill -9` included, leaves
+//! `CURRENT` and the generation it names untouched. A running server notices the new
+//! `CURRENT` within about a second and switches to it. The previous generation is kept
+//! (the next import removes older ones).
+//!
+//! Tables of a generation (keys are the ids as numbers, big-endian, so that
+//! key order is id order):
+//! - `citizens`: personal id → prost-encoded `CitizenRecord` (with its `version`);
+//! - `old_ids`: old 9-digit id → personal id;
+//! - `household_members`: (household id, personal id) → (), one range scan per household;
+//! - `changes`: version → the record as that change left it (the change feed);
+//! - `meta`: `head`, `floor` (oldest resumable version), `count`.
+//!
+//! The file is opened in redb's multi-process mode, so that `popgw registry update` can
+//! change a record while `popgw registry serve` or `popgw serve` has the store open; each
+//! update is one durable write transaction that bumps `head`.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prost::Message;
+use redb::{
+    ConcurrencyMode, Database, Durability, ReadableDatabase, ReadableTable, TableDefinition,
+};
+
+use super::household::{self, Member};
+use super::import::{id_number, ImportError, ImportSummary};
+use super::{
+    check_resume, import_version_base, Change, LookupKey, Registry, RegistryError, Store,
+    StoreOptions, Versions,
+};
+use crate::proto::registry::{CitizenRecord, Household};
+
+const CITIZENS: TableDefinition<u64, &[u8]> = TableDefinition::new("citizens");
+const OLD_IDS: TableDefinition<u64, u64> = TableDefinition::new("old_ids");
+const HOUSEHOLDS: TableDefinition<(&str, u64), ()> = TableDefinition::new("household_members");
+const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The file naming the generation in use.
+const CURRENT: &str = "CURRENT";
+/// Records per write transaction during an import (bounds the import's memory).
+const IMPORT_CHUNK: u64 = 50_000;
+/// redb's page cache for a served store.
+const SERVE_CACHE_BYTES: usize = 256 << 20;
+
+fn db_err(e: impl Into<redb::Error>) -> RegistryError {
+    let e: redb::Error = e.into();
+    match e {
+        redb::Error::DatabaseAlreadyOpen => RegistryError::Unavailable(
+            "the store is open in a process that does not share it".into(),
+        ),
+        redb::Error::Corrupted(_) | redb::Error::ValueTooLarge(_) => {
+            RegistryError::Invalid(e.to_string())
+        }
+        other => RegistryError::Unavailable(other.to_string()),
+    }
+}
+
+fn import_db_err(e: impl Into<redb::Error>) -> ImportError {
+    ImportError::Store(format!("store: {}", e.into()))
+}
+
+struct Generation {
+    name: String,
+    db: Database,
+}
+
+/// A population on disk (see the module documentation).
+pub struct DiskStore {
+    dir: PathBuf,
+    current: ArcSwap<Generation>,
+    changes_kept: u64,
+}
+
+impl std::fmt::Debug for DiskStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStore")
+            .field("dir", &self.dir)
+            .field("generation", &self.current.load().name)
+            .finish()
+    }
+}
+
+/// Reads the generation name from `CURRENT`; `None` when there is no store yet.
+fn current_name(dir: &Path) -> Result<Option<String>, RegistryError> {
+    match std::fs::read_to_string(dir.join(CURRENT)) {
+        Ok(s) => {
+            let name = s.trim().to_string();
+            if name.is_empty()
+                || name.contains('/')
+                || !name.starts_with("registry-")
+                || !name.ends_with(".redb")
+            {
+                return Err(RegistryError::Invalid(format!(
+                    "{}: does not name a generation",
+                    dir.join(CURRENT).display()
+                )));
+            }
+            Ok(Some(name))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(RegistryError::Unavailable(format!(
+            "{}: {e}",
+            dir.join(CURRENT).display()
+        ))),
+    }
+}
+
+fn open_generation(dir: &Path, name: &str) -> Result<Generation, RegistryError> {
+    let path = dir.join(name);
+    if !path.is_file() {
+        return Err(RegistryError::Unavailable(format!(
+            "{}: missing (named by {CURRENT})",
+            path.display()
+        )));
+    }
+    let db = Database::builder()
+        .set_cache_size(SERVE_CACHE_BYTES)
+        .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+        .open(&path)
+        .map_err(db_err)?;
+    Ok(Generation {
+        name: name.to_string(),
+        db,
+    })
+}
+
+fn meta(db: &Database) -> Result<Versions, RegistryError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let meta = txn.open_table(META).map_err(db_err)?;
+    let get = |k: &str| -> Result<u64, RegistryError> {
+        Ok(meta.get(k).map_err(db_err)?.map(|v| v.value()).unwrap_or(0))
+    };
+    Ok(Versions {
+        head: get("head")?,
+        floor: get("floor")?,
+    })
+}
+
+fn decode(bytes: &[u8]) -> Result<CitizenRecord, RegistryError> {
+    CitizenRecord::decode(bytes)
+        .map_err(|e| RegistryError::Invalid(format!("stored record does not decode: {e}")))
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl DiskStore {
+    /// Whether `dir` holds a store (a `CURRENT` file).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(CURRENT).is_file()
+    }
+
+    /// Opens the store in `dir`: the generation `CURRENT` names. Does not read the
+    /// records: opening takes the same time whatever the size.
+    pub fn open(dir: &Path, options: &StoreOptions) -> Result<DiskStore, RegistryError> {
+        let name = current_name(dir)?.ok_or_else(|| {
+            RegistryError::Unavailable(format!(
+                "{}: no store here (import one with `popgw registry import --to {}`)",
+                dir.display(),
+                dir.display()
+            ))
+        })?;
+        let generation = open_generation(dir, &name)?;
+        Ok(DiskStore {
+            dir: dir.to_path_buf(),
+            current: ArcSwap::from_pointee(generation),
+            changes_kept: options.changes_kept.max(1),
+        })
+    }
+
+    /// The generation file in use.
+    pub fn generation(&self) -> String {
+        self.current.load().name.clone()
+    }
+
+    /// Imports `records` into a new generation of the store in `dir` (created if
+    /// needed) and makes it current; see the module documentation for atomicity.
+    /// A duplicate personal id or old id stops the import, naming its line.
+    /// `progress` is called with the number of records written so far.
+    pub fn import(
+        dir: &Path,
+        records: impl Iterator<Item = Result<(u64, CitizenRecord), ImportError>>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ImportSummary, ImportError> {
+        let io = |what: &str, p: &Path, e: std::io::Error| {
+            ImportError::Store(format!("{what} {}: {e}", p.display()))
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+        // One import at a time per folder.
+        let lock_path = dir.join("import.lock");
+        let lock = File::create(&lock_path).map_err(|e| io("creating", &lock_path, e))?;
+        if lock.try_lock().is_err() {
+            return Err(ImportError::Store(format!(
+                "another import into {} is running",
+                dir.display()
+            )));
+        }
+        // Leftovers of imports that were stopped.
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".redb.partial") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let previous = current_name(dir).map_err(|e| ImportError::Store(e.to_string()))?;
+        let previous_head = previous
+            .as_ref()
+            .and_then(|name| open_generation(dir, name).ok())
+            .and_then(|g| meta(&g.db).ok())
+            .map_or(0, |v| v.head);
+        let version = import_version_base(previous_head);
+        let name = format!("registry-{version}.redb");
+        let partial = dir.join(format!("{name}.partial"));
+        let result = Self::build(&partial, version, records, progress);
+        let summary = match result {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+        };
+        let path = dir.join(&name);
+        std::fs::rename(&partial, &path).map_err(|e| io("renaming", &partial, e))?;
+        let tmp = dir.join("CURRENT.tmp");
+        let mut f = File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
+        f.write_all(format!("{name}\n").as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io("writing", &tmp, e))?;
+        std::fs::rename(&tmp, dir.join(CURRENT)).map_err(|e| io("renaming", &tmp, e))?;
+        fsync_dir(dir).map_err(|e| io("syncing", dir, e))?;
+        // Keep the new generation and the previous one (a server may still read it).
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                if n.starts_with("registry-")
+                    && n.ends_with(".redb")
+                    && n != name
+                    && Some(&n) != previous.as_ref()
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(summary)
+    }
+
+    fn build(
+        path: &Path,
+        version: u64,
+        records: impl Iterator<Item = Result<(u64, CitizenRecord), ImportError>>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ImportSummary, ImportError> {
+        let db = Database::builder()
+            .set_cache_size(512 << 20)
+            .create(path)
+            .map_err(import_db_err)?;
+        let mut count = 0u64;
+        let mut records = records.peekable();
+        let mut buf = Vec::with_capacity(1024);
+        loop {
+            let mut txn = db.begin_write().map_err(import_db_err)?;
+            txn.set_durability(Durability::None)
+                .map_err(|e| ImportError::Store(e.to_string()))?;
+            {
+                let mut citizens = txn.open_table(CITIZENS).map_err(import_db_err)?;
+                let mut old_ids = txn.open_table(OLD_IDS).map_err(import_db_err)?;
+                let mut households = txn.open_table(HOUSEHOLDS).map_err(import_db_err)?;
+                let mut in_chunk = 0;
+                while in_chunk < IMPORT_CHUNK {
+                    let Some(item) = records.next() else { break };
+                    let (line, mut record) = item?;
+                    let dup = |what: &str| ImportError::Line {
+                        line,
+                        message: format!("duplicate {what}"),
+                    };
+                    // Checked by validation: 12 digits.
+                    let id = id_number(&record.personal_id, 12).ok_or_else(|| dup("?"))?;
+                    record.version = version;
+                    buf.clear();
+                    record.encode(&mut buf).expect("Vec grows");
+                    if citizens
+                        .insert(id, buf.as_slice())
+                        .map_err(import_db_err)?
+                        .is_some()
+                    {
+                        return Err(dup("personal_id"));
+                    }
+                    if let Some(old) = id_number(&record.old_id_number, 9) {
+                        if old_ids.insert(old, id).map_err(import_db_err)?.is_some() {
+                            return Err(dup("old_id_number"));
+                        }
+                    }
+                    if let Some(h) = record.household.as_ref() {
+                        if !h.household_id.is_empty() {
+                            households
+                                .insert((h.household_id.as_str(), id), ())
+                                .map_err(import_db_err)?;
+                        }
+                    }
+                    count += 1;
+                    in_chunk += 1;
+                }
+            }
+            let last = records.peek().is_none();
+            if last {
+                let mut meta = txn.open_table(META).map_err(import_db_err)?;
+                meta.insert("head", version).map_err(import_db_err)?;
+                meta.insert("floor", version).map_err(import_db_err)?;
+                meta.insert("count", count).map_err(import_db_err)?;
+                drop(meta);
+                txn.open_table(CHANGES).map_err(import_db_err)?;
+                txn.set_durability(Durability::Immediate)
+                    .map_err(|e| ImportError::Store(e.to_string()))?;
+                txn.set_quick_repair(true);
+            }
+            txn.commit().map_err(import_db_err)?;
+            progress(count);
+            if last {
+                break;
+            }
+        }
+        drop(db);
+        // The rename that follows must not reach the disk before the data.
+        File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| ImportError::Store(format!("syncing {}: {e}", path.display())))?;
+        Ok(ImportSummary {
+            imported: count,
+            version,
+        })
+    }
+
+    fn get(&self, key: &LookupKey) -> Result<Option<CitizenRecord>, RegistryError> {
+        let generation = self.current.load();
+        let txn = generation.db.begin_read().map_err(db_err)?;
+        let citizens = txn.open_table(CITIZENS).map_err(db_err)?;
+        let id = match key {
+            LookupKey::PersonalId(s) => id_number(s, 12),
+            LookupKey::OldId(s) => match id_number(s, 9) {
+                Some(old) => {
+                    let old_ids = txn.open_table(OLD_IDS).map_err(db_err)?;
+                    old_ids.get(old).map_err(db_err)?.map(|v| v.value())
+                }
+                None => None,
+            },
+        };
+        let Some(id) = id else { return Ok(None) };
+        match citizens.get(id).map_err(db_err)? {
+            Some(v) => decode(v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn get_many(&self, ids: &[String]) -> Result<Vec<CitizenRecord>, RegistryError> {
+        let generation = self.current.load();
+        let txn = generation.db.begin_read().map_err(db_err)?;
+        let citizens = txn.open_table(CITIZENS).map_err(db_err)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids.iter().filter_map(|s| id_number(s, 12)) {
+            if let Some(v) = citizens.get(id).map_err(db_err)? {
+                out.push(decode(v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_household(&self, household_id: &str) -> Result<Option<Household>, RegistryError> {
+        let generation = self.current.load();
+        let txn = generation.db.begin_read().map_err(db_err)?;
+        let index = txn.open_table(HOUSEHOLDS).map_err(db_err)?;
+        let citizens = txn.open_table(CITIZENS).map_err(db_err)?;
+        let mut members = Vec::new();
+        for entry in index
+            .range((household_id, 0u64)..=(household_id, u64::MAX))
+            .map_err(db_err)?
+        {
+            let (key, _) = entry.map_err(db_err)?;
+            let id = key.value().1;
+            if let Some(v) = citizens.get(id).map_err(db_err)? {
+                if let Some((h, m)) = Member::of(&decode(v.value())?) {
+                    if h == household_id {
+                        members.push(m);
+                    }
+                }
+            }
+        }
+        Ok(household::assemble(household_id, members))
+    }
+
+    fn apply(
+        &self,
+        personal_id: &str,
+        change: &Change,
+    ) -> Result<Option<CitizenRecord>, RegistryError> {
+        let Some(id) = id_number(personal_id, 12) else {
+            return Ok(None);
+        };
+        let generation = self.current.load();
+        let mut txn = generation.db.begin_write().map_err(db_err)?;
+        txn.set_quick_repair(true);
+        let record = {
+            let mut citizens = txn.open_table(CITIZENS).map_err(db_err)?;
+            let mut changes = txn.open_table(CHANGES).map_err(db_err)?;
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let Some(mut record) = citizens
+                .get(id)
+                .map_err(db_err)?
+                .map(|v| decode(v.value()))
+                .transpose()?
+            else {
+                return Ok(None);
+            };
+            change
+                .apply(&mut record)
+                .map_err(|e| RegistryError::Invalid(format!("change refused: {e}")))?;
+            let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<u64, RegistryError> {
+                Ok(meta.get(k).map_err(db_err)?.map(|v| v.value()).unwrap_or(0))
+            };
+            let version = get(&meta, "head")? + 1;
+            record.version = version;
+            let bytes = record.encode_to_vec();
+            citizens.insert(id, bytes.as_slice()).map_err(db_err)?;
+            changes.insert(version, bytes.as_slice()).map_err(db_err)?;
+            meta.insert("head", version).map_err(db_err)?;
+            // Compaction: keep the newest `changes_kept` changes.
+            let floor = get(&meta, "floor")?;
+            if version - floor > self.changes_kept {
+                let new_floor = version - self.changes_kept;
+                for v in floor + 1..=new_floor {
+                    changes.remove(v).map_err(db_err)?;
+                }
+                meta.insert("floor", new_floor).map_err(db_err)?;
+            }
+            record
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(Some(record))
+    }
+
+    fn changes(&self, after: u64, limit: usize) -> Result<Vec<CitizenRecord>, RegistryError> {
+        let generation = self.current.load();
+        let txn = generation.db.begin_read().map_err(db_err)?;
+        let meta_table = txn.open_table(META).map_err(db_err)?;
+        let get = |k: &str| -> Result<u64, RegistryError> {
+            Ok(meta_table
+                .get(k)
+                .map_err(db_err)?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        };
+        check_resume(
+            after,
+            Versions {
+                head: get("head")?,
+                floor: get("floor")?,
+            },
+        )?;
+        let changes = txn.open_table(CHANGES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in changes.range(after + 1..).map_err(db_err)?.take(limit) {
+            let (_, v) = entry.map_err(db_err)?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn first_living(&self, n: usize) -> Result<Vec<CitizenRecord>, RegistryError> {
+        let generation = self.current.load();
+        let txn = generation.db.begin_read().map_err(db_err)?;
+        let citizens = txn.open_table(CITIZENS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in citizens.iter().map_err(db_err)? {
+            if out.len() >= n {
+                break;
+            }
+            let (_, v) = entry.map_err(db_err)?;
+            let r = decode(v.value())?;
+            if r.date_of_death.is_empty() && r.date_of_birth.len() == 10 {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    fn count_sync(&self) -> Result<u64, RegistryError> {
+        let generation = self.current.load();
+        let txn = generation.db.begin_read().map_err(db_err)?;
+        let meta = txn.open_table(META).map_err(db_err)?;
+        Ok(meta
+            .get("count")
+            .map_err(db_err)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    fn reload_if_swapped(&self) -> Result<(), RegistryError> {
+        let Some(name) = current_name(&self.dir)? else {
+            return Ok(());
+        };
+        if name != self.current.load().name {
+            let generation = open_generation(&self.dir, &name)?;
+            tracing::info!(generation = %name, "registry store: switched to a new import");
+            self.current.store(Arc::new(generation));
+        }
+        Ok(())
+    }
+}
+
+/// Runs a blocking store call off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, RegistryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RegistryError::Unavailable(format!("store task failed: {e}")))?
+}
+
+#[tonic::async_trait]
+impl Registry for DiskStore {
+    async fn citizen(&self, key: &LookupKey) -> Result<Option<CitizenRecord>, RegistryError> {
+        // A point lookup is a few B-tree pages, normally in the page cache: microseconds.
+        // It runs inline; a cold page costs one disk read on this thread.
+        self.get(key)
+    }
+
+    async fn household(&self, household_id: &str) -> Result<Option<Household>, RegistryError> {
+        self.get_household(household_id)
+    }
+
+    async fn citizens(&self, personal_ids: &[String]) -> Result<Vec<CitizenRecord>, RegistryError> {
+        self.get_many(personal_ids)
+    }
+
+    fn kind(&self) -> &'static str {
+        "disk"
+    }
+}
+
+#[tonic::async_trait]
+impl Store for DiskStore {
+    async fn versions(&self) -> Result<Versions, RegistryError> {
+        meta(&self.current.load().db)
+    }
+
+    async fn changes_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<CitizenRecord>, RegistryError> {
+        self.changes(after, limit)
+    }
+
+    async fn update(
+        &self,
+        personal_id: &str,
+        change: &Change,
+    ) -> Result<Option<CitizenRecord>, RegistryError> {
+        // A durable commit (fsync): off the async threads.
+        let store = self.clone_handle();
+        let (id, change) = (personal_id.to_string(), change.clone());
+        blocking(move || store.apply(&id, &change)).await
+    }
+
+    async fn count(&self) -> Result<u64, RegistryError> {
+        self.count_sync()
+    }
+
+    async fn examples(&self, n: usize) -> Result<Vec<CitizenRecord>, RegistryError> {
+        self.first_living(n)
+    }
+
+    async fn refresh(&self) -> Result<(), RegistryError> {
+        self.reload_if_swapped()
+    }
+}
+
+impl DiskStore {
+    /// A second handle on the same open generation (for blocking tasks).
+    fn clone_handle(&self) -> Arc<DiskStore> {
+        Arc::new(DiskStore {
+            dir: self.dir.clone(),
+            current: ArcSwap::new(self.current.load_full()),
+            changes_kept: self.changes_kept,
+        })
+    }
+}
