@@ -181,57 +181,6 @@ pub fn status(status: &tonic::Status) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_bare_verdict_shows_no_details() {
-        let a = pb::VerifyIdentityResponse {
-            verdict: pb::Verdict::NoMatch as i32,
-            request_id: "r1".into(),
-            details: None,
-        };
-        assert_eq!(verification(&a), "NO_MATCH  (request r1)");
-    }
-
-    #[test]
-    fn details_name_the_reason_and_each_field() {
-        let a = pb::VerifyIdentityResponse {
-            verdict: pb::Verdict::NoMatch as i32,
-            request_id: "r2".into(),
-            details: Some(pb::VerificationDetails {
-                personal_id: pb::FieldResult::Match as i32,
-                full_name: pb::FieldResult::Match as i32,
-                date_of_birth: pb::FieldResult::Mismatch as i32,
-                sex: pb::FieldResult::NotProvided as i32,
-                reason: pb::NoMatchReason::FieldsDiffer as i32,
-                rule: pb::MatchingRule::Tolerant as i32,
-            }),
-        };
-        let text = verification(&a);
-        assert!(text.contains("reason:        FIELDS_DIFFER"), "{text}");
-        assert!(text.contains("date_of_birth: MISMATCH"), "{text}");
-        assert!(text.contains("sex:           NOT_PROVIDED"), "{text}");
-        assert!(text.contains("name rule:     TOLERANT"), "{text}");
-    }
-
-    #[test]
-    fn only_disclosed_fields_are_printed() {
-        let a = pb::GetCitizenResponse {
-            request_id: "r3".into(),
-            citizen: Some(crate::proto::registry::CitizenRecord {
-                full_name: "LÊ THỊ HOA".into(),
-                ..Default::default()
-            }),
-            disclosed_fields: vec!["full_name".into(), "temporary_residence".into()],
-        };
-        let text = citizen(&a);
-        assert_eq!(text.lines().count(), 3, "{text}");
-        assert!(text.contains("\"LÊ THỊ HOA\""));
-    }
-}
-
 /// Progress of a long-running count (an import), on standard error: an indicatif
 /// spinner with the count and rate on a terminal; otherwise a plain line every
 /// `every` items, so that logs and pipes get something readable.
@@ -294,5 +243,56 @@ impl Progress {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_verdict_shows_no_details() {
+        let a = pb::VerifyIdentityResponse {
+            verdict: pb::Verdict::NoMatch as i32,
+            request_id: "r1".into(),
+            details: None,
+        };
+        assert_eq!(verification(&a), "NO_MATCH  (request r1)");
+    }
+
+    #[test]
+    fn details_name_the_reason_and_each_field() {
+        let a = pb::VerifyIdentityResponse {
+            verdict: pb::Verdict::NoMatch as i32,
+            request_id: "r2".into(),
+            details: Some(pb::VerificationDetails {
+                personal_id: pb::FieldResult::Match as i32,
+                full_name: pb::FieldResult::Match as i32,
+                date_of_birth: pb::FieldResult::Mismatch as i32,
+                sex: pb::FieldResult::NotProvided as i32,
+                reason: pb::NoMatchReason::FieldsDiffer as i32,
+                rule: pb::MatchingRule::Tolerant as i32,
+            }),
+        };
+        let text = verification(&a);
+        assert!(text.contains("reason:        FIELDS_DIFFER"), "{text}");
+        assert!(text.contains("date_of_birth: MISMATCH"), "{text}");
+        assert!(text.contains("sex:           NOT_PROVIDED"), "{text}");
+        assert!(text.contains("name rule:     TOLERANT"), "{text}");
+    }
+
+    #[test]
+    fn only_disclosed_fields_are_printed() {
+        let a = pb::GetCitizenResponse {
+            request_id: "r3".into(),
+            citizen: Some(crate::proto::registry::CitizenRecord {
+                full_name: "LÊ THỊ HOA".into(),
+                ..Default::default()
+            }),
+            disclosed_fields: vec!["full_name".into(), "temporary_residence".into()],
+        };
+        let text = citizen(&a);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.contains("\"LÊ THỊ HOA\""));
     }
 }

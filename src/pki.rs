@@ -17,6 +17,8 @@ pub const PORTAL_ID: &str = "spiffe://popgw.dev/portal/dvcqg";
 pub const MINISTRY_ID: &str = "spiffe://popgw.dev/ministry/justice";
 /// URI SAN of the development operator client.
 pub const OPERATOR_ID: &str = "spiffe://popgw.dev/operator/c06";
+/// The gateway's own identity towards the registry (`popgw registry serve --allow`).
+pub const GATEWAY_ID: &str = "spiffe://popgw.dev/gateway/node-1";
 /// URI SAN of the client signed by a foreign CA.
 pub const OUTSIDER_ID: &str = "spiffe://elsewhere.example/portal/outsider";
 
@@ -118,6 +120,7 @@ pub fn init(dir: &Path) -> Result<DevCa, PkiError> {
         ("portal", PORTAL_ID),
         ("ministry", MINISTRY_ID),
         ("operator", OPERATOR_ID),
+        ("gateway", GATEWAY_ID),
     ] {
         let (cert, key) = ca.issue_client(uri, (2036, 1, 1))?;
         write(&dir.join(format!("{name}.pem")), &cert, false)?;

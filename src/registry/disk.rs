@@ -49,8 +49,11 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The file naming the generation in use.
 const CURRENT: &str = "CURRENT";
-/// Records per write transaction during an import (bounds the import's memory).
-const IMPORT_CHUNK: u64 = 50_000;
+/// Records per write transaction during an import. Each commit copies the pages it
+/// touched and, with random ids, that is most of the tree: fewer commits give a smaller
+/// file (1 M citizens: 2.2 GB with 50,000 per commit, 1.1 GB with 1,000,000). redb spills
+/// a transaction's pages beyond its cache to the file, so memory stays bounded.
+const IMPORT_CHUNK: u64 = 1_000_000;
 /// redb's page cache for a served store.
 const SERVE_CACHE_BYTES: usize = 256 << 20;
 

@@ -58,11 +58,19 @@ fn pg_err(e: tokio_postgres::Error) -> RegistryError {
     }
 }
 
-fn pool_err(e: deadpool_postgres::PoolError) -> RegistryError {
+fn pool_err(e: deadpool_postgres::PoolError, timeout: Duration) -> RegistryError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg_err(e),
+        deadpool_postgres::PoolError::Timeout(_) => too_slow(timeout),
         other => RegistryError::Unavailable(format!("PostgreSQL pool: {other}")),
     }
+}
+
+fn too_slow(timeout: Duration) -> RegistryError {
+    RegistryError::Unavailable(format!(
+        "PostgreSQL did not answer within {} ms",
+        timeout.as_millis()
+    ))
 }
 
 fn decode(bytes: &[u8]) -> Result<CitizenRecord, RegistryError> {
@@ -186,10 +194,13 @@ impl PgStore {
                 Ok(row.get(0))
             })
             .await
-            .map_err(|e| {
-                RegistryError::Unavailable(format!(
-                    "{e} (is there a registry in this database? `popgw registry import --to …` creates one)"
-                ))
+            .map_err(|e| match e {
+                RegistryError::Unavailable(m) if m.contains("popgw_schema_migrations") => {
+                    RegistryError::Unavailable(format!(
+                        "{m} (no registry in this database: `popgw registry import --to …` creates one)"
+                    ))
+                }
+                other => other,
             })?;
         let latest = MIGRATIONS.last().map_or(0, |m| m.0);
         if applied != latest {
@@ -207,15 +218,16 @@ impl PgStore {
         Fut: std::future::Future<Output = Result<T, RegistryError>>,
     {
         let work = async {
-            let client = self.pool.get().await.map_err(pool_err)?;
+            let client = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| pool_err(e, self.timeout))?;
             f(client).await
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
-            Err(_) => Err(RegistryError::Unavailable(format!(
-                "PostgreSQL did not answer within {} ms",
-                self.timeout.as_millis()
-            ))),
+            Err(_) => Err(too_slow(self.timeout)),
         }
     }
 

@@ -184,3 +184,52 @@ pub fn declare(r: &CitizenRecord, procedure: &str) -> pb::VerifyIdentityRequest 
         case_id: "HS-2026-000123".into(),
     }
 }
+
+/// A PostgreSQL database of its own for one test, dropped by [`TempDb::drop_db`].
+pub struct TempDb {
+    pub url: String,
+    name: String,
+}
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+impl TempDb {
+    /// Creates a database with a random name on the local PostgreSQL (127.0.0.1:5432).
+    pub async fn create() -> TempDb {
+        let name = format!("popgw_test_{:016x}", rand::random::<u64>());
+        let client = pg_admin().await;
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        TempDb {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        }
+    }
+
+    /// Drops the database (connections still open are ended).
+    pub async fn drop_db(self) {
+        let client = pg_admin().await;
+        client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await
+            .unwrap();
+    }
+}
+
+async fn pg_admin() -> tokio_postgres::Client {
+    let (client, connection) = match tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
+    {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "these tests need PostgreSQL on 127.0.0.1:5432 (user postgres, trust): {e}. Start it with \
+             `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+        ),
+    };
+    tokio::spawn(connection);
+    client
+}
