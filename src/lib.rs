@@ -10,15 +10,17 @@
 //! - [`catalogue`]: the 25 procedures, each with its matching rule and field profile.
 //! - [`validation`]: every request field checked before any lookup (ids, names,
 //!   dates, case ids).
-//! - [`registry`]: the `Registry` trait and the embedded registry (plus the synthetic
-//!   population generator).
+//! - [`registry`]: the `Registry` trait and the stores behind it: on disk (redb, the
+//!   default), PostgreSQL, in memory (tests); imports, the versioned change feed, the
+//!   synthetic population generator.
 //! - [`matching`]: Vietnamese name normalisation and the verdict.
 //! - [`disclosure`]: minimisation of a record to the fields granted.
 //! - [`audit`]: the tamper-evident, durable audit log (group commit, hash chain,
 //!   signed checkpoints, verification).
-//! - [`service`]: the gRPC services `IdentityGateway` and `AuditLog`.
+//! - [`service`]: the gRPC services `IdentityGateway` and `AuditLog`, and
+//!   `PopulationRegistry` for `popgw registry serve`.
 //! - [`error`]: the library's errors and their single mapping to gRPC codes.
-//! - [`server`]: assembly; `serve(listener, config, shutdown)`.
+//! - [`server`]: assembly; `serve(listener, config, shutdown)` and `serve_registry`.
 //! - [`config`], [`telemetry`], [`pki`] (development certificates), [`demo`] (first
 //!   start), [`client`] (the command-line client's connection), [`console`] (its output),
 //!   [`proto`] (generated).

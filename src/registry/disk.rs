@@ -29,9 +29,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use prost::Message;
-use redb::{
-    ConcurrencyMode, Database, Durability, ReadableDatabase, ReadableTable, TableDefinition,
-};
+use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::household::{self, Member};
 use super::import::{id_number, ImportError, ImportSummary};
@@ -49,11 +47,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The file naming the generation in use.
 const CURRENT: &str = "CURRENT";
-/// Records per write transaction during an import. Each commit copies the pages it
-/// touched and, with random ids, that is most of the tree: fewer commits give a smaller
-/// file (1 M citizens: 2.2 GB with 50,000 per commit, 1.1 GB with 1,000,000). redb spills
-/// a transaction's pages beyond its cache to the file, so memory stays bounded.
-const IMPORT_CHUNK: u64 = 1_000_000;
+/// An import reports progress every this many records.
+const PROGRESS_EVERY: u64 = 10_000;
 /// redb's page cache for a served store.
 const SERVE_CACHE_BYTES: usize = 256 << 20;
 
@@ -271,71 +266,67 @@ impl DiskStore {
             .set_cache_size(512 << 20)
             .create(path)
             .map_err(import_db_err)?;
+        // One write transaction for the whole import: a page is copied once, at its first
+        // change, then changed in place; redb writes dirty pages beyond its cache out to
+        // the file, so memory stays bounded. (Committing every million records instead
+        // copied most of the tree at each commit: the cost grew with the square of the
+        // size, and so did the file.)
         let mut count = 0u64;
-        let mut records = records.peekable();
         let mut buf = Vec::with_capacity(1024);
-        loop {
-            let mut txn = db.begin_write().map_err(import_db_err)?;
-            txn.set_durability(Durability::None)
-                .map_err(|e| ImportError::Store(e.to_string()))?;
-            {
-                let mut citizens = txn.open_table(CITIZENS).map_err(import_db_err)?;
-                let mut old_ids = txn.open_table(OLD_IDS).map_err(import_db_err)?;
-                let mut households = txn.open_table(HOUSEHOLDS).map_err(import_db_err)?;
-                let mut in_chunk = 0;
-                while in_chunk < IMPORT_CHUNK {
-                    let Some(item) = records.next() else { break };
-                    let (line, mut record) = item?;
-                    let dup = |what: &str| ImportError::Line {
+        let mut txn = db.begin_write().map_err(import_db_err)?;
+        {
+            let mut citizens = txn.open_table(CITIZENS).map_err(import_db_err)?;
+            let mut old_ids = txn.open_table(OLD_IDS).map_err(import_db_err)?;
+            let mut households = txn.open_table(HOUSEHOLDS).map_err(import_db_err)?;
+            for item in records {
+                let (line, mut record) = item?;
+                let dup = |what: &str| ImportError::Line {
+                    line,
+                    message: format!("duplicate {what}"),
+                };
+                let Some(id) = id_number(&record.personal_id, 12) else {
+                    // Records come checked by validation; refuse rather than guess.
+                    return Err(ImportError::Line {
                         line,
-                        message: format!("duplicate {what}"),
-                    };
-                    // Checked by validation: 12 digits.
-                    let id = id_number(&record.personal_id, 12).ok_or_else(|| dup("?"))?;
-                    record.version = version;
-                    buf.clear();
-                    record.encode(&mut buf).expect("Vec grows");
-                    if citizens
-                        .insert(id, buf.as_slice())
-                        .map_err(import_db_err)?
-                        .is_some()
-                    {
-                        return Err(dup("personal_id"));
+                        message: "personal_id is not 12 digits".into(),
+                    });
+                };
+                record.version = version;
+                buf.clear();
+                record.encode(&mut buf).expect("Vec grows");
+                if citizens
+                    .insert(id, buf.as_slice())
+                    .map_err(import_db_err)?
+                    .is_some()
+                {
+                    return Err(dup("personal_id"));
+                }
+                if let Some(old) = id_number(&record.old_id_number, 9) {
+                    if old_ids.insert(old, id).map_err(import_db_err)?.is_some() {
+                        return Err(dup("old_id_number"));
                     }
-                    if let Some(old) = id_number(&record.old_id_number, 9) {
-                        if old_ids.insert(old, id).map_err(import_db_err)?.is_some() {
-                            return Err(dup("old_id_number"));
-                        }
+                }
+                if let Some(h) = record.household.as_ref() {
+                    if !h.household_id.is_empty() {
+                        households
+                            .insert((h.household_id.as_str(), id), ())
+                            .map_err(import_db_err)?;
                     }
-                    if let Some(h) = record.household.as_ref() {
-                        if !h.household_id.is_empty() {
-                            households
-                                .insert((h.household_id.as_str(), id), ())
-                                .map_err(import_db_err)?;
-                        }
-                    }
-                    count += 1;
-                    in_chunk += 1;
+                }
+                count += 1;
+                if count.is_multiple_of(PROGRESS_EVERY) {
+                    progress(count);
                 }
             }
-            let last = records.peek().is_none();
-            if last {
-                let mut meta = txn.open_table(META).map_err(import_db_err)?;
-                meta.insert("head", version).map_err(import_db_err)?;
-                meta.insert("floor", version).map_err(import_db_err)?;
-                meta.insert("count", count).map_err(import_db_err)?;
-                drop(meta);
-                txn.open_table(CHANGES).map_err(import_db_err)?;
-                txn.set_durability(Durability::Immediate)
-                    .map_err(|e| ImportError::Store(e.to_string()))?;
-                txn.set_quick_repair(true);
-            }
-            txn.commit().map_err(import_db_err)?;
-            progress(count);
-            if last {
-                break;
-            }
+            let mut meta = txn.open_table(META).map_err(import_db_err)?;
+            meta.insert("head", version).map_err(import_db_err)?;
+            meta.insert("floor", version).map_err(import_db_err)?;
+            meta.insert("count", count).map_err(import_db_err)?;
+            txn.open_table(CHANGES).map_err(import_db_err)?;
         }
+        txn.set_quick_repair(true);
+        txn.commit().map_err(import_db_err)?;
+        progress(count);
         drop(db);
         // The rename that follows must not reach the disk before the data.
         File::open(path)
