@@ -53,17 +53,15 @@ fn dir_size(dir: &Path) -> u64 {
 
 /// The generator in a thread, writing JSON Lines into a pipe; the records it yields
 /// with every 1000th personal id (and old id) kept as lookup samples.
+/// A record read for import, with its line number.
+type Item =
+    Result<(u64, popgw::proto::registry::CitizenRecord), popgw::registry::import::ImportError>;
+
 fn piped_population(
     count: u64,
     seed: u64,
 ) -> (
-    impl Iterator<
-            Item = Result<
-                (u64, popgw::proto::registry::CitizenRecord),
-                popgw::registry::import::ImportError,
-            >,
-        > + Send
-        + 'static,
+    impl Iterator<Item = Item> + Send + 'static,
     std::sync::mpsc::Receiver<(String, String)>,
 ) {
     let (reader, mut writer) = std::io::pipe().unwrap();
