@@ -93,13 +93,19 @@ fn import_demo(
 ) -> Result<crate::registry::import::ImportSummary, DemoError> {
     let (reader, mut writer) = std::io::pipe().map_err(|e| DemoError::Io("pipe".into(), e))?;
     let (count, seed) = (config.registry.demo_count, config.registry.demo_seed);
-    let generator = std::thread::spawn(move || generate::generate(count, seed, &mut writer));
-    let records = Records::new(std::io::BufReader::new(reader), false);
-    let imported = DiskStore::import(dir, records, &mut |_| {});
-    let generated = generator
-        .join()
-        .map_err(|_| DemoError::Io("demo generator".into(), std::io::Error::other("panicked")))?;
-    let summary = imported?;
-    generated.map_err(|e| DemoError::Io("demo generator".into(), e))?;
-    Ok(summary)
+    let mut generator = Some(std::thread::spawn(move || {
+        generate::generate(count, seed, &mut writer)
+    }));
+    // At the end of the pipe, the generator's own result: a generator that failed must
+    // fail the import, not commit the part it wrote.
+    let outcome = std::iter::from_fn(move || {
+        let failed = match generator.take()?.join() {
+            Ok(Ok(_)) => return None,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "panicked".to_string(),
+        };
+        Some(Err(ImportError::Store(format!("demo generator: {failed}"))))
+    });
+    let records = Records::new(std::io::BufReader::new(reader), false).chain(outcome);
+    Ok(DiskStore::import(dir, records, &mut |_| {})?)
 }

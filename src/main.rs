@@ -565,8 +565,13 @@ async fn registry_command(command: RegistryCommand) -> Result<()> {
             let summary = summary
                 .context("import failed; nothing was imported, the previous store still serves")?;
             let skipped = skipped.load(std::sync::atomic::Ordering::Relaxed);
+            // A URL may carry a password: name the kind of store, not the URL.
+            let into = match StoreLocation::parse(&to) {
+                StoreLocation::Disk(_) => to.clone(),
+                StoreLocation::Postgres(_) => "PostgreSQL".into(),
+            };
             out!(
-                "imported {} citizens into {to} at version {} in {:.1}s{}",
+                "imported {} citizens into {into} at version {} in {:.1}s{}",
                 summary.imported,
                 summary.version,
                 t.elapsed().as_secs_f64(),

@@ -381,7 +381,12 @@ pub fn check_record(r: &crate::proto::registry::CitizenRecord) -> Result<(), Inv
             Some(BirthDate::Full(d)) if d > today => {
                 return Err(invalid(field, "is in the future"));
             }
-            Some(BirthDate::Full(d)) if d.year() < birth.year() => {
+            Some(BirthDate::Full(d))
+                if match birth {
+                    BirthDate::Full(b) => d < b,
+                    BirthDate::Year(y) => d.year() < y,
+                } =>
+            {
                 return Err(invalid(field, "is before the date of birth"));
             }
             Some(BirthDate::Full(_)) => {}

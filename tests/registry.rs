@@ -757,3 +757,99 @@ async fn a_running_store_picks_up_a_new_import() {
         .unwrap()
         .is_some());
 }
+
+/// Records that make an update to `store` half-way through, as an operator might while
+/// a long import runs.
+fn records_with_an_update_midway(
+    population: &Path,
+    store: Arc<dyn Store>,
+    personal_id: String,
+) -> impl Iterator<Item = Result<(u64, pb::CitizenRecord), popgw::registry::import::ImportError>>
+       + Send
+       + 'static {
+    let file = std::io::BufReader::new(std::fs::File::open(population).unwrap());
+    let handle = tokio::runtime::Handle::current();
+    let mut n = 0;
+    Records::new(file, false).inspect(move |_| {
+        n += 1;
+        if n == 1000 {
+            let changed = handle
+                .block_on(store.update(&personal_id, &Change::AddressLine("Thôn Mới".into())))
+                .unwrap();
+            assert!(changed.is_some());
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_during_an_import_fails_the_import_instead_of_being_lost() {
+    let (_dir, config) = folder();
+    let records = population_records(&config.population_path());
+    let id = records[10].personal_id.clone();
+
+    let disk: Arc<dyn Store> =
+        Arc::new(DiskStore::open(&config.registry_path(), &StoreOptions::default()).unwrap());
+    let before = disk.versions().await.unwrap();
+    let (population, dir, store) = (
+        config.population_path(),
+        config.registry_path(),
+        disk.clone(),
+    );
+    let handle = tokio::runtime::Handle::current();
+    let e = tokio::task::spawn_blocking(move || {
+        let _guard = handle.enter();
+        DiskStore::import(
+            &dir,
+            records_with_an_update_midway(&population, store, id),
+            &mut |_| {},
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("updated 1 times during the import"),
+        "{e}"
+    );
+    // The update is kept, and served.
+    disk.refresh().await.unwrap();
+    assert_eq!(disk.versions().await.unwrap().head, before.head + 1);
+    let got = disk
+        .citizen(&LookupKey::PersonalId(records[10].personal_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.permanent_residence.unwrap().line, "Thôn Mới");
+
+    let db = TempDb::create().await;
+    import_to_postgres(&config.population_path(), &db.url).await;
+    let pg: Arc<dyn Store> = Arc::new(
+        PgStore::connect(&db.url, &StoreOptions::default())
+            .await
+            .unwrap(),
+    );
+    let head = pg.versions().await.unwrap().head;
+    let e = PgStore::import(
+        &db.url,
+        records_with_an_update_midway(
+            &config.population_path(),
+            pg.clone(),
+            records[10].personal_id.clone(),
+        ),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("updated 1 times during the import"),
+        "{e}"
+    );
+    assert_eq!(pg.versions().await.unwrap().head, head + 1);
+    let got = pg
+        .citizen(&LookupKey::PersonalId(records[10].personal_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.permanent_residence.unwrap().line, "Thôn Mới");
+    db.drop_db().await;
+}

@@ -26,6 +26,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prost::Message;
@@ -74,8 +75,16 @@ struct Generation {
     db: Database,
 }
 
-/// A population on disk (see the module documentation).
+/// A population on disk (see the module documentation). Every call runs on the
+/// blocking pool under the store's timeout: a read waits on a file lock while another
+/// process commits, and a cold page is a disk read — neither may stall the async threads.
 pub struct DiskStore {
+    inner: Arc<Inner>,
+    timeout: Duration,
+}
+
+/// The open store, shared with the blocking tasks.
+struct Inner {
     dir: PathBuf,
     current: ArcSwap<Generation>,
     changes_kept: u64,
@@ -84,8 +93,8 @@ pub struct DiskStore {
 impl std::fmt::Debug for DiskStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiskStore")
-            .field("dir", &self.dir)
-            .field("generation", &self.current.load().name)
+            .field("dir", &self.inner.dir)
+            .field("generation", &self.inner.current.load().name)
             .finish()
     }
 }
@@ -173,15 +182,37 @@ impl DiskStore {
         })?;
         let generation = open_generation(dir, &name)?;
         Ok(DiskStore {
-            dir: dir.to_path_buf(),
-            current: ArcSwap::from_pointee(generation),
-            changes_kept: options.changes_kept.max(1),
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                current: ArcSwap::from_pointee(generation),
+                changes_kept: options.changes_kept.max(1),
+            }),
+            timeout: options.timeout,
         })
     }
 
     /// The generation file in use.
     pub fn generation(&self) -> String {
-        self.current.load().name.clone()
+        self.inner.current.load().name.clone()
+    }
+
+    /// Runs `f` on the blocking pool, giving up after `timeout` ("could not check").
+    async fn run<T: Send + 'static>(
+        &self,
+        timeout: Duration,
+        f: impl FnOnce(&Inner) -> Result<T, RegistryError> + Send + 'static,
+    ) -> Result<T, RegistryError> {
+        let inner = self.inner.clone();
+        match tokio::time::timeout(timeout, tokio::task::spawn_blocking(move || f(&inner))).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(RegistryError::Unavailable(format!(
+                "store task failed: {e}"
+            ))),
+            Err(_) => Err(RegistryError::Unavailable(format!(
+                "the disk store did not answer within {} ms",
+                timeout.as_millis()
+            ))),
+        }
     }
 
     /// Imports `records` into a new generation of the store in `dir` (created if
@@ -214,12 +245,15 @@ impl DiskStore {
                 }
             }
         }
-        let previous = current_name(dir).map_err(|e| ImportError::Store(e.to_string()))?;
-        let previous_head = previous
-            .as_ref()
-            .and_then(|name| open_generation(dir, name).ok())
-            .and_then(|g| meta(&g.db).ok())
-            .map_or(0, |v| v.head);
+        let store_err = |e: RegistryError| ImportError::Store(e.to_string());
+        let previous = current_name(dir).map_err(store_err)?;
+        let previous_head = match &previous {
+            Some(name) => {
+                let g = open_generation(dir, name).map_err(store_err)?;
+                meta(&g.db).map_err(store_err)?.head
+            }
+            None => 0,
+        };
         let version = import_version_base(previous_head);
         let name = format!("registry-{version}.redb");
         let partial = dir.join(format!("{name}.partial"));
@@ -233,6 +267,30 @@ impl DiskStore {
         };
         let path = dir.join(&name);
         std::fs::rename(&partial, &path).map_err(|e| io("renaming", &partial, e))?;
+        fsync_dir(dir).map_err(|e| io("syncing", dir, e))?;
+        // Updates to the previous generation are held off while CURRENT switches (its write
+        // lock), and one made since the import began fails the import: it would be lost.
+        let _hold = match &previous {
+            Some(prev) => {
+                let g = open_generation(dir, prev).map_err(store_err)?;
+                let txn = g.db.begin_write().map_err(import_db_err)?;
+                let head = {
+                    let meta = txn.open_table(META).map_err(import_db_err)?;
+                    let head = meta.get("head").map_err(import_db_err)?.map(|v| v.value());
+                    head.unwrap_or(0)
+                };
+                if head != previous_head {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(ImportError::Store(format!(
+                        "the store was updated {} times during the import; nothing was switched \
+                         (import again, or stop the updates first)",
+                        head.saturating_sub(previous_head)
+                    )));
+                }
+                Some((txn, g))
+            }
+            None => None,
+        };
         let tmp = dir.join("CURRENT.tmp");
         let mut f = File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
         f.write_all(format!("{name}\n").as_bytes())
@@ -337,7 +395,9 @@ impl DiskStore {
             version,
         })
     }
+}
 
+impl Inner {
     fn get(&self, key: &LookupKey) -> Result<Option<CitizenRecord>, RegistryError> {
         let generation = self.current.load();
         let txn = generation.db.begin_read().map_err(db_err)?;
@@ -405,6 +465,13 @@ impl DiskStore {
         };
         let generation = self.current.load();
         let mut txn = generation.db.begin_write().map_err(db_err)?;
+        // An import may have switched the store while this waited for the write lock:
+        // a change to a generation no longer served would be lost.
+        if current_name(&self.dir)?.as_deref() != Some(generation.name.as_str()) {
+            return Err(RegistryError::Unavailable(
+                "the store was replaced by a new import; retry".into(),
+            ));
+        }
         txn.set_quick_repair(true);
         let record = {
             let mut citizens = txn.open_table(CITIZENS).map_err(db_err)?;
@@ -514,29 +581,24 @@ impl DiskStore {
     }
 }
 
-/// Runs a blocking store call off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
-) -> Result<T, RegistryError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| RegistryError::Unavailable(format!("store task failed: {e}")))?
-}
+/// Updates wait for a durable commit: a longer bound than lookups.
+const UPDATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[tonic::async_trait]
 impl Registry for DiskStore {
     async fn citizen(&self, key: &LookupKey) -> Result<Option<CitizenRecord>, RegistryError> {
-        // A point lookup is a few B-tree pages, normally in the page cache: microseconds.
-        // It runs inline; a cold page costs one disk read on this thread.
-        self.get(key)
+        let key = key.clone();
+        self.run(self.timeout, move |s| s.get(&key)).await
     }
 
     async fn household(&self, household_id: &str) -> Result<Option<Household>, RegistryError> {
-        self.get_household(household_id)
+        let id = household_id.to_string();
+        self.run(self.timeout, move |s| s.get_household(&id)).await
     }
 
     async fn citizens(&self, personal_ids: &[String]) -> Result<Vec<CitizenRecord>, RegistryError> {
-        self.get_many(personal_ids)
+        let ids = personal_ids.to_vec();
+        self.run(self.timeout, move |s| s.get_many(&ids)).await
     }
 
     fn kind(&self) -> &'static str {
@@ -547,7 +609,7 @@ impl Registry for DiskStore {
 #[tonic::async_trait]
 impl Store for DiskStore {
     async fn versions(&self) -> Result<Versions, RegistryError> {
-        meta(&self.current.load().db)
+        self.run(self.timeout, |s| meta(&s.current.load().db)).await
     }
 
     async fn changes_after(
@@ -555,7 +617,8 @@ impl Store for DiskStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<CitizenRecord>, RegistryError> {
-        self.changes(after, limit)
+        self.run(self.timeout, move |s| s.changes(after, limit))
+            .await
     }
 
     async fn update(
@@ -563,32 +626,22 @@ impl Store for DiskStore {
         personal_id: &str,
         change: &Change,
     ) -> Result<Option<CitizenRecord>, RegistryError> {
-        // A durable commit (fsync): off the async threads.
-        let store = self.clone_handle();
         let (id, change) = (personal_id.to_string(), change.clone());
-        blocking(move || store.apply(&id, &change)).await
+        self.run(UPDATE_TIMEOUT.max(self.timeout), move |s| {
+            s.apply(&id, &change)
+        })
+        .await
     }
 
     async fn count(&self) -> Result<u64, RegistryError> {
-        self.count_sync()
+        self.run(self.timeout, |s| s.count_sync()).await
     }
 
     async fn examples(&self, n: usize) -> Result<Vec<CitizenRecord>, RegistryError> {
-        self.first_living(n)
+        self.run(self.timeout, move |s| s.first_living(n)).await
     }
 
     async fn refresh(&self) -> Result<(), RegistryError> {
-        self.reload_if_swapped()
-    }
-}
-
-impl DiskStore {
-    /// A second handle on the same open generation (for blocking tasks).
-    fn clone_handle(&self) -> Arc<DiskStore> {
-        Arc::new(DiskStore {
-            dir: self.dir.clone(),
-            current: ArcSwap::new(self.current.load_full()),
-            changes_kept: self.changes_kept,
-        })
+        self.run(self.timeout, |s| s.reload_if_swapped()).await
     }
 }

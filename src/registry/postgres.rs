@@ -358,7 +358,10 @@ impl PgStore {
             count += batch.len() as u64;
             progress(count);
         }
-        let _ = reader.await;
+        // A reader that panicked closed the channel early: that is not the end of the input.
+        reader
+            .await
+            .map_err(|e| ImportError::Store(format!("reading the input failed: {e}")))?;
         writer.as_mut().finish().await.map_err(sql_err)?;
 
         // Indexes; a duplicate fails here and its line is looked up.
@@ -403,11 +406,35 @@ impl PgStore {
             )
             .await
             .map_err(sql_err)?;
-        // The swap: one transaction, so readers see the old table or the new one.
+        // The swap: one transaction, so readers see the old table or the new one. Locks in
+        // the order an update takes them (citizens, then the head row), so the two never
+        // deadlock; an update made since the import began fails the import (it would be lost).
         let txn = client.transaction().await.map_err(sql_err)?;
         txn.batch_execute(
-            "LOCK TABLE popgw_registry_meta IN EXCLUSIVE MODE;
-             DROP TABLE citizens;
+            "LOCK TABLE citizens IN ACCESS EXCLUSIVE MODE;
+             LOCK TABLE popgw_registry_meta IN EXCLUSIVE MODE;",
+        )
+        .await
+        .map_err(sql_err)?;
+        let head_now: i64 = txn
+            .query_one(
+                "SELECT value FROM popgw_registry_meta WHERE key = 'head'",
+                &[],
+            )
+            .await
+            .map_err(sql_err)?
+            .get(0);
+        if head_now != head {
+            drop(txn);
+            let _ = client.batch_execute("DROP TABLE citizens_staging").await;
+            return Err(ImportError::Store(format!(
+                "the store was updated {} times during the import; nothing was switched \
+                 (import again, or stop the updates first)",
+                head_now - head
+            )));
+        }
+        txn.batch_execute(
+            "DROP TABLE citizens;
              ALTER TABLE citizens_staging RENAME TO citizens;
              ALTER INDEX citizens_staging_pkey RENAME TO citizens_pkey;
              ALTER INDEX citizens_staging_old_id RENAME TO citizens_old_id;
