@@ -7,6 +7,7 @@
 //! POPGW_BENCH_CITIZENS=1000000 POPGW_BENCH_STORE=disk cargo bench --bench registry
 //! POPGW_BENCH_STORE=postgres POPGW_BENCH_PG=postgres://postgres@127.0.0.1:5432/bench cargo bench --bench registry
 //! POPGW_BENCH_STORE=embedded cargo bench --bench registry       # the in-memory registry
+//! POPGW_BENCH_OPEN=DIR cargo bench --bench registry             # lookups only, on a kept store
 //! # keep the store (POPGW_BENCH_KEEP=DIR) and write the sampled ids to DIR/ids.txt, then
 //! # drive a `popgw registry serve --store DIR` from another core:
 //! POPGW_BENCH_SERVE_ADDR=localhost:50061 POPGW_BENCH_DIR=DIR POPGW_BENCH_CERTS=certs cargo bench --bench registry
@@ -213,6 +214,31 @@ async fn main() {
     let dir = keep.clone().unwrap_or_else(|| tmp.path().join("store"));
     println!("{kind}: {count} citizens");
 
+    // POPGW_BENCH_OPEN=DIR: no import; open a store kept by an earlier run
+    // (POPGW_BENCH_KEEP=DIR) and look up the ids it kept.
+    if let Some(open) = env("POPGW_BENCH_OPEN").map(PathBuf::from) {
+        let ids: Vec<(String, String)> = std::fs::read_to_string(open.join("ids.txt"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (id, old) = l.split_once(' ').unwrap_or((l, ""));
+                (id.to_string(), old.to_string())
+            })
+            .collect();
+        let t = Instant::now();
+        let store = registry::open_store(&StoreLocation::Disk(open), &StoreOptions::default())
+            .await
+            .unwrap();
+        println!("open: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+        let registry: Arc<dyn Registry> = store;
+        lookups(registry.as_ref(), &ids, 5).await;
+        println!(
+            "after lookups: RSS {} (anon {})",
+            status("VmRSS:"),
+            status("RssAnon:")
+        );
+        return;
+    }
     if kind == "embedded" {
         let path = tmp.path().join("population.jsonl");
         popgw::registry::generate_to_file(count, 1, &path).unwrap();
