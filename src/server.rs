@@ -320,9 +320,17 @@ pub async fn serve_registry(
         .set_serving::<PopulationRegistryServer<RegistryService>>()
         .await;
     let service = RegistryService::new(store, options.allow, options.faults, heads_rx, stopping_rx);
+    // Explicit HTTP/2 limits: tonic passes "no limit" for streams and reset streams
+    // unless told (the hardening issue measured what that costs the gateway); the
+    // registry's requests are a few hundred bytes, a batch of 1,000 ids ~16 KB.
     let result = TonicServer::builder()
+        .max_concurrent_streams(Some(256))
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .http2_max_local_error_reset_streams(Some(256))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)
-        .add_service(PopulationRegistryServer::new(service))
+        .add_service(PopulationRegistryServer::new(service).max_decoding_message_size(64 << 10))
         .serve_with_incoming_shutdown(incoming, async {
             shutdown.await;
             let _ = stopping_tx.send(true);
