@@ -87,6 +87,16 @@ fn folder() -> (tempfile::TempDir, Config) {
     (dir, config)
 }
 
+/// The prepared folder's on-disk store, opened.
+async fn disk_store(config: &Config) -> Arc<dyn Store> {
+    registry::open_store(
+        &StoreLocation::Disk(config.registry_path()),
+        &StoreOptions::default(),
+    )
+    .await
+    .unwrap()
+}
+
 async fn import_to_postgres(population: &Path, url: &str) -> u64 {
     let file = std::io::BufReader::new(std::fs::File::open(population).unwrap());
     PgStore::import(url, Records::new(file, false), |_| {})
@@ -219,12 +229,7 @@ async fn disk_and_postgres_serve_the_same_answers() {
 #[tokio::test]
 async fn registry_serve_refuses_unlisted_clients_and_bad_ids() {
     let (dir, config) = folder();
-    let store = registry::open_store(
-        &StoreLocation::Disk(config.registry_path()),
-        &StoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let store = disk_store(&config).await;
     let certs = dir.path().join("certs");
     let server = RegistryServer::start(&config, store, Faults::default()).await;
     let records = population_records(&config.population_path());
@@ -395,12 +400,7 @@ async fn feed_follows_updates(store: Arc<dyn Store>, config: &Config, certs: &Pa
 #[tokio::test]
 async fn disk_change_feed() {
     let (dir, config) = folder();
-    let store = registry::open_store(
-        &StoreLocation::Disk(config.registry_path()),
-        &StoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let store = disk_store(&config).await;
     feed_follows_updates(store, &config, &dir.path().join("certs")).await;
 }
 
