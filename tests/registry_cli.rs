@@ -2,6 +2,8 @@
 //! serve` with its switches, an update from another process reaching a live feed, and
 //! an import killed with SIGKILL leaving the previous store serving.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -308,4 +310,68 @@ async fn registry_serve_follows_updates_from_another_process_and_switches_off() 
         ],
     );
     assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn a_postgres_import_killed_midway_leaves_the_previous_table_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::TempDb::create().await;
+    let (mut g, i) = pipe_import(dir.path(), 1_000, 1, &db.url);
+    let out = i.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    g.wait().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("postgres://"),
+        "no URL printed"
+    );
+    let store = popgw::registry::postgres::PgStore::connect(&db.url, &StoreOptions::default())
+        .await
+        .unwrap();
+    let before = store.examples(1).await.unwrap().remove(0);
+
+    let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (generate, import) = pipe_import(dir.path(), 5_000_000, 2, &db.url);
+    let (_generate, mut import) = (Killed(generate), Killed(import));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let size: Option<i64> = admin
+            .query_one(
+                "SELECT pg_relation_size(to_regclass('citizens_staging'))",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if size.unwrap_or(0) > 8 << 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the import never started copying"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    import.0.kill().unwrap();
+    import.0.wait().unwrap();
+    // The served table is whole, and the running pool still answers from it.
+    assert_eq!(store.count().await.unwrap(), 1_000);
+    let got = store
+        .citizen(&LookupKey::PersonalId(before.personal_id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(got.as_ref(), Some(&before));
+    // The next import replaces the leftover staging table and succeeds.
+    let (mut g, i) = pipe_import(dir.path(), 10, 3, &db.url);
+    assert!(i.wait_with_output().unwrap().status.success());
+    g.wait().unwrap();
+    assert_eq!(store.count().await.unwrap(), 10);
+    drop(admin);
+    db.drop_db().await;
 }
