@@ -262,16 +262,27 @@ impl PgStore {
             .await
             .map_err(sql_err)?;
         migrate(&mut client).await.map_err(store_err)?;
-        let locked: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
+        // One import at a time. Wait a little: the server may not yet have noticed that
+        // the client of an import just killed is gone (its session lock goes with it).
+        client
+            .batch_execute("SET lock_timeout = '10s'")
             .await
-            .map_err(sql_err)?
-            .get(0);
-        if !locked {
-            return Err(ImportError::Store(
-                "another import into this database is running".into(),
-            ));
+            .map_err(sql_err)?;
+        if let Err(e) = client
+            .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+            .await
+        {
+            if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                return Err(ImportError::Store(
+                    "another import into this database is running".into(),
+                ));
+            }
+            return Err(sql_err(e));
         }
+        client
+            .batch_execute("SET lock_timeout = 0")
+            .await
+            .map_err(sql_err)?;
         let head: i64 = client
             .query_one(
                 "SELECT value FROM popgw_registry_meta WHERE key = 'head'",
