@@ -261,7 +261,6 @@ impl PgStore {
             .batch_execute("SET statement_timeout = 0")
             .await
             .map_err(sql_err)?;
-        migrate(&mut client).await.map_err(store_err)?;
         // One import at a time. Wait a little: the server may not yet have noticed that
         // the client of an import just killed is gone (its session lock goes with it).
         client
@@ -283,6 +282,7 @@ impl PgStore {
             .batch_execute("SET lock_timeout = 0")
             .await
             .map_err(sql_err)?;
+        migrate(&mut client).await.map_err(store_err)?;
         let head: i64 = client
             .query_one(
                 "SELECT value FROM popgw_registry_meta WHERE key = 'head'",
