@@ -329,6 +329,12 @@ mod tests {
             e.contains("registry.kind") && e.contains("durability") && e.contains("node_id"),
             "{e}"
         );
+        std::fs::write(&path, "[registry]\nkind = \"postgres\"\ntimeout_ms = 0\n").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("registry.url") && e.contains("registry.timeout_ms"),
+            "{e}"
+        );
         std::fs::write(&path, "listen = \"127.0.0.1:1\"\nshoe_size = 42\n").unwrap();
         assert!(Config::load(&path)
             .unwrap_err()

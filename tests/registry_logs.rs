@@ -6,8 +6,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use common::population_records;
 use popgw::client::{connect, ClientCerts};
@@ -17,31 +16,10 @@ use popgw::registry::disk::DiskStore;
 use popgw::registry::{Change, Store, StoreOptions};
 use popgw::server::{serve_registry, RegistryServeOptions};
 use tokio_stream::StreamExt;
-use tracing_subscriber::fmt::MakeWriter;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 #[tokio::test]
 async fn registry_tracing_carries_no_personal_data() {
-    let capture = Capture::default();
+    let capture = common::Capture::default();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("popgw=trace,info"))
         .with_writer(capture.clone())

@@ -32,7 +32,7 @@ use arc_swap::ArcSwap;
 use prost::Message;
 use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::household::{self, Member};
+use super::household;
 use super::import::{id_number, ImportError, ImportSummary};
 use super::{
     check_resume, import_version_base, Change, LookupKey, Registry, RegistryError, Store,
@@ -143,16 +143,22 @@ fn open_generation(dir: &Path, name: &str) -> Result<Generation, RegistryError> 
     })
 }
 
+/// A `meta` value (`head`, `floor`, `count`), 0 when absent.
+fn meta_value(meta: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, redb::Error> {
+    Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0))
+}
+
+/// The feed's head and floor from a `meta` table.
+fn versions_in(meta: &impl ReadableTable<&'static str, u64>) -> Result<Versions, RegistryError> {
+    Ok(Versions {
+        head: meta_value(meta, "head").map_err(db_err)?,
+        floor: meta_value(meta, "floor").map_err(db_err)?,
+    })
+}
+
 fn meta(db: &Database) -> Result<Versions, RegistryError> {
     let txn = db.begin_read().map_err(db_err)?;
-    let meta = txn.open_table(META).map_err(db_err)?;
-    let get = |k: &str| -> Result<u64, RegistryError> {
-        Ok(meta.get(k).map_err(db_err)?.map(|v| v.value()).unwrap_or(0))
-    };
-    Ok(Versions {
-        head: get("head")?,
-        floor: get("floor")?,
-    })
+    versions_in(&txn.open_table(META).map_err(db_err)?)
 }
 
 fn decode(bytes: &[u8]) -> Result<CitizenRecord, RegistryError> {
@@ -189,11 +195,6 @@ impl DiskStore {
             }),
             timeout: options.timeout,
         })
-    }
-
-    /// The generation file in use.
-    pub fn generation(&self) -> String {
-        self.inner.current.load().name.clone()
     }
 
     /// Runs `f` on the blocking pool, giving up after `timeout` ("could not check").
@@ -274,11 +275,8 @@ impl DiskStore {
             Some(prev) => {
                 let g = open_generation(dir, prev).map_err(store_err)?;
                 let txn = g.db.begin_write().map_err(import_db_err)?;
-                let head = {
-                    let meta = txn.open_table(META).map_err(import_db_err)?;
-                    let head = meta.get("head").map_err(import_db_err)?.map(|v| v.value());
-                    head.unwrap_or(0)
-                };
+                let head = meta_value(&txn.open_table(META).map_err(import_db_err)?, "head")
+                    .map_err(import_db_err)?;
                 if head != previous_head {
                     let _ = std::fs::remove_file(&path);
                     return Err(ImportError::Store(format!(
@@ -437,22 +435,17 @@ impl Inner {
         let txn = generation.db.begin_read().map_err(db_err)?;
         let index = txn.open_table(HOUSEHOLDS).map_err(db_err)?;
         let citizens = txn.open_table(CITIZENS).map_err(db_err)?;
-        let mut members = Vec::new();
+        let mut records = Vec::new();
         for entry in index
             .range((household_id, 0u64)..=(household_id, u64::MAX))
             .map_err(db_err)?
         {
             let (key, _) = entry.map_err(db_err)?;
-            let id = key.value().1;
-            if let Some(v) = citizens.get(id).map_err(db_err)? {
-                if let Some((h, m)) = Member::of(&decode(v.value())?) {
-                    if h == household_id {
-                        members.push(m);
-                    }
-                }
+            if let Some(v) = citizens.get(key.value().1).map_err(db_err)? {
+                records.push(decode(v.value())?);
             }
         }
-        Ok(household::assemble(household_id, members))
+        Ok(household::from_records(household_id, &records))
     }
 
     fn apply(
@@ -488,17 +481,14 @@ impl Inner {
             change
                 .apply(&mut record)
                 .map_err(|e| RegistryError::Invalid(format!("change refused: {e}")))?;
-            let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<u64, RegistryError> {
-                Ok(meta.get(k).map_err(db_err)?.map(|v| v.value()).unwrap_or(0))
-            };
-            let version = get(&meta, "head")? + 1;
+            let Versions { head, floor } = versions_in(&meta)?;
+            let version = head + 1;
             record.version = version;
             let bytes = record.encode_to_vec();
             citizens.insert(id, bytes.as_slice()).map_err(db_err)?;
             changes.insert(version, bytes.as_slice()).map_err(db_err)?;
             meta.insert("head", version).map_err(db_err)?;
             // Compaction: keep the newest `changes_kept` changes.
-            let floor = get(&meta, "floor")?;
             if version - floor > self.changes_kept {
                 let new_floor = version - self.changes_kept;
                 for v in floor + 1..=new_floor {
@@ -515,21 +505,7 @@ impl Inner {
     fn changes(&self, after: u64, limit: usize) -> Result<Vec<CitizenRecord>, RegistryError> {
         let generation = self.current.load();
         let txn = generation.db.begin_read().map_err(db_err)?;
-        let meta_table = txn.open_table(META).map_err(db_err)?;
-        let get = |k: &str| -> Result<u64, RegistryError> {
-            Ok(meta_table
-                .get(k)
-                .map_err(db_err)?
-                .map(|v| v.value())
-                .unwrap_or(0))
-        };
-        check_resume(
-            after,
-            Versions {
-                head: get("head")?,
-                floor: get("floor")?,
-            },
-        )?;
+        check_resume(after, versions_in(&txn.open_table(META).map_err(db_err)?)?)?;
         let changes = txn.open_table(CHANGES).map_err(db_err)?;
         let mut out = Vec::new();
         for entry in changes.range(after + 1..).map_err(db_err)?.take(limit) {
@@ -550,7 +526,7 @@ impl Inner {
             }
             let (_, v) = entry.map_err(db_err)?;
             let r = decode(v.value())?;
-            if r.date_of_death.is_empty() && r.date_of_birth.len() == 10 {
+            if super::is_example(&r) {
                 out.push(r);
             }
         }
@@ -560,12 +536,7 @@ impl Inner {
     fn count_sync(&self) -> Result<u64, RegistryError> {
         let generation = self.current.load();
         let txn = generation.db.begin_read().map_err(db_err)?;
-        let meta = txn.open_table(META).map_err(db_err)?;
-        Ok(meta
-            .get("count")
-            .map_err(db_err)?
-            .map(|v| v.value())
-            .unwrap_or(0))
+        meta_value(&txn.open_table(META).map_err(db_err)?, "count").map_err(db_err)
     }
 
     fn reload_if_swapped(&self) -> Result<(), RegistryError> {

@@ -188,7 +188,7 @@ impl EmbeddedRegistry {
         ids.sort_unstable();
         ids.into_iter()
             .filter_map(|id| CitizenRecord::decode(&self.citizens[&id][..]).ok())
-            .filter(|r| r.date_of_death.is_empty() && r.date_of_birth.len() == 10)
+            .filter(super::is_example)
             .take(2)
             .collect()
     }

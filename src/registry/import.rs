@@ -73,11 +73,6 @@ impl<R: BufRead> Records<R> {
     pub fn skipped_counter(&self) -> Arc<AtomicU64> {
         self.skipped.clone()
     }
-
-    /// The line number of the last record returned.
-    pub fn line(&self) -> u64 {
-        self.line
-    }
 }
 
 impl<R: BufRead> Iterator for Records<R> {
@@ -141,11 +136,6 @@ pub fn id_number(s: &str, len: usize) -> Option<u64> {
     } else {
         None
     }
-}
-
-/// The store key of a 12-digit id as text: zero-padded back to 12 digits.
-pub fn id_text(n: u64) -> String {
-    format!("{n:012}")
 }
 
 #[cfg(test)]

@@ -185,6 +185,11 @@ pub trait Store: Registry {
     }
 }
 
+/// Whether a record can serve as a demo example: living, with a full date of birth.
+pub(crate) fn is_example(r: &CitizenRecord) -> bool {
+    r.date_of_death.is_empty() && r.date_of_birth.len() == 10
+}
+
 /// Checks a feed position against the feed: `Ok` when changes after `after` can be
 /// replayed.
 pub fn check_resume(after: u64, v: Versions) -> Result<(), RegistryError> {

@@ -29,7 +29,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 
-use super::household::{self, Member};
+use super::household;
 use super::import::{id_number, ImportError, ImportSummary};
 use super::{
     check_resume, import_version_base, Change, LookupKey, Registry, RegistryError, Store,
@@ -231,10 +231,11 @@ impl PgStore {
         }
     }
 
-    async fn records(
+    /// The records a one-parameter query returns (its first column is `record`).
+    async fn records<P: ToSql + Sync + Send + 'static>(
         &self,
         sql: &'static str,
-        key: i64,
+        key: P,
     ) -> Result<Vec<CitizenRecord>, RegistryError> {
         self.call(|c| async move {
             let stmt = c.prepare_cached(sql).await.map_err(pg_err)?;
@@ -496,33 +497,13 @@ impl Registry for PgStore {
     }
 
     async fn household(&self, household_id: &str) -> Result<Option<Household>, RegistryError> {
-        let household_id = household_id.to_string();
         let records = self
-            .call(|c| async move {
-                let stmt = c
-                    .prepare_cached("SELECT record FROM citizens WHERE household_id = $1")
-                    .await
-                    .map_err(pg_err)?;
-                let rows = c.query(&stmt, &[&household_id]).await.map_err(pg_err)?;
-                rows.iter()
-                    .map(|r| decode(r.get::<_, &[u8]>(0)))
-                    .collect::<Result<Vec<_>, _>>()
-            })
+            .records(
+                "SELECT record FROM citizens WHERE household_id = $1",
+                household_id.to_string(),
+            )
             .await?;
-        let Some(first) = records.first() else {
-            return Ok(None);
-        };
-        let id = first
-            .household
-            .as_ref()
-            .map(|h| h.household_id.clone())
-            .unwrap_or_default();
-        let members = records
-            .iter()
-            .filter_map(Member::of)
-            .map(|(_, m)| m)
-            .collect();
-        Ok(household::assemble(&id, members))
+        Ok(household::from_records(household_id, &records))
     }
 
     async fn citizens(&self, personal_ids: &[String]) -> Result<Vec<CitizenRecord>, RegistryError> {
@@ -532,16 +513,10 @@ impl Registry for PgStore {
             .map(|n| n as i64)
             .collect();
         let mut records = self
-            .call(|c| async move {
-                let stmt = c
-                    .prepare_cached("SELECT record FROM citizens WHERE personal_id = ANY($1)")
-                    .await
-                    .map_err(pg_err)?;
-                let rows = c.query(&stmt, &[&ids]).await.map_err(pg_err)?;
-                rows.iter()
-                    .map(|r| decode(r.get::<_, &[u8]>(0)))
-                    .collect::<Result<Vec<_>, _>>()
-            })
+            .records(
+                "SELECT record FROM citizens WHERE personal_id = ANY($1)",
+                ids,
+            )
             .await?;
         // In the order asked.
         let order: std::collections::HashMap<&str, usize> = personal_ids
@@ -732,7 +707,7 @@ impl Store for PgStore {
             .await?;
         Ok(records
             .into_iter()
-            .filter(|r| r.date_of_death.is_empty() && r.date_of_birth.len() == 10)
+            .filter(super::is_example)
             .take(n)
             .collect())
     }
