@@ -108,7 +108,10 @@ async fn lookups(registry: &dyn Registry, ids: &[(String, String)], rounds: usiz
             let (id, old) = &ids[(rng % ids.len() as u64) as usize];
             let t = Instant::now();
             let r = registry
-                .citizen(&LookupKey::PersonalId(id.clone()))
+                .citizen(
+                    &LookupKey::PersonalId(id.clone()),
+                    popgw::registry::Deadline::after(std::time::Duration::from_secs(10)),
+                )
                 .await
                 .unwrap();
             by_id.record(t.elapsed().as_nanos() as u64).unwrap();
@@ -116,7 +119,10 @@ async fn lookups(registry: &dyn Registry, ids: &[(String, String)], rounds: usiz
             if !old.is_empty() {
                 let t = Instant::now();
                 let r = registry
-                    .citizen(&LookupKey::OldId(old.clone()))
+                    .citizen(
+                        &LookupKey::OldId(old.clone()),
+                        popgw::registry::Deadline::after(std::time::Duration::from_secs(10)),
+                    )
                     .await
                     .unwrap();
                 by_old.record(t.elapsed().as_nanos() as u64).unwrap();
@@ -125,7 +131,10 @@ async fn lookups(registry: &dyn Registry, ids: &[(String, String)], rounds: usiz
             let miss = format!("{}{:06}", &id[..6], (rng >> 20) % 1_000_000);
             let t = Instant::now();
             let _ = registry
-                .citizen(&LookupKey::PersonalId(miss))
+                .citizen(
+                    &LookupKey::PersonalId(miss),
+                    popgw::registry::Deadline::after(std::time::Duration::from_secs(10)),
+                )
                 .await
                 .unwrap();
             misses.record(t.elapsed().as_nanos() as u64).unwrap();

@@ -30,6 +30,8 @@ pub struct Config {
     pub catalogue_file: Option<PathBuf>,
     /// The upstream registry.
     pub registry: RegistrySettings,
+    /// The record cache in front of it.
+    pub cache: CacheSettings,
     /// The audit log.
     pub audit: AuditSettings,
 }
@@ -55,8 +57,9 @@ pub struct TlsSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrySettings {
-    /// "disk" (default: the on-disk store), "postgres", or "embedded" (in memory, from a
-    /// JSON Lines file; for tests).
+    /// "disk" (default: the on-disk store), "postgres", "remote" (`popgw registry
+    /// serve` or another PopulationRegistry over mutual TLS), or "embedded" (in memory,
+    /// from a JSON Lines file; for tests).
     pub kind: String,
     /// disk: the store folder; default `<data_dir>/registry`.
     pub path: Option<PathBuf>,
@@ -70,10 +73,50 @@ pub struct RegistrySettings {
     pub demo_count: u64,
     /// Seed of the demo population.
     pub demo_seed: u64,
-    /// Every registry call gives up after this many milliseconds: "could not check".
+    /// Every registry call gives up after this many milliseconds: "could not check"
+    /// (the cap; a caller's shorter grpc-timeout binds first). Also `upstream_timeout_ms`.
+    #[serde(alias = "upstream_timeout_ms")]
     pub timeout_ms: u64,
     /// postgres: connections in the pool.
     pub pool_size: usize,
+    /// remote: `https://HOST:PORT` of the registry.
+    pub endpoint: Option<String>,
+    /// remote: CA the registry's certificate must chain to; default `tls.client_ca`.
+    pub ca: Option<PathBuf>,
+    /// remote: the gateway's client certificate towards the registry.
+    pub cert: Option<PathBuf>,
+    /// remote: its key.
+    pub key: Option<PathBuf>,
+    /// remote: HTTP/2 connections in the pool.
+    pub connections: usize,
+    /// remote: retries of an UNAVAILABLE answer (inside the caller's deadline).
+    pub retries: u32,
+    /// remote: failures in a row that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// remote: how long the breaker stays open before one probe call.
+    pub breaker_open_ms: u64,
+}
+
+/// Record-cache settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Cache records in front of the registry (any kind).
+    pub enabled: bool,
+    /// Byte budget of the cached records.
+    pub max_bytes: u64,
+    /// Lifetime of a cached record.
+    pub ttl_ms: u64,
+    /// Lifetime of a cached "no such citizen".
+    pub negative_ttl_ms: u64,
+    /// An entry not confirmed current (by its load or the change feed) for this long is
+    /// not served: the bound on serving a changed record while the feed is cut.
+    pub max_staleness_ms: u64,
+    /// While the registry cannot answer, serve a record past its freshness (marked
+    /// `stale` in the audit log). Off by default.
+    pub serve_stale_on_error: bool,
+    /// ...but never one loaded longer ago than this.
+    pub stale_max_age_ms: u64,
 }
 
 /// Audit-log settings.
@@ -112,6 +155,7 @@ impl Default for Config {
             policy_file: None,
             catalogue_file: None,
             registry: RegistrySettings::default(),
+            cache: CacheSettings::default(),
             audit: AuditSettings::default(),
         }
     }
@@ -141,6 +185,28 @@ impl Default for RegistrySettings {
             demo_seed: 2022,
             timeout_ms: 1000,
             pool_size: 16,
+            endpoint: None,
+            ca: None,
+            cert: None,
+            key: None,
+            connections: 2,
+            retries: 2,
+            breaker_failures: 5,
+            breaker_open_ms: 1000,
+        }
+    }
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            enabled: true,
+            max_bytes: 256 << 20,
+            ttl_ms: 300_000,
+            negative_ttl_ms: 30_000,
+            max_staleness_ms: 5_000,
+            serve_stale_on_error: false,
+            stale_max_age_ms: 60_000,
         }
     }
 }
@@ -208,6 +274,18 @@ impl Config {
         let mut p = Vec::new();
         match self.registry.kind.as_str() {
             "disk" | "embedded" => {}
+            "remote" => {
+                let endpoint = self.registry.endpoint.as_deref().unwrap_or_default();
+                if !endpoint.starts_with("https://") {
+                    p.push("registry.endpoint: kind \"remote\" needs an https://HOST:PORT address".into());
+                }
+                if self.registry.cert.is_none() || self.registry.key.is_none() {
+                    p.push("registry.cert and registry.key: kind \"remote\" needs the gateway's client certificate".into());
+                }
+                if self.registry.connections == 0 {
+                    p.push("registry.connections must be at least 1".into());
+                }
+            }
             "postgres" => {
                 let url = self.registry.url.as_deref().unwrap_or_default();
                 if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -215,11 +293,23 @@ impl Config {
                 }
             }
             other => p.push(format!(
-                "registry.kind {other:?}: must be \"disk\", \"postgres\" or \"embedded\""
+                "registry.kind {other:?}: must be \"disk\", \"postgres\", \"remote\" or \"embedded\""
             )),
         }
         if self.registry.timeout_ms == 0 {
             p.push("registry.timeout_ms must be at least 1".into());
+        }
+        let c = &self.cache;
+        if c.enabled {
+            if c.max_bytes < 1 << 20 {
+                p.push("cache.max_bytes must be at least 1048576 (1 MiB)".into());
+            }
+            if c.ttl_ms == 0 || c.negative_ttl_ms == 0 || c.max_staleness_ms == 0 {
+                p.push("cache.ttl_ms, cache.negative_ttl_ms and cache.max_staleness_ms must be at least 1".into());
+            }
+            if c.serve_stale_on_error && c.stale_max_age_ms < c.ttl_ms.min(c.max_staleness_ms) {
+                p.push("cache.stale_max_age_ms must not be below cache.ttl_ms or cache.max_staleness_ms: a stale entry is older than a fresh one".into());
+            }
         }
         if !matches!(self.audit.durability.as_str(), "fsync" | "buffered") {
             p.push("audit.durability must be \"fsync\" or \"buffered\"".into());
@@ -271,6 +361,35 @@ impl Config {
             ..Default::default()
         }
     }
+    /// How the remote registry is reached (kind "remote").
+    pub fn remote_options(&self) -> crate::registry::remote::RemoteOptions {
+        let r = &self.registry;
+        crate::registry::remote::RemoteOptions {
+            endpoint: r.endpoint.clone().unwrap_or_default(),
+            ca: r.ca.clone().unwrap_or_else(|| self.tls.client_ca.clone()),
+            cert: r.cert.clone().unwrap_or_default(),
+            key: r.key.clone().unwrap_or_default(),
+            connections: r.connections,
+            timeout: Duration::from_millis(r.timeout_ms),
+            retries: r.retries,
+            breaker_failures: r.breaker_failures,
+            breaker_open: Duration::from_millis(r.breaker_open_ms),
+        }
+    }
+
+    /// How the record cache behaves; `None` when it is off.
+    pub fn cache_options(&self) -> Option<crate::cache::CacheOptions> {
+        let c = &self.cache;
+        c.enabled.then(|| crate::cache::CacheOptions {
+            max_bytes: c.max_bytes,
+            ttl: Duration::from_millis(c.ttl_ms),
+            negative_ttl: Duration::from_millis(c.negative_ttl_ms),
+            max_staleness: Duration::from_millis(c.max_staleness_ms),
+            serve_stale_on_error: c.serve_stale_on_error,
+            stale_max_age: Duration::from_millis(c.stale_max_age_ms),
+        })
+    }
+
     /// The audit folder in use.
     pub fn audit_dir(&self) -> PathBuf {
         self.audit
@@ -321,12 +440,15 @@ mod tests {
         let path = dir.path().join("bad.toml");
         std::fs::write(
             &path,
-            "node_id = \"\"\n[registry]\nkind = \"remote\"\n[audit]\ndurability = \"sometimes\"\n",
+            "node_id = \"\"\n[registry]\nkind = \"remote\"\nendpoint = \"http://x:1\"\n[audit]\ndurability = \"sometimes\"\n",
         )
         .unwrap();
         let e = Config::load(&path).unwrap_err().to_string();
         assert!(
-            e.contains("registry.kind") && e.contains("durability") && e.contains("node_id"),
+            e.contains("registry.endpoint")
+                && e.contains("registry.cert")
+                && e.contains("durability")
+                && e.contains("node_id"),
             "{e}"
         );
         std::fs::write(&path, "[registry]\nkind = \"postgres\"\ntimeout_ms = 0\n").unwrap();

@@ -45,6 +45,7 @@ impl GatewayError {
             GatewayError::Denied(_) | GatewayError::NotInProfile(_) => Code::PermissionDenied,
             GatewayError::Invalid(_) => Code::InvalidArgument,
             GatewayError::NotFound(_) => Code::NotFound,
+            GatewayError::Upstream(RegistryError::DeadlineExceeded(_)) => Code::DeadlineExceeded,
             GatewayError::Upstream(_) | GatewayError::Audit(_) => Code::Unavailable,
         }
     }
@@ -85,7 +86,8 @@ pub fn code_name(code: Code) -> &'static str {
 pub fn registry_status(e: &RegistryError) -> Status {
     match e {
         RegistryError::Unavailable(_) => Status::unavailable(e.to_string()),
-        RegistryError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
+        RegistryError::OutOfRange(_) => Status::out_of_range(e.to_string()),
+        RegistryError::DeadlineExceeded(_) => Status::deadline_exceeded(e.to_string()),
         RegistryError::Invalid(_) => {
             tracing::error!(error = %e, "registry: stored data invalid");
             Status::internal("registry data invalid")

@@ -10,9 +10,12 @@
 //! - [`catalogue`]: the 25 procedures, each with its matching rule and field profile.
 //! - [`validation`]: every request field checked before any lookup (ids, names,
 //!   dates, case ids).
-//! - [`registry`]: the `Registry` trait and the stores behind it: on disk (redb, the
-//!   default), PostgreSQL, in memory (tests); imports, the versioned change feed, the
+//! - [`registry`]: the `Registry` trait and what is behind it: the on-disk store (redb,
+//!   the default), PostgreSQL, a remote `popgw registry serve` (deadlines, retries, a
+//!   circuit breaker), in memory (tests); imports, the versioned change feed, the
 //!   synthetic population generator.
+//! - [`cache`]: records in memory (moka) in front of any registry, following its
+//!   change feed so that nothing changed is served; a bound on staleness.
 //! - [`matching`]: Vietnamese name normalisation and the verdict.
 //! - [`disclosure`]: minimisation of a record to the fields granted.
 //! - [`audit`]: the tamper-evident, durable audit log (group commit, hash chain,
@@ -27,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod cache;
 pub mod catalogue;
 pub mod client;
 pub mod config;

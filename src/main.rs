@@ -684,6 +684,7 @@ async fn registry_command(command: RegistryCommand) -> Result<()> {
                 tls: config.tls.clone(),
                 allow: allow.into_iter().collect(),
                 faults,
+                metrics: Default::default(),
             };
             popgw::server::serve_registry(listener, store, options, shutdown).await?;
             Ok(())

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Server as TonicServer;
 
 use crate::audit::{self, AuditConfig, AuditLog, Durability, Pseudonymizer};
+use crate::cache::RecordCache;
 use crate::catalogue::{Catalogue, CatalogueError};
 use crate::config::Config;
 use crate::policy::{Policy, PolicyError};
@@ -19,6 +20,7 @@ use crate::proto::gateway::identity_gateway_server::IdentityGatewayServer;
 use crate::proto::registry::population_registry_server::PopulationRegistryServer;
 use crate::proto::registry::CitizenRecord;
 use crate::registry::embedded::EmbeddedRegistry;
+use crate::registry::remote::RemoteRegistry;
 use crate::registry::{self, Registry, RegistryError, Store, StoreLocation};
 use crate::service::audit_log::AuditLogService;
 use crate::service::gateway::GatewayService;
@@ -67,6 +69,11 @@ impl Server {
     /// Loads TLS material, policy, catalogue, the registry its configuration names
     /// (the on-disk store by default) and the audit log.
     pub async fn load(config: Config) -> Result<Server, ServeError> {
+        let metrics = Arc::new(Metrics::default());
+        if config.registry.kind == "remote" {
+            let registry = RemoteRegistry::connect(config.remote_options(), metrics.clone())?;
+            return Self::assemble(config, Arc::new(registry), Vec::new(), 0, None, metrics).await;
+        }
         if config.registry.kind == "embedded" {
             let population = config.population_path();
             let registry =
@@ -75,7 +82,15 @@ impl Server {
                     .map_err(|e| RegistryError::Invalid(e.to_string()))??;
             let examples = registry.examples();
             let population = registry.len() as u64;
-            return Self::assemble(config, Arc::new(registry), examples, population, None).await;
+            return Self::assemble(
+                config,
+                Arc::new(registry),
+                examples,
+                population,
+                None,
+                metrics,
+            )
+            .await;
         }
         let location = match config.registry.kind.as_str() {
             "postgres" => StoreLocation::Postgres(config.registry.url.clone().unwrap_or_default()),
@@ -85,7 +100,7 @@ impl Server {
         let examples = store.examples(2).await?;
         let population = store.count().await?;
         let registry: Arc<dyn Registry> = store.clone();
-        Self::assemble(config, registry, examples, population, Some(store)).await
+        Self::assemble(config, registry, examples, population, Some(store), metrics).await
     }
 
     /// Like [`Server::load`], over another registry (a remote one, or in tests one
@@ -94,7 +109,8 @@ impl Server {
         config: Config,
         registry: Arc<dyn Registry>,
     ) -> Result<Server, ServeError> {
-        Self::assemble(config, registry, Vec::new(), 0, None).await
+        let metrics = Arc::new(Metrics::default());
+        Self::assemble(config, registry, Vec::new(), 0, None, metrics).await
     }
 
     async fn assemble(
@@ -103,6 +119,7 @@ impl Server {
         examples: Vec<CitizenRecord>,
         population: u64,
         store: Option<Arc<dyn Store>>,
+        metrics: Arc<Metrics>,
     ) -> Result<Server, ServeError> {
         let tls = tls::server_config(&config.tls.client_ca, &config.tls.cert, &config.tls.key)?;
         let policy = Policy::load(&config.policy_path())?;
@@ -134,13 +151,18 @@ impl Server {
             .await
             .map_err(|e| audit::AuditError::Corrupt(e.to_string()))??;
 
+        let cache = config
+            .cache_options()
+            .map(|options| Arc::new(RecordCache::new(registry.clone(), options, metrics.clone())));
         let gateway = Arc::new(Gateway {
             policy: Arc::new(policy),
             catalogue: Arc::new(catalogue),
             registry,
+            cache,
+            upstream_timeout: Duration::from_millis(config.registry.timeout_ms),
             audit,
             pseudonyms,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             health: tonic_health::server::HealthReporter::new(),
             stopping: tokio::sync::watch::Sender::new(false),
             tasks: tokio_util::task::TaskTracker::new(),
@@ -222,6 +244,12 @@ impl Server {
                 }
             })
         });
+        // The cache follows the registry's change feed until shutdown.
+        let follower = self
+            .gateway
+            .cache
+            .clone()
+            .map(|cache| tokio::spawn(cache.follow(self.gateway.stopping.subscribe())));
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let serving = TonicServer::builder()
             .add_service(health_service)
@@ -271,6 +299,9 @@ impl Server {
         if let Some(r) = refresher {
             r.abort();
         }
+        if let Some(f) = follower {
+            f.abort();
+        }
         self.gateway.audit.shutdown().await;
         Ok(result?)
     }
@@ -293,6 +324,8 @@ pub struct RegistryServeOptions {
     pub allow: std::collections::HashSet<String>,
     /// Faults to inject (none by default).
     pub faults: Arc<Faults>,
+    /// Counters (lookups answered).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Serves `store` as `popgw.registry.v1.PopulationRegistry` (plus `grpc.health.v1`) over
@@ -304,12 +337,11 @@ pub async fn serve_registry(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let tls = tls::server_config(&options.tls.client_ca, &options.tls.cert, &options.tls.key)?;
-    let metrics = Arc::new(Metrics::default());
     let incoming = tls::incoming(
         listener,
         Arc::new(ArcSwap::new(tls)),
         Duration::from_millis(options.tls.handshake_timeout_ms),
-        metrics,
+        options.metrics.clone(),
     );
     let versions = store.versions().await?;
     let (heads_tx, heads_rx) = tokio::sync::watch::channel(versions.head);
@@ -319,7 +351,14 @@ pub async fn serve_registry(
     health
         .set_serving::<PopulationRegistryServer<RegistryService>>()
         .await;
-    let service = RegistryService::new(store, options.allow, options.faults, heads_rx, stopping_rx);
+    let service = RegistryService::new(
+        store,
+        options.allow,
+        options.faults,
+        heads_rx,
+        stopping_rx,
+        options.metrics,
+    );
     // Explicit HTTP/2 limits: tonic passes "no limit" for streams and reset streams
     // unless told (the hardening issue measured what that costs the gateway); the
     // registry's requests are a few hundred bytes, a batch of 1,000 ids ~16 KB.

@@ -32,6 +32,34 @@ pub struct Metrics {
     pub requests: Counter,
     /// Requests refused because the audit log could not be written.
     pub audit_failures: Counter,
+    /// Calls sent to the remote registry (each retry counts).
+    pub upstream_calls: Counter,
+    /// Of those, the ones that failed (UNAVAILABLE, timed out, refused).
+    pub upstream_failures: Counter,
+    /// Retries after an UNAVAILABLE answer.
+    pub upstream_retries: Counter,
+    /// Calls answered UNAVAILABLE at once because the breaker was open.
+    pub upstream_short_circuited: Counter,
+    /// Times the breaker opened.
+    pub breaker_opened: Counter,
+    /// Cache: answered from a fresh entry.
+    pub cache_hits: Counter,
+    /// Cache: not there (or no longer fresh); this request loaded it.
+    pub cache_misses: Counter,
+    /// Cache: not there; this request waited for another one's load.
+    pub cache_coalesced: Counter,
+    /// Cache: a stale entry served while the registry was down.
+    pub cache_stale: Counter,
+    /// Cache: loads from the registry (successful or not).
+    pub cache_loads: Counter,
+    /// Cache: entries evicted for size or age.
+    pub cache_evictions: Counter,
+    /// Cache: entries invalidated by the change feed.
+    pub cache_invalidations: Counter,
+    /// Cache: times the whole cache was dropped (the feed could not be resumed).
+    pub cache_drops: Counter,
+    /// `popgw registry serve`: lookups answered (GetCitizen, BatchGetCitizens, GetHousehold).
+    pub registry_lookups: Counter,
 }
 
 /// Installs the global tracing subscriber (RUST_LOG, default `info`), writing to stderr.

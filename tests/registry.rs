@@ -44,6 +44,7 @@ impl RegistryServer {
             tls: config.tls.clone(),
             allow: HashSet::from([popgw::pki::GATEWAY_ID.to_string()]),
             faults: faults.clone(),
+            metrics: Default::default(),
         };
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
@@ -684,7 +685,10 @@ async fn import_errors_name_the_line_and_keep_the_previous_store() {
     assert_eq!(store.count().await.unwrap(), records.len() as u64);
     let last = records.last().unwrap();
     assert!(store
-        .citizen(&LookupKey::PersonalId(last.personal_id.clone()))
+        .citizen(
+            &LookupKey::PersonalId(last.personal_id.clone()),
+            popgw::registry::Deadline::after(std::time::Duration::from_secs(10))
+        )
         .await
         .unwrap()
         .is_some());
@@ -740,7 +744,10 @@ async fn a_running_store_picks_up_a_new_import() {
     assert_eq!(summary.imported, 300);
     // Until it looks, it serves the old one in full...
     assert!(store
-        .citizen(&LookupKey::PersonalId(first.clone()))
+        .citizen(
+            &LookupKey::PersonalId(first.clone()),
+            popgw::registry::Deadline::after(std::time::Duration::from_secs(10))
+        )
         .await
         .unwrap()
         .is_some());
@@ -752,7 +759,10 @@ async fn a_running_store_picks_up_a_new_import() {
     assert!(store.changes_after(old.head, 10).await.is_err());
     let newcomer = population_records(other.path())[0].personal_id.clone();
     assert!(store
-        .citizen(&LookupKey::PersonalId(newcomer))
+        .citizen(
+            &LookupKey::PersonalId(newcomer),
+            popgw::registry::Deadline::after(std::time::Duration::from_secs(10))
+        )
         .await
         .unwrap()
         .is_some());
@@ -815,7 +825,10 @@ async fn an_update_during_an_import_fails_the_import_instead_of_being_lost() {
     disk.refresh().await.unwrap();
     assert_eq!(disk.versions().await.unwrap().head, before.head + 1);
     let got = disk
-        .citizen(&LookupKey::PersonalId(records[10].personal_id.clone()))
+        .citizen(
+            &LookupKey::PersonalId(records[10].personal_id.clone()),
+            popgw::registry::Deadline::after(std::time::Duration::from_secs(10)),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -846,7 +859,10 @@ async fn an_update_during_an_import_fails_the_import_instead_of_being_lost() {
     );
     assert_eq!(pg.versions().await.unwrap().head, head + 1);
     let got = pg
-        .citizen(&LookupKey::PersonalId(records[10].personal_id.clone()))
+        .citizen(
+            &LookupKey::PersonalId(records[10].personal_id.clone()),
+            popgw::registry::Deadline::after(std::time::Duration::from_secs(10)),
+        )
         .await
         .unwrap()
         .unwrap();

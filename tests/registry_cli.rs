@@ -155,7 +155,10 @@ fn an_import_killed_midway_leaves_the_previous_store_serving() {
     assert_eq!(rt.block_on(reopened.count()).unwrap(), 1_000);
     let r = &before[0];
     let got = rt
-        .block_on(reopened.citizen(&LookupKey::PersonalId(r.personal_id.clone())))
+        .block_on(reopened.citizen(
+            &LookupKey::PersonalId(r.personal_id.clone()),
+            popgw::registry::Deadline::after(std::time::Duration::from_secs(10)),
+        ))
         .unwrap();
     assert_eq!(got.as_ref(), Some(r));
     // The next import cleans the leftover up.
@@ -363,7 +366,10 @@ async fn a_postgres_import_killed_midway_leaves_the_previous_table_serving() {
     // The served table is whole, and the running pool still answers from it.
     assert_eq!(store.count().await.unwrap(), 1_000);
     let got = store
-        .citizen(&LookupKey::PersonalId(before.personal_id.clone()))
+        .citizen(
+            &LookupKey::PersonalId(before.personal_id.clone()),
+            popgw::registry::Deadline::after(std::time::Duration::from_secs(10)),
+        )
         .await
         .unwrap();
     assert_eq!(got.as_ref(), Some(&before));

@@ -40,6 +40,7 @@ async fn registry_tracing_carries_no_personal_data() {
             tls: config.tls.clone(),
             allow: HashSet::from([popgw::pki::GATEWAY_ID.to_string()]),
             faults: Default::default(),
+            metrics: Default::default(),
         },
         async {
             let _ = stopped.await;

@@ -35,8 +35,8 @@ use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefi
 use super::household;
 use super::import::{id_number, ImportError, ImportSummary};
 use super::{
-    check_resume, import_version_base, Change, LookupKey, Registry, RegistryError, Store,
-    StoreOptions, Versions,
+    check_resume, import_version_base, polled_feed, Change, ChangeStream, Deadline, LookupKey,
+    Registry, RegistryError, Store, StoreOptions, Versions,
 };
 use crate::proto::registry::{CitizenRecord, Household};
 
@@ -78,6 +78,7 @@ struct Generation {
 /// A population on disk (see the module documentation). Every call runs on the
 /// blocking pool under the store's timeout: a read waits on a file lock while another
 /// process commits, and a cold page is a disk read — neither may stall the async threads.
+#[derive(Clone)]
 pub struct DiskStore {
     inner: Arc<Inner>,
     timeout: Duration,
@@ -197,23 +198,24 @@ impl DiskStore {
         })
     }
 
-    /// Runs `f` on the blocking pool, giving up after `timeout` ("could not check").
+    /// Runs `f` on the blocking pool, giving up at `deadline` ("could not check").
     async fn run<T: Send + 'static>(
         &self,
-        timeout: Duration,
+        deadline: Deadline,
         f: impl FnOnce(&Inner) -> Result<T, RegistryError> + Send + 'static,
     ) -> Result<T, RegistryError> {
         let inner = self.inner.clone();
-        match tokio::time::timeout(timeout, tokio::task::spawn_blocking(move || f(&inner))).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(e)) => Err(RegistryError::Unavailable(format!(
-                "store task failed: {e}"
-            ))),
-            Err(_) => Err(RegistryError::Unavailable(format!(
-                "the disk store did not answer within {} ms",
-                timeout.as_millis()
-            ))),
-        }
+        deadline
+            .run("the disk store", async move {
+                tokio::task::spawn_blocking(move || f(&inner))
+                    .await
+                    .map_err(|e| RegistryError::Unavailable(format!("store task failed: {e}")))?
+            })
+            .await
+    }
+
+    fn own_deadline(&self) -> Deadline {
+        Deadline::after(self.timeout)
     }
 
     /// Imports `records` into a new generation of the store in `dir` (created if
@@ -557,19 +559,38 @@ const UPDATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[tonic::async_trait]
 impl Registry for DiskStore {
-    async fn citizen(&self, key: &LookupKey) -> Result<Option<CitizenRecord>, RegistryError> {
+    async fn citizen(
+        &self,
+        key: &LookupKey,
+        deadline: Deadline,
+    ) -> Result<Option<CitizenRecord>, RegistryError> {
         let key = key.clone();
-        self.run(self.timeout, move |s| s.get(&key)).await
+        self.run(deadline.capped(self.timeout), move |s| s.get(&key))
+            .await
     }
 
-    async fn household(&self, household_id: &str) -> Result<Option<Household>, RegistryError> {
+    async fn household(
+        &self,
+        household_id: &str,
+        deadline: Deadline,
+    ) -> Result<Option<Household>, RegistryError> {
         let id = household_id.to_string();
-        self.run(self.timeout, move |s| s.get_household(&id)).await
+        self.run(deadline.capped(self.timeout), move |s| s.get_household(&id))
+            .await
     }
 
-    async fn citizens(&self, personal_ids: &[String]) -> Result<Vec<CitizenRecord>, RegistryError> {
+    async fn citizens(
+        &self,
+        personal_ids: &[String],
+        deadline: Deadline,
+    ) -> Result<Vec<CitizenRecord>, RegistryError> {
         let ids = personal_ids.to_vec();
-        self.run(self.timeout, move |s| s.get_many(&ids)).await
+        self.run(deadline.capped(self.timeout), move |s| s.get_many(&ids))
+            .await
+    }
+
+    async fn changes(&self, from: u64) -> Result<ChangeStream, RegistryError> {
+        Ok(polled_feed(Arc::new(self.clone()), from))
     }
 
     fn kind(&self) -> &'static str {
@@ -580,7 +601,8 @@ impl Registry for DiskStore {
 #[tonic::async_trait]
 impl Store for DiskStore {
     async fn versions(&self) -> Result<Versions, RegistryError> {
-        self.run(self.timeout, |s| meta(&s.current.load().db)).await
+        self.run(self.own_deadline(), |s| meta(&s.current.load().db))
+            .await
     }
 
     async fn changes_after(
@@ -588,7 +610,7 @@ impl Store for DiskStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<CitizenRecord>, RegistryError> {
-        self.run(self.timeout, move |s| s.changes(after, limit))
+        self.run(self.own_deadline(), move |s| s.changes(after, limit))
             .await
     }
 
@@ -598,21 +620,24 @@ impl Store for DiskStore {
         change: &Change,
     ) -> Result<Option<CitizenRecord>, RegistryError> {
         let (id, change) = (personal_id.to_string(), change.clone());
-        self.run(UPDATE_TIMEOUT.max(self.timeout), move |s| {
-            s.apply(&id, &change)
-        })
+        self.run(
+            Deadline::after(UPDATE_TIMEOUT.max(self.timeout)),
+            move |s| s.apply(&id, &change),
+        )
         .await
     }
 
     async fn count(&self) -> Result<u64, RegistryError> {
-        self.run(self.timeout, |s| s.count_sync()).await
+        self.run(self.own_deadline(), |s| s.count_sync()).await
     }
 
     async fn examples(&self, n: usize) -> Result<Vec<CitizenRecord>, RegistryError> {
-        self.run(self.timeout, move |s| s.first_living(n)).await
+        self.run(self.own_deadline(), move |s| s.first_living(n))
+            .await
     }
 
     async fn refresh(&self) -> Result<(), RegistryError> {
-        self.run(self.timeout, |s| s.reload_if_swapped()).await
+        self.run(self.own_deadline(), |s| s.reload_if_swapped())
+            .await
     }
 }

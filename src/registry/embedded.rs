@@ -14,7 +14,7 @@ use std::path::Path;
 use prost::Message;
 
 use super::household::{self, Member};
-use super::{LookupKey, Registry, RegistryError};
+use super::{Deadline, LookupKey, Registry, RegistryError};
 use crate::proto::registry::{CitizenRecord, Household};
 
 /// An in-memory registry with O(1) lookups by personal id, old id and household id.
@@ -196,11 +196,19 @@ impl EmbeddedRegistry {
 
 #[tonic::async_trait]
 impl Registry for EmbeddedRegistry {
-    async fn citizen(&self, key: &LookupKey) -> Result<Option<CitizenRecord>, RegistryError> {
+    async fn citizen(
+        &self,
+        key: &LookupKey,
+        _deadline: Deadline,
+    ) -> Result<Option<CitizenRecord>, RegistryError> {
         self.get(key)
     }
 
-    async fn household(&self, household_id: &str) -> Result<Option<Household>, RegistryError> {
+    async fn household(
+        &self,
+        household_id: &str,
+        _deadline: Deadline,
+    ) -> Result<Option<Household>, RegistryError> {
         self.get_household(household_id)
     }
 
@@ -237,14 +245,20 @@ mod tests {
         let mut old = 0;
         for r in &records {
             let got = reg
-                .citizen(&LookupKey::PersonalId(r.personal_id.clone()))
+                .citizen(
+                    &LookupKey::PersonalId(r.personal_id.clone()),
+                    Deadline::after(std::time::Duration::from_secs(10)),
+                )
                 .await
                 .unwrap();
             assert_eq!(got.as_ref(), Some(r));
             if !r.old_id_number.is_empty() {
                 old += 1;
                 let got = reg
-                    .citizen(&LookupKey::OldId(r.old_id_number.clone()))
+                    .citizen(
+                        &LookupKey::OldId(r.old_id_number.clone()),
+                        Deadline::after(std::time::Duration::from_secs(10)),
+                    )
                     .await
                     .unwrap();
                 assert_eq!(got.as_ref(), Some(r));
@@ -252,18 +266,28 @@ mod tests {
         }
         assert!(old > 0);
         assert_eq!(
-            reg.citizen(&LookupKey::PersonalId("001099999999x".into()))
-                .await
-                .unwrap(),
+            reg.citizen(
+                &LookupKey::PersonalId("001099999999x".into()),
+                Deadline::after(std::time::Duration::from_secs(10))
+            )
+            .await
+            .unwrap(),
             None
         );
         assert_eq!(
-            reg.citizen(&LookupKey::OldId("12345678".into()))
-                .await
-                .unwrap(),
+            reg.citizen(
+                &LookupKey::OldId("12345678".into()),
+                Deadline::after(std::time::Duration::from_secs(10))
+            )
+            .await
+            .unwrap(),
             None
         );
-        assert!(reg.household("nope").await.unwrap().is_none());
+        assert!(reg
+            .household("nope", Deadline::after(std::time::Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -24,10 +24,16 @@ pub mod generate;
 pub mod household;
 pub mod import;
 pub mod postgres;
+pub mod remote;
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::time::Instant;
 
 pub use embedded::EmbeddedRegistry;
 pub use generate::{generate, generate_to_file, GenerateSummary};
@@ -59,7 +65,7 @@ impl LookupKey {
 }
 
 /// A registry could not answer. Never means "not found".
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
     /// The registry cannot be reached or is not ready.
     #[error("registry unavailable: {0}")]
@@ -67,38 +73,236 @@ pub enum RegistryError {
     /// The registry's data is malformed.
     #[error("registry data invalid: {0}")]
     Invalid(String),
+    /// The caller's deadline passed before the registry answered.
+    #[error("registry did not answer within the caller's deadline ({0} ms)")]
+    DeadlineExceeded(u128),
     /// A change-feed position that can no longer be resumed from (compacted, or
     /// from another history): the follower must drop what it cached.
-    #[error("version {asked} cannot be resumed: the change feed holds versions {floor} to {head}")]
-    OutOfRange {
-        /// The version asked for.
-        asked: u64,
-        /// The oldest version a follower may resume from.
-        floor: u64,
-        /// The newest version.
-        head: u64,
-    },
+    #[error("{0}")]
+    OutOfRange(String),
 }
 
-/// A source of citizen records and households.
+/// When a registry call must have answered: the caller's deadline (its grpc-timeout
+/// less a margin for the audit write and the answer) or the registry's own cap,
+/// whichever comes first. A call past it is "could not check", never a verdict.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    at: Instant,
+    /// Whether the caller's deadline (rather than the cap) is the one that binds.
+    caller: bool,
+    started: Instant,
+}
+
+impl Deadline {
+    /// A deadline `cap` from now, set by the registry, not by a caller.
+    pub fn after(cap: Duration) -> Deadline {
+        let now = Instant::now();
+        Deadline {
+            at: now + cap,
+            caller: false,
+            started: now,
+        }
+    }
+
+    /// The deadline of a call for a caller that gave `timeout` (its grpc-timeout), or
+    /// none: `timeout` less a margin (a tenth, between 2 and 50 ms), capped by `cap`.
+    pub fn for_caller(timeout: Option<Duration>, cap: Duration) -> Deadline {
+        let now = Instant::now();
+        match timeout {
+            Some(t) => {
+                let margin = (t / 10).clamp(Duration::from_millis(2), Duration::from_millis(50));
+                let own = t.saturating_sub(margin);
+                if own < cap {
+                    return Deadline {
+                        at: now + own,
+                        caller: true,
+                        started: now,
+                    };
+                }
+                Deadline::after(cap)
+            }
+            None => Deadline::after(cap),
+        }
+    }
+
+    /// The earlier of this deadline and `cap` from now.
+    pub fn capped(self, cap: Duration) -> Deadline {
+        let other = Deadline::after(cap);
+        if other.at < self.at {
+            other
+        } else {
+            self
+        }
+    }
+
+    /// The instant it passes.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// Time left (zero once passed).
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the caller's deadline (not the registry's cap) is the one that binds.
+    pub fn set_by_caller(&self) -> bool {
+        self.caller
+    }
+
+    /// Whether it has passed.
+    pub fn passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    /// The error of a call that ran out of time: DEADLINE_EXCEEDED when the caller's
+    /// deadline bound, "unavailable" when the registry's cap did (`who` names it).
+    pub fn exceeded(&self, who: &str) -> RegistryError {
+        let ms = (self.at - self.started).as_millis();
+        if self.caller {
+            RegistryError::DeadlineExceeded(ms)
+        } else {
+            RegistryError::Unavailable(format!("{who} did not answer within {ms} ms"))
+        }
+    }
+
+    /// Runs `work` until this deadline.
+    pub async fn run<T>(
+        &self,
+        who: &str,
+        work: impl std::future::Future<Output = Result<T, RegistryError>>,
+    ) -> Result<T, RegistryError> {
+        match tokio::time::timeout_at(self.at, work).await {
+            Ok(r) => r,
+            Err(_) => Err(self.exceeded(who)),
+        }
+    }
+}
+
+/// A source of citizen records and households. Every call answers by `deadline`.
 #[tonic::async_trait]
 pub trait Registry: Send + Sync + 'static {
     /// The citizen with this key; `Ok(None)` when there is none.
-    async fn citizen(&self, key: &LookupKey) -> Result<Option<CitizenRecord>, RegistryError>;
+    async fn citizen(
+        &self,
+        key: &LookupKey,
+        deadline: Deadline,
+    ) -> Result<Option<CitizenRecord>, RegistryError>;
     /// The household with this id; `Ok(None)` when there is none.
-    async fn household(&self, household_id: &str) -> Result<Option<Household>, RegistryError>;
+    async fn household(
+        &self,
+        household_id: &str,
+        deadline: Deadline,
+    ) -> Result<Option<Household>, RegistryError>;
     /// Several citizens by 12-digit id, in the order asked; absent ones are left out.
-    async fn citizens(&self, personal_ids: &[String]) -> Result<Vec<CitizenRecord>, RegistryError> {
+    async fn citizens(
+        &self,
+        personal_ids: &[String],
+        deadline: Deadline,
+    ) -> Result<Vec<CitizenRecord>, RegistryError> {
         let mut out = Vec::with_capacity(personal_ids.len());
         for id in personal_ids {
-            if let Some(r) = self.citizen(&LookupKey::PersonalId(id.clone())).await? {
+            if let Some(r) = self
+                .citizen(&LookupKey::PersonalId(id.clone()), deadline)
+                .await?
+            {
                 out.push(r);
             }
         }
         Ok(out)
     }
+    /// Every change after `from` (0: from now), oldest first, then live ones, with
+    /// progress marks at least every second; the gateway's cache follows it. An
+    /// [`RegistryError::OutOfRange`] item or error means `from` cannot be resumed: drop
+    /// what was cached and start again from now. By default, a registry whose records
+    /// never change: marks only.
+    async fn changes(&self, from: u64) -> Result<ChangeStream, RegistryError> {
+        Ok(quiet_feed(from))
+    }
     /// A short name of the implementation, for logs and health (`"embedded"`).
     fn kind(&self) -> &'static str;
+}
+
+/// One event of a change feed.
+#[derive(Debug, Clone)]
+pub enum FeedEvent {
+    /// A record as a change left it (its `version` is the change's).
+    Changed(Box<CitizenRecord>),
+    /// Every change up to this version has been sent.
+    Mark(u64),
+}
+
+/// A change feed: see [`Registry::changes`].
+pub type ChangeStream =
+    Pin<Box<dyn Stream<Item = Result<FeedEvent, RegistryError>> + Send + 'static>>;
+
+/// The feed of a registry that never changes: a mark every second.
+pub fn quiet_feed(version: u64) -> ChangeStream {
+    let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(FEED_POLL * 10));
+    Box::pin(ticks.map(move |_| Ok(FeedEvent::Mark(version))))
+}
+
+/// How often a store's feed is polled for new changes.
+const FEED_POLL: Duration = Duration::from_millis(100);
+/// Changes read from a store per poll.
+const FEED_BATCH: usize = 500;
+
+/// The change feed of a store in this process, read by polling it every 100 ms; a
+/// mark after every poll that found the feed caught up. Ends after its first error.
+pub fn polled_feed(store: Arc<dyn Store>, from: u64) -> ChangeStream {
+    struct Poll {
+        store: Arc<dyn Store>,
+        last: Option<u64>,
+        queue: VecDeque<FeedEvent>,
+        wait: bool,
+        done: bool,
+    }
+    let start = Poll {
+        store,
+        last: (from > 0).then_some(from),
+        queue: VecDeque::new(),
+        wait: false,
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(start, |mut p| async move {
+        loop {
+            if let Some(event) = p.queue.pop_front() {
+                return Some((Ok(event), p));
+            }
+            if p.done {
+                return None;
+            }
+            if p.wait {
+                tokio::time::sleep(FEED_POLL).await;
+            }
+            p.wait = true;
+            let read = match p.last {
+                None => p.store.versions().await.map(|v| {
+                    p.last = Some(v.head);
+                    p.queue.push_back(FeedEvent::Mark(v.head));
+                }),
+                Some(last) => p
+                    .store
+                    .changes_after(last, FEED_BATCH)
+                    .await
+                    .map(|changes| {
+                        // A full batch: more are waiting, read on without a pause.
+                        p.wait = changes.len() < FEED_BATCH;
+                        for c in changes {
+                            p.last = Some(c.version);
+                            p.queue.push_back(FeedEvent::Changed(Box::new(c)));
+                        }
+                        if p.wait {
+                            p.queue.push_back(FeedEvent::Mark(p.last.unwrap_or(last)));
+                        }
+                    }),
+            };
+            if let Err(e) = read {
+                p.done = true;
+                return Some((Err(e), p));
+            }
+        }
+    }))
 }
 
 /// The head of a change feed.
@@ -194,11 +398,10 @@ pub(crate) fn is_example(r: &CitizenRecord) -> bool {
 /// replayed.
 pub fn check_resume(after: u64, v: Versions) -> Result<(), RegistryError> {
     if after < v.floor || after > v.head {
-        return Err(RegistryError::OutOfRange {
-            asked: after,
-            floor: v.floor,
-            head: v.head,
-        });
+        return Err(RegistryError::OutOfRange(format!(
+            "version {after} cannot be resumed: the change feed holds versions {} to {}",
+            v.floor, v.head
+        )));
     }
     Ok(())
 }

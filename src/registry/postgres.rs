@@ -29,11 +29,13 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 
+use std::sync::Arc;
+
 use super::household;
 use super::import::{id_number, ImportError, ImportSummary};
 use super::{
-    check_resume, import_version_base, Change, LookupKey, Registry, RegistryError, Store,
-    StoreOptions, Versions,
+    check_resume, import_version_base, polled_feed, Change, ChangeStream, Deadline, LookupKey,
+    Registry, RegistryError, Store, StoreOptions, Versions,
 };
 use crate::proto::registry::{CitizenRecord, Household};
 
@@ -144,6 +146,7 @@ async fn connect_one(
 }
 
 /// A population in PostgreSQL (see the module documentation).
+#[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
     timeout: Duration,
@@ -217,18 +220,26 @@ impl PgStore {
         F: FnOnce(deadpool_postgres::Object) -> Fut,
         Fut: std::future::Future<Output = Result<T, RegistryError>>,
     {
-        let work = async {
-            let client = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| pool_err(e, self.timeout))?;
-            f(client).await
-        };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(r) => r,
-            Err(_) => Err(too_slow(self.timeout)),
-        }
+        self.call_until(Deadline::after(self.timeout), f).await
+    }
+
+    /// Runs `f` on a pooled connection, the whole (pool wait, connect, query) until
+    /// `deadline`.
+    async fn call_until<T, F, Fut>(&self, deadline: Deadline, f: F) -> Result<T, RegistryError>
+    where
+        F: FnOnce(deadpool_postgres::Object) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        deadline
+            .run("PostgreSQL", async {
+                let client = self
+                    .pool
+                    .get()
+                    .await
+                    .map_err(|e| pool_err(e, self.timeout))?;
+                f(client).await
+            })
+            .await
     }
 
     /// The records a one-parameter query returns (its first column is `record`).
@@ -236,8 +247,9 @@ impl PgStore {
         &self,
         sql: &'static str,
         key: P,
+        deadline: Deadline,
     ) -> Result<Vec<CitizenRecord>, RegistryError> {
-        self.call(|c| async move {
+        self.call_until(deadline.capped(self.timeout), |c| async move {
             let stmt = c.prepare_cached(sql).await.map_err(pg_err)?;
             let rows = c.query(&stmt, &[&key]).await.map_err(pg_err)?;
             rows.iter().map(|r| decode(r.get::<_, &[u8]>(0))).collect()
@@ -481,7 +493,11 @@ impl PgStore {
 
 #[tonic::async_trait]
 impl Registry for PgStore {
-    async fn citizen(&self, key: &LookupKey) -> Result<Option<CitizenRecord>, RegistryError> {
+    async fn citizen(
+        &self,
+        key: &LookupKey,
+        deadline: Deadline,
+    ) -> Result<Option<CitizenRecord>, RegistryError> {
         let (sql, id) = match key {
             LookupKey::PersonalId(s) => (
                 "SELECT record FROM citizens WHERE personal_id = $1",
@@ -493,20 +509,33 @@ impl Registry for PgStore {
             ),
         };
         let Some(id) = id else { return Ok(None) };
-        Ok(self.records(sql, id as i64).await?.into_iter().next())
+        Ok(self
+            .records(sql, id as i64, deadline)
+            .await?
+            .into_iter()
+            .next())
     }
 
-    async fn household(&self, household_id: &str) -> Result<Option<Household>, RegistryError> {
+    async fn household(
+        &self,
+        household_id: &str,
+        deadline: Deadline,
+    ) -> Result<Option<Household>, RegistryError> {
         let records = self
             .records(
                 "SELECT record FROM citizens WHERE household_id = $1",
                 household_id.to_string(),
+                deadline,
             )
             .await?;
         Ok(household::from_records(household_id, &records))
     }
 
-    async fn citizens(&self, personal_ids: &[String]) -> Result<Vec<CitizenRecord>, RegistryError> {
+    async fn citizens(
+        &self,
+        personal_ids: &[String],
+        deadline: Deadline,
+    ) -> Result<Vec<CitizenRecord>, RegistryError> {
         let ids: Vec<i64> = personal_ids
             .iter()
             .filter_map(|s| id_number(s, 12))
@@ -516,6 +545,7 @@ impl Registry for PgStore {
             .records(
                 "SELECT record FROM citizens WHERE personal_id = ANY($1)",
                 ids,
+                deadline,
             )
             .await?;
         // In the order asked.
@@ -532,6 +562,10 @@ impl Registry for PgStore {
                 .unwrap_or(usize::MAX)
         });
         Ok(records)
+    }
+
+    async fn changes(&self, from: u64) -> Result<ChangeStream, RegistryError> {
+        Ok(polled_feed(Arc::new(self.clone()), from))
     }
 
     fn kind(&self) -> &'static str {

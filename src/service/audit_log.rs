@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{Gateway, RequestCtx};
+use super::{Disclosure, Gateway, Outcome, RequestCtx};
 use crate::audit::{self, StoredRecord};
 use crate::error::GatewayError;
 use crate::proto::gateway as pb;
@@ -126,7 +126,7 @@ impl AuditLog for AuditLogService {
         let request = request.into_inner();
         // Run to the end even if the operator gives up: the search is always recorded.
         let out = super::detached(&self.gw, async move {
-            let mut ctx: RequestCtx = gw.begin("AuditLog.Query", certs);
+            let mut ctx: RequestCtx = gw.begin("AuditLog.Query", certs, None);
             let req = request;
             let limit = if req.limit == 0 {
                 usize::MAX
@@ -137,7 +137,6 @@ impl AuditLog for AuditLogService {
                 Err(e) => Err(e),
                 Ok(filter) => {
                     ctx.subject = filter.subject.clone();
-                    ctx.fields = vec!["audit_records".into()];
                     // Read before recording the outcome, so the record says what happened.
                     let dir = gw.audit.dir().to_path_buf();
                     // Filter while reading, one segment at a time: memory holds the matches only.
@@ -152,7 +151,9 @@ impl AuditLog for AuditLogService {
                         .map(|()| found)
                     });
                     match scan.await {
-                        Ok(Ok(found)) => Ok((found, "QUERIED")),
+                        Ok(Ok(found)) => {
+                            Ok((found, Disclosure::of(Outcome::Queried, &["audit_records"])))
+                        }
                         Ok(Err(e)) => Err(GatewayError::Audit(e)),
                         Err(e) => Err(GatewayError::Audit(audit::AuditError::Corrupt(
                             e.to_string(),
@@ -172,10 +173,12 @@ impl AuditLog for AuditLogService {
         &self,
         request: Request<pb::AuditWatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let mut ctx = self.gw.begin("AuditLog.Watch", request.peer_certs());
+        let ctx = self.gw.begin("AuditLog.Watch", request.peer_certs(), None);
         let from = request.into_inner().from_seq;
-        let result = self.gw.authorize(&ctx).map(|_| ((), "WATCHING"));
-        ctx.fields = vec!["audit_records".into()];
+        let result = self
+            .gw
+            .authorize(&ctx)
+            .map(|_| ((), Disclosure::of(Outcome::Watching, &["audit_records"])));
         // Subscribe before reading the backlog so nothing falls between the two.
         let mut live = self.gw.audit.subscribe();
         self.gw.finish(ctx, result).await?;
@@ -262,12 +265,12 @@ impl AuditLog for AuditLogService {
         &self,
         request: Request<pb::AuditHeadRequest>,
     ) -> Result<Response<pb::AuditCheckpoint>, Status> {
-        let ctx = self.gw.begin("AuditLog.Head", request.peer_certs());
+        let ctx = self.gw.begin("AuditLog.Head", request.peer_certs(), None);
         let result = self.gw.authorize(&ctx).and_then(|_| {
             self.gw
                 .audit
                 .head()
-                .map(|cp| (cp, "READ"))
+                .map(|cp| (cp, Disclosure::of(Outcome::Read, &[])))
                 .ok_or(GatewayError::NotFound("no checkpoint signed yet"))
         });
         let cp = self.gw.finish(ctx, result).await?;

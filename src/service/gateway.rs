@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Gateway, Outcome, RequestCtx};
+use super::{Disclosure, Gateway, Outcome, RequestCtx};
 use crate::catalogue::{MatchingRule, Procedure};
 use crate::disclosure;
 use crate::error::GatewayError;
@@ -159,7 +159,7 @@ impl Gateway {
         &self,
         ctx: &mut RequestCtx,
         req: pb::VerifyIdentityRequest,
-    ) -> Result<(pb::VerifyIdentityResponse, Outcome), GatewayError> {
+    ) -> Result<(pb::VerifyIdentityResponse, Disclosure), GatewayError> {
         self.early_subject(ctx, &req.personal_id);
         let grant = self.authorize(ctx)?;
         let procedure = self.procedure(ctx, grant, &req.procedure_code)?;
@@ -176,10 +176,10 @@ impl Gateway {
         let sex = validation::parse_sex(req.sex)?;
         let key = Self::lookup_key(&id);
         // What was compared goes into the audit record (names of fields, never values).
-        ctx.detail = if sex.is_some() {
-            "compared=id,name,dob,sex".into()
+        let compared = if sex.is_some() {
+            "compared=id,name,dob,sex"
         } else {
-            "compared=id,name,dob".into()
+            "compared=id,name,dob"
         };
 
         let verification = match &id {
@@ -196,25 +196,26 @@ impl Gateway {
         let verification = match verification {
             Some(v) => v,
             None => {
-                let record = self.registry.citizen(&key).await?;
-                self.found_subject(ctx, &id, record.as_ref());
+                let record = self.lookup(ctx, &key).await?;
+                self.found_subject(ctx, &id, record.as_deref());
                 let declared = Declaration {
                     full_name: &req.full_name,
                     date_of_birth: dob,
                     sex,
                 };
-                matching::verify(procedure.matching_rule, &declared, record.as_ref())
+                matching::verify(procedure.matching_rule, &declared, record.as_deref())
             }
         };
         let (verdict, outcome) = if verification.is_match() {
-            (pb::Verdict::Match, "MATCH")
+            (pb::Verdict::Match, Outcome::Match)
         } else {
-            (pb::Verdict::NoMatch, "NO_MATCH")
+            (pb::Verdict::NoMatch, Outcome::NoMatch)
         };
         let reason = verification.no_match.map(reason_name);
-        if let Some((name, _)) = reason {
-            ctx.detail = format!("{name}; {}", ctx.detail);
-        }
+        let detail = match reason {
+            Some((name, _)) => format!("{name}; {compared}"),
+            None => compared.to_string(),
+        };
         let details = grant.details.then(|| pb::VerificationDetails {
             personal_id: pb_field(verification.personal_id),
             full_name: pb_field(verification.full_name),
@@ -224,17 +225,21 @@ impl Gateway {
             rule: pb_rule(procedure.matching_rule) as i32,
         });
         // Only the verdict is disclosed; the per-field results when granted.
-        ctx.fields = vec!["verdict".into()];
-        if details.is_some() {
-            ctx.fields.push("verification_details".into());
-        }
+        let fields: &[&str] = if details.is_some() {
+            &["verdict", "verification_details"]
+        } else {
+            &["verdict"]
+        };
         Ok((
             pb::VerifyIdentityResponse {
                 verdict: verdict as i32,
                 request_id: ctx.request_id.clone(),
                 details,
             },
-            outcome,
+            Disclosure {
+                detail,
+                ..Disclosure::of(outcome, fields)
+            },
         ))
     }
 
@@ -242,7 +247,7 @@ impl Gateway {
         &self,
         ctx: &mut RequestCtx,
         req: pb::GetCitizenRequest,
-    ) -> Result<(pb::GetCitizenResponse, Outcome), GatewayError> {
+    ) -> Result<(pb::GetCitizenResponse, Disclosure), GatewayError> {
         self.early_subject(ctx, &req.personal_id);
         let grant = self.authorize(ctx)?;
         let procedure = self.procedure(ctx, grant, &req.procedure_code)?;
@@ -250,22 +255,25 @@ impl Gateway {
         let id = validation::parse_declared_id(&req.personal_id, procedure.old_id_accepted)?;
         let key = Self::lookup_key(&id);
         let record = self
-            .registry
-            .citizen(&key)
+            .lookup(ctx, &key)
             .await?
             .ok_or(GatewayError::NotFound("no citizen has this personal_id"))?;
         self.found_subject(ctx, &id, Some(&record));
         let allowed = grant.readable_fields(&procedure.readable_fields);
         let (citizen, disclosed) = disclosure::minimise(&record, &allowed);
-        ctx.fields = disclosed.clone();
-        ctx.related = self.related_subjects(&citizen);
+        let related = self.related_subjects(&citizen);
         Ok((
             pb::GetCitizenResponse {
                 request_id: ctx.request_id.clone(),
                 citizen: Some(citizen),
-                disclosed_fields: disclosed,
+                disclosed_fields: disclosed.clone(),
             },
-            "DISCLOSED",
+            Disclosure {
+                outcome: Outcome::Disclosed,
+                fields: disclosed,
+                related,
+                detail: String::new(),
+            },
         ))
     }
 
@@ -273,7 +281,7 @@ impl Gateway {
         &self,
         ctx: &mut RequestCtx,
         req: pb::GetHouseholdRequest,
-    ) -> Result<(pb::GetHouseholdResponse, Outcome), GatewayError> {
+    ) -> Result<(pb::GetHouseholdResponse, Disclosure), GatewayError> {
         self.early_subject(ctx, &req.personal_id);
         let grant = self.authorize(ctx)?;
         let procedure = self.procedure(ctx, grant, &req.procedure_code)?;
@@ -297,8 +305,7 @@ impl Gateway {
         }
         let key = Self::lookup_key(&id);
         let record = self
-            .registry
-            .citizen(&key)
+            .lookup(ctx, &key)
             .await?
             .ok_or(GatewayError::NotFound("no citizen has this personal_id"))?;
         self.found_subject(ctx, &id, Some(&record));
@@ -312,15 +319,14 @@ impl Gateway {
                 "the citizen belongs to no household",
             ));
         }
-        let household =
-            self.registry
-                .household(&household_id)
-                .await?
-                .ok_or(GatewayError::NotFound(
-                    "the citizen belongs to no household",
-                ))?;
-        ctx.fields = vec!["household.head".into(), "household.members".into()];
-        ctx.related = household
+        let household = self
+            .registry
+            .household(&household_id, ctx.deadline)
+            .await?
+            .ok_or(GatewayError::NotFound(
+                "the citizen belongs to no household",
+            ))?;
+        let related = household
             .head
             .iter()
             .chain(household.members.iter())
@@ -344,14 +350,17 @@ impl Gateway {
                 head: household.head,
                 members,
             },
-            "DISCLOSED",
+            Disclosure {
+                related,
+                ..Disclosure::of(Outcome::Disclosed, &["household.head", "household.members"])
+            },
         ))
     }
 
     fn procedures(
         &self,
         ctx: &mut RequestCtx,
-    ) -> Result<(pb::ListProceduresResponse, Outcome), GatewayError> {
+    ) -> Result<(pb::ListProceduresResponse, Disclosure), GatewayError> {
         self.authorize(ctx)?;
         let procedures = self
             .catalogue
@@ -367,7 +376,10 @@ impl Gateway {
                 old_id_accepted: p.old_id_accepted,
             })
             .collect();
-        Ok((pb::ListProceduresResponse { procedures }, "LISTED"))
+        Ok((
+            pb::ListProceduresResponse { procedures },
+            Disclosure::of(Outcome::Listed, &[]),
+        ))
     }
 }
 
@@ -382,9 +394,10 @@ impl IdentityGateway for GatewayService {
     ) -> Result<Response<pb::VerifyIdentityResponse>, Status> {
         let gw = self.gw.clone();
         let certs = request.peer_certs();
+        let timeout = super::caller_timeout(request.metadata());
         let request = request.into_inner();
         super::detached(&self.gw, async move {
-            let mut ctx = gw.begin("VerifyIdentity", certs);
+            let mut ctx = gw.begin("VerifyIdentity", certs, timeout);
             let result = gw.verify(&mut ctx, request).await;
             gw.finish(ctx, result).await
         })
@@ -423,7 +436,8 @@ impl IdentityGateway for GatewayService {
                         break;
                     }
                 };
-                let mut ctx = gw.begin("VerifyIdentityStream", certs.clone());
+                // One deadline for a whole stream says nothing about one item: the cap.
+                let mut ctx = gw.begin("VerifyIdentityStream", certs.clone(), None);
                 let result = match item.request {
                     Some(req) => gw.verify(&mut ctx, req).await,
                     None => Err(InvalidField {
@@ -464,9 +478,10 @@ impl IdentityGateway for GatewayService {
     ) -> Result<Response<pb::GetCitizenResponse>, Status> {
         let gw = self.gw.clone();
         let certs = request.peer_certs();
+        let timeout = super::caller_timeout(request.metadata());
         let request = request.into_inner();
         super::detached(&self.gw, async move {
-            let mut ctx = gw.begin("GetCitizen", certs);
+            let mut ctx = gw.begin("GetCitizen", certs, timeout);
             let result = gw.citizen(&mut ctx, request).await;
             gw.finish(ctx, result).await
         })
@@ -480,9 +495,10 @@ impl IdentityGateway for GatewayService {
     ) -> Result<Response<pb::GetHouseholdResponse>, Status> {
         let gw = self.gw.clone();
         let certs = request.peer_certs();
+        let timeout = super::caller_timeout(request.metadata());
         let request = request.into_inner();
         super::detached(&self.gw, async move {
-            let mut ctx = gw.begin("GetHousehold", certs);
+            let mut ctx = gw.begin("GetHousehold", certs, timeout);
             let result = gw.household(&mut ctx, request).await;
             gw.finish(ctx, result).await
         })
@@ -494,7 +510,7 @@ impl IdentityGateway for GatewayService {
         &self,
         request: Request<pb::ListProceduresRequest>,
     ) -> Result<Response<pb::ListProceduresResponse>, Status> {
-        let mut ctx = self.gw.begin("ListProcedures", request.peer_certs());
+        let mut ctx = self.gw.begin("ListProcedures", request.peer_certs(), None);
         let result = self.gw.procedures(&mut ctx);
         self.gw.finish(ctx, result).await.map(Response::new)
     }

@@ -12,17 +12,19 @@ pub mod gateway;
 pub mod registry;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustls_pki_types::CertificateDer;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
 use crate::audit::{AuditEntry, AuditLog, Pseudonymizer};
+use crate::cache::{CacheOutcome, RecordCache};
 use crate::catalogue::Catalogue;
 use crate::error::{code_name, GatewayError};
 use crate::policy::{Grant, Policy};
-use crate::registry::Registry;
+use crate::proto::registry::CitizenRecord;
+use crate::registry::{Deadline, LookupKey, Registry};
 use crate::telemetry::Metrics;
 use crate::tls;
 
@@ -34,6 +36,10 @@ pub struct Gateway {
     pub catalogue: Arc<Catalogue>,
     /// The upstream population registry.
     pub registry: Arc<dyn Registry>,
+    /// The record cache in front of it (`None` when `[cache] enabled = false`).
+    pub cache: Option<Arc<RecordCache>>,
+    /// Cap of every registry call (`registry.timeout_ms`).
+    pub upstream_timeout: Duration,
     /// The tamper-evident audit log.
     pub audit: AuditLog,
     /// Turns personal ids into audit subjects.
@@ -49,7 +55,8 @@ pub struct Gateway {
     pub tasks: tokio_util::task::TaskTracker,
 }
 
-/// What one request has established so far; becomes its audit record.
+/// What one request has established about itself, answered or refused: who asks,
+/// about whom, for which procedure and dossier, and how its record was found.
 #[derive(Debug)]
 pub struct RequestCtx {
     started: Instant,
@@ -59,49 +66,147 @@ pub struct RequestCtx {
     pub identity: Result<String, tls::IdentityError>,
     /// The RPC name as the policy knows it.
     pub rpc: &'static str,
+    /// When registry calls must have answered (from the caller's grpc-timeout).
+    pub deadline: Deadline,
     /// The procedure code (as given, once validated).
     pub procedure: String,
     /// The dossier number.
     pub case_id: String,
     /// The subject's pseudonym.
     pub subject: String,
+    /// The name rule of the procedure.
+    pub rule: String,
+    /// What the cache did for the lookup (set by [`Gateway::lookup`], the only way a
+    /// handler reaches a citizen record).
+    pub cache: CacheOutcome,
+}
+
+/// A successful answer's outcome, as the audit log writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// VerifyIdentity: the declaration matches one living citizen.
+    Match,
+    /// VerifyIdentity: it does not (the reason is in the detail).
+    NoMatch,
+    /// GetCitizen / GetHousehold: fields disclosed.
+    Disclosed,
+    /// ListProcedures.
+    Listed,
+    /// AuditLog.Query.
+    Queried,
+    /// AuditLog.Watch.
+    Watching,
+    /// AuditLog.Head.
+    Read,
+}
+
+impl Outcome {
+    /// The word in the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Match => "MATCH",
+            Outcome::NoMatch => "NO_MATCH",
+            Outcome::Disclosed => "DISCLOSED",
+            Outcome::Listed => "LISTED",
+            Outcome::Queried => "QUERIED",
+            Outcome::Watching => "WATCHING",
+            Outcome::Read => "READ",
+        }
+    }
+}
+
+/// What a successful answer disclosed: the handler's typed result beside the reply,
+/// turned by [`Gateway::finish`] into the audit record. A refused request discloses
+/// nothing.
+#[derive(Debug)]
+pub struct Disclosure {
+    /// The outcome word.
+    pub outcome: Outcome,
+    /// Names of the fields disclosed (never values).
+    pub fields: Vec<String>,
     /// Pseudonyms of other people whose data the answer disclosed.
     pub related: Vec<String>,
-    /// Names of fields disclosed.
-    pub fields: Vec<String>,
-    /// The name rule applied.
-    pub rule: String,
-    /// Why the request failed, or which NO_MATCH reason applied (never a value).
+    /// What was compared, which NO_MATCH reason applied (never a value).
     pub detail: String,
 }
 
-/// A successful answer's outcome word for the audit log (MATCH, NO_MATCH, DISCLOSED...).
-pub type Outcome = &'static str;
+impl Disclosure {
+    /// An answer disclosing `fields` about the subject only.
+    pub fn of(outcome: Outcome, fields: &[&str]) -> Disclosure {
+        Disclosure {
+            outcome,
+            fields: fields.iter().map(|f| f.to_string()).collect(),
+            related: Vec::new(),
+            detail: String::new(),
+        }
+    }
+}
+
+/// The caller's grpc-timeout, if it sent one.
+pub fn caller_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
 
 fn new_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
 impl Gateway {
-    /// Starts a request: assigns its id and names its client.
+    /// Starts a request: assigns its id, names its client and sets its deadline from
+    /// the caller's grpc-timeout (`timeout`), capped by the registry's.
     pub fn begin(
         &self,
         rpc: &'static str,
         certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+        timeout: Option<Duration>,
     ) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
             request_id: new_request_id(),
             identity: tls::client_identity(certs.as_deref().map(|v| v.as_slice())),
             rpc,
+            deadline: Deadline::for_caller(timeout, self.upstream_timeout),
             procedure: String::new(),
             case_id: String::new(),
             subject: String::new(),
-            related: Vec::new(),
-            fields: Vec::new(),
             rule: String::new(),
-            detail: String::new(),
+            cache: CacheOutcome::None,
         }
+    }
+
+    /// The citizen with this key, through the cache when there is one; records in
+    /// `ctx` what the cache did. `Err` is "could not check", never "not found".
+    pub async fn lookup(
+        &self,
+        ctx: &mut RequestCtx,
+        key: &LookupKey,
+    ) -> Result<Option<Arc<CitizenRecord>>, GatewayError> {
+        let (result, cache) = match &self.cache {
+            Some(cache) => cache.citizen(key, ctx.deadline).await,
+            None => (
+                self.registry
+                    .citizen(key, ctx.deadline)
+                    .await
+                    .map(|r| r.map(Arc::new)),
+                CacheOutcome::None,
+            ),
+        };
+        ctx.cache = cache;
+        Ok(result?)
     }
 
     /// The caller's grant for the request's RPC, or why there is none.
@@ -120,21 +225,27 @@ impl Gateway {
     pub async fn finish<T>(
         &self,
         ctx: RequestCtx,
-        result: Result<(T, Outcome), GatewayError>,
+        result: Result<(T, Disclosure), GatewayError>,
     ) -> Result<T, Status> {
         self.metrics.requests.inc();
-        let (outcome, code, detail) = match &result {
-            Ok((_, outcome)) => (outcome.to_string(), Code::Ok, ctx.detail.clone()),
-            Err(e) => (code_name(e.code()).to_string(), e.code(), e.to_string()),
+        let (result, outcome, code, detail, fields, related) = match result {
+            Ok((answer, d)) => (
+                Ok(answer),
+                d.outcome.as_str().to_string(),
+                Code::Ok,
+                d.detail,
+                d.fields,
+                d.related,
+            ),
+            Err(e) => {
+                let (code, detail) = (e.code(), e.to_string());
+                let outcome = code_name(code).to_string();
+                (Err(e), outcome, code, detail, Vec::new(), Vec::new())
+            }
         };
         let client = match &ctx.identity {
             Ok(id) => id.clone(),
             Err(e) => format!("unauthenticated: {e}"),
-        };
-        let (fields, related) = if result.is_ok() {
-            (ctx.fields, ctx.related)
-        } else {
-            (Vec::new(), Vec::new())
         };
         let entry = AuditEntry {
             request_id: ctx.request_id.clone(),
@@ -148,7 +259,7 @@ impl Gateway {
             outcome: outcome.clone(),
             code: code_name(code).to_string(),
             rule: ctx.rule,
-            cache: "none".into(),
+            cache: ctx.cache.as_str().into(),
             latency_us: ctx.started.elapsed().as_micros() as u64,
             detail,
         };
@@ -165,9 +276,7 @@ impl Gateway {
             }
         }
         tracing::debug!(%request_id, %client, rpc = ctx.rpc, %outcome, "answered");
-        result
-            .map(|(answer, _)| answer)
-            .map_err(|e| with_request_id(e.into(), &request_id))
+        result.map_err(|e| with_request_id(e.into(), &request_id))
     }
 }
 

@@ -30,10 +30,15 @@ use tonic::{Request, Response, Status};
 use crate::error::registry_status;
 use crate::proto::registry as pb;
 use crate::proto::registry::population_registry_server::PopulationRegistry;
-use crate::registry::{LookupKey, Store};
+use crate::registry::{Deadline, LookupKey, Store};
+use crate::service::caller_timeout;
+use crate::telemetry::Metrics;
 use crate::tls;
 use crate::validation;
 
+/// No lookup runs longer than this, whatever the caller's deadline (the store's own
+/// timeout is usually shorter).
+const LOOKUP_CAP: Duration = Duration::from_secs(30);
 /// At most this many ids in one `BatchGetCitizens`.
 pub const MAX_BATCH: usize = 1000;
 /// Changes read from the store per step of a watch.
@@ -118,6 +123,7 @@ pub struct RegistryService {
     faults: Arc<Faults>,
     heads: watch::Receiver<u64>,
     stopping: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 }
 
 impl RegistryService {
@@ -129,6 +135,7 @@ impl RegistryService {
         faults: Arc<Faults>,
         heads: watch::Receiver<u64>,
         stopping: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         RegistryService {
             store,
@@ -136,7 +143,14 @@ impl RegistryService {
             faults,
             heads,
             stopping,
+            metrics,
         }
+    }
+
+    /// The deadline of a lookup: the caller's grpc-timeout (the store caps it with its own).
+    fn deadline<T>(&self, request: &Request<T>) -> Deadline {
+        self.metrics.registry_lookups.inc();
+        Deadline::for_caller(caller_timeout(request.metadata()), LOOKUP_CAP)
     }
 
     fn authorize<T>(&self, rpc: &'static str, request: &Request<T>) -> Result<String, Status> {
@@ -217,10 +231,11 @@ impl PopulationRegistry for RegistryService {
         let result = async {
             let key = LookupKey::parse(&request.get_ref().personal_id)
                 .ok_or_else(|| invalid_id("personal_id"))?;
+            let deadline = self.deadline(&request);
             self.faults.before().await?;
             let mut citizen = self
                 .store
-                .citizen(&key)
+                .citizen(&key, deadline)
                 .await
                 .map_err(|e| registry_status(&e))?;
             if let Some(c) = citizen.as_mut().filter(|_| self.faults.garbage()) {
@@ -253,10 +268,11 @@ impl PopulationRegistry for RegistryService {
                     "personal_ids[{i}]: must be a 12-digit personal id"
                 )));
             }
+            let deadline = self.deadline(&request);
             self.faults.before().await?;
             let mut citizens = self
                 .store
-                .citizens(ids)
+                .citizens(ids, deadline)
                 .await
                 .map_err(|e| registry_status(&e))?;
             if self.faults.garbage() {
@@ -278,10 +294,11 @@ impl PopulationRegistry for RegistryService {
             let id = &request.get_ref().household_id;
             validation::check_household_id(id)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let deadline = self.deadline(&request);
             self.faults.before().await?;
             let household = self
                 .store
-                .household(id)
+                .household(id, deadline)
                 .await
                 .map_err(|e| registry_status(&e))?;
             Ok(pb::GetHouseholdResponse { household })

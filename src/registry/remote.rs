@@ -1,0 +1,514 @@
+//! The national registry as a remote service: `popgw.registry.v1.PopulationRegistry`
+//! over mutual TLS (`popgw registry serve`, or the ministry's own implementation).
+//!
+//! - A small pool of HTTP/2 connections (one tonic `Channel` is one connection),
+//!   connected lazily: the gateway starts while the registry is down and answers
+//!   "could not check" until it is back.
+//! - Every call runs until its [`Deadline`] (the caller's grpc-timeout less a margin,
+//!   capped by `registry.timeout_ms`), which also travels upstream as grpc-timeout.
+//! - UNAVAILABLE is retried with jittered exponential backoff, only while the deadline
+//!   leaves room for the pause and another try.
+//! - A circuit breaker: after `breaker_failures` failures in a row every call fails at
+//!   once (UNAVAILABLE, no queueing) for `breaker_open_ms`; then one probe call is let
+//!   through, and its success closes the breaker.
+//! - Every record the registry sends is checked (`validation::check_record`, and that it
+//!   is the record asked for): garbage is an error, never a verdict.
+//!
+//! Invariant: a failure of any kind is [`RegistryError`], never `Ok(None)`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rand::Rng;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::{ChangeStream, Deadline, FeedEvent, LookupKey, Registry, RegistryError};
+use crate::proto::registry as pb;
+use crate::proto::registry::population_registry_client::PopulationRegistryClient;
+use crate::proto::registry::{CitizenRecord, Household};
+use crate::telemetry::Metrics;
+use crate::validation;
+
+/// How the gateway reaches the registry.
+#[derive(Clone, Debug)]
+pub struct RemoteOptions {
+    /// `https://HOST:PORT`.
+    pub endpoint: String,
+    /// CA the registry's certificate must chain to.
+    pub ca: PathBuf,
+    /// The gateway's client certificate towards the registry.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// HTTP/2 connections in the pool.
+    pub connections: usize,
+    /// Cap of every call (the caller's deadline may be shorter).
+    pub timeout: Duration,
+    /// Retries of an UNAVAILABLE answer, inside the deadline.
+    pub retries: u32,
+    /// Failures in a row that open the breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before a probe.
+    pub breaker_open: Duration,
+}
+
+/// The circuit breaker's state, as the metrics and readiness report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// Calls fail at once.
+    Open,
+    /// One probe call is in flight.
+    HalfOpen,
+}
+
+#[derive(Debug)]
+enum State {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { since: Instant },
+}
+
+/// Consecutive-failure circuit breaker with a single probe.
+#[derive(Debug)]
+pub struct Breaker {
+    state: Mutex<State>,
+    threshold: u32,
+    open_for: Duration,
+}
+
+impl Breaker {
+    /// Opens after `threshold` failures in a row, for `open_for`.
+    pub fn new(threshold: u32, open_for: Duration) -> Breaker {
+        Breaker {
+            state: Mutex::new(State::Closed { failures: 0 }),
+            threshold: threshold.max(1),
+            open_for,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a call may go out now; `Err` holds how long the breaker stays open.
+    /// Past the open period one caller becomes the probe; a probe that never reports
+    /// (its caller gave up) is replaced after another open period.
+    pub fn admit(&self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        match *state {
+            State::Closed { .. } => Ok(()),
+            State::Open { until } if now < until => Err(until - now),
+            State::HalfOpen { since } if now < since + self.open_for => Err(self.open_for),
+            _ => {
+                *state = State::HalfOpen { since: now };
+                Ok(())
+            }
+        }
+    }
+
+    /// A call succeeded: the breaker closes.
+    pub fn success(&self) {
+        *self.lock() = State::Closed { failures: 0 };
+    }
+
+    /// A call failed; returns true when this failure opened the breaker.
+    pub fn failure(&self) -> bool {
+        let mut state = self.lock();
+        let open = match *state {
+            State::Closed { failures } => failures + 1 >= self.threshold,
+            State::HalfOpen { .. } => true,
+            State::Open { .. } => false,
+        };
+        match *state {
+            State::Closed { ref mut failures } if !open => *failures += 1,
+            _ if open => {
+                *state = State::Open {
+                    until: Instant::now() + self.open_for,
+                }
+            }
+            _ => {}
+        }
+        open
+    }
+
+    /// The current state.
+    pub fn state(&self) -> BreakerState {
+        match *self.lock() {
+            State::Closed { .. } => BreakerState::Closed,
+            State::Open { until } if Instant::now() < until => BreakerState::Open,
+            State::Open { .. } => BreakerState::HalfOpen,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+}
+
+/// The registry behind `popgw registry serve` (see the module documentation).
+pub struct RemoteRegistry {
+    clients: Vec<PopulationRegistryClient<Channel>>,
+    next: AtomicUsize,
+    breaker: Breaker,
+    options: RemoteOptions,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for RemoteRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteRegistry")
+            .field("endpoint", &self.options.endpoint)
+            .field("breaker", &self.breaker.state())
+            .finish()
+    }
+}
+
+/// First pause between retries; doubled each time, with full jitter.
+const BACKOFF_BASE: Duration = Duration::from_millis(20);
+/// Messages from the registry are small; a household or a batch a few tens of KB.
+const MAX_MESSAGE: usize = 4 << 20;
+
+impl RemoteRegistry {
+    /// Prepares the connection pool (connections open on first use). Fails only on
+    /// unusable settings or certificate files.
+    pub fn connect(
+        options: RemoteOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<RemoteRegistry, RegistryError> {
+        let bad = |what: String| RegistryError::Unavailable(format!("registry.endpoint: {what}"));
+        let Some(rest) = options.endpoint.strip_prefix("https://") else {
+            return Err(bad(
+                "must be https://HOST:PORT (the registry is reached over mutual TLS only)".into(),
+            ));
+        };
+        let host = rest
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
+            .ok_or_else(|| bad("must name a port".into()))?;
+        let tls = crate::tls::client_tls(&options.ca, &options.cert, &options.key, &host).map_err(
+            |e| {
+                RegistryError::Unavailable(format!(
+                    "registry client certificate (registry.ca, registry.cert, registry.key): {e}"
+                ))
+            },
+        )?;
+        let endpoint = Endpoint::from_shared(options.endpoint.clone())
+            .map_err(|e| bad(e.to_string()))?
+            .tls_config(tls)
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(options.timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        let clients = (0..options.connections.max(1))
+            .map(|_| {
+                PopulationRegistryClient::new(endpoint.connect_lazy())
+                    .max_decoding_message_size(MAX_MESSAGE)
+            })
+            .collect();
+        Ok(RemoteRegistry {
+            clients,
+            next: AtomicUsize::new(0),
+            breaker: Breaker::new(options.breaker_failures, options.breaker_open),
+            options,
+            metrics,
+        })
+    }
+
+    /// The breaker's state.
+    pub fn breaker(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    fn client(&self) -> PopulationRegistryClient<Channel> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        self.clients[i].clone()
+    }
+
+    /// One call under the deadline, the retry policy and the breaker.
+    async fn call<T, F, Fut>(
+        &self,
+        deadline: Deadline,
+        rpc: &'static str,
+        f: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: Fn(PopulationRegistryClient<Channel>, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let deadline = deadline.capped(self.options.timeout);
+        let mut attempt = 0u32;
+        loop {
+            if let Err(open) = self.breaker.admit() {
+                self.metrics.upstream_short_circuited.inc();
+                return Err(RegistryError::Unavailable(format!(
+                    "the registry failed {} times in a row; not asked again for {} ms (circuit open)",
+                    self.options.breaker_failures,
+                    open.as_millis()
+                )));
+            }
+            if deadline.passed() {
+                return Err(deadline.exceeded("the registry"));
+            }
+            self.metrics.upstream_calls.inc();
+            let answer =
+                tokio::time::timeout_at(deadline.at(), f(self.client(), deadline.remaining()))
+                    .await;
+            let status = match answer {
+                Ok(Ok(value)) => {
+                    self.breaker.success();
+                    return Ok(value);
+                }
+                Ok(Err(status)) => status,
+                Err(_) => Status::deadline_exceeded("no answer before the deadline"),
+            };
+            self.metrics.upstream_failures.inc();
+            let retryable = match status.code() {
+                Code::Unavailable => true,
+                // A registry that is slow past our deadline is failing too, unless it
+                // was the caller's own short deadline that ran out.
+                Code::DeadlineExceeded | Code::Cancelled => false,
+                // The registry answered, so it is up: refused or broken input.
+                _ => {
+                    self.breaker.success();
+                    return Err(refused(rpc, &status));
+                }
+            };
+            let counts = retryable || !deadline.set_by_caller();
+            if counts && self.breaker.failure() {
+                self.metrics.breaker_opened.inc();
+                tracing::warn!(
+                    rpc,
+                    failures = self.options.breaker_failures,
+                    "upstream registry: circuit opened"
+                );
+            }
+            if !retryable {
+                return Err(deadline.exceeded("the registry"));
+            }
+            let pause = backoff(attempt);
+            if attempt >= self.options.retries || deadline.remaining() <= pause * 2 {
+                return Err(RegistryError::Unavailable(format!(
+                    "the registry is unavailable ({rpc}: {})",
+                    status.message()
+                )));
+            }
+            attempt += 1;
+            self.metrics.upstream_retries.inc();
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// Full jitter: uniformly up to 20 ms × 2^attempt.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = BACKOFF_BASE * 2u32.pow(attempt.min(6));
+    rand::thread_rng().gen_range(Duration::ZERO..=ceiling)
+}
+
+/// The registry answered but refused: the gateway's identity, or a request it thinks
+/// malformed. Never retried, never a verdict.
+fn refused(rpc: &str, status: &Status) -> RegistryError {
+    match status.code() {
+        Code::Internal | Code::DataLoss => {
+            RegistryError::Invalid(format!("the registry failed internally ({rpc})"))
+        }
+        Code::OutOfRange => RegistryError::OutOfRange(status.message().to_string()),
+        code => RegistryError::Unavailable(format!(
+            "the registry refused {rpc}: {}",
+            crate::error::code_name(code)
+        )),
+    }
+}
+
+/// A record from the registry, checked: well formed, and the one asked for.
+fn checked(record: CitizenRecord, key: &LookupKey) -> Result<CitizenRecord, RegistryError> {
+    validation::check_record(&record).map_err(|e| {
+        RegistryError::Invalid(format!(
+            "the registry sent a record that fails validation ({})",
+            e.field
+        ))
+    })?;
+    let same = match key {
+        LookupKey::PersonalId(id) => record.personal_id == *id,
+        LookupKey::OldId(id) => record.old_id_number == *id,
+    };
+    if !same {
+        return Err(RegistryError::Invalid(
+            "the registry sent a record for another id than the one asked".into(),
+        ));
+    }
+    Ok(record)
+}
+
+fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+#[tonic::async_trait]
+impl Registry for RemoteRegistry {
+    async fn citizen(
+        &self,
+        key: &LookupKey,
+        deadline: Deadline,
+    ) -> Result<Option<CitizenRecord>, RegistryError> {
+        let personal_id = match key {
+            LookupKey::PersonalId(id) | LookupKey::OldId(id) => id.clone(),
+        };
+        let answer = self
+            .call(deadline, "GetCitizen", |mut client, timeout| {
+                let message = pb::GetCitizenRequest {
+                    personal_id: personal_id.clone(),
+                };
+                async move { client.get_citizen(request(message, timeout)).await }
+            })
+            .await?;
+        answer
+            .into_inner()
+            .citizen
+            .map(|r| checked(r, key))
+            .transpose()
+    }
+
+    async fn household(
+        &self,
+        household_id: &str,
+        deadline: Deadline,
+    ) -> Result<Option<Household>, RegistryError> {
+        let answer = self
+            .call(deadline, "GetHousehold", |mut client, timeout| {
+                let message = pb::GetHouseholdRequest {
+                    household_id: household_id.to_string(),
+                };
+                async move { client.get_household(request(message, timeout)).await }
+            })
+            .await?;
+        let household = answer.into_inner().household;
+        if let Some(h) = &household {
+            let members_ok = h
+                .head
+                .iter()
+                .chain(h.members.iter())
+                .all(|m| validation::parse_declared_id(&m.personal_id, false).is_ok());
+            if h.household_id != household_id || !members_ok {
+                return Err(RegistryError::Invalid(
+                    "the registry sent a household that is not the one asked or names invalid ids"
+                        .into(),
+                ));
+            }
+        }
+        Ok(household)
+    }
+
+    async fn citizens(
+        &self,
+        personal_ids: &[String],
+        deadline: Deadline,
+    ) -> Result<Vec<CitizenRecord>, RegistryError> {
+        let answer = self
+            .call(deadline, "BatchGetCitizens", |mut client, timeout| {
+                let message = pb::BatchGetCitizensRequest {
+                    personal_ids: personal_ids.to_vec(),
+                };
+                async move { client.batch_get_citizens(request(message, timeout)).await }
+            })
+            .await?;
+        let asked: std::collections::HashSet<&str> =
+            personal_ids.iter().map(String::as_str).collect();
+        answer
+            .into_inner()
+            .citizens
+            .into_iter()
+            .map(|r| {
+                if !asked.contains(r.personal_id.as_str()) {
+                    return Err(RegistryError::Invalid(
+                        "the registry sent a record that was not asked for".into(),
+                    ));
+                }
+                let key = LookupKey::PersonalId(r.personal_id.clone());
+                checked(r, &key)
+            })
+            .collect()
+    }
+
+    async fn changes(&self, from: u64) -> Result<ChangeStream, RegistryError> {
+        let deadline = Deadline::after(self.options.timeout);
+        let stream = self
+            .call(deadline, "WatchChanges", |mut client, _| async move {
+                // A long-lived stream: no grpc-timeout on it.
+                client
+                    .watch_changes(pb::WatchChangesRequest { from_version: from })
+                    .await
+            })
+            .await?
+            .into_inner();
+        Ok(Box::pin(stream.map(|item| match item {
+            Ok(pb::ChangeEvent {
+                citizen: Some(record),
+                version,
+            }) => {
+                let key = LookupKey::PersonalId(record.personal_id.clone());
+                let mut record = checked(record, &key)?;
+                record.version = version;
+                Ok(FeedEvent::Changed(Box::new(record)))
+            }
+            Ok(pb::ChangeEvent {
+                citizen: None,
+                version,
+            }) => Ok(FeedEvent::Mark(version)),
+            Err(status) if status.code() == Code::OutOfRange => {
+                Err(RegistryError::OutOfRange(status.message().to_string()))
+            }
+            Err(status) => Err(RegistryError::Unavailable(format!(
+                "the registry's change feed ended: {}",
+                crate::error::code_name(status.code())
+            ))),
+        })))
+    }
+
+    fn kind(&self) -> &'static str {
+        "remote"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn breaker_opens_after_failures_in_a_row_and_a_probe_closes_it() {
+        let b = Breaker::new(3, Duration::from_secs(1));
+        assert!(b.admit().is_ok());
+        assert!(!b.failure());
+        b.success();
+        assert!(!b.failure() && !b.failure());
+        assert!(b.failure(), "the third failure in a row opens it");
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(b.admit().is_err(), "open: calls fail at once");
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert!(b.admit().is_ok(), "past the open period one probe goes out");
+        assert!(b.admit().is_err(), "and only one");
+        assert!(b.failure(), "a failed probe opens it again");
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert!(b.admit().is_ok());
+        b.success();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.admit().is_ok() && b.admit().is_ok());
+    }
+
+    #[test]
+    fn backoff_stays_under_its_ceiling() {
+        for attempt in 0..10 {
+            assert!(backoff(attempt) <= BACKOFF_BASE * 64);
+        }
+    }
+}
