@@ -132,6 +132,10 @@ pub struct RecordCache {
     epoch: AtomicU64,
     /// When the feed last confirmed every change up to "now", ms since `origin` (0: never).
     confirmed: AtomicU64,
+    /// The feed's confirmations hold for entries loaded at or after this (ms since
+    /// `origin`): the first mark of a feed followed "from now". An entry loaded before
+    /// may predate a change that feed will never send; only its own age vouches for it.
+    confirm_floor: AtomicU64,
     feed_up: AtomicBool,
     origin: Instant,
     options: CacheOptions,
@@ -191,6 +195,7 @@ impl RecordCache {
                 .build(),
             epoch: AtomicU64::new(0),
             confirmed: AtomicU64::new(0),
+            confirm_floor: AtomicU64::new(u64::MAX),
             feed_up: AtomicBool::new(false),
             origin: Instant::now(),
             options,
@@ -228,7 +233,12 @@ impl RecordCache {
         } else {
             self.options.negative_ttl
         };
-        let confirmed = e.loaded.max(self.confirmed.load(Ordering::Acquire));
+        let by_feed = if e.loaded >= self.confirm_floor.load(Ordering::Acquire) {
+            self.confirmed.load(Ordering::Acquire)
+        } else {
+            0
+        };
+        let confirmed = e.loaded.max(by_feed);
         e.epoch == self.epoch.load(Ordering::Acquire)
             && Duration::from_millis(now.saturating_sub(e.loaded)) <= ttl
             && Duration::from_millis(now.saturating_sub(confirmed)) <= self.options.max_staleness
@@ -372,7 +382,7 @@ impl RecordCache {
     /// documentation). Run it as a task beside the cache.
     pub async fn follow(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
         // 0: from now. Entries loaded before a from-now feed's first mark may predate
-        // changes it will never send, so they are dropped at that mark.
+        // changes it will never send: the feed vouches only for entries loaded after it.
         let mut last = 0u64;
         let mut pause = FEED_RETRY_MIN;
         let mut reported = false;
@@ -397,7 +407,7 @@ impl RecordCache {
                             }
                             Ok(Some(Ok(FeedEvent::Mark(version)))) => {
                                 if from_now && first_mark {
-                                    self.drop_all();
+                                    self.confirm_floor.store(self.now(), Ordering::Release);
                                 }
                                 if first_mark && reported {
                                     tracing::info!(

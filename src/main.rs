@@ -230,6 +230,9 @@ enum AuditCommand {
         personal_id: Option<String>,
         #[arg(long)]
         outcome: Option<String>,
+        /// What the cache did: hit, miss, coalesced, stale or none.
+        #[arg(long, value_parser = popgw::cache::CacheOutcome::WORDS)]
+        cache: Option<String>,
         /// Only records at or after this time (ms since the epoch).
         #[arg(long, default_value_t = 0)]
         from_ms: i64,
@@ -720,6 +723,7 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             case_id,
             personal_id,
             outcome,
+            cache,
             from_ms,
             to_ms,
             limit,
@@ -733,6 +737,7 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                 personal_id: personal_id.unwrap_or_default(),
                 outcome: outcome.unwrap_or_default(),
                 limit,
+                cache: cache.unwrap_or_default(),
             };
             if let Some(dir) = dir {
                 let subject = if req.personal_id.is_empty() {
@@ -751,6 +756,7 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                     case_id: req.case_id,
                     subject,
                     outcome: req.outcome,
+                    cache: req.cache,
                 };
                 let limit = if limit == 0 {
                     usize::MAX

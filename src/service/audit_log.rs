@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Disclosure, Gateway, Outcome, RequestCtx};
 use crate::audit::{self, StoredRecord};
+use crate::cache::CacheOutcome;
 use crate::error::GatewayError;
 use crate::proto::gateway as pb;
 use crate::proto::gateway::audit_log_server::AuditLog;
@@ -73,6 +74,8 @@ pub struct Filter {
     pub subject: String,
     /// Outcome word or gRPC code name.
     pub outcome: String,
+    /// Cache outcome (hit, miss, coalesced, stale, none).
+    pub cache: String,
 }
 
 impl Filter {
@@ -88,6 +91,7 @@ impl Filter {
                 || self.subject == r.subject
                 || r.related.contains(&self.subject))
             && (self.outcome.is_empty() || self.outcome == r.outcome || self.outcome == r.code)
+            && eq(&self.cache, &r.cache)
     }
 }
 
@@ -101,7 +105,15 @@ impl Gateway {
             let id = validation::parse_declared_id(&req.personal_id, true)?;
             self.subject(id.digits())
         };
+        if !req.cache.is_empty() && !CacheOutcome::WORDS.contains(&req.cache.as_str()) {
+            return Err(validation::InvalidField {
+                field: "cache",
+                reason: "must be hit, miss, coalesced, stale or none".into(),
+            }
+            .into());
+        }
         Ok(Filter {
+            cache: req.cache.clone(),
             from_ms: req.from_unix_ms,
             to_ms: req.to_unix_ms,
             client: req.client.clone(),

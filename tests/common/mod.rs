@@ -2,6 +2,7 @@
 //! population generated into a temporary folder, called over real mutual TLS.
 #![allow(dead_code)]
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,9 +13,13 @@ use popgw::pki::{self, DevCa};
 use popgw::proto::gateway as pb;
 use popgw::proto::gateway::audit_log_client::AuditLogClient;
 use popgw::proto::gateway::identity_gateway_client::IdentityGatewayClient;
+use popgw::proto::registry::population_registry_client::PopulationRegistryClient;
 use popgw::proto::registry::CitizenRecord;
-use popgw::registry::Registry;
+use popgw::registry::{Registry, Store};
+use popgw::server::{serve_registry, RegistryServeOptions};
+use popgw::service::registry::Faults;
 use popgw::service::Gateway;
+use popgw::telemetry::Metrics;
 use popgw::Server;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -101,6 +106,17 @@ impl TestGateway {
         let dir = tempfile::tempdir().unwrap();
         let (mut config, ca) = prepare(dir.path());
         adjust(&mut config);
+        Self::start_prepared(dir, config, ca, registry).await
+    }
+
+    /// Starts on a folder [`prepare`] made (so that a registry served from the same
+    /// folder shares its PKI).
+    pub async fn start_prepared(
+        dir: TempDir,
+        config: Config,
+        ca: DevCa,
+        registry: Option<Arc<dyn Registry>>,
+    ) -> TestGateway {
         let population = population_records(&config.population_path());
         let server = match registry {
             Some(r) => Server::with_registry(config, r).await.unwrap(),
@@ -252,5 +268,63 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
     type Writer = Capture;
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
+    }
+}
+
+/// A `registry serve` running in this process on 127.0.0.1:0.
+pub struct RegistryServer {
+    pub addr: std::net::SocketAddr,
+    pub faults: Arc<Faults>,
+    /// Its counters: `registry_lookups` counts the lookups it answered.
+    pub metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl RegistryServer {
+    pub async fn start(config: &Config, store: Arc<dyn Store>, faults: Faults) -> RegistryServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let faults = Arc::new(faults);
+        let metrics = Arc::new(Metrics::default());
+        let options = RegistryServeOptions {
+            tls: config.tls.clone(),
+            allow: HashSet::from([popgw::pki::GATEWAY_ID.to_string()]),
+            faults: faults.clone(),
+            metrics: metrics.clone(),
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            serve_registry(listener, store, options, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        RegistryServer {
+            addr,
+            faults,
+            metrics,
+            stop: Some(tx),
+            handle,
+        }
+    }
+
+    pub async fn client(&self, certs: &Path, who: &str) -> PopulationRegistryClient<Channel> {
+        PopulationRegistryClient::new(
+            connect(
+                &format!("localhost:{}", self.addr.port()),
+                &ClientCerts::dev(certs, who),
+            )
+            .await
+            .unwrap(),
+        )
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.handle.await.unwrap();
     }
 }
