@@ -212,6 +212,12 @@ impl RecordCache {
         self.entries.entry_count()
     }
 
+    /// Applies moka's pending maintenance (admission, eviction, expiry), so that
+    /// [`RecordCache::len`] is exact (benchmarks, tests).
+    pub async fn settle(&self) {
+        self.entries.run_pending_tasks().await;
+    }
+
     /// Whether the cache holds nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -124,7 +124,7 @@ pub fn audit_record(r: &pb::AuditRecord, json: bool) -> String {
         .map(|t| t.to_rfc3339())
         .unwrap_or_default();
     format!(
-        "{:>8} {time} {} {} {} case={} subject={} {} {} fields=[{}]{}",
+        "{:>8} {time} {} {} {} case={} subject={} {} {} cache={} fields=[{}]{}",
         r.seq,
         r.client,
         r.rpc,
@@ -133,6 +133,7 @@ pub fn audit_record(r: &pb::AuditRecord, json: bool) -> String {
         r.subject.get(..12).unwrap_or(&r.subject),
         r.outcome,
         r.code,
+        if r.cache.is_empty() { "none" } else { &r.cache },
         r.fields.join(","),
         if r.detail.is_empty() {
             String::new()

@@ -459,6 +459,7 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let config_endpoint = config.registry.endpoint.clone().unwrap_or_default();
     let server = Server::load(config).await?;
     // Handle SIGTERM and SIGINT from now on, before anyone is told we are serving: a supervisor
     // that stops us right after start-up gets a clean shutdown, not the default kill.
@@ -470,10 +471,21 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
             signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
         )
     };
-    out!(
-        "popgw serving {} citizens on {addr} (mutual TLS)",
-        server.population()
-    );
+    let cache = if server.gateway().cache.is_some() {
+        "record cache on"
+    } else {
+        "record cache off"
+    };
+    match server.gateway().registry.kind() {
+        "remote" => out!(
+            "popgw serving on {addr} (mutual TLS) in front of the registry at {} ({cache})",
+            config_endpoint
+        ),
+        kind => out!(
+            "popgw serving {} citizens from the {kind} registry on {addr} (mutual TLS, {cache})",
+            server.population()
+        ),
+    }
     for r in server.examples() {
         out!(
             "  try: popgw verify --id {} --name \"{}\" --dob {} --sex {} --procedure P03 --case DEMO-1",

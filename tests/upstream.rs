@@ -6,48 +6,16 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{declare, RegistryServer, TestGateway};
+use common::{declare, setup_remote as setup, Setup, TestGateway};
 use popgw::config::Config;
 use popgw::proto::gateway as pb;
 use popgw::proto::registry::CitizenRecord;
-use popgw::registry::{self, Change, Store, StoreLocation, StoreOptions};
+use popgw::registry::{self, Change, StoreLocation, StoreOptions};
 use popgw::service::registry::Faults;
 use tokio_stream::StreamExt;
 use tonic::Code;
-
-/// A gateway (kind "remote") in front of a `registry serve` of the same folder's store.
-struct Setup {
-    gw: TestGateway,
-    upstream: RegistryServer,
-    store: Arc<dyn Store>,
-}
-
-async fn setup(faults: Faults, adjust: impl FnOnce(&mut Config)) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut config, ca) = common::prepare(dir.path());
-    let store = registry::open_store(
-        &StoreLocation::Disk(config.registry_path()),
-        &StoreOptions::default(),
-    )
-    .await
-    .unwrap();
-    let upstream = RegistryServer::start(&config, store.clone(), faults).await;
-    let certs = dir.path().join("certs");
-    config.registry.kind = "remote".into();
-    config.registry.endpoint = Some(format!("https://localhost:{}", upstream.addr.port()));
-    config.registry.cert = Some(certs.join("gateway.pem"));
-    config.registry.key = Some(certs.join("gateway.key"));
-    adjust(&mut config);
-    let gw = TestGateway::start_prepared(dir, config, ca, None).await;
-    Setup {
-        gw,
-        upstream,
-        store,
-    }
-}
 
 impl Setup {
     fn lookups(&self) -> u64 {

@@ -328,3 +328,34 @@ impl RegistryServer {
         self.handle.await.unwrap();
     }
 }
+
+/// A gateway (kind "remote") in front of a `registry serve` of the same folder's store.
+pub struct Setup {
+    pub gw: TestGateway,
+    pub upstream: RegistryServer,
+    pub store: Arc<dyn Store>,
+}
+
+pub async fn setup_remote(faults: Faults, adjust: impl FnOnce(&mut Config)) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, ca) = prepare(dir.path());
+    let store = popgw::registry::open_store(
+        &popgw::registry::StoreLocation::Disk(config.registry_path()),
+        &popgw::registry::StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let upstream = RegistryServer::start(&config, store.clone(), faults).await;
+    let certs = dir.path().join("certs");
+    config.registry.kind = "remote".into();
+    config.registry.endpoint = Some(format!("https://localhost:{}", upstream.addr.port()));
+    config.registry.cert = Some(certs.join("gateway.pem"));
+    config.registry.key = Some(certs.join("gateway.key"));
+    adjust(&mut config);
+    let gw = TestGateway::start_prepared(dir, config, ca, None).await;
+    Setup {
+        gw,
+        upstream,
+        store,
+    }
+}
