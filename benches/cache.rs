@@ -135,7 +135,7 @@ fn main() {
             "cache: Zipf s={s} over {citizens} citizens, {entries} entries ({} MiB budget, {per_entry} B/entry est.): \
              {:.1} upstream calls per 1,000 verifications ({calls} in {draws} draws after as many to warm up); \
              held {} entries, {} MiB; {:.0} lookups/s on one task ({:.2} us each, misses included)",
-            entries * per_entry >> 20,
+            (entries * per_entry) >> 20,
             calls as f64 * 1000.0 / draws as f64,
             cache.len(),
             cache.weighted_size() >> 20,
