@@ -657,7 +657,7 @@ async fn registry_command(command: RegistryCommand) -> Result<()> {
                 jitter_ms: inject_jitter_ms,
                 error_rate: inject_error_rate,
                 garbage_rate: inject_garbage_rate,
-                down: Default::default(),
+                ..Default::default()
             });
             #[cfg(unix)]
             let (mut term, mut int, mut usr1, mut usr2) = {

@@ -316,6 +316,59 @@ async fn a_cut_feed_resumes_from_the_last_version_it_saw() {
 }
 
 #[tokio::test]
+async fn with_the_feed_cut_nothing_older_than_the_bound_is_served() {
+    // A long TTL, a short staleness bound: with the feed cut, the bound alone must make
+    // the gateway read the changed record again.
+    let s = setup(Faults::default(), |c| {
+        c.cache.ttl_ms = 600_000;
+        c.cache.max_staleness_ms = 700;
+    })
+    .await;
+    s.feed_followed().await;
+    let r = s.living(1).remove(0);
+    let metrics = &s.gw.gateway.metrics;
+    assert_eq!(
+        s.verify(declare(&r, "P03")).await.unwrap().verdict,
+        pb::Verdict::Match as i32
+    );
+    // Only the feed is cut; lookups still work.
+    s.upstream.faults.feed_down.store(true, Ordering::SeqCst);
+    let cache = s.gw.gateway.cache.clone().unwrap();
+    for _ in 0..100 {
+        if !cache.feed_up() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!cache.feed_up(), "the cut was noticed");
+    let invalidations = metrics.cache_invalidations.get();
+    s.store
+        .update(&r.personal_id, &Change::FullName("ĐỖ VĂN CẮT".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    until_verdict(
+        &s,
+        &renamed(&r, "Đỗ Văn Cắt"),
+        pb::Verdict::Match,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        metrics.cache_invalidations.get(),
+        invalidations,
+        "the feed said nothing: the staleness bound made the entry unusable"
+    );
+    let records = s.records(&r.personal_id).await;
+    assert_eq!(records.first().unwrap().cache, "miss");
+    assert_eq!(
+        records.last().unwrap().cache,
+        "miss",
+        "reloaded, not served"
+    );
+}
+
+#[tokio::test]
 async fn a_feed_that_cannot_resume_drops_the_cache() {
     let s = setup(Faults::default(), |c| {
         c.cache.max_staleness_ms = 600_000;

@@ -60,6 +60,8 @@ pub struct Faults {
     pub garbage_rate: f64,
     /// While set, every call answers UNAVAILABLE (SIGUSR1 sets it, SIGUSR2 clears it).
     pub down: AtomicBool,
+    /// While set, only `WatchChanges` fails (UNAVAILABLE): the feed is cut, lookups work.
+    pub feed_down: AtomicBool,
 }
 
 impl Faults {
@@ -70,6 +72,11 @@ impl Faults {
             || self.error_rate > 0.0
             || self.garbage_rate > 0.0
             || self.down.load(Ordering::Relaxed)
+            || self.feed_down.load(Ordering::Relaxed)
+    }
+
+    fn feed_cut(&self) -> bool {
+        self.down.load(Ordering::Relaxed) || self.feed_down.load(Ordering::Relaxed)
     }
 
     async fn before(&self) -> Result<(), Status> {
@@ -315,6 +322,11 @@ impl PopulationRegistry for RegistryService {
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
         const RPC: &str = "WatchChanges";
         let client = self.authorize(RPC, &request)?;
+        if self.faults.feed_cut() {
+            return Err(Status::unavailable(
+                "change feed switched off (fault injection)",
+            ));
+        }
         self.faults.before().await?;
         let from = request.get_ref().from_version;
         let versions = self
@@ -338,10 +350,10 @@ impl PopulationRegistry for RegistryService {
             let mut last = start;
             let mut marked = None;
             loop {
-                if faults.down.load(Ordering::Relaxed) {
+                if faults.feed_cut() {
                     let _ = tx
                         .send(Err(Status::unavailable(
-                            "registry switched off (fault injection)",
+                            "change feed switched off (fault injection)",
                         )))
                         .await;
                     return;
