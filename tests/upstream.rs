@@ -47,22 +47,33 @@ impl Setup {
 
     /// The audit records of VerifyIdentity about `personal_id`, oldest first.
     async fn records(&self, personal_id: &str) -> Vec<pb::AuditRecord> {
-        let mut found: Vec<pb::AuditRecord> = self
+        let mut found = self
             .gw
-            .audit_client("operator")
-            .await
-            .query(pb::AuditQueryRequest {
+            .audit_records(pb::AuditQueryRequest {
                 personal_id: personal_id.into(),
                 ..Default::default()
             })
-            .await
-            .unwrap()
-            .into_inner()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-            .unwrap();
+            .await;
         found.retain(|r| r.rpc == "VerifyIdentity");
         found
+    }
+
+    /// Verifies `r` as declared and expects MATCH (loading it into the cache).
+    async fn matches(&self, r: &CitizenRecord) {
+        let answer = self.verify(declare(r, "P03")).await.unwrap();
+        assert_eq!(answer.verdict, pb::Verdict::Match as i32);
+    }
+
+    /// Waits until the cache has noticed that its change feed is cut.
+    async fn feed_lost(&self) {
+        let cache = self.gw.gateway.cache.clone().expect("cache on");
+        for _ in 0..100 {
+            if !cache.feed_up() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the cut of the change feed was never noticed");
     }
 
     /// Waits until the cache follows the registry's change feed.
@@ -240,10 +251,7 @@ async fn an_update_upstream_is_served_within_the_bound() {
     .await;
     s.feed_followed().await;
     let r = s.living(1).remove(0);
-    assert_eq!(
-        s.verify(declare(&r, "P03")).await.unwrap().verdict,
-        pb::Verdict::Match as i32
-    );
+    s.matches(&r).await;
     s.store
         .update(
             &r.personal_id,
@@ -277,20 +285,10 @@ async fn a_cut_feed_resumes_from_the_last_version_it_saw() {
     .await;
     s.feed_followed().await;
     let r = s.living(1).remove(0);
-    assert_eq!(
-        s.verify(declare(&r, "P03")).await.unwrap().verdict,
-        pb::Verdict::Match as i32
-    );
+    s.matches(&r).await;
     // Cut: the registry answers nothing, its feed ends.
     s.upstream.faults.down.store(true, Ordering::SeqCst);
-    let cache = s.gw.gateway.cache.clone().unwrap();
-    for _ in 0..100 {
-        if !cache.feed_up() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(!cache.feed_up(), "the cut was noticed");
+    s.feed_lost().await;
     // A change the gateway cannot hear about while the feed is cut.
     s.store
         .update(&r.personal_id, &Change::FullName("TRẦN VĂN MỚI".into()))
@@ -327,20 +325,10 @@ async fn with_the_feed_cut_nothing_older_than_the_bound_is_served() {
     s.feed_followed().await;
     let r = s.living(1).remove(0);
     let metrics = &s.gw.gateway.metrics;
-    assert_eq!(
-        s.verify(declare(&r, "P03")).await.unwrap().verdict,
-        pb::Verdict::Match as i32
-    );
+    s.matches(&r).await;
     // Only the feed is cut; lookups still work.
     s.upstream.faults.feed_down.store(true, Ordering::SeqCst);
-    let cache = s.gw.gateway.cache.clone().unwrap();
-    for _ in 0..100 {
-        if !cache.feed_up() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(!cache.feed_up(), "the cut was noticed");
+    s.feed_lost().await;
     let invalidations = metrics.cache_invalidations.get();
     s.store
         .update(&r.personal_id, &Change::FullName("ĐỖ VĂN CẮT".into()))
@@ -377,10 +365,7 @@ async fn a_feed_that_cannot_resume_drops_the_cache() {
     .await;
     s.feed_followed().await;
     let r = s.living(1).remove(0);
-    assert_eq!(
-        s.verify(declare(&r, "P03")).await.unwrap().verdict,
-        pb::Verdict::Match as i32
-    );
+    s.matches(&r).await;
     // A new import under the running registry, with the citizen renamed: the feed's
     // history starts again, and the gateway's position in it no longer exists.
     let config = Config::rooted_at(s.gw.dir.path());
@@ -609,19 +594,12 @@ async fn the_disk_store_sits_behind_the_same_cache() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let records: Vec<pb::AuditRecord> = gw
-        .audit_client("operator")
-        .await
-        .query(pb::AuditQueryRequest {
+    let records = gw
+        .audit_records(pb::AuditQueryRequest {
             personal_id: r.personal_id.clone(),
             ..Default::default()
         })
-        .await
-        .unwrap()
-        .into_inner()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .unwrap();
+        .await;
     let cache: Vec<&str> = records.iter().map(|x| x.cache.as_str()).collect();
     assert_eq!(&cache[..2], ["miss", "hit"]);
     assert_eq!(

@@ -163,6 +163,20 @@ impl TestGateway {
         AuditLogClient::new(self.channel(who).await)
     }
 
+    /// The audit records an operator's query returns.
+    pub async fn audit_records(&self, query: pb::AuditQueryRequest) -> Vec<pb::AuditRecord> {
+        use tokio_stream::StreamExt;
+        self.audit_client("operator")
+            .await
+            .query(query)
+            .await
+            .unwrap()
+            .into_inner()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .unwrap()
+    }
+
     /// Stops the server (drains and signs the final checkpoint).
     pub async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
