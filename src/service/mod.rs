@@ -335,3 +335,50 @@ pub(crate) async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout_of(value: &str) -> Option<Duration> {
+        let mut m = MetadataMap::new();
+        m.insert("grpc-timeout", value.parse().unwrap());
+        caller_timeout(&m)
+    }
+
+    #[test]
+    fn grpc_timeout_is_read_in_every_unit_and_garbage_is_ignored() {
+        assert_eq!(timeout_of("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(timeout_of("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(timeout_of("250000u"), Some(Duration::from_millis(250)));
+        assert_eq!(timeout_of("5000000n"), Some(Duration::from_millis(5)));
+        assert_eq!(timeout_of("1M"), Some(Duration::from_secs(60)));
+        assert_eq!(timeout_of("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "S", "12", "12x", "-1S", "123456789S", "1.5S"] {
+            assert_eq!(timeout_of(bad), None, "{bad:?}");
+        }
+        assert_eq!(caller_timeout(&MetadataMap::new()), None);
+    }
+
+    #[test]
+    fn the_deadline_keeps_a_margin_for_the_audit_and_is_capped() {
+        let cap = Duration::from_secs(1);
+        let d = Deadline::for_caller(Some(Duration::from_millis(300)), cap);
+        assert!(d.set_by_caller());
+        let left = d.remaining();
+        assert!(left <= Duration::from_millis(270) && left > Duration::from_millis(200));
+        let d = Deadline::for_caller(Some(Duration::from_secs(30)), cap);
+        assert!(!d.set_by_caller(), "the cap binds");
+        assert!(d.remaining() <= cap);
+        assert!(matches!(
+            d.exceeded("x"),
+            crate::registry::RegistryError::Unavailable(_)
+        ));
+        let d = Deadline::for_caller(Some(Duration::from_millis(1)), cap);
+        assert!(matches!(
+            d.exceeded("x"),
+            crate::registry::RegistryError::DeadlineExceeded(_)
+        ));
+        assert!(Deadline::for_caller(None, cap).remaining() <= cap);
+    }
+}
