@@ -94,6 +94,7 @@ fn main() {
                 max_staleness: Duration::from_secs(5),
                 serve_stale_on_error: false,
                 stale_max_age: Duration::from_secs(60),
+                load_timeout: Duration::from_secs(1),
             },
             metrics.clone(),
         ));

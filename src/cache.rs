@@ -83,6 +83,9 @@ pub struct CacheOptions {
     pub serve_stale_on_error: bool,
     /// ...never older than this.
     pub stale_max_age: Duration,
+    /// A shared load gives up after this long (`registry.timeout_ms`); each caller
+    /// waits only until its own deadline.
+    pub load_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -114,8 +117,8 @@ impl Expiry<LookupKey, Arc<Entry>> for Lifetime {
     }
 }
 
-/// How long a change is remembered to catch loads that raced with it (longer than any
-/// registry call may take).
+/// How long a change is remembered to catch loads that raced with it (at least twice
+/// the longest a load may take).
 const CHANGE_MEMORY: Duration = Duration::from_secs(120);
 /// A feed silent for this long (marks come every second) is reconnected.
 const FEED_SILENCE: Duration = Duration::from_secs(3);
@@ -191,7 +194,7 @@ impl RecordCache {
             entries,
             changed: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
-                .time_to_live(CHANGE_MEMORY)
+                .time_to_live(CHANGE_MEMORY.max(options.load_timeout * 2))
                 .build(),
             epoch: AtomicU64::new(0),
             confirmed: AtomicU64::new(0),
@@ -306,44 +309,63 @@ impl RecordCache {
             self.entries.invalidate(key).await;
         }
         let loaded_here = AtomicBool::new(false);
+        // The shared load runs under the registry's cap, not under the deadline of
+        // whichever caller started it: a caller with a tiny grpc-timeout must not fail
+        // the others waiting on the same citizen. Each waits only until its own deadline.
         let load = self.entries.entry(key.clone()).or_try_insert_with(async {
             loaded_here.store(true, Ordering::Relaxed);
-            self.load(key, deadline).await
+            self.load(key, Deadline::after(self.options.load_timeout))
+                .await
         });
         let answer = tokio::time::timeout_at(deadline.at(), load).await;
-        let outcome = if loaded_here.load(Ordering::Relaxed) {
+        let loaded_here = loaded_here.load(Ordering::Relaxed);
+        let outcome = if loaded_here {
             self.metrics.cache_misses.inc();
             CacheOutcome::Miss
         } else {
             self.metrics.cache_coalesced.inc();
             CacheOutcome::Coalesced
         };
-        let error = match answer {
+        let result = match answer {
             Ok(Ok(entry)) => {
                 let e = entry.into_value();
-                if e.epoch == self.epoch.load(Ordering::Acquire) {
+                if self.usable(key, &e, loaded_here) {
                     return (Ok(e.record.clone()), outcome);
                 }
-                // The cache was dropped while this was loading: read once more, uncached.
+                // Dropped or overtaken by a change while it was loading (the feed's
+                // invalidation may have run before the entry was stored), or not fresh
+                // when found: forget it and read once more, uncached.
                 self.entries.invalidate(key).await;
-                return (
-                    self.registry
-                        .citizen(key, deadline)
-                        .await
-                        .map(|r| r.map(Arc::new)),
-                    outcome,
-                );
+                self.registry
+                    .citizen(key, deadline)
+                    .await
+                    .map(|r| r.map(Arc::new))
             }
-            Ok(Err(e)) => (*e).clone(),
-            Err(_) => deadline.exceeded("the registry"),
+            Ok(Err(e)) => Err((*e).clone()),
+            Err(_) => Err(deadline.exceeded("the registry")),
+        };
+        let error = match result {
+            Ok(record) => return (Ok(record), outcome),
+            Err(error) => error,
         };
         if let Some(e) = stale.filter(|e| self.servable_stale(key, e, &error)) {
             self.metrics.cache_stale.inc();
             let record = e.record.clone();
+            // Kept for the next request while the registry stays down; never served as
+            // fresh (its load time says how old it is).
             self.entries.insert(key.clone(), e).await;
             return (Ok(record), CacheOutcome::Stale);
         }
         (Err(error), outcome)
+    }
+
+    /// Whether an entry the entry API returned may be served: of this cache generation,
+    /// not overtaken by a change the feed announced, and — if another request stored
+    /// it — fresh.
+    fn usable(&self, key: &LookupKey, e: &Entry, loaded_here: bool) -> bool {
+        e.epoch == self.epoch.load(Ordering::Acquire)
+            && !self.overtaken(key, e)
+            && (loaded_here || self.fresh(e, self.now()))
     }
 
     fn servable_stale(&self, key: &LookupKey, e: &Entry, error: &RegistryError) -> bool {
@@ -377,6 +399,8 @@ impl RecordCache {
     fn drop_all(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.entries.invalidate_all();
+        // Versions of the old history mean nothing in the new one.
+        self.changed.invalidate_all();
         self.metrics.cache_drops.inc();
     }
 
@@ -390,6 +414,8 @@ impl RecordCache {
         // 0: from now. Entries loaded before a from-now feed's first mark may predate
         // changes it will never send: the feed vouches only for entries loaded after it.
         let mut last = 0u64;
+        // Until a mark arrives after a from-now start, the feed vouches for nothing.
+        let mut floor_pending = true;
         let mut pause = FEED_RETRY_MIN;
         let mut reported = false;
         loop {
@@ -399,7 +425,6 @@ impl RecordCache {
             };
             match opened {
                 Ok(mut feed) => {
-                    let from_now = last == 0;
                     let mut first_mark = true;
                     loop {
                         let item = tokio::select! {
@@ -412,8 +437,9 @@ impl RecordCache {
                                 self.changed(&record).await;
                             }
                             Ok(Some(Ok(FeedEvent::Mark(version)))) => {
-                                if from_now && first_mark {
+                                if floor_pending {
                                     self.confirm_floor.store(self.now(), Ordering::Release);
+                                    floor_pending = false;
                                 }
                                 if first_mark && reported {
                                     tracing::info!(
@@ -432,6 +458,7 @@ impl RecordCache {
                                 tracing::warn!(%why, "registry change feed cannot be resumed; cache dropped");
                                 self.drop_all();
                                 last = 0;
+                                floor_pending = true;
                                 break;
                             }
                             Ok(Some(Err(e))) => {
@@ -459,6 +486,7 @@ impl RecordCache {
                     tracing::warn!(%why, "registry change feed cannot be resumed; cache dropped");
                     self.drop_all();
                     last = 0;
+                    floor_pending = true;
                 }
                 Err(e) => {
                     if !reported {
@@ -474,6 +502,128 @@ impl RecordCache {
                 _ = stopping.changed() => return,
             }
             pause = (pause * 2).min(FEED_RETRY_MAX);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::proto::registry::Household;
+    use crate::registry::ChangeStream;
+
+    type Feed = mpsc::UnboundedSender<Result<FeedEvent, RegistryError>>;
+
+    /// A registry whose every record changes right after its first read, the change
+    /// announced on the feed at once: the worst case of a load racing with a change.
+    struct Racing {
+        feed: Feed,
+        receiver: Mutex<Option<mpsc::UnboundedReceiver<Result<FeedEvent, RegistryError>>>>,
+        versions: Mutex<HashMap<String, u64>>,
+    }
+
+    #[tonic::async_trait]
+    impl Registry for Racing {
+        async fn citizen(
+            &self,
+            key: &LookupKey,
+            _: Deadline,
+        ) -> Result<Option<CitizenRecord>, RegistryError> {
+            let LookupKey::PersonalId(id) = key else {
+                return Ok(None);
+            };
+            let version = {
+                let mut versions = self.versions.lock().unwrap();
+                let v = *versions.get(id).unwrap_or(&1);
+                versions.insert(id.clone(), 2);
+                v
+            };
+            if version == 1 {
+                let changed = CitizenRecord {
+                    personal_id: id.clone(),
+                    version: 2,
+                    ..Default::default()
+                };
+                let _ = self.feed.send(Ok(FeedEvent::Changed(Box::new(changed))));
+            }
+            Ok(Some(CitizenRecord {
+                personal_id: id.clone(),
+                version,
+                ..Default::default()
+            }))
+        }
+        async fn household(
+            &self,
+            _: &str,
+            _: Deadline,
+        ) -> Result<Option<Household>, RegistryError> {
+            Ok(None)
+        }
+        async fn changes(&self, _: u64) -> Result<ChangeStream, RegistryError> {
+            let receiver = self.receiver.lock().unwrap().take();
+            let receiver =
+                receiver.ok_or_else(|| RegistryError::Unavailable("feed already taken".into()))?;
+            Ok(Box::pin(
+                tokio_stream::wrappers::UnboundedReceiverStream::new(receiver),
+            ))
+        }
+        fn kind(&self) -> &'static str {
+            "racing"
+        }
+    }
+
+    fn options() -> CacheOptions {
+        CacheOptions {
+            max_bytes: 64 << 20,
+            ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(30),
+            max_staleness: Duration::from_secs(300),
+            serve_stale_on_error: false,
+            stale_max_age: Duration::from_secs(600),
+            load_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_load_that_raced_with_a_change_is_never_served_as_fresh() {
+        let (feed, receiver) = mpsc::unbounded_channel();
+        let registry = Arc::new(Racing {
+            feed: feed.clone(),
+            receiver: Mutex::new(Some(receiver)),
+            versions: Mutex::new(HashMap::new()),
+        });
+        let cache = Arc::new(RecordCache::new(
+            registry,
+            options(),
+            Arc::new(Metrics::default()),
+        ));
+        let (_stop, stopping) = watch::channel(false);
+        feed.send(Ok(FeedEvent::Mark(1))).unwrap();
+        tokio::spawn(cache.clone().follow(stopping));
+        while !cache.feed_up() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let keys: Vec<LookupKey> = (0..3000)
+            .map(|i| LookupKey::PersonalId(format!("{i:012}")))
+            .collect();
+        let deadline = || Deadline::after(Duration::from_secs(1));
+        // Each answer may be the old version (the feed had not yet been read when the
+        // record was), but none may stay cached past the change.
+        for key in &keys {
+            let (record, _) = cache.citizen(key, deadline()).await;
+            assert!(record.unwrap().is_some());
+        }
+        // Let the feed's invalidations land, then ask again: nothing old comes back.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for key in &keys {
+            let (record, _) = cache.citizen(key, deadline()).await;
+            assert_eq!(record.unwrap().unwrap().version, 2);
         }
     }
 }

@@ -296,8 +296,8 @@ impl Config {
                 "registry.kind {other:?}: must be \"disk\", \"postgres\", \"remote\" or \"embedded\""
             )),
         }
-        if self.registry.timeout_ms == 0 {
-            p.push("registry.timeout_ms must be at least 1".into());
+        if self.registry.timeout_ms == 0 || self.registry.timeout_ms > 60_000 {
+            p.push("registry.timeout_ms must be between 1 and 60000".into());
         }
         let c = &self.cache;
         if c.enabled {
@@ -387,6 +387,7 @@ impl Config {
             max_staleness: Duration::from_millis(c.max_staleness_ms),
             serve_stale_on_error: c.serve_stale_on_error,
             stale_max_age: Duration::from_millis(c.stale_max_age_ms),
+            load_timeout: Duration::from_millis(self.registry.timeout_ms),
         })
     }
 

@@ -608,3 +608,57 @@ async fn the_disk_store_sits_behind_the_same_cache() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_caller_with_a_short_deadline_does_not_fail_the_others_waiting() {
+    // The registry takes 300 ms. A asks with 60 ms and starts the load; B asks right
+    // after with no deadline of its own and waits on the same load.
+    let s = setup(
+        Faults {
+            latency_ms: 300,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let r = s.living(1).remove(0);
+    let mut hasty = tonic::Request::new(declare(&r, "P03"));
+    hasty.set_timeout(Duration::from_millis(60));
+    let mut a = s.gw.client("portal").await;
+    let a = tokio::spawn(async move { a.verify_identity(hasty).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let b = s.verify(declare(&r, "P03")).await.unwrap();
+    assert_eq!(b.verdict, pb::Verdict::Match as i32);
+    let a = a.await.unwrap().unwrap_err();
+    assert_eq!(a.code(), Code::DeadlineExceeded, "{a:?}");
+    let records = s.records(&r.personal_id).await;
+    let outcomes: Vec<(&str, &str)> = records
+        .iter()
+        .map(|x| (x.outcome.as_str(), x.cache.as_str()))
+        .collect();
+    assert!(
+        outcomes.contains(&("DEADLINE_EXCEEDED", "miss"))
+            && outcomes.contains(&("MATCH", "coalesced"))
+            || outcomes.contains(&("MATCH", "miss")),
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_old_id_goes_through_the_remote_registry_and_the_cache() {
+    let s = setup(Faults::default(), |_| {}).await;
+    let old =
+        s.gw.find(|p| p.date_of_death.is_empty() && !p.old_id_number.is_empty())
+            .clone();
+    let mut req = declare(&old, "P01");
+    req.personal_id = old.old_id_number.clone();
+    for _ in 0..2 {
+        let a = s.verify(req.clone()).await.unwrap();
+        assert_eq!(a.verdict, pb::Verdict::Match as i32);
+    }
+    assert_eq!(s.lookups(), 1, "the old id is cached too");
+    // The subject is the 12-digit id, as for a lookup by it.
+    let records = s.records(&old.personal_id).await;
+    let cache: Vec<&str> = records.iter().map(|x| x.cache.as_str()).collect();
+    assert_eq!(cache, ["miss", "hit"]);
+}

@@ -75,6 +75,13 @@ enum State {
     HalfOpen { since: Instant },
 }
 
+/// Leave to call, from [`Breaker::admit`].
+#[derive(Debug)]
+pub struct Permit {
+    /// Set when this call is the half-open probe (when it was let through).
+    probe: Option<Instant>,
+}
+
 /// Consecutive-failure circuit breaker with a single probe.
 #[derive(Debug)]
 pub struct Breaker {
@@ -98,18 +105,32 @@ impl Breaker {
     }
 
     /// Whether a call may go out now; `Err` holds how long the breaker stays open.
-    /// Past the open period one caller becomes the probe; a probe that never reports
-    /// (its caller gave up) is replaced after another open period.
-    pub fn admit(&self) -> Result<(), Duration> {
+    /// Past the open period one caller becomes the probe (the permit says so). A probe
+    /// that ends without a verdict — its caller gave up — hands the slot on at once
+    /// ([`Breaker::release`]); one never released is replaced after another open period.
+    pub fn admit(&self) -> Result<Permit, Duration> {
         let now = Instant::now();
         let mut state = self.lock();
         match *state {
-            State::Closed { .. } => Ok(()),
+            State::Closed { .. } => Ok(Permit { probe: None }),
             State::Open { until } if now < until => Err(until - now),
             State::HalfOpen { since } if now < since + self.open_for => Err(self.open_for),
             _ => {
                 *state = State::HalfOpen { since: now };
-                Ok(())
+                Ok(Permit { probe: Some(now) })
+            }
+        }
+    }
+
+    /// A call ended without a verdict on the registry (the caller's own deadline, a
+    /// cancellation): if it was the probe, the next caller may probe.
+    pub fn release(&self, permit: Permit) {
+        if let Some(since) = permit.probe {
+            let mut state = self.lock();
+            if matches!(*state, State::HalfOpen { since: s } if s == since) {
+                *state = State::Open {
+                    until: Instant::now(),
+                };
             }
         }
     }
@@ -170,6 +191,8 @@ impl std::fmt::Debug for RemoteRegistry {
 
 /// First pause between retries; doubled each time, with full jitter.
 const BACKOFF_BASE: Duration = Duration::from_millis(20);
+/// An answer this close to the deadline that says CANCELLED is the deadline's doing.
+const DEADLINE_SLACK: Duration = Duration::from_millis(10);
 /// Messages from the registry are small; a household or a batch a few tens of KB.
 const MAX_MESSAGE: usize = 4 << 20;
 
@@ -246,15 +269,19 @@ impl RemoteRegistry {
         let deadline = deadline.capped(self.options.timeout);
         let mut attempt = 0u32;
         loop {
-            if let Err(open) = self.breaker.admit() {
-                self.metrics.upstream_short_circuited.inc();
-                return Err(RegistryError::Unavailable(format!(
-                    "the registry failed {} times in a row; not asked again for {} ms (circuit open)",
-                    self.options.breaker_failures,
-                    open.as_millis()
-                )));
-            }
+            let permit = match self.breaker.admit() {
+                Ok(permit) => permit,
+                Err(open) => {
+                    self.metrics.upstream_short_circuited.inc();
+                    return Err(RegistryError::Unavailable(format!(
+                        "the registry failed {} times in a row; not asked again for {} ms (circuit open)",
+                        self.options.breaker_failures,
+                        open.as_millis()
+                    )));
+                }
+            };
             if deadline.passed() {
+                self.breaker.release(permit);
                 return Err(deadline.exceeded("the registry"));
             }
             self.metrics.upstream_calls.inc();
@@ -270,34 +297,51 @@ impl RemoteRegistry {
                 Err(_) => Status::deadline_exceeded("no answer before the deadline"),
             };
             self.metrics.upstream_failures.inc();
-            let retryable = match status.code() {
-                Code::Unavailable => true,
-                // A registry that is slow past our deadline is failing too, unless it
-                // was the caller's own short deadline that ran out.
-                Code::DeadlineExceeded | Code::Cancelled => false,
-                // The registry answered, so it is up: refused or broken input.
-                _ => {
-                    self.breaker.success();
-                    return Err(refused(rpc, &status));
-                }
+            // The registry enforces the grpc-timeout it was sent and answers CANCELLED
+            // when it runs out, a hair before our own timer: that is our deadline too.
+            let code = match status.code() {
+                Code::Cancelled if deadline.remaining() < DEADLINE_SLACK => Code::DeadlineExceeded,
+                code => code,
             };
-            let counts = retryable || !deadline.set_by_caller();
-            if counts && self.breaker.failure() {
-                self.metrics.breaker_opened.inc();
-                tracing::warn!(
-                    rpc,
-                    failures = self.options.breaker_failures,
-                    "upstream registry: circuit opened"
-                );
+            let verdict = match code {
+                // Down, overloaded or broken: the registry is failing.
+                Code::Unavailable
+                | Code::Internal
+                | Code::Unknown
+                | Code::DataLoss
+                | Code::ResourceExhausted => Some(true),
+                // Slow: failing too, unless it was the caller's own short deadline.
+                Code::DeadlineExceeded => Some(!deadline.set_by_caller()),
+                // Cancelled: says nothing about the registry.
+                Code::Cancelled => None,
+                // It answered, so it is up: it refused (our identity) or found the
+                // request malformed.
+                _ => Some(false),
+            };
+            match verdict {
+                Some(true) => {
+                    if self.breaker.failure() {
+                        self.metrics.breaker_opened.inc();
+                        tracing::warn!(
+                            rpc,
+                            failures = self.options.breaker_failures,
+                            "upstream registry: circuit opened"
+                        );
+                    }
+                }
+                Some(false) => self.breaker.success(),
+                None => self.breaker.release(permit),
             }
-            if !retryable {
-                return Err(deadline.exceeded("the registry"));
+            match code {
+                Code::Unavailable => {}
+                Code::DeadlineExceeded => return Err(deadline.exceeded("the registry")),
+                _ => return Err(refused(rpc, code)),
             }
             let pause = backoff(attempt);
             if attempt >= self.options.retries || deadline.remaining() <= pause * 2 {
                 return Err(RegistryError::Unavailable(format!(
-                    "the registry is unavailable ({rpc}: {})",
-                    status.message()
+                    "the registry is unavailable ({rpc}, {} tries)",
+                    attempt + 1
                 )));
             }
             attempt += 1;
@@ -313,18 +357,19 @@ fn backoff(attempt: u32) -> Duration {
     rand::thread_rng().gen_range(Duration::ZERO..=ceiling)
 }
 
-/// The registry answered but refused: the gateway's identity, or a request it thinks
-/// malformed. Never retried, never a verdict.
-fn refused(rpc: &str, status: &Status) -> RegistryError {
-    match status.code() {
-        Code::Internal | Code::DataLoss => {
-            RegistryError::Invalid(format!("the registry failed internally ({rpc})"))
+/// An answer other than UNAVAILABLE or DEADLINE_EXCEEDED: never retried, never a
+/// verdict. Only the code is kept: the registry's own message is free text that may
+/// name the citizen, and it would reach the caller and the audit log.
+fn refused(rpc: &str, code: Code) -> RegistryError {
+    let name = crate::error::code_name(code);
+    match code {
+        Code::Internal | Code::DataLoss | Code::Unknown => {
+            RegistryError::Invalid(format!("the registry failed ({rpc}: {name})"))
         }
-        Code::OutOfRange => RegistryError::OutOfRange(status.message().to_string()),
-        code => RegistryError::Unavailable(format!(
-            "the registry refused {rpc}: {}",
-            crate::error::code_name(code)
+        Code::OutOfRange => RegistryError::OutOfRange(format!(
+            "the registry cannot resume its change feed from there ({rpc}: {name})"
         )),
+        _ => RegistryError::Unavailable(format!("the registry refused {rpc}: {name}")),
     }
 }
 
@@ -451,13 +496,15 @@ impl Registry for RemoteRegistry {
             })
             .await?
             .into_inner();
-        Ok(Box::pin(stream.map(|item| match item {
+        // A changed record serves only to invalidate what is cached under its ids; it is
+        // never answered from. So it is not checked: a record that fails validation must
+        // still invalidate (a later lookup gets it, and "could not check"), and must not
+        // stop the feed at its version for good.
+        Ok(Box::pin(stream.map(move |item| match item {
             Ok(pb::ChangeEvent {
-                citizen: Some(record),
+                citizen: Some(mut record),
                 version,
             }) => {
-                let key = LookupKey::PersonalId(record.personal_id.clone());
-                let mut record = checked(record, &key)?;
                 record.version = version;
                 Ok(FeedEvent::Changed(Box::new(record)))
             }
@@ -465,13 +512,10 @@ impl Registry for RemoteRegistry {
                 citizen: None,
                 version,
             }) => Ok(FeedEvent::Mark(version)),
-            Err(status) if status.code() == Code::OutOfRange => {
-                Err(RegistryError::OutOfRange(status.message().to_string()))
-            }
-            Err(status) => Err(RegistryError::Unavailable(format!(
-                "the registry's change feed ended: {}",
-                crate::error::code_name(status.code())
-            ))),
+            Err(status) if status.code() == Code::Unavailable => Err(RegistryError::Unavailable(
+                "the registry's change feed ended: UNAVAILABLE".into(),
+            )),
+            Err(status) => Err(refused("WatchChanges", status.code())),
         })))
     }
 
@@ -503,6 +547,23 @@ mod tests {
         b.success();
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.admit().is_ok() && b.admit().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_ends_without_a_verdict_hands_the_slot_on() {
+        let b = Breaker::new(1, Duration::from_secs(1));
+        assert!(b.failure());
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        let probe = b.admit().unwrap();
+        assert!(b.admit().is_err(), "one probe at a time");
+        // The probe's caller gave up: the next caller probes at once, not a second later.
+        b.release(probe);
+        let next = b.admit().unwrap();
+        b.success();
+        assert_eq!(b.state(), BreakerState::Closed);
+        // Releasing a permit that was not the probe changes nothing.
+        b.release(next);
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]
