@@ -56,6 +56,7 @@ fn main() {
             // The population as a file (the callers' declarations), imported into the
             // on-disk store the gateway serves by default.
             config.registry.create_demo = false;
+            config.zero_config = true;
             popgw::demo::prepare(&config).unwrap();
             popgw::registry::generate_to_file(100_000, 2022, &config.population_path()).unwrap();
             let file = std::io::BufReader::new(std::fs::File::open(config.population_path()).unwrap());

@@ -34,6 +34,11 @@ pub struct Config {
     pub cache: CacheSettings,
     /// The audit log.
     pub audit: AuditSettings,
+    /// Set only by [`Config::zero_config`] (`popgw serve` without `--config`): the one
+    /// mode in which demo material (development PKI, demo policy, demo population) is
+    /// created when missing. With a configuration file, a missing file is an error.
+    #[serde(skip)]
+    pub zero_config: bool,
 }
 
 /// Mutual TLS settings.
@@ -46,8 +51,9 @@ pub struct TlsSettings {
     pub cert: PathBuf,
     /// The server's private key.
     pub key: PathBuf,
-    /// Create a development PKI in the certificate's folder when `client_ca` is absent.
-    /// Never enable in production: a missing CA must stop the gateway, not be invented.
+    /// Zero-config only (`popgw serve` without `--config`): create a development PKI in
+    /// the certificate's folder when `client_ca` is absent. With a configuration file a
+    /// missing CA stops the gateway, naming the file: it is never invented.
     pub create_dev_pki: bool,
     /// A handshake not finished within this many milliseconds is dropped.
     pub handshake_timeout_ms: u64,
@@ -67,7 +73,7 @@ pub struct RegistrySettings {
     pub url: Option<String>,
     /// embedded: the JSON Lines population; default `<data_dir>/population.jsonl`.
     pub population_file: Option<PathBuf>,
-    /// disk and embedded: create a demo population when there is none.
+    /// Zero-config only: create the demo population when there is none.
     pub create_demo: bool,
     /// Size of the demo population.
     pub demo_count: u64,
@@ -157,6 +163,7 @@ impl Default for Config {
             registry: RegistrySettings::default(),
             cache: CacheSettings::default(),
             audit: AuditSettings::default(),
+            zero_config: false,
         }
     }
 }
@@ -318,6 +325,15 @@ impl Config {
             p.push("node_id must be a non-empty printable name".into());
         }
         p
+    }
+
+    /// The configuration of `popgw serve` without `--config`: every default, and demo
+    /// material created on first start.
+    pub fn zero_config() -> Config {
+        Config {
+            zero_config: true,
+            ..Config::default()
+        }
     }
 
     /// A configuration rooted in `dir`: data in `dir/data`, certificates in `dir/certs`

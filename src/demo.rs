@@ -1,5 +1,11 @@
 //! First start: the development PKI, the demo policy and the demo population are
 //! created when absent, so that `popgw serve` alone gives a working gateway.
+//!
+//! Only in zero-config mode ([`Config::zero_config`]): with a configuration file
+//! nothing is invented — a mistyped CA, policy or population path is an error that
+//! names the file, never a development PKI trusted in its place, a demo policy or a
+//! synthetic population that answers NO_MATCH to every real citizen. Nothing existing
+//! is ever overwritten (the PKI refuses a folder that holds any of its files).
 
 use std::path::Path;
 
@@ -9,6 +15,17 @@ use crate::policy::DEMO_POLICY;
 use crate::registry::disk::DiskStore;
 use crate::registry::generate;
 use crate::registry::import::{ImportError, Records};
+
+/// In a store folder: the name of the generation the demo import created.
+const DEMO_MARKER: &str = "demo-generation";
+
+/// Whether the disk store in `dir` serves the demo population this module imported
+/// (not a population imported over it since).
+pub fn is_demo_store(dir: &Path) -> bool {
+    let marker = std::fs::read_to_string(dir.join(DEMO_MARKER)).ok();
+    let current = DiskStore::generation(dir).ok().flatten();
+    matches!((marker, current), (Some(m), Some(c)) if m.trim() == c)
+}
 
 /// Something first start could not create.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +44,9 @@ pub enum DemoError {
 /// Creates what is missing and says what it created (one line each, for stdout).
 pub fn prepare(config: &Config) -> Result<Vec<String>, DemoError> {
     let mut notes = Vec::new();
+    if !config.zero_config {
+        return Ok(notes);
+    }
     let io = |p: &Path| {
         let p = p.display().to_string();
         move |e| DemoError::Io(p, e)
@@ -72,6 +92,11 @@ pub fn prepare(config: &Config) -> Result<Vec<String>, DemoError> {
             let dir = config.registry_path();
             if config.registry.create_demo && !DiskStore::exists(&dir) {
                 let summary = import_demo(config, &dir)?;
+                // The generation imported is the demo: `serve` prints examples from it only.
+                if let Ok(Some(generation)) = DiskStore::generation(&dir) {
+                    let marker = dir.join(DEMO_MARKER);
+                    std::fs::write(&marker, generation).map_err(io(&marker))?;
+                }
                 notes.push(format!(
                     "imported a demo population of {} citizens into {} (seed {})",
                     summary.imported,

@@ -447,7 +447,7 @@ async fn run(cli: Cli) -> Result<()> {
 async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
     let mut config = match &config {
         Some(path) => Config::load(path)?,
-        None => Config::default(),
+        None => Config::zero_config(),
     };
     if let Some(listen) = listen {
         config.listen = listen.parse().context("--listen")?;
@@ -628,7 +628,7 @@ async fn registry_command(command: RegistryCommand) -> Result<()> {
         } => {
             let config = match &config {
                 Some(path) => Config::load(path)?,
-                None => Config::default(),
+                None => Config::zero_config(),
             };
             for rate in [inject_error_rate, inject_garbage_rate] {
                 if !(0.0..=1.0).contains(&rate) {
@@ -637,7 +637,7 @@ async fn registry_command(command: RegistryCommand) -> Result<()> {
                     );
                 }
             }
-            if config.tls.create_dev_pki && !config.tls.client_ca.exists() {
+            if config.zero_config && config.tls.create_dev_pki && !config.tls.client_ca.exists() {
                 let dir = config.tls.cert.parent().unwrap_or(Path::new("."));
                 pki::init(dir)?;
                 out!(

@@ -111,6 +111,31 @@ pub fn init(dir: &Path) -> Result<DevCa, PkiError> {
         move |source| PkiError::Io { path, source }
     };
     fs::create_dir_all(dir).map_err(io(dir))?;
+    // Never over an existing file: a mistyped path must not replace a real server key.
+    let names = [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "portal.pem",
+        "portal.key",
+        "ministry.pem",
+        "ministry.key",
+        "operator.pem",
+        "operator.key",
+        "gateway.pem",
+        "gateway.key",
+        "outsider.pem",
+        "outsider.key",
+    ];
+    if let Some(existing) = names.iter().map(|n| dir.join(n)).find(|p| p.exists()) {
+        return Err(PkiError::Io {
+            path: existing,
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists; a development PKI is only created in a folder without one",
+            ),
+        });
+    }
     let ca = DevCa::new("popgw development CA")?;
     write(&dir.join("ca.pem"), &ca.cert_pem, false)?;
     let (cert, key) = ca.issue_server()?;
@@ -159,7 +184,8 @@ fn write(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
         source,
     };
     let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    // create_new: never replace an existing file (nor loosen an existing key's mode).
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     if secret {
         use std::os::unix::fs::OpenOptionsExt;

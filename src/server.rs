@@ -55,6 +55,14 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// What `load` found for the registry, handed to `assemble`.
+struct Parts {
+    registry: Arc<dyn Registry>,
+    examples: Vec<CitizenRecord>,
+    population: u64,
+    store: Option<Arc<dyn Store>>,
+}
+
 /// A loaded gateway, ready to serve.
 pub struct Server {
     config: Config,
@@ -69,10 +77,19 @@ impl Server {
     /// Loads TLS material, policy, catalogue, the registry its configuration names
     /// (the on-disk store by default) and the audit log.
     pub async fn load(config: Config) -> Result<Server, ServeError> {
+        // TLS first: a mistyped certificate path is the likeliest mistake and the
+        // clearest error, before any store is opened.
+        let tls = tls::server_config(&config.tls.client_ca, &config.tls.cert, &config.tls.key)?;
         let metrics = Arc::new(Metrics::default());
         if config.registry.kind == "remote" {
             let registry = RemoteRegistry::connect(config.remote_options(), metrics.clone())?;
-            return Self::assemble(config, Arc::new(registry), Vec::new(), 0, None, metrics).await;
+            let parts = Parts {
+                registry: Arc::new(registry),
+                examples: Vec::new(),
+                population: 0,
+                store: None,
+            };
+            return Self::assemble(config, tls, parts, metrics).await;
         }
         if config.registry.kind == "embedded" {
             let population = config.population_path();
@@ -80,27 +97,41 @@ impl Server {
                 tokio::task::spawn_blocking(move || EmbeddedRegistry::load_jsonl(&population))
                     .await
                     .map_err(|e| RegistryError::Invalid(e.to_string()))??;
-            let examples = registry.examples();
+            let examples = if config.zero_config {
+                registry.examples()
+            } else {
+                Vec::new()
+            };
             let population = registry.len() as u64;
-            return Self::assemble(
-                config,
-                Arc::new(registry),
+            let parts = Parts {
+                registry: Arc::new(registry),
                 examples,
                 population,
-                None,
-                metrics,
-            )
-            .await;
+                store: None,
+            };
+            return Self::assemble(config, tls, parts, metrics).await;
         }
         let location = match config.registry.kind.as_str() {
             "postgres" => StoreLocation::Postgres(config.registry.url.clone().unwrap_or_default()),
             _ => StoreLocation::Disk(config.registry_path()),
         };
         let store = registry::open_store(&location, &config.store_options()).await?;
-        let examples = store.examples(2).await?;
+        // Examples are printed at start: only ever from the generated demo population.
+        let demo = config.zero_config
+            && matches!(&location, StoreLocation::Disk(dir) if crate::demo::is_demo_store(dir));
+        let examples = if demo {
+            store.examples(2).await?
+        } else {
+            Vec::new()
+        };
         let population = store.count().await?;
-        let registry: Arc<dyn Registry> = store.clone();
-        Self::assemble(config, registry, examples, population, Some(store), metrics).await
+        let parts = Parts {
+            registry: store.clone(),
+            examples,
+            population,
+            store: Some(store),
+        };
+        Self::assemble(config, tls, parts, metrics).await
     }
 
     /// Like [`Server::load`], over another registry (a remote one, or in tests one
@@ -109,19 +140,28 @@ impl Server {
         config: Config,
         registry: Arc<dyn Registry>,
     ) -> Result<Server, ServeError> {
-        let metrics = Arc::new(Metrics::default());
-        Self::assemble(config, registry, Vec::new(), 0, None, metrics).await
+        let tls = tls::server_config(&config.tls.client_ca, &config.tls.cert, &config.tls.key)?;
+        let parts = Parts {
+            registry,
+            examples: Vec::new(),
+            population: 0,
+            store: None,
+        };
+        Self::assemble(config, tls, parts, Arc::new(Metrics::default())).await
     }
 
     async fn assemble(
         config: Config,
-        registry: Arc<dyn Registry>,
-        examples: Vec<CitizenRecord>,
-        population: u64,
-        store: Option<Arc<dyn Store>>,
+        tls: Arc<rustls::ServerConfig>,
+        parts: Parts,
         metrics: Arc<Metrics>,
     ) -> Result<Server, ServeError> {
-        let tls = tls::server_config(&config.tls.client_ca, &config.tls.cert, &config.tls.key)?;
+        let Parts {
+            registry,
+            examples,
+            population,
+            store,
+        } = parts;
         let policy = Policy::load(&config.policy_path())?;
         let catalogue = match &config.catalogue_file {
             Some(path) => Catalogue::load(path)?,
@@ -132,8 +172,7 @@ impl Server {
         let key = audit::load_or_create_signing_key(&signing_key_path)
             .map_err(|e| ServeError::Key(signing_key_path.display().to_string(), e))?;
         let pseudonym_path = config.pseudonym_key_path();
-        let pseudonyms = Pseudonymizer::load_or_create(&pseudonym_path)
-            .map_err(|e| ServeError::Key(pseudonym_path.display().to_string(), e))?;
+        let pseudonyms = Pseudonymizer::open_for_log(&pseudonym_path, &config.audit_dir())?;
         let a = &config.audit;
         let mut audit_config = AuditConfig::new(config.audit_dir(), config.node_id.clone());
         audit_config.durability = if a.durability == "buffered" {

@@ -8,6 +8,9 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::Path;
 
+/// The file beside the audit log that names its pseudonym key's fingerprint.
+pub const FINGERPRINT_FILE: &str = "pseudonym-key.fingerprint";
+
 /// Reads a 32-byte secret stored as hex, or creates one (mode 0600, fsynced,
 /// directory fsynced) if the file does not exist.
 fn load_or_create_secret(path: &Path) -> io::Result<[u8; 32]> {
@@ -99,6 +102,74 @@ impl Pseudonymizer {
     /// Loads the key (32 bytes as hex) or creates it with mode 0600.
     pub fn load_or_create(path: &Path) -> io::Result<Self> {
         Ok(Self::new(load_or_create_secret(path)?))
+    }
+
+    /// Which key this is, without revealing it: the first 16 bytes of
+    /// HMAC(key, "popgw pseudonym key fingerprint"), hex.
+    pub fn fingerprint(&self) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .expect("HMAC accepts keys of any length");
+        mac.update(b"popgw pseudonym key fingerprint");
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+
+    /// The pseudonym key of the audit log in `audit_dir`. The log records the key's
+    /// fingerprint (`pseudonym-key.fingerprint`) when it first uses it; afterwards a
+    /// missing key or another key is refused — a new key would silently stop every
+    /// earlier record from matching queries by personal id. A key is created only for
+    /// a log that has neither records nor a fingerprint yet.
+    pub fn open_for_log(path: &Path, audit_dir: &Path) -> Result<Self, super::AuditError> {
+        let refuse = |why: String| super::AuditError::PseudonymKey(why);
+        let recorded_path = audit_dir.join(FINGERPRINT_FILE);
+        let recorded = match std::fs::read_to_string(&recorded_path) {
+            Ok(text) => Some(text.trim().to_string()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        let has_records = std::fs::read_dir(audit_dir)
+            .map(|entries| {
+                entries.flatten().any(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with("audit-") && name.ends_with(".log")
+                })
+            })
+            .unwrap_or(false);
+        let key = if recorded.is_some() || has_records {
+            match Self::load(path) {
+                Ok(key) => key,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(refuse(format!(
+                        "pseudonym key {} is missing but the audit log in {} was written with one: restore it                          (a new key would make every earlier record unfindable by personal id)",
+                        path.display(),
+                        audit_dir.display()
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            Self::load_or_create(path)?
+        };
+        match recorded {
+            Some(fp) if fp != key.fingerprint() => Err(refuse(format!(
+                "pseudonym key {} (fingerprint {}) is not the key of the audit log in {} (fingerprint {fp}):                  restore the right key",
+                path.display(),
+                key.fingerprint(),
+                audit_dir.display()
+            ))),
+            Some(_) => Ok(key),
+            None => {
+                std::fs::create_dir_all(audit_dir)?;
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&recorded_path)?;
+                file.write_all(format!("{}\n", key.fingerprint()).as_bytes())?;
+                file.sync_all()?;
+                sync_dir(audit_dir)?;
+                Ok(key)
+            }
+        }
     }
 
     /// 64 lowercase hex characters.

@@ -152,4 +152,15 @@ pub enum AuditError {
     Closed,
     #[error("audit log is corrupt: {0}")]
     Corrupt(String),
+    /// Another process writes this folder: two writers would fork the chain for good.
+    #[error("audit folder {dir} is in use by another popgw ({holder}); two writers would fork the chain")]
+    Locked {
+        /// The folder.
+        dir: String,
+        /// Who holds it, as its lock file says ("pid N").
+        holder: String,
+    },
+    /// The pseudonym key does not belong to this audit log.
+    #[error("{0}")]
+    PseudonymKey(String),
 }

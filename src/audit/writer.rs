@@ -60,6 +60,39 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Takes the folder's exclusive lock (`audit.lock`, holding the holder's pid), or
+/// names who holds it.
+fn lock_folder(dir: &Path) -> Result<File, AuditError> {
+    let path = dir.join("audit.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    if file.try_lock().is_err() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        return Err(AuditError::Locked {
+            dir: dir.display().to_string(),
+            holder: if holder.is_empty() {
+                "pid unknown".into()
+            } else {
+                holder
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(40)
+                    .collect()
+            },
+        });
+    }
+    file.set_len(0)?;
+    file.write_all(format!("pid {}\n", std::process::id()).as_bytes())?;
+    file.sync_data()?;
+    Ok(file)
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -79,6 +112,8 @@ impl AuditLog {
         if let Some(parent) = cfg.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
         }
+        // One writer per folder, for the life of the writer thread.
+        let folder_lock = lock_folder(&cfg.dir)?;
         ensure_pubkey(&cfg.dir, &key)?;
 
         let (bcast, _) = broadcast::channel(16384);
@@ -102,6 +137,7 @@ impl AuditLog {
             .spawn(move || {
                 writer.run(rx);
                 drop(writer);
+                drop(folder_lock);
                 let _ = done_tx.send(true);
             })?;
         Ok(AuditLog {

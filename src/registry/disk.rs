@@ -177,6 +177,11 @@ impl DiskStore {
         dir.join(CURRENT).is_file()
     }
 
+    /// The name of the generation served now (`registry-<version>.redb`), if any.
+    pub fn generation(dir: &Path) -> Result<Option<String>, RegistryError> {
+        current_name(dir)
+    }
+
     /// Opens the store in `dir`: the generation `CURRENT` names. Does not read the
     /// records: opening takes the same time whatever the size.
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<DiskStore, RegistryError> {

@@ -1,0 +1,183 @@
+//! Production never falls back to demo behaviour, and a node refuses to start rather
+//! than corrupt its audit trail: a mistyped CA path with a configuration file stops the
+//! gateway and touches nothing; a second gateway on one audit folder is refused; a
+//! missing or different pseudonym key is refused; examples are printed only from the
+//! generated demo population.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::TestGateway;
+use popgw::Server;
+
+const BIN: &str = env!("CARGO_BIN_EXE_popgw");
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_mistyped_ca_path_stops_the_gateway_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    popgw::pki::init(&certs).unwrap();
+    let config = dir.path().join("popgw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{d}/data\"\n[tls]\nclient_ca = \"{c}/ca-typo.pem\"\ncert = \"{c}/server.pem\"\nkey = \"{c}/server.key\"\ncreate_dev_pki = true\n",
+            d = dir.path().display(),
+            c = certs.display()
+        ),
+    )
+    .unwrap();
+    let before = snapshot(dir.path());
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ca-typo.pem"), "names the file: {stderr}");
+    let after = snapshot(dir.path());
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "no file created (no PKI, no demo policy, no demo population)"
+    );
+    assert!(before == after, "no file changed");
+
+    // `certs init` over an existing PKI refuses too, and changes nothing.
+    let out = Command::new(BIN)
+        .args(["certs", "init", "--out"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+    assert!(snapshot(dir.path()) == before);
+}
+
+#[tokio::test]
+async fn a_second_gateway_on_the_same_audit_folder_refuses_to_start() {
+    let mut gw = TestGateway::start().await;
+    let config = popgw::config::Config::rooted_at(gw.dir.path());
+    let e = Server::load(config.clone()).await.err().expect("refused");
+    let message = e.to_string();
+    assert!(
+        message.contains("in use by another popgw")
+            && message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
+    // Once the first one has stopped, the folder is free.
+    gw.stop().await;
+    let server = Server::load(config).await.unwrap();
+    drop(server);
+}
+
+#[tokio::test]
+async fn a_missing_or_different_pseudonym_key_refuses_to_start() {
+    let mut gw = TestGateway::start().await;
+    let r = gw.living().clone();
+    gw.client("portal")
+        .await
+        .verify_identity(common::declare(&r, "P03"))
+        .await
+        .unwrap();
+    gw.stop().await;
+    let config = popgw::config::Config::rooted_at(gw.dir.path());
+    let key = config.pseudonym_key_path();
+    let original = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let e = Server::load(config.clone()).await.err().expect("refused");
+    assert!(e.to_string().contains("is missing"), "{e}");
+    assert!(!key.exists(), "no new key was made");
+    std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+    let e = Server::load(config.clone()).await.err().expect("refused");
+    assert!(
+        e.to_string().contains("is not the key of the audit log"),
+        "{e}"
+    );
+    std::fs::write(&key, original).unwrap();
+    Server::load(config).await.unwrap();
+}
+
+/// The lines `popgw serve` (zero-config, in `dir`) prints before it serves.
+fn start_lines(dir: &Path) -> Vec<String> {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    for line in reader.by_ref() {
+        let line = line.unwrap();
+        let done = line.starts_with("popgw serving");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    // Any example lines follow the "serving" line at once; give them a moment.
+    let rest = std::thread::spawn(move || reader.map_while(Result::ok).collect::<Vec<_>>());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = child.kill();
+    let _ = child.wait();
+    lines.extend(rest.join().unwrap());
+    lines
+}
+
+#[test]
+fn examples_are_printed_only_from_the_generated_demo_population() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_lines(dir.path());
+    assert!(
+        first.iter().any(|l| l.trim_start().starts_with("try: ")),
+        "{first:?}"
+    );
+    // Another population imported over the demo: it could be real, never printed.
+    let population = dir.path().join("other.jsonl");
+    popgw::registry::generate::generate_to_file(500, 99, &population).unwrap();
+    let out = Command::new(BIN)
+        .args(["registry", "import", "--from"])
+        .arg(&population)
+        .args(["--to", "data/registry"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let second = start_lines(dir.path());
+    assert!(
+        second.iter().any(|l| l.contains("500 citizens")),
+        "{second:?}"
+    );
+    assert!(
+        !second.iter().any(|l| l.trim_start().starts_with("try: ")),
+        "{second:?}"
+    );
+}
