@@ -597,3 +597,71 @@ async fn a_watcher_that_stops_reading_does_not_hold_up_shutdown() {
     }
     assert!(n >= 1);
 }
+
+#[tokio::test]
+async fn a_refused_request_keeps_the_claimed_procedure_and_dossier() {
+    let gw = TestGateway::start().await;
+    let r = gw.living().clone();
+    // An unknown procedure: INVALID_ARGUMENT, recorded with the code it claimed, marked.
+    let mut unknown = declare(&r, "P99");
+    unknown.case_id = "HS-UNKNOWN-1".into();
+    let e = gw
+        .client("portal")
+        .await
+        .verify_identity(unknown)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // An RPC the portal is not granted: PERMISSION_DENIED, with procedure and dossier.
+    let e = gw
+        .client("portal")
+        .await
+        .get_citizen(pb::GetCitizenRequest {
+            personal_id: r.personal_id.clone(),
+            procedure_code: "P16".into(),
+            case_id: "HS-UNGRANTED-2".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // A dossier number holding the personal id: refused, and never written.
+    let mut leaky = declare(&r, "P03");
+    leaky.case_id = format!("HS-{}", r.personal_id);
+    let e = gw
+        .client("portal")
+        .await
+        .verify_identity(leaky)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("case_id"), "{e:?}");
+    // A procedure code that could hold an id is not written either.
+    let mut long = declare(&r, "P03");
+    long.procedure_code = r.personal_id.clone();
+    assert!(gw
+        .client("portal")
+        .await
+        .verify_identity(long)
+        .await
+        .is_err());
+
+    let records = all_records(&gw).await;
+    let about: Vec<_> = records
+        .iter()
+        .filter(|x| x.rpc == "VerifyIdentity" || x.rpc == "GetCitizen")
+        .map(|x| (x.procedure.as_str(), x.case_id.as_str(), x.code.as_str()))
+        .collect();
+    assert_eq!(
+        about,
+        [
+            ("?P99", "HS-UNKNOWN-1", "INVALID_ARGUMENT"),
+            ("P16", "HS-UNGRANTED-2", "PERMISSION_DENIED"),
+            ("P03", "?", "INVALID_ARGUMENT"),
+            ("?", "HS-2026-000123", "INVALID_ARGUMENT"),
+        ]
+    );
+    assert!(
+        records.iter().all(|x| !x.json.contains(&r.personal_id)),
+        "the id never appears in clear"
+    );
+}

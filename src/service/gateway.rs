@@ -99,12 +99,27 @@ impl Gateway {
         Ok(procedure)
     }
 
-    /// Names the subject as early as possible, before any policy check, so that
-    /// refused attempts on a citizen are found by a query on their personal id.
-    fn early_subject(&self, ctx: &mut RequestCtx, raw_id: &str) {
-        if let Ok(id) = validation::parse_declared_id(raw_id, true) {
+    /// Records what a request claims — its subject, procedure and dossier — before any
+    /// policy check, so that a refused attempt is found by a query on the citizen's id
+    /// and still says which procedure and dossier it was for. What fails validation is
+    /// recorded only as `?` (marked unvalidated; it could hold anything), an unknown
+    /// procedure code of a safe shape as `?CODE`, and a dossier number holding the
+    /// personal id not at all (the request is refused for it later).
+    fn claim(&self, ctx: &mut RequestCtx, raw_id: &str, procedure_code: &str, case_id: &str) {
+        let id = validation::parse_declared_id(raw_id, true).ok();
+        if let Some(id) = &id {
             ctx.subject = self.subject(id.digits());
         }
+        ctx.procedure = match self.catalogue.get(procedure_code.trim()) {
+            Some(p) => p.code.clone(),
+            None => validation::claimed_procedure(procedure_code),
+        };
+        let digits = id.as_ref().map_or("", |id| id.digits());
+        ctx.case_id = match validation::check_case_id(case_id) {
+            Ok(case) if validation::check_case_not_id(&case, digits).is_ok() => case,
+            _ if case_id.trim().is_empty() => String::new(),
+            _ => "?".into(),
+        };
     }
 
     /// Pseudonyms of the other people a minimised record names (relatives, household
@@ -137,7 +152,7 @@ impl Gateway {
     }
 
     /// After a lookup by the old 9-digit id, the subject becomes the citizen's
-    /// 12-digit id, the one they will ask about. (For a 12-digit id `early_subject`
+    /// 12-digit id, the one they will ask about. (For a 12-digit id `claim`
     /// already named it: no second HMAC.)
     fn found_subject(&self, ctx: &mut RequestCtx, id: &DeclaredId, record: Option<&CitizenRecord>) {
         if let (DeclaredId::Old(_), Some(r)) = (id, record) {
@@ -160,11 +175,12 @@ impl Gateway {
         ctx: &mut RequestCtx,
         req: pb::VerifyIdentityRequest,
     ) -> Result<(pb::VerifyIdentityResponse, Disclosure), GatewayError> {
-        self.early_subject(ctx, &req.personal_id);
+        self.claim(ctx, &req.personal_id, &req.procedure_code, &req.case_id);
         let grant = self.authorize(ctx)?;
         let procedure = self.procedure(ctx, grant, &req.procedure_code)?;
-        ctx.case_id = validation::check_case_id(&req.case_id)?;
+        let case_id = validation::check_case_id(&req.case_id)?;
         let id = validation::parse_declared_id(&req.personal_id, procedure.old_id_accepted)?;
+        validation::check_case_not_id(&case_id, id.digits())?;
         validation::check_full_name(&req.full_name)?;
         // The birth date is required: id and name alone must never verify anyone.
         let dob = validation::parse_birth_date(&req.date_of_birth, validation::today_in_vietnam())?
@@ -248,11 +264,12 @@ impl Gateway {
         ctx: &mut RequestCtx,
         req: pb::GetCitizenRequest,
     ) -> Result<(pb::GetCitizenResponse, Disclosure), GatewayError> {
-        self.early_subject(ctx, &req.personal_id);
+        self.claim(ctx, &req.personal_id, &req.procedure_code, &req.case_id);
         let grant = self.authorize(ctx)?;
         let procedure = self.procedure(ctx, grant, &req.procedure_code)?;
-        ctx.case_id = validation::check_case_id(&req.case_id)?;
+        let case_id = validation::check_case_id(&req.case_id)?;
         let id = validation::parse_declared_id(&req.personal_id, procedure.old_id_accepted)?;
+        validation::check_case_not_id(&case_id, id.digits())?;
         let key = Self::lookup_key(&id);
         let record = self
             .lookup(ctx, &key)
@@ -282,11 +299,12 @@ impl Gateway {
         ctx: &mut RequestCtx,
         req: pb::GetHouseholdRequest,
     ) -> Result<(pb::GetHouseholdResponse, Disclosure), GatewayError> {
-        self.early_subject(ctx, &req.personal_id);
+        self.claim(ctx, &req.personal_id, &req.procedure_code, &req.case_id);
         let grant = self.authorize(ctx)?;
         let procedure = self.procedure(ctx, grant, &req.procedure_code)?;
-        ctx.case_id = validation::check_case_id(&req.case_id)?;
+        let case_id = validation::check_case_id(&req.case_id)?;
         let id = validation::parse_declared_id(&req.personal_id, procedure.old_id_accepted)?;
+        validation::check_case_not_id(&case_id, id.digits())?;
         if !procedure.household_readable {
             return Err(GatewayError::NotInProfile(format!(
                 "procedure {} does not allow household data",
