@@ -144,6 +144,12 @@ pub struct AuditSettings {
     pub checkpoint_interval_secs: u64,
     /// Remove whole segments older than this many days (0 = keep everything).
     pub retention_days: u64,
+    /// Records waiting for the writer at most; beyond, requests are refused
+    /// (UNAVAILABLE, nothing disclosed) instead of queueing without bound.
+    pub queue_capacity: usize,
+    /// A record not durable within this many milliseconds (a hung disk) fails the log
+    /// closed: UNAVAILABLE and health NOT_SERVING until restart.
+    pub append_timeout_ms: u64,
     /// ed25519 checkpoint signing key; default `<data_dir>/audit-signing.key`, created on first start.
     pub signing_key_file: Option<PathBuf>,
     /// HMAC key of the subject pseudonyms; default `<data_dir>/audit-pseudonym.key`, created on first start.
@@ -228,6 +234,8 @@ impl Default for AuditSettings {
             checkpoint_every_records: 1000,
             checkpoint_interval_secs: 10,
             retention_days: 0,
+            queue_capacity: 65_536,
+            append_timeout_ms: 5_000,
             signing_key_file: None,
             pseudonym_key_file: None,
         }
@@ -317,6 +325,9 @@ impl Config {
             if c.serve_stale_on_error && c.stale_max_age_ms < c.ttl_ms.min(c.max_staleness_ms) {
                 p.push("cache.stale_max_age_ms must not be below cache.ttl_ms or cache.max_staleness_ms: a stale entry is older than a fresh one".into());
             }
+        }
+        if self.audit.queue_capacity == 0 || self.audit.append_timeout_ms == 0 {
+            p.push("audit.queue_capacity and audit.append_timeout_ms must be at least 1".into());
         }
         if !matches!(self.audit.durability.as_str(), "fsync" | "buffered") {
             p.push("audit.durability must be \"fsync\" or \"buffered\"".into());

@@ -184,6 +184,8 @@ impl Server {
         audit_config.segment_max_age = Duration::from_secs(a.segment_max_age_secs);
         audit_config.checkpoint_every_records = a.checkpoint_every_records;
         audit_config.checkpoint_interval = Duration::from_secs(a.checkpoint_interval_secs);
+        audit_config.queue_capacity = a.queue_capacity;
+        audit_config.append_timeout = Duration::from_millis(a.append_timeout_ms);
         audit_config.retention =
             (a.retention_days > 0).then(|| Duration::from_secs(a.retention_days * 86_400));
         let audit = tokio::task::spawn_blocking(move || AuditLog::open(audit_config, key))

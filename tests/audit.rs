@@ -665,3 +665,45 @@ async fn a_refused_request_keeps_the_claimed_procedure_and_dossier() {
         "the id never appears in clear"
     );
 }
+
+#[tokio::test]
+async fn a_stalled_audit_write_fails_closed_and_stops_serving() {
+    let gw = TestGateway::start_with(|c| c.audit.append_timeout_ms = 300, None).await;
+    let r = gw.living().clone();
+    let mut portal = gw.client("portal").await;
+    assert!(portal.verify_identity(declare(&r, "P03")).await.is_ok());
+    // The disk hangs for 2 s on the next write: the request must not wait for it.
+    gw.gateway
+        .audit
+        .inject_stall(std::time::Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let e = portal
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("not durable"), "{}", e.message());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "answered before the disk came back"
+    );
+    // Failed closed: the next request is refused at once, and health says so.
+    let e = portal
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(gw.channel("portal").await);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "popgw.v1.IdentityGateway".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+}

@@ -121,6 +121,11 @@ pub struct AuditConfig {
     pub retention: Option<Duration>,
     /// Most records written in one group commit.
     pub max_batch: usize,
+    /// Most records waiting for the writer; beyond, an append is refused at once
+    /// ([`AuditError::Overloaded`]) instead of queueing without bound.
+    pub queue_capacity: usize,
+    /// An append not durable within this long (a hung disk) fails the log closed.
+    pub append_timeout: Duration,
 }
 
 impl AuditConfig {
@@ -137,6 +142,8 @@ impl AuditConfig {
             checkpoint_interval: Duration::from_secs(10),
             retention: None,
             max_batch: 4096,
+            queue_capacity: 65_536,
+            append_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -160,6 +167,12 @@ pub enum AuditError {
         /// Who holds it, as its lock file says ("pid N").
         holder: String,
     },
+    /// The writer's queue is full: this record was not accepted (nothing disclosed).
+    #[error("audit queue full ({0} records waiting); nothing disclosed")]
+    Overloaded(usize),
+    /// The record was not durable in time: the disk hangs; the log fails closed.
+    #[error("audit write not durable within {0} ms; failing closed until restart")]
+    Stalled(u128),
     /// The pseudonym key does not belong to this audit log.
     #[error("{0}")]
     PseudonymKey(String),

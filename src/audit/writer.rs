@@ -34,6 +34,8 @@ enum Msg {
 struct Shared {
     failed: AtomicBool,
     inject: AtomicBool,
+    /// Milliseconds the next batch waits before its write (a hung disk, for tests).
+    inject_stall_ms: AtomicU64,
     last_seq: AtomicU64,
     batches: AtomicU64,
     batched_records: AtomicU64,
@@ -43,7 +45,9 @@ struct Shared {
 
 struct Inner {
     dir: PathBuf,
-    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    tx: Mutex<Option<mpsc::SyncSender<Msg>>>,
+    capacity: usize,
+    append_timeout: Duration,
     done: watch::Receiver<bool>,
     shared: Arc<Shared>,
 }
@@ -120,6 +124,7 @@ impl AuditLog {
         let shared = Arc::new(Shared {
             failed: AtomicBool::new(false),
             inject: AtomicBool::new(false),
+            inject_stall_ms: AtomicU64::new(0),
             last_seq: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             batched_records: AtomicU64::new(0),
@@ -129,7 +134,9 @@ impl AuditLog {
         let mut writer = Writer::recover(cfg, key, shared.clone())?;
         writer.apply_retention(now_ms())?;
 
-        let (tx, rx) = mpsc::channel();
+        let capacity = writer.cfg.queue_capacity.max(1);
+        let append_timeout = writer.cfg.append_timeout;
+        let (tx, rx) = mpsc::sync_channel(capacity);
         let (done_tx, done_rx) = watch::channel(false);
         let dir = writer.cfg.dir.clone();
         std::thread::Builder::new()
@@ -144,6 +151,8 @@ impl AuditLog {
             inner: Arc::new(Inner {
                 dir,
                 tx: Mutex::new(Some(tx)),
+                capacity,
+                append_timeout,
                 done: done_rx,
                 shared,
             }),
@@ -160,15 +169,32 @@ impl AuditLog {
         let (reply, rx) = oneshot::channel();
         {
             let tx = lock(&self.inner.tx);
-            match tx.as_ref() {
-                Some(tx) if tx.send(Msg::Append(Box::new(entry), reply)).is_ok() => {}
+            match tx
+                .as_ref()
+                .map(|tx| tx.try_send(Msg::Append(Box::new(entry), reply)))
+            {
+                Some(Ok(())) => {}
+                Some(Err(mpsc::TrySendError::Full(_))) => {
+                    return Err(AuditError::Overloaded(self.inner.capacity))
+                }
                 _ => return Err(AuditError::Closed),
             }
         }
-        match rx.await {
-            Ok(r) => r,
-            Err(_) if self.is_failed() => Err(AuditError::Failed),
-            Err(_) => Err(AuditError::Closed),
+        match tokio::time::timeout(self.inner.append_timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) if self.is_failed() => Err(AuditError::Failed),
+            Ok(Err(_)) => Err(AuditError::Closed),
+            Err(_) => {
+                // A write that hangs (a failing disk, a dead NFS server) must not hold
+                // every request forever with health SERVING: fail closed, as for an error.
+                if !self.inner.shared.failed.swap(true, Ordering::AcqRel) {
+                    tracing::error!(
+                        timeout_ms = self.inner.append_timeout.as_millis() as u64,
+                        "audit append not durable in time; failing closed until restart"
+                    );
+                }
+                Err(AuditError::Stalled(self.inner.append_timeout.as_millis()))
+            }
         }
     }
 
@@ -210,13 +236,34 @@ impl AuditLog {
         let tx = lock(&self.inner.tx).take();
         if let Some(tx) = tx {
             let (ack, ack_rx) = oneshot::channel();
-            if tx.send(msg(ack)).is_ok() {
-                drop(tx);
-                let _ = ack_rx.await;
+            let mut msg = Some(msg(ack));
+            // The queue may be full: wait for room without blocking the async thread.
+            while let Some(m) = msg.take() {
+                match tx.try_send(m) {
+                    Ok(()) => {
+                        let _ = ack_rx.await;
+                        break;
+                    }
+                    Err(mpsc::TrySendError::Full(m)) => {
+                        msg = Some(m);
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(mpsc::TrySendError::Disconnected(_)) => break,
+                }
             }
+            drop(tx);
         }
         let mut done = self.inner.done.clone();
         let _ = done.wait_for(|d| *d).await;
+    }
+
+    /// The next batch waits this long before its write, as on a hung disk.
+    #[doc(hidden)]
+    pub fn inject_stall(&self, stall: Duration) {
+        self.inner
+            .shared
+            .inject_stall_ms
+            .store(stall.as_millis() as u64, Ordering::Release);
     }
 
     /// The next batch's write fails as if the disk were full (half of the
@@ -660,6 +707,10 @@ impl Writer {
             seq += 1;
         }
 
+        let stall = self.shared.inject_stall_ms.swap(0, Ordering::AcqRel);
+        if stall > 0 {
+            std::thread::sleep(Duration::from_millis(stall));
+        }
         let result = if self.shared.inject.swap(false, Ordering::AcqRel) {
             let _ = seg.file.write_all(&buf[..buf.len() / 2]);
             Err(io::Error::new(
