@@ -1,0 +1,122 @@
+//! A certified but hostile client cannot exhaust the gateway: one connection opening
+//! 10,000 streams whose messages never finish leaves the gateway's memory within a
+//! bound and other clients served.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{declare, TestGateway};
+use popgw::proto::gateway as pb;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// Resident memory of this process (server and client both live in it), in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// A raw HTTP/2 connection over mutual TLS as the client `who` of the dev PKI.
+async fn raw_h2(
+    addr: std::net::SocketAddr,
+    certs: &Path,
+    who: &str,
+) -> h2::client::SendRequest<Bytes> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(certs.join("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(certs.join(format!("{who}.pem")))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(certs.join(format!("{who}.key"))).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(popgw::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (send, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    send
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_unfinished_streams_do_not_exhaust_the_gateway() {
+    let gw = TestGateway::start().await;
+    let r = gw.living().clone();
+    // A certificate of the client CA that the policy does not list.
+    let mut attacker = raw_h2(gw.addr, &gw.certs, "stranger").await;
+    let before = rss();
+    let started = Instant::now();
+    let mut opened = 0u32;
+    let mut refused = 0u32;
+    let mut held = Vec::new();
+    // Each stream declares a 4 MiB gRPC message and sends 60 KiB of it, then nothing.
+    let mut chunk = vec![0u8; 5 + (60 << 10)];
+    chunk[1..5].copy_from_slice(&(4u32 << 20).to_be_bytes());
+    let chunk = Bytes::from(chunk);
+    while opened + refused < 10_000 && started.elapsed() < Duration::from_secs(20) {
+        // The server's stream limit makes `ready` wait; give up waiting after a while.
+        match tokio::time::timeout(Duration::from_millis(200), attacker.clone().ready()).await {
+            Ok(Ok(ready)) => attacker = ready,
+            Ok(Err(_)) => break,
+            Err(_) => {
+                refused += 1;
+                continue;
+            }
+        }
+        let request = http::Request::post(format!(
+            "https://localhost:{}/popgw.v1.IdentityGateway/VerifyIdentity",
+            gw.addr.port()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+        match attacker.send_request(request, false) {
+            Ok((response, mut stream)) => {
+                let _ = stream.send_data(chunk.clone(), false);
+                held.push((response, stream));
+                opened += 1;
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = rss().saturating_sub(before);
+    eprintln!(
+        "attack: {opened} streams opened, {refused} not, in {:?}; memory grew by {} MiB",
+        started.elapsed(),
+        grown >> 20
+    );
+    // Without limits this grew by ~4 GB per 1,000 streams. With them, the streams
+    // are answered (message too large) or wait for the per-connection stream limit.
+    assert!(grown < 256 << 20, "grew by {} MiB", grown >> 20);
+    // And everyone else is served meanwhile.
+    let answer = gw
+        .client("portal")
+        .await
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.verdict(), pb::Verdict::Match);
+    drop(held);
+}
