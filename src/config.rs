@@ -57,6 +57,21 @@ pub struct TlsSettings {
     pub create_dev_pki: bool,
     /// A handshake not finished within this many milliseconds is dropped.
     pub handshake_timeout_ms: u64,
+    /// Connections open at once (handshaking or established); more are closed at once.
+    pub max_connections: usize,
+    /// Handshakes in progress at once; more are closed at once.
+    pub max_handshakes: usize,
+}
+
+impl TlsSettings {
+    /// The caps on connections before any request is read.
+    pub fn connection_limits(&self) -> crate::tls::ConnectionLimits {
+        crate::tls::ConnectionLimits {
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            max_handshakes: self.max_handshakes,
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 /// Registry settings.
@@ -181,7 +196,9 @@ impl Default for TlsSettings {
             cert: "certs/server.pem".into(),
             key: "certs/server.key".into(),
             create_dev_pki: true,
-            handshake_timeout_ms: 10_000,
+            handshake_timeout_ms: 5_000,
+            max_connections: 10_000,
+            max_handshakes: 4_096,
         }
     }
 }
@@ -332,6 +349,12 @@ impl Config {
         if !matches!(self.audit.durability.as_str(), "fsync" | "buffered") {
             p.push("audit.durability must be \"fsync\" or \"buffered\"".into());
         }
+        if self.tls.max_connections == 0
+            || self.tls.max_handshakes == 0
+            || self.tls.handshake_timeout_ms == 0
+        {
+            p.push("tls.max_connections, tls.max_handshakes and tls.handshake_timeout_ms must be at least 1".into());
+        }
         if self.node_id.is_empty() || self.node_id.chars().any(|c| c.is_control()) {
             p.push("node_id must be a non-empty printable name".into());
         }
@@ -442,11 +465,6 @@ impl Config {
     /// How long shutdown waits for open connections.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
-    }
-
-    /// The TLS handshake timeout.
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_millis(self.tls.handshake_timeout_ms)
     }
 }
 

@@ -444,6 +444,20 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Raises the soft open-files limit to the hard one: at the common default of 1,024 a
+/// flood of idle connections turned everyone else away ("Too many open files").
+fn raise_open_files(tls: &popgw::config::TlsSettings) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if (limit as usize) < tls.max_connections + 256 => tracing::warn!(
+            open_files = limit,
+            max_connections = tls.max_connections,
+            "the open-files limit leaves little room above tls.max_connections; raise it (LimitNOFILE=) or lower the setting"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
+}
+
 async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
     let mut config = match &config {
         Some(path) => Config::load(path)?,
@@ -455,6 +469,7 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
     for note in demo::prepare(&config)? {
         out!("{note}");
     }
+    raise_open_files(&config.tls);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -648,6 +663,7 @@ async fn registry_command(command: RegistryCommand) -> Result<()> {
             let location = StoreLocation::parse(&store);
             let store = registry::open_store(&location, &config.store_options()).await?;
             let count = store.count().await?;
+            raise_open_files(&config.tls);
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;

@@ -282,7 +282,7 @@ impl Server {
         let incoming = tls::incoming(
             listener,
             self.tls.clone(),
-            self.config.handshake_timeout(),
+            self.config.tls.connection_limits(),
             self.gateway.metrics.clone(),
         );
         // The audit log can also fail between requests (a checkpoint or retention write on
@@ -408,7 +408,7 @@ pub async fn serve_registry(
     let incoming = tls::incoming(
         listener,
         Arc::new(ArcSwap::new(tls)),
-        Duration::from_millis(options.tls.handshake_timeout_ms),
+        options.tls.connection_limits(),
         options.metrics.clone(),
     );
     let versions = store.versions().await?;

@@ -19,8 +19,12 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
@@ -111,18 +115,111 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Accepts TCP connections and completes TLS handshakes in their own tasks (under
-/// `handshake_timeout`), yielding only established mutual-TLS streams. The current
-/// `ServerConfig` is read from `config` at each handshake, so swapping it (a later
-/// reload) takes effect for the next connection. The stream ends when its receiver
-/// is dropped.
+/// Caps on connections before any request is read.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// A handshake not finished within this long is dropped.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once; a connection beyond is closed at once.
+    pub max_handshakes: usize,
+    /// Connections open at once (handshaking or established, each holding its permit
+    /// for its whole life); a connection beyond is closed at once.
+    pub max_connections: usize,
+}
+
+/// An established mutual-TLS connection holding its connection permit: the permit is
+/// given back when tonic drops the connection.
+pub struct Admitted {
+    stream: TlsStream<TcpStream>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Admitted {
+    type ConnectInfo = <TlsStream<TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Admitted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Admitted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Logs refusals at most once a second, with how many were not logged.
+struct RefusalLog {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    quiet: std::sync::atomic::AtomicU64,
+}
+
+impl RefusalLog {
+    fn refused(&self, metrics: &Metrics, peer: SocketAddr, reason: &str) {
+        use std::sync::atomic::Ordering;
+        metrics.handshakes_refused.inc();
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            self.quiet.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *last = Some(now);
+        let also = self.quiet.swap(0, Ordering::Relaxed);
+        tracing::warn!(%peer, reason, also_refused_since_last_line = also, "TLS handshake refused");
+    }
+}
+
+/// Accepts TCP connections and completes TLS handshakes in their own tasks, yielding
+/// only established mutual-TLS connections. Admission before TLS: at most
+/// `max_connections` open and `max_handshakes` handshaking at once (a connection beyond
+/// either is closed at once, not queued), each handshake under `handshake_timeout`;
+/// refusals are counted and logged at most once a second. The current `ServerConfig`
+/// is read from `config` at each handshake, so swapping it (a later reload) takes
+/// effect for the next connection. The stream ends when its receiver is dropped.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ArcSwap<ServerConfig>>,
-    handshake_timeout: Duration,
+    limits: ConnectionLimits,
     metrics: Arc<Metrics>,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+) -> ReceiverStream<io::Result<Admitted>> {
     let (tx, rx) = mpsc::channel(256);
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes.max(1)));
+    let log = Arc::new(RefusalLog {
+        last: std::sync::Mutex::new(None),
+        quiet: Default::default(),
+    });
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -137,28 +234,39 @@ pub fn incoming(
                     continue;
                 }
             };
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                log.refused(&metrics, peer, "too many open connections");
+                continue;
+            };
+            let Ok(handshaking) = handshakes.clone().try_acquire_owned() else {
+                log.refused(&metrics, peer, "too many handshakes in progress");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(config.load_full());
             let tx = tx.clone();
             let metrics = metrics.clone();
+            let log = log.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                let result =
+                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+                drop(handshaking);
+                match result {
                     Ok(Ok(stream)) => {
                         metrics.handshakes_ok.inc();
-                        let _ = tx.send(Ok(stream)).await;
+                        let admitted = Admitted {
+                            stream,
+                            _permit: permit,
+                        };
+                        let _ = tx.send(Ok(admitted)).await;
                     }
-                    Ok(Err(e)) => refused(&metrics, peer, &e.to_string()),
-                    Err(_) => refused(&metrics, peer, "handshake timed out"),
+                    Ok(Err(e)) => log.refused(&metrics, peer, &e.to_string()),
+                    Err(_) => log.refused(&metrics, peer, "handshake timed out"),
                 }
             });
         }
     });
     ReceiverStream::new(rx)
-}
-
-fn refused(metrics: &Metrics, peer: SocketAddr, reason: &str) {
-    metrics.handshakes_refused.inc();
-    tracing::warn!(%peer, reason, "TLS handshake refused");
 }
 
 /// Names the client by the first URI subject alternative name of its leaf certificate.

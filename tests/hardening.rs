@@ -120,3 +120,54 @@ async fn ten_thousand_unfinished_streams_do_not_exhaust_the_gateway() {
     assert_eq!(answer.verdict(), pb::Verdict::Match);
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_half_open_connections_do_not_turn_a_client_away() {
+    // Server and attacker share this process: 4,000 descriptors at least.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let gw = TestGateway::start().await;
+    let r = gw.living().clone();
+    let mut idle = Vec::new();
+    for _ in 0..2_000 {
+        idle.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    }
+    let answer = gw
+        .client("portal")
+        .await
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.verdict(), pb::Verdict::Match);
+    drop(idle);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_at_once_and_the_slots_come_back() {
+    use tokio::io::AsyncReadExt;
+    let gw = TestGateway::start_with(|c| c.tls.max_connections = 50, None).await;
+    let r = gw.living().clone();
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf))
+        .await
+        .expect("closed at once, not left waiting");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(gw.gateway.metrics.handshakes_refused.get() >= 1);
+    // The idle connections go: their permits come back, and clients are served.
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = gw
+        .client("portal")
+        .await
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.verdict(), pb::Verdict::Match);
+}
