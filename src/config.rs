@@ -32,6 +32,8 @@ pub struct Config {
     pub registry: RegistrySettings,
     /// The record cache in front of it.
     pub cache: CacheSettings,
+    /// Limits against enumeration and floods.
+    pub limits: LimitsSettings,
     /// The audit log.
     pub audit: AuditSettings,
     /// Set only by [`Config::zero_config`] (`popgw serve` without `--config`): the one
@@ -118,6 +120,38 @@ pub struct RegistrySettings {
     pub breaker_open_ms: u64,
 }
 
+/// Limits against enumeration and floods.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSettings {
+    /// Requests per second of a client whose policy entry sets no `rate_per_second`.
+    pub client_rate_per_second: u32,
+    /// Its burst.
+    pub client_burst: u32,
+    /// NO_MATCH answers about one citizen (any client) within the window that lock
+    /// the citizen's verification.
+    pub subject_failures: u32,
+    /// The window, in seconds.
+    pub subject_window_secs: u64,
+    /// How long a citizen stays locked, in seconds.
+    pub subject_lockout_secs: u64,
+    /// Items in one VerifyIdentityStream call at most.
+    pub max_stream_items: u64,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        LimitsSettings {
+            client_rate_per_second: 1_000,
+            client_burst: 2_000,
+            subject_failures: 10,
+            subject_window_secs: 3_600,
+            subject_lockout_secs: 3_600,
+            max_stream_items: 10_000,
+        }
+    }
+}
+
 /// Record-cache settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -183,6 +217,7 @@ impl Default for Config {
             catalogue_file: None,
             registry: RegistrySettings::default(),
             cache: CacheSettings::default(),
+            limits: LimitsSettings::default(),
             audit: AuditSettings::default(),
             zero_config: false,
         }
@@ -331,6 +366,16 @@ impl Config {
         if self.registry.timeout_ms == 0 || self.registry.timeout_ms > 60_000 {
             p.push("registry.timeout_ms must be between 1 and 60000".into());
         }
+        let l = &self.limits;
+        if l.client_rate_per_second == 0
+            || l.client_burst == 0
+            || l.subject_failures == 0
+            || l.subject_window_secs == 0
+            || l.subject_lockout_secs == 0
+            || l.max_stream_items == 0
+        {
+            p.push("limits: every setting must be at least 1".into());
+        }
         let c = &self.cache;
         if c.enabled {
             if c.max_bytes < 1 << 20 {
@@ -424,6 +469,18 @@ impl Config {
             retries: r.retries,
             breaker_failures: r.breaker_failures,
             breaker_open: Duration::from_millis(r.breaker_open_ms),
+        }
+    }
+
+    /// The limits against enumeration.
+    pub fn limit_options(&self) -> crate::limits::LimitOptions {
+        let l = &self.limits;
+        crate::limits::LimitOptions {
+            client_rate_per_second: l.client_rate_per_second,
+            client_burst: l.client_burst,
+            subject_failures: l.subject_failures,
+            subject_window: Duration::from_secs(l.subject_window_secs),
+            subject_lockout: Duration::from_secs(l.subject_lockout_secs),
         }
     }
 

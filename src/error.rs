@@ -32,6 +32,15 @@ pub enum GatewayError {
     /// The registry could not be asked: "could not check".
     #[error("could not check: {0}")]
     Upstream(#[from] RegistryError),
+    /// The client's rate limit: retry after the wait.
+    #[error("rate limit of this client exceeded; retry in {} ms", .0.as_millis().max(1))]
+    RateLimited(std::time::Duration),
+    /// Too many failed verifications of this citizen: locked for the time left.
+    #[error("too many failed verifications of this citizen; verification locked for {} s", .0.as_secs().max(1))]
+    SubjectLocked(std::time::Duration),
+    /// A verification stream carried more items than allowed.
+    #[error("at most {0} items per VerifyIdentityStream call; open a new one")]
+    StreamItems(u64),
     /// The audit log could not record the request: nothing is disclosed.
     #[error("audit log unavailable, nothing disclosed: {0}")]
     Audit(#[from] AuditError),
@@ -45,6 +54,9 @@ impl GatewayError {
             GatewayError::Denied(_) | GatewayError::NotInProfile(_) => Code::PermissionDenied,
             GatewayError::Invalid(_) => Code::InvalidArgument,
             GatewayError::NotFound(_) => Code::NotFound,
+            GatewayError::RateLimited(_)
+            | GatewayError::SubjectLocked(_)
+            | GatewayError::StreamItems(_) => Code::ResourceExhausted,
             GatewayError::Upstream(RegistryError::DeadlineExceeded(_)) => Code::DeadlineExceeded,
             GatewayError::Upstream(_) | GatewayError::Audit(_) => Code::Unavailable,
         }
@@ -53,7 +65,18 @@ impl GatewayError {
 
 impl From<GatewayError> for Status {
     fn from(e: GatewayError) -> Status {
-        Status::new(e.code(), e.to_string())
+        use tonic_types::{ErrorDetails, StatusExt};
+        match &e {
+            // RetryInfo in the status details: how long to wait, for clients that back off.
+            GatewayError::RateLimited(wait) | GatewayError::SubjectLocked(wait) => {
+                Status::with_error_details(
+                    e.code(),
+                    e.to_string(),
+                    ErrorDetails::with_retry_info(Some(*wait)),
+                )
+            }
+            _ => Status::new(e.code(), e.to_string()),
+        }
     }
 }
 

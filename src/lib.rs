@@ -7,6 +7,8 @@
 //!   the URI SAN of its certificate.
 //! - [`policy`]: deny by default; which client may call which RPC for which procedure,
 //!   and whether it sees per-field details.
+//! - [`limits`]: against enumeration — a rate per client, a lock on a citizen after
+//!   too many failed verifications.
 //! - [`catalogue`]: the 25 procedures, each with its matching rule and field profile.
 //! - [`validation`]: every request field checked before any lookup (ids, names,
 //!   dates, case ids).
@@ -38,6 +40,7 @@ pub mod console;
 pub mod demo;
 pub mod disclosure;
 pub mod error;
+pub mod limits;
 pub mod matching;
 pub mod pki;
 pub mod policy;

@@ -68,6 +68,10 @@ struct ClientEntry {
     details: bool,
     #[serde(default)]
     fields: Option<Vec<String>>,
+    #[serde(default)]
+    rate_per_second: Option<u32>,
+    #[serde(default)]
+    burst: Option<u32>,
 }
 
 /// One client's grants.
@@ -84,6 +88,10 @@ pub struct Grant {
     pub details: bool,
     /// `None` = every field the procedure's profile allows; otherwise the intersection.
     fields: Option<BTreeSet<String>>,
+    /// Requests per second (`None`: `[limits] client_rate_per_second`).
+    pub rate_per_second: Option<u32>,
+    /// Burst (`None`: `[limits] client_burst`, or twice the client's own rate).
+    pub burst: Option<u32>,
 }
 
 impl Grant {
@@ -202,7 +210,14 @@ impl Policy {
                 procedures,
                 details: c.details,
                 fields,
+                rate_per_second: c.rate_per_second,
+                burst: c.burst,
             };
+            if c.rate_per_second == Some(0) || c.burst == Some(0) {
+                problems.push(format!(
+                    "client {who}: rate_per_second and burst must be at least 1"
+                ));
+            }
             if clients.insert(c.identity, grant).is_some() {
                 problems.push(format!("client {who}: listed twice"));
             }
@@ -224,6 +239,11 @@ impl Policy {
     }
 
     /// Number of clients.
+    /// Every client's grant.
+    pub fn grants(&self) -> impl Iterator<Item = &Grant> {
+        self.clients.values()
+    }
+
     pub fn len(&self) -> usize {
         self.clients.len()
     }

@@ -220,7 +220,17 @@ impl Server {
         let cache = config
             .cache_options()
             .map(|options| Arc::new(RecordCache::new(registry.clone(), options, metrics.clone())));
+        let limits = config.limit_options();
+        let rates = crate::limits::ClientRates::new(
+            policy
+                .grants()
+                .map(|g| (g.identity.as_str(), g.rate_per_second, g.burst)),
+            &limits,
+        );
         let gateway = Arc::new(Gateway {
+            rates,
+            subjects: crate::limits::SubjectGuard::new(limits),
+            max_stream_items: config.limits.max_stream_items,
             policy: Arc::new(policy),
             catalogue: Arc::new(catalogue),
             registry,

@@ -198,6 +198,10 @@ impl Gateway {
             "compared=id,name,dob"
         };
 
+        // A citizen locked after too many failed verifications is not checked at all.
+        self.subjects
+            .check(&ctx.subject)
+            .map_err(GatewayError::SubjectLocked)?;
         let verification = match &id {
             DeclaredId::Personal(p) => match validation::id_consistency(p, sex, dob) {
                 Err(field) => Some(Verification::id_inconsistent(
@@ -214,6 +218,12 @@ impl Gateway {
             None => {
                 let record = self.lookup(ctx, &key).await?;
                 self.found_subject(ctx, &id, record.as_deref());
+                if let DeclaredId::Old(_) = id {
+                    // Now named by the 12-digit id: the same lock applies.
+                    self.subjects
+                        .check(&ctx.subject)
+                        .map_err(GatewayError::SubjectLocked)?;
+                }
                 let declared = Declaration {
                     full_name: &req.full_name,
                     date_of_birth: dob,
@@ -228,10 +238,21 @@ impl Gateway {
             (pb::Verdict::NoMatch, Outcome::NoMatch)
         };
         let reason = verification.no_match.map(reason_name);
-        let detail = match reason {
+        let mut detail = match reason {
             Some((name, _)) => format!("{name}; {compared}"),
             None => compared.to_string(),
         };
+        if !verification.is_match() {
+            if let Some(locked) = self.subjects.failed(&ctx.subject) {
+                // The lock-out is audited, by the request that caused it.
+                detail.push_str(&format!(
+                    "; subject locked for {} s after {} NO_MATCH answers",
+                    locked.lockout.as_secs(),
+                    locked.failures
+                ));
+                tracing::warn!(request_id = %ctx.request_id, "a citizen's verification locked after repeated NO_MATCH");
+            }
+        }
         let details = grant.details.then(|| pb::VerificationDetails {
             personal_id: pb_field(verification.personal_id),
             full_name: pb_field(verification.full_name),
@@ -435,6 +456,7 @@ impl IdentityGateway for GatewayService {
         let gw = self.gw.clone();
         let mut stopping = self.gw.stopping.subscribe();
         self.gw.tasks.spawn(async move {
+            let mut items = 0u64;
             loop {
                 // An idle stream must not hold up a graceful shutdown.
                 let item = tokio::select! {
@@ -456,7 +478,10 @@ impl IdentityGateway for GatewayService {
                 };
                 // One deadline for a whole stream says nothing about one item: the cap.
                 let mut ctx = gw.begin("VerifyIdentityStream", certs.clone(), None);
+                items += 1;
+                let over = items > gw.max_stream_items;
                 let result = match item.request {
+                    _ if over => Err(GatewayError::StreamItems(gw.max_stream_items)),
                     Some(req) => gw.verify(&mut ctx, req).await,
                     None => Err(InvalidField {
                         field: "request",
@@ -482,7 +507,7 @@ impl IdentityGateway for GatewayService {
                     sent = tx.send(Ok(answer)) => sent.is_ok(),
                     _ = super::stopped(&mut stopping) => false,
                 };
-                if !sent {
+                if !sent || over {
                     break;
                 }
             }

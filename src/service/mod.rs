@@ -40,6 +40,12 @@ pub struct Gateway {
     pub cache: Option<Arc<RecordCache>>,
     /// Cap of every registry call (`registry.timeout_ms`).
     pub upstream_timeout: Duration,
+    /// A token bucket per client.
+    pub rates: crate::limits::ClientRates,
+    /// Failed verifications per citizen, and locks.
+    pub subjects: crate::limits::SubjectGuard,
+    /// Items in one VerifyIdentityStream call at most.
+    pub max_stream_items: u64,
     /// The tamper-evident audit log.
     pub audit: AuditLog,
     /// Turns personal ids into audit subjects.
@@ -209,10 +215,15 @@ impl Gateway {
         Ok(result?)
     }
 
-    /// The caller's grant for the request's RPC, or why there is none.
+    /// The caller's grant for the request's RPC, or why there is none; takes one
+    /// request from the client's rate.
     pub fn authorize<'a>(&'a self, ctx: &RequestCtx) -> Result<&'a Grant, GatewayError> {
         let identity = ctx.identity.as_ref().map_err(|e| e.clone())?;
-        Ok(self.policy.authorize_rpc(identity, ctx.rpc)?)
+        let grant = self.policy.authorize_rpc(identity, ctx.rpc)?;
+        self.rates
+            .take(identity)
+            .map_err(GatewayError::RateLimited)?;
+        Ok(grant)
     }
 
     /// The audit subject for a personal id.
