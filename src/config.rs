@@ -137,6 +137,9 @@ pub struct LimitsSettings {
     pub subject_lockout_secs: u64,
     /// Items in one VerifyIdentityStream call at most.
     pub max_stream_items: u64,
+    /// Requests running at once; beyond, a request is shed at once (UNAVAILABLE with a
+    /// RetryInfo, recorded) instead of queueing.
+    pub max_in_flight: usize,
 }
 
 impl Default for LimitsSettings {
@@ -148,6 +151,7 @@ impl Default for LimitsSettings {
             subject_window_secs: 3_600,
             subject_lockout_secs: 3_600,
             max_stream_items: 10_000,
+            max_in_flight: 4_096,
         }
     }
 }
@@ -373,6 +377,7 @@ impl Config {
             || l.subject_window_secs == 0
             || l.subject_lockout_secs == 0
             || l.max_stream_items == 0
+            || l.max_in_flight == 0
         {
             p.push("limits: every setting must be at least 1".into());
         }

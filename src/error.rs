@@ -41,6 +41,9 @@ pub enum GatewayError {
     /// A verification stream carried more items than allowed.
     #[error("at most {0} items per VerifyIdentityStream call; open a new one")]
     StreamItems(u64),
+    /// Too many requests running: this one is shed, to be retried.
+    #[error("gateway overloaded ({0} requests running); retry shortly")]
+    Overloaded(usize),
     /// The audit log could not record the request: nothing is disclosed.
     #[error("audit log unavailable, nothing disclosed: {0}")]
     Audit(#[from] AuditError),
@@ -58,7 +61,9 @@ impl GatewayError {
             | GatewayError::SubjectLocked(_)
             | GatewayError::StreamItems(_) => Code::ResourceExhausted,
             GatewayError::Upstream(RegistryError::DeadlineExceeded(_)) => Code::DeadlineExceeded,
-            GatewayError::Upstream(_) | GatewayError::Audit(_) => Code::Unavailable,
+            GatewayError::Upstream(_) | GatewayError::Audit(_) | GatewayError::Overloaded(_) => {
+                Code::Unavailable
+            }
         }
     }
 }
@@ -75,6 +80,11 @@ impl From<GatewayError> for Status {
                     ErrorDetails::with_retry_info(Some(*wait)),
                 )
             }
+            GatewayError::Overloaded(_) => Status::with_error_details(
+                e.code(),
+                e.to_string(),
+                ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(50))),
+            ),
             _ => Status::new(e.code(), e.to_string()),
         }
     }

@@ -231,6 +231,8 @@ impl Server {
             rates,
             subjects: crate::limits::SubjectGuard::new(limits),
             max_stream_items: config.limits.max_stream_items,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
+            in_flight_max: config.limits.max_in_flight,
             policy: Arc::new(policy),
             catalogue: Arc::new(catalogue),
             registry,

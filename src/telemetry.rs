@@ -32,6 +32,8 @@ pub struct Metrics {
     pub requests: Counter,
     /// Requests refused because the audit log could not be written.
     pub audit_failures: Counter,
+    /// Requests shed because `limits.max_in_flight` were running.
+    pub shed: Counter,
     /// Calls sent to the remote registry (each retry counts).
     pub upstream_calls: Counter,
     /// Of those, the ones that failed (UNAVAILABLE, timed out, refused).

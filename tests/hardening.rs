@@ -171,3 +171,58 @@ async fn connections_beyond_the_cap_are_closed_at_once_and_the_slots_come_back()
         .into_inner();
     assert_eq!(answer.verdict(), pb::Verdict::Match);
 }
+
+#[tokio::test]
+async fn overload_is_shed_at_once_and_recorded() {
+    use popgw::service::registry::Faults;
+    use tonic_types::StatusExt;
+    // One request may run at a time; the registry takes 300 ms.
+    let s = common::setup_remote(
+        Faults {
+            latency_ms: 300,
+            ..Default::default()
+        },
+        |c| c.limits.max_in_flight = 1,
+    )
+    .await;
+    let people: Vec<_> =
+        s.gw.population
+            .iter()
+            .filter(|r| r.date_of_death.is_empty() && r.date_of_birth.len() == 10)
+            .take(2)
+            .cloned()
+            .collect();
+    let mut first = s.gw.client("portal").await;
+    let request = declare(&people[0], "P03");
+    let running = tokio::spawn(async move { first.verify_identity(request).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let e =
+        s.gw.client("portal")
+            .await
+            .verify_identity(declare(&people[1], "P03"))
+            .await
+            .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("overloaded"), "{e:?}");
+    assert!(e.get_details_retry_info().is_some(), "with a RetryInfo");
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "shed, not queued behind the running request"
+    );
+    let answer = running.await.unwrap().unwrap().into_inner();
+    assert_eq!(answer.verdict(), pb::Verdict::Match);
+    assert_eq!(s.gw.gateway.metrics.shed.get(), 1);
+    let records =
+        s.gw.audit_records(pb::AuditQueryRequest {
+            personal_id: people[1].personal_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        records.iter().any(|x| x.rpc == "VerifyIdentity"
+            && x.code == "UNAVAILABLE"
+            && x.detail.contains("overloaded")),
+        "{records:?}"
+    );
+}

@@ -137,7 +137,7 @@ impl AuditLog for AuditLogService {
         let certs = request.peer_certs();
         let request = request.into_inner();
         // Run to the end even if the operator gives up: the search is always recorded.
-        let out = super::detached(&self.gw, async move {
+        let out = super::detached(&self.gw, "AuditLog.Query", certs.clone(), "", async move {
             let mut ctx: RequestCtx = gw.begin("AuditLog.Query", certs, None);
             let req = request;
             let limit = if req.limit == 0 {

@@ -435,11 +435,18 @@ impl IdentityGateway for GatewayService {
         let certs = request.peer_certs();
         let timeout = super::caller_timeout(request.metadata());
         let request = request.into_inner();
-        super::detached(&self.gw, async move {
-            let mut ctx = gw.begin("VerifyIdentity", certs, timeout);
-            let result = gw.verify(&mut ctx, request).await;
-            gw.finish(ctx, result).await
-        })
+        let personal_id = request.personal_id.clone();
+        super::detached(
+            &self.gw,
+            "VerifyIdentity",
+            certs.clone(),
+            &personal_id,
+            async move {
+                let mut ctx = gw.begin("VerifyIdentity", certs, timeout);
+                let result = gw.verify(&mut ctx, request).await;
+                gw.finish(ctx, result).await
+            },
+        )
         .await
         .map(Response::new)
     }
@@ -523,11 +530,18 @@ impl IdentityGateway for GatewayService {
         let certs = request.peer_certs();
         let timeout = super::caller_timeout(request.metadata());
         let request = request.into_inner();
-        super::detached(&self.gw, async move {
-            let mut ctx = gw.begin("GetCitizen", certs, timeout);
-            let result = gw.citizen(&mut ctx, request).await;
-            gw.finish(ctx, result).await
-        })
+        let personal_id = request.personal_id.clone();
+        super::detached(
+            &self.gw,
+            "GetCitizen",
+            certs.clone(),
+            &personal_id,
+            async move {
+                let mut ctx = gw.begin("GetCitizen", certs, timeout);
+                let result = gw.citizen(&mut ctx, request).await;
+                gw.finish(ctx, result).await
+            },
+        )
         .await
         .map(Response::new)
     }
@@ -540,11 +554,18 @@ impl IdentityGateway for GatewayService {
         let certs = request.peer_certs();
         let timeout = super::caller_timeout(request.metadata());
         let request = request.into_inner();
-        super::detached(&self.gw, async move {
-            let mut ctx = gw.begin("GetHousehold", certs, timeout);
-            let result = gw.household(&mut ctx, request).await;
-            gw.finish(ctx, result).await
-        })
+        let personal_id = request.personal_id.clone();
+        super::detached(
+            &self.gw,
+            "GetHousehold",
+            certs.clone(),
+            &personal_id,
+            async move {
+                let mut ctx = gw.begin("GetHousehold", certs, timeout);
+                let result = gw.household(&mut ctx, request).await;
+                gw.finish(ctx, result).await
+            },
+        )
         .await
         .map(Response::new)
     }

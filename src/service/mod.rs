@@ -46,6 +46,10 @@ pub struct Gateway {
     pub subjects: crate::limits::SubjectGuard,
     /// Items in one VerifyIdentityStream call at most.
     pub max_stream_items: u64,
+    /// Permits of requests running at once (see `detached`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Their number.
+    pub in_flight_max: usize,
     /// The tamper-evident audit log.
     pub audit: AuditLog,
     /// Turns personal ids into audit subjects.
@@ -315,15 +319,40 @@ impl Gateway {
 /// (cancels, times out, disconnects) cannot cut it short between the decision and its
 /// audit record: every request that reached a service leaves exactly one record.
 /// The task is tracked, so shutdown waits for it before closing the audit log.
+///
+/// At most `limits.max_in_flight` such tasks run at once: beyond, the request is shed
+/// at once — UNAVAILABLE with a RetryInfo, recorded like any refusal — instead of
+/// queueing without bound behind a slow registry or disk.
 pub(crate) async fn detached<T: Send + 'static>(
     gw: &Gateway,
+    rpc: &'static str,
+    certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    personal_id: &str,
     request: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
 ) -> Result<T, Status> {
-    gw.tasks.spawn(request).await.unwrap_or_else(|e| {
-        // A panic's message may carry anything: log it, answer a fixed text.
-        tracing::error!(error = %e, "request task failed");
-        Err(Status::internal("request failed"))
-    })
+    let Ok(permit) = gw.in_flight.clone().try_acquire_owned() else {
+        gw.metrics.shed.inc();
+        let mut ctx = gw.begin(rpc, certs, None);
+        // Found by a query on the citizen's id, like any refused attempt.
+        if let Ok(id) = crate::validation::parse_declared_id(personal_id, true) {
+            ctx.subject = gw.subject(id.digits());
+        }
+        return gw
+            .finish::<T>(ctx, Err(GatewayError::Overloaded(gw.in_flight_max)))
+            .await;
+    };
+    gw.tasks
+        .spawn(async move {
+            let answer = request.await;
+            drop(permit);
+            answer
+        })
+        .await
+        .unwrap_or_else(|e| {
+            // A panic's message may carry anything: log it, answer a fixed text.
+            tracing::error!(error = %e, "request task failed");
+            Err(Status::internal("request failed"))
+        })
 }
 
 /// The fully qualified names of the gateway's own services, as health reports them.
