@@ -140,6 +140,10 @@ pub struct LimitsSettings {
     /// Requests running at once; beyond, a request is shed at once (UNAVAILABLE with a
     /// RetryInfo, recorded) instead of queueing.
     pub max_in_flight: usize,
+    /// Operator calls (AuditLog.Query and Watch) running at once.
+    pub max_operator_calls: usize,
+    /// Results of one AuditLog.Query at most (its `limit` is capped to this).
+    pub max_query_results: usize,
 }
 
 impl Default for LimitsSettings {
@@ -152,6 +156,8 @@ impl Default for LimitsSettings {
             subject_lockout_secs: 3_600,
             max_stream_items: 10_000,
             max_in_flight: 4_096,
+            max_operator_calls: 8,
+            max_query_results: 100_000,
         }
     }
 }
@@ -378,6 +384,8 @@ impl Config {
             || l.subject_lockout_secs == 0
             || l.max_stream_items == 0
             || l.max_in_flight == 0
+            || l.max_operator_calls == 0
+            || l.max_query_results == 0
         {
             p.push("limits: every setting must be at least 1".into());
         }

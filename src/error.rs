@@ -41,6 +41,9 @@ pub enum GatewayError {
     /// A verification stream carried more items than allowed.
     #[error("at most {0} items per VerifyIdentityStream call; open a new one")]
     StreamItems(u64),
+    /// Too many audit queries and watches running.
+    #[error("too many audit queries and watches running; retry when one has ended")]
+    OperatorCalls,
     /// Too many requests running: this one is shed, to be retried.
     #[error("gateway overloaded ({0} requests running); retry shortly")]
     Overloaded(usize),
@@ -59,7 +62,8 @@ impl GatewayError {
             GatewayError::NotFound(_) => Code::NotFound,
             GatewayError::RateLimited(_)
             | GatewayError::SubjectLocked(_)
-            | GatewayError::StreamItems(_) => Code::ResourceExhausted,
+            | GatewayError::StreamItems(_)
+            | GatewayError::OperatorCalls => Code::ResourceExhausted,
             GatewayError::Upstream(RegistryError::DeadlineExceeded(_)) => Code::DeadlineExceeded,
             GatewayError::Upstream(_) | GatewayError::Audit(_) | GatewayError::Overloaded(_) => {
                 Code::Unavailable

@@ -233,6 +233,10 @@ impl Server {
             max_stream_items: config.limits.max_stream_items,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
             in_flight_max: config.limits.max_in_flight,
+            operator_calls: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.max_operator_calls,
+            )),
+            max_query_results: config.limits.max_query_results,
             policy: Arc::new(policy),
             catalogue: Arc::new(catalogue),
             registry,

@@ -707,3 +707,52 @@ async fn a_stalled_audit_write_fails_closed_and_stops_serving() {
         tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
     );
 }
+
+#[tokio::test]
+async fn operator_calls_are_limited_and_a_query_is_capped() {
+    let gw = TestGateway::start_with(
+        |c| {
+            c.limits.max_operator_calls = 2;
+            c.limits.max_query_results = 3;
+        },
+        None,
+    )
+    .await;
+    let r = gw.living().clone();
+    let mut portal = gw.client("portal").await;
+    for _ in 0..5 {
+        portal.verify_identity(declare(&r, "P03")).await.unwrap();
+    }
+    // A query asking for everything gets the server's cap.
+    let capped = gw.audit_records(pb::AuditQueryRequest::default()).await;
+    assert_eq!(capped.len(), 3);
+    // Two watches hold both operator slots: a third call is refused at once.
+    let mut op = gw.audit_client("operator").await;
+    let w1 = op
+        .watch(pb::AuditWatchRequest { from_seq: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    let w2 = op
+        .watch(pb::AuditWatchRequest { from_seq: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = op
+        .query(pb::AuditQueryRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // One watcher leaves: its slot comes back.
+    drop(w1);
+    let mut ok = false;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if op.query(pb::AuditQueryRequest::default()).await.is_ok() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "the slot was given back");
+    drop(w2);
+}

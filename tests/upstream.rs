@@ -600,12 +600,14 @@ async fn the_disk_store_sits_behind_the_same_cache() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let records = gw
+    let mut records = gw
         .audit_records(pb::AuditQueryRequest {
             personal_id: r.personal_id.clone(),
             ..Default::default()
         })
         .await;
+    // (The query's own record, written before its results, names the citizen too.)
+    records.retain(|x| x.rpc == "VerifyIdentity");
     let cache: Vec<&str> = records.iter().map(|x| x.cache.as_str()).collect();
     assert_eq!(&cache[..2], ["miss", "hit"]);
     assert_eq!(

@@ -136,47 +136,53 @@ impl AuditLog for AuditLogService {
         let gw = self.gw.clone();
         let certs = request.peer_certs();
         let request = request.into_inner();
-        // Run to the end even if the operator gives up: the search is always recorded.
-        let out = super::detached(&self.gw, "AuditLog.Query", certs.clone(), "", async move {
-            let mut ctx: RequestCtx = gw.begin("AuditLog.Query", certs, None);
-            let req = request;
-            let limit = if req.limit == 0 {
-                usize::MAX
-            } else {
-                req.limit as usize
-            };
-            let result = match gw.authorize(&ctx).and_then(|_| gw.audit_filter(&req)) {
-                Err(e) => Err(e),
-                Ok(filter) => {
+        // Run to its record even if the operator gives up: the search is always recorded.
+        let (permit, filter, limit) =
+            super::detached(&self.gw, "AuditLog.Query", certs.clone(), "", async move {
+                let mut ctx: RequestCtx = gw.begin("AuditLog.Query", certs, None);
+                let admitted = gw
+                    .authorize(&ctx)
+                    .and_then(|_| gw.audit_filter(&request))
+                    .and_then(|filter| Ok((gw.operator_call()?, filter)));
+                let result = admitted.map(|(permit, filter)| {
                     ctx.subject = filter.subject.clone();
-                    // Read before recording the outcome, so the record says what happened.
-                    let dir = gw.audit.dir().to_path_buf();
-                    // Filter while reading, one segment at a time: memory holds the matches only.
-                    let scan = tokio::task::spawn_blocking(move || {
-                        let mut found = Vec::new();
-                        audit::scan_records(&dir, 1, |r| {
-                            if filter.accepts(&r.body) {
-                                found.push(Ok(to_pb(&r)));
-                            }
-                            found.len() < limit
-                        })
-                        .map(|()| found)
-                    });
-                    match scan.await {
-                        Ok(Ok(found)) => {
-                            Ok((found, Disclosure::of(Outcome::Queried, &["audit_records"])))
-                        }
-                        Ok(Err(e)) => Err(GatewayError::Audit(e)),
-                        Err(e) => Err(GatewayError::Audit(audit::AuditError::Corrupt(
-                            e.to_string(),
-                        ))),
-                    }
+                    // Capped server-side: 0 ("no limit") and anything above mean the cap.
+                    let limit = match request.limit as usize {
+                        0 => gw.max_query_results,
+                        n => n.min(gw.max_query_results),
+                    };
+                    (
+                        (permit, filter, limit),
+                        Disclosure::of(Outcome::Queried, &["audit_records"]),
+                    )
+                });
+                // The record is durable before the first result leaves.
+                gw.finish(ctx, result).await
+            })
+            .await?;
+        // Results stream as the files are read, one segment at a time, through a bounded
+        // channel: memory holds a window, not every match; an operator who leaves stops
+        // the scan at the next match.
+        let (tx, rx) = mpsc::channel(256);
+        let dir = self.gw.audit.dir().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut sent = 0usize;
+            let scanned = audit::scan_records(&dir, 1, |r| {
+                if !filter.accepts(&r.body) {
+                    return !tx.is_closed();
                 }
-            };
-            gw.finish(ctx, result).await
-        })
-        .await?;
-        Ok(Response::new(Box::pin(tokio_stream::iter(out))))
+                if tx.blocking_send(Ok(to_pb(&r))).is_err() {
+                    return false;
+                }
+                sent += 1;
+                sent < limit
+            });
+            if scanned.is_err() {
+                let _ = tx.blocking_send(Err(Status::unavailable("audit log unreadable")));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type WatchStream = RecordStream;
@@ -187,17 +193,20 @@ impl AuditLog for AuditLogService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let ctx = self.gw.begin("AuditLog.Watch", request.peer_certs(), None);
         let from = request.into_inner().from_seq;
-        let result = self
-            .gw
-            .authorize(&ctx)
-            .map(|_| ((), Disclosure::of(Outcome::Watching, &["audit_records"])));
+        let result = self.gw.authorize(&ctx).and_then(|_| {
+            Ok((
+                self.gw.operator_call()?,
+                Disclosure::of(Outcome::Watching, &["audit_records"]),
+            ))
+        });
         // Subscribe before reading the backlog so nothing falls between the two.
         let mut live = self.gw.audit.subscribe();
-        self.gw.finish(ctx, result).await?;
+        let permit = self.gw.finish(ctx, result).await?;
         let dir = self.gw.audit.dir().to_path_buf();
         let (tx, rx) = mpsc::channel(256);
         let mut stopping = self.gw.stopping.subscribe();
         tokio::spawn(async move {
+            let _permit = permit;
             // The backlog, streamed from the files one segment at a time.
             let backlog_tx = tx.clone();
             let start = from.max(1);
@@ -206,21 +215,9 @@ impl AuditLog for AuditLogService {
                 let mut last = None;
                 let result = audit::scan_records(&dir, start, |r| {
                     last = Some(r.body.seq);
-                    let mut item = Ok(to_pb(&r));
-                    // Wait for a slow reader, but never past the start of shutdown.
-                    loop {
-                        match backlog_tx.try_send(item) {
-                            Ok(()) => return true,
-                            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                            Err(mpsc::error::TrySendError::Full(back)) => {
-                                if *backlog_stop.borrow() {
-                                    return false;
-                                }
-                                item = back;
-                                std::thread::sleep(std::time::Duration::from_millis(5));
-                            }
-                        }
-                    }
+                    // Waits for a slow reader (no polling); ends when the reader goes, or
+                    // at shutdown, when the stream is dropped with its connection.
+                    !*backlog_stop.borrow() && backlog_tx.blocking_send(Ok(to_pb(&r))).is_ok()
                 });
                 result.map(|()| last)
             })
@@ -240,6 +237,8 @@ impl AuditLog for AuditLogService {
             loop {
                 let received = tokio::select! {
                     r = live.recv() => r,
+                    // The operator left: give the permit back now, not at the next record.
+                    _ = tx.closed() => return,
                     // The gateway is stopping: end the stream so shutdown is not held up.
                     _ = super::stopped(&mut stopping) => {
                         let _ = tx.send(Err(Status::unavailable("gateway shutting down; resume with from_seq"))).await;

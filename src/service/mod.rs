@@ -50,6 +50,10 @@ pub struct Gateway {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Their number.
     pub in_flight_max: usize,
+    /// Operator calls (AuditLog.Query, AuditLog.Watch) running at once.
+    pub operator_calls: Arc<tokio::sync::Semaphore>,
+    /// Results of one AuditLog.Query at most.
+    pub max_query_results: usize,
     /// The tamper-evident audit log.
     pub audit: AuditLog,
     /// Turns personal ids into audit subjects.
@@ -228,6 +232,15 @@ impl Gateway {
             .take(identity)
             .map_err(GatewayError::RateLimited)?;
         Ok(grant)
+    }
+
+    /// A permit for one operator call (Query or Watch), held while it streams; refused
+    /// (RESOURCE_EXHAUSTED) when `limits.max_operator_calls` are running.
+    pub fn operator_call(&self) -> Result<tokio::sync::OwnedSemaphorePermit, GatewayError> {
+        self.operator_calls
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| GatewayError::OperatorCalls)
     }
 
     /// The audit subject for a personal id.
