@@ -115,6 +115,16 @@ pub fn procedures(a: &pb::ListProceduresResponse) -> String {
     out
 }
 
+/// A value as printed on a terminal: control characters escaped, so that nothing read
+/// from the log can move the cursor or forge a line.
+fn shown(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.chars().any(char::is_control) {
+        value.escape_default().to_string().into()
+    } else {
+        value.into()
+    }
+}
+
 /// One audit record: its exact JSON line, or a readable summary (subject shortened).
 pub fn audit_record(r: &pb::AuditRecord, json: bool) -> String {
     if json {
@@ -126,19 +136,19 @@ pub fn audit_record(r: &pb::AuditRecord, json: bool) -> String {
     format!(
         "{:>8} {time} {} {} {} case={} subject={} {} {} cache={} fields=[{}]{}",
         r.seq,
-        r.client,
-        r.rpc,
-        r.procedure,
-        r.case_id,
-        r.subject.get(..12).unwrap_or(&r.subject),
-        r.outcome,
-        r.code,
+        shown(&r.client),
+        shown(&r.rpc),
+        shown(&r.procedure),
+        shown(&r.case_id),
+        shown(r.subject.get(..12).unwrap_or(&r.subject)),
+        shown(&r.outcome),
+        shown(&r.code),
         if r.cache.is_empty() { "none" } else { &r.cache },
-        r.fields.join(","),
+        shown(&r.fields.join(",")),
         if r.detail.is_empty() {
             String::new()
         } else {
-            format!(" ({})", r.detail)
+            format!(" ({})", shown(&r.detail))
         }
     )
 }

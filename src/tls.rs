@@ -60,6 +60,30 @@ pub enum IdentityError {
     /// The certificate has no URI subject alternative name.
     #[error("client certificate has no URI SAN")]
     NoUriSan,
+    /// The URI SAN holds control or non-printable characters (it would be written into
+    /// logs and the audit log).
+    #[error("client certificate URI SAN holds non-printable characters")]
+    Unprintable,
+}
+
+/// The client of a connection, named once when its handshake completes and carried
+/// into every request's extensions (tonic's connect info).
+#[derive(Clone, Debug)]
+pub struct Peer(Arc<Result<String, IdentityError>>);
+
+impl Peer {
+    /// The client identity, or why there is none.
+    pub fn identity(&self) -> Result<String, IdentityError> {
+        (*self.0).clone()
+    }
+}
+
+/// The client identity of a request's connection.
+pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<String, IdentityError> {
+    request
+        .extensions()
+        .get::<Peer>()
+        .map_or(Err(IdentityError::NoCertificate), Peer::identity)
 }
 
 /// The crypto provider: one, ring, everywhere in the process.
@@ -127,18 +151,19 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
 }
 
-/// An established mutual-TLS connection holding its connection permit: the permit is
-/// given back when tonic drops the connection.
+/// An established mutual-TLS connection holding its connection permit (given back
+/// when tonic drops the connection) and its client, named once.
 pub struct Admitted {
     stream: TlsStream<TcpStream>,
+    peer: Peer,
     _permit: OwnedSemaphorePermit,
 }
 
 impl tonic::transport::server::Connected for Admitted {
-    type ConnectInfo = <TlsStream<TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+    type ConnectInfo = Peer;
 
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
     }
 }
 
@@ -253,9 +278,16 @@ pub fn incoming(
                 drop(handshaking);
                 match result {
                     Ok(Ok(stream)) => {
+                        // Named once per connection, not parsed again on every request.
+                        let identity = client_identity(stream.get_ref().1.peer_certificates());
+                        if let Err(IdentityError::Unprintable) = identity {
+                            log.refused(&metrics, peer, "client certificate URI SAN not printable");
+                            return;
+                        }
                         metrics.handshakes_ok.inc();
                         let admitted = Admitted {
                             stream,
+                            peer: Peer(Arc::new(identity)),
                             _permit: permit,
                         };
                         let _ = tx.send(Ok(admitted)).await;
@@ -288,6 +320,13 @@ pub fn client_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<String, I
             _ => None,
         })
         .ok_or(IdentityError::NoUriSan)
+        .and_then(|uri| {
+            if uri.is_empty() || uri.len() > 512 || uri.chars().any(|c| !c.is_ascii_graphic()) {
+                Err(IdentityError::Unprintable)
+            } else {
+                Ok(uri)
+            }
+        })
 }
 
 /// A tonic client TLS configuration presenting `cert`/`key` and trusting `ca`, for the

@@ -226,3 +226,36 @@ async fn overload_is_shed_at_once_and_recorded() {
         "{records:?}"
     );
 }
+
+#[tokio::test]
+async fn a_certificate_whose_uri_san_is_not_printable_is_refused_at_admission() {
+    let gw = TestGateway::start().await;
+    let r = gw.living().clone();
+    popgw::pki::write_client(
+        &gw.ca,
+        &gw.certs,
+        "weird",
+        "spiffe://popgw.dev/portal/a\nforged line",
+        (2036, 1, 1),
+    )
+    .unwrap();
+    let refused = gw.gateway.metrics.handshakes_refused.get();
+    let channel = popgw::client::connect(
+        &format!("localhost:{}", gw.addr.port()),
+        &popgw::client::ClientCerts::dev(&gw.certs, "weird"),
+    )
+    .await;
+    if let Ok(channel) = channel {
+        let mut client =
+            popgw::proto::gateway::identity_gateway_client::IdentityGatewayClient::new(channel);
+        assert!(client.verify_identity(declare(&r, "P03")).await.is_err());
+    }
+    assert!(gw.gateway.metrics.handshakes_refused.get() > refused);
+    let records = gw.audit_records(pb::AuditQueryRequest::default()).await;
+    assert!(
+        records
+            .iter()
+            .all(|x| !x.client.contains('\n') && !x.json.contains("forged line")),
+        "nothing of it reaches the audit log"
+    );
+}

@@ -15,6 +15,7 @@ use crate::cache::CacheOutcome;
 use crate::error::GatewayError;
 use crate::proto::gateway as pb;
 use crate::proto::gateway::audit_log_server::AuditLog;
+use crate::tls;
 use crate::validation::{self};
 
 /// The AuditLog service.
@@ -134,12 +135,16 @@ impl AuditLog for AuditLogService {
         request: Request<pb::AuditQueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
         let gw = self.gw.clone();
-        let certs = request.peer_certs();
+        let identity = tls::peer_identity(&request);
         let request = request.into_inner();
         // Run to its record even if the operator gives up: the search is always recorded.
-        let (permit, filter, limit) =
-            super::detached(&self.gw, "AuditLog.Query", certs.clone(), "", async move {
-                let mut ctx: RequestCtx = gw.begin("AuditLog.Query", certs, None);
+        let (permit, filter, limit) = super::detached(
+            &self.gw,
+            "AuditLog.Query",
+            identity.clone(),
+            "",
+            async move {
+                let mut ctx: RequestCtx = gw.begin("AuditLog.Query", identity, None);
                 let admitted = gw
                     .authorize(&ctx)
                     .and_then(|_| gw.audit_filter(&request))
@@ -158,8 +163,9 @@ impl AuditLog for AuditLogService {
                 });
                 // The record is durable before the first result leaves.
                 gw.finish(ctx, result).await
-            })
-            .await?;
+            },
+        )
+        .await?;
         // Results stream as the files are read, one segment at a time, through a bounded
         // channel: memory holds a window, not every match; an operator who leaves stops
         // the scan at the next match.
@@ -191,7 +197,9 @@ impl AuditLog for AuditLogService {
         &self,
         request: Request<pb::AuditWatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let ctx = self.gw.begin("AuditLog.Watch", request.peer_certs(), None);
+        let ctx = self
+            .gw
+            .begin("AuditLog.Watch", tls::peer_identity(&request), None);
         let from = request.into_inner().from_seq;
         let result = self.gw.authorize(&ctx).and_then(|_| {
             Ok((
@@ -276,7 +284,9 @@ impl AuditLog for AuditLogService {
         &self,
         request: Request<pb::AuditHeadRequest>,
     ) -> Result<Response<pb::AuditCheckpoint>, Status> {
-        let ctx = self.gw.begin("AuditLog.Head", request.peer_certs(), None);
+        let ctx = self
+            .gw
+            .begin("AuditLog.Head", tls::peer_identity(&request), None);
         let result = self.gw.authorize(&ctx).and_then(|_| {
             self.gw
                 .audit

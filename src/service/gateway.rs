@@ -23,6 +23,7 @@ use crate::proto::gateway as pb;
 use crate::proto::gateway::identity_gateway_server::IdentityGateway;
 use crate::proto::registry::CitizenRecord;
 use crate::registry::LookupKey;
+use crate::tls;
 use crate::validation::{self, DeclaredId, InvalidField};
 
 /// The IdentityGateway service.
@@ -432,17 +433,17 @@ impl IdentityGateway for GatewayService {
         request: Request<pb::VerifyIdentityRequest>,
     ) -> Result<Response<pb::VerifyIdentityResponse>, Status> {
         let gw = self.gw.clone();
-        let certs = request.peer_certs();
+        let identity = tls::peer_identity(&request);
         let timeout = super::caller_timeout(request.metadata());
         let request = request.into_inner();
         let personal_id = request.personal_id.clone();
         super::detached(
             &self.gw,
             "VerifyIdentity",
-            certs.clone(),
+            identity.clone(),
             &personal_id,
             async move {
-                let mut ctx = gw.begin("VerifyIdentity", certs, timeout);
+                let mut ctx = gw.begin("VerifyIdentity", identity, timeout);
                 let result = gw.verify(&mut ctx, request).await;
                 gw.finish(ctx, result).await
             },
@@ -457,7 +458,7 @@ impl IdentityGateway for GatewayService {
         &self,
         request: Request<Streaming<pb::VerifyIdentityStreamRequest>>,
     ) -> Result<Response<Self::VerifyIdentityStreamStream>, Status> {
-        let certs = request.peer_certs();
+        let identity = tls::peer_identity(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let gw = self.gw.clone();
@@ -484,7 +485,7 @@ impl IdentityGateway for GatewayService {
                     }
                 };
                 // One deadline for a whole stream says nothing about one item: the cap.
-                let mut ctx = gw.begin("VerifyIdentityStream", certs.clone(), None);
+                let mut ctx = gw.begin("VerifyIdentityStream", identity.clone(), None);
                 items += 1;
                 let over = items > gw.max_stream_items;
                 let result = match item.request {
@@ -527,17 +528,17 @@ impl IdentityGateway for GatewayService {
         request: Request<pb::GetCitizenRequest>,
     ) -> Result<Response<pb::GetCitizenResponse>, Status> {
         let gw = self.gw.clone();
-        let certs = request.peer_certs();
+        let identity = tls::peer_identity(&request);
         let timeout = super::caller_timeout(request.metadata());
         let request = request.into_inner();
         let personal_id = request.personal_id.clone();
         super::detached(
             &self.gw,
             "GetCitizen",
-            certs.clone(),
+            identity.clone(),
             &personal_id,
             async move {
-                let mut ctx = gw.begin("GetCitizen", certs, timeout);
+                let mut ctx = gw.begin("GetCitizen", identity, timeout);
                 let result = gw.citizen(&mut ctx, request).await;
                 gw.finish(ctx, result).await
             },
@@ -551,17 +552,17 @@ impl IdentityGateway for GatewayService {
         request: Request<pb::GetHouseholdRequest>,
     ) -> Result<Response<pb::GetHouseholdResponse>, Status> {
         let gw = self.gw.clone();
-        let certs = request.peer_certs();
+        let identity = tls::peer_identity(&request);
         let timeout = super::caller_timeout(request.metadata());
         let request = request.into_inner();
         let personal_id = request.personal_id.clone();
         super::detached(
             &self.gw,
             "GetHousehold",
-            certs.clone(),
+            identity.clone(),
             &personal_id,
             async move {
-                let mut ctx = gw.begin("GetHousehold", certs, timeout);
+                let mut ctx = gw.begin("GetHousehold", identity, timeout);
                 let result = gw.household(&mut ctx, request).await;
                 gw.finish(ctx, result).await
             },
@@ -574,7 +575,9 @@ impl IdentityGateway for GatewayService {
         &self,
         request: Request<pb::ListProceduresRequest>,
     ) -> Result<Response<pb::ListProceduresResponse>, Status> {
-        let mut ctx = self.gw.begin("ListProcedures", request.peer_certs(), None);
+        let mut ctx = self
+            .gw
+            .begin("ListProcedures", tls::peer_identity(&request), None);
         let result = self.gw.procedures(&mut ctx);
         self.gw.finish(ctx, result).await.map(Response::new)
     }

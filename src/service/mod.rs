@@ -14,7 +14,6 @@ pub mod registry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls_pki_types::CertificateDer;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
@@ -185,13 +184,13 @@ impl Gateway {
     pub fn begin(
         &self,
         rpc: &'static str,
-        certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+        identity: Result<String, tls::IdentityError>,
         timeout: Option<Duration>,
     ) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
             request_id: new_request_id(),
-            identity: tls::client_identity(certs.as_deref().map(|v| v.as_slice())),
+            identity,
             rpc,
             deadline: Deadline::for_caller(timeout, self.upstream_timeout),
             procedure: String::new(),
@@ -339,13 +338,13 @@ impl Gateway {
 pub(crate) async fn detached<T: Send + 'static>(
     gw: &Gateway,
     rpc: &'static str,
-    certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    identity: Result<String, tls::IdentityError>,
     personal_id: &str,
     request: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
 ) -> Result<T, Status> {
     let Ok(permit) = gw.in_flight.clone().try_acquire_owned() else {
         gw.metrics.shed.inc();
-        let mut ctx = gw.begin(rpc, certs, None);
+        let mut ctx = gw.begin(rpc, identity, None);
         // Found by a query on the citizen's id, like any refused attempt.
         if let Ok(id) = crate::validation::parse_declared_id(personal_id, true) {
             ctx.subject = gw.subject(id.digits());

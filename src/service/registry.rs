@@ -161,9 +161,8 @@ impl RegistryService {
     }
 
     fn authorize<T>(&self, rpc: &'static str, request: &Request<T>) -> Result<String, Status> {
-        let certs = request.peer_certs();
-        let identity = tls::client_identity(certs.as_deref().map(|v| v.as_slice()))
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let identity =
+            tls::peer_identity(request).map_err(|e| Status::unauthenticated(e.to_string()))?;
         if !self.allow.contains(&identity) {
             tracing::warn!(client = %identity, rpc, "registry: client not allowed");
             return Err(Status::permission_denied(
