@@ -41,6 +41,9 @@ pub enum GatewayError {
     /// A verification stream carried more items than allowed.
     #[error("at most {0} items per VerifyIdentityStream call; open a new one")]
     StreamItems(u64),
+    /// The request's task failed (a bug): a fixed message, never the panic's.
+    #[error("request failed (internal error)")]
+    Internal,
     /// Too many audit queries and watches running.
     #[error("too many audit queries and watches running; retry when one has ended")]
     OperatorCalls,
@@ -60,6 +63,7 @@ impl GatewayError {
             GatewayError::Denied(_) | GatewayError::NotInProfile(_) => Code::PermissionDenied,
             GatewayError::Invalid(_) => Code::InvalidArgument,
             GatewayError::NotFound(_) => Code::NotFound,
+            GatewayError::Internal => Code::Internal,
             GatewayError::RateLimited(_)
             | GatewayError::SubjectLocked(_)
             | GatewayError::StreamItems(_)

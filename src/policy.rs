@@ -239,6 +239,11 @@ impl Policy {
     }
 
     /// Number of clients.
+    /// Whether the policy lists this identity at all.
+    pub fn knows(&self, identity: &str) -> bool {
+        self.clients.contains_key(identity)
+    }
+
     /// Every client's grant.
     pub fn grants(&self) -> impl Iterator<Item = &Grant> {
         self.clients.values()

@@ -289,11 +289,33 @@ impl Server {
         } else {
             self.gateway.set_serving().await;
         }
-        let reflection = tonic_reflection::server::Builder::configure()
+        // Reflection lists the gateway's own services (not the registry's, whose messages
+        // it still describes), and answers only identities the policy lists.
+        let mut reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health");
+        for name in crate::service::SERVICE_NAMES {
+            reflection = reflection.with_service_name(*name);
+        }
+        let reflection = reflection
             .build_v1()
             .map_err(|e| ServeError::Key("reflection".into(), std::io::Error::other(e)))?;
+        let policy = self.gateway.policy.clone();
+        let reflection = tonic::service::interceptor::InterceptedService::new(
+            reflection,
+            move |request: tonic::Request<()>| {
+                let identity = tls::peer_identity(&request)
+                    .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+                if policy.knows(&identity) {
+                    Ok(request)
+                } else {
+                    Err(tonic::Status::permission_denied(
+                        "client is not in the policy",
+                    ))
+                }
+            },
+        );
 
         let incoming = tls::incoming(
             listener,

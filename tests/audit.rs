@@ -756,3 +756,64 @@ async fn operator_calls_are_limited_and_a_query_is_capped() {
     assert!(ok, "the slot was given back");
     drop(w2);
 }
+
+/// An upstream with a bug: it panics.
+struct PanickingRegistry;
+
+#[tonic::async_trait]
+impl Registry for PanickingRegistry {
+    async fn citizen(
+        &self,
+        _: &LookupKey,
+        _: popgw::registry::Deadline,
+    ) -> Result<Option<CitizenRecord>, RegistryError> {
+        panic!("a bug in the registry client")
+    }
+    async fn household(
+        &self,
+        _: &str,
+        _: popgw::registry::Deadline,
+    ) -> Result<Option<Household>, RegistryError> {
+        Ok(None)
+    }
+    fn kind(&self) -> &'static str {
+        "panicking"
+    }
+}
+
+#[tokio::test]
+async fn a_request_whose_task_panics_answers_internal_and_leaves_its_record() {
+    let gw = TestGateway::start_with(|_| {}, Some(Arc::new(PanickingRegistry))).await;
+    let r = gw.living().clone();
+    let e = gw
+        .client("portal")
+        .await
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal);
+    assert_eq!(
+        e.message(),
+        "request failed (internal error)",
+        "a fixed message"
+    );
+    let records = gw
+        .audit_records(pb::AuditQueryRequest {
+            personal_id: r.personal_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        records
+            .iter()
+            .any(|x| x.rpc == "VerifyIdentity" && x.code == "INTERNAL"),
+        "{records:?}"
+    );
+    // The gateway goes on serving.
+    let listed = gw
+        .client("portal")
+        .await
+        .list_procedures(pb::ListProceduresRequest {})
+        .await;
+    assert!(listed.is_ok());
+}

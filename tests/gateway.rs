@@ -634,4 +634,19 @@ async fn catalogue_health_and_reflection() {
         "{names:?}"
     );
     assert!(names.contains(&"popgw.v1.AuditLog".to_string()));
+    assert!(
+        !names.iter().any(|n| n.contains("PopulationRegistry")),
+        "the registry's service is not the gateway's: {names:?}"
+    );
+    // A certificate of the CA that the policy does not list learns nothing.
+    let mut stranger = ServerReflectionClient::new(gw.channel("stranger").await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let e = stranger
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
 }

@@ -342,29 +342,36 @@ pub(crate) async fn detached<T: Send + 'static>(
     personal_id: &str,
     request: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
 ) -> Result<T, Status> {
+    let personal_id = personal_id.to_string();
     let Ok(permit) = gw.in_flight.clone().try_acquire_owned() else {
         gw.metrics.shed.inc();
         let mut ctx = gw.begin(rpc, identity, None);
         // Found by a query on the citizen's id, like any refused attempt.
-        if let Ok(id) = crate::validation::parse_declared_id(personal_id, true) {
+        if let Ok(id) = crate::validation::parse_declared_id(&personal_id, true) {
             ctx.subject = gw.subject(id.digits());
         }
         return gw
             .finish::<T>(ctx, Err(GatewayError::Overloaded(gw.in_flight_max)))
             .await;
     };
-    gw.tasks
-        .spawn(async move {
-            let answer = request.await;
-            drop(permit);
-            answer
-        })
-        .await
-        .unwrap_or_else(|e| {
-            // A panic's message may carry anything: log it, answer a fixed text.
-            tracing::error!(error = %e, "request task failed");
-            Err(Status::internal("request failed"))
-        })
+    let task = gw.tasks.spawn(async move {
+        let answer = request.await;
+        drop(permit);
+        answer
+    });
+    match task.await {
+        Ok(answer) => answer,
+        Err(e) => {
+            // A panic's message may carry anything: log it, answer a fixed text, and
+            // still leave the request's record (what it established died with the task).
+            tracing::error!(error = %e, rpc, "request task failed");
+            let mut ctx = gw.begin(rpc, identity, None);
+            if let Ok(id) = crate::validation::parse_declared_id(&personal_id, true) {
+                ctx.subject = gw.subject(id.digits());
+            }
+            gw.finish::<T>(ctx, Err(GatewayError::Internal)).await
+        }
+    }
 }
 
 /// The fully qualified names of the gateway's own services, as health reports them.
