@@ -41,6 +41,13 @@ pub enum GatewayError {
     /// A verification stream carried more items than allowed.
     #[error("at most {0} items per VerifyIdentityStream call; open a new one")]
     StreamItems(u64),
+    /// A content-type other than application/grpc.
+    #[error("content-type must be application/grpc")]
+    ContentType,
+    /// tonic refused the request before its handler (undecodable, too large...): the
+    /// code tonic answered; the body is never recorded.
+    #[error("request refused before its handler: {}", code_name(*.0))]
+    Undecodable(Code),
     /// The request's task failed (a bug): a fixed message, never the panic's.
     #[error("request failed (internal error)")]
     Internal,
@@ -64,6 +71,8 @@ impl GatewayError {
             GatewayError::Invalid(_) => Code::InvalidArgument,
             GatewayError::NotFound(_) => Code::NotFound,
             GatewayError::Internal => Code::Internal,
+            GatewayError::ContentType => Code::InvalidArgument,
+            GatewayError::Undecodable(code) => *code,
             GatewayError::RateLimited(_)
             | GatewayError::SubjectLocked(_)
             | GatewayError::StreamItems(_)

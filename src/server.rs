@@ -356,6 +356,9 @@ impl Server {
             .map(|cache| tokio::spawn(cache.follow(self.gateway.stopping.subscribe())));
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let serving = hardened()
+            .layer(crate::service::early::EarlyRefusals::new(
+                self.gateway.clone(),
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(

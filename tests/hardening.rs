@@ -259,3 +259,65 @@ async fn a_certificate_whose_uri_san_is_not_printable_is_refused_at_admission() 
         "nothing of it reaches the audit log"
     );
 }
+
+/// Sends one raw request to `path` and returns its grpc-status (from the headers of a
+/// trailers-only answer, or the trailers).
+async fn raw_call(
+    gw: &TestGateway,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Option<String> {
+    let mut h2 = raw_h2(gw.addr, &gw.certs, "portal").await;
+    let request = http::Request::post(format!("https://localhost:{}{path}", gw.addr.port()))
+        .header("content-type", content_type)
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    h2 = h2.ready().await.unwrap();
+    let (response, mut stream) = h2.send_request(request, false).unwrap();
+    stream.send_data(Bytes::from(body), true).unwrap();
+    let response = response.await.unwrap();
+    if let Some(s) = response.headers().get("grpc-status") {
+        return Some(s.to_str().unwrap().to_string());
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let _ = chunk;
+    }
+    body.trailers().await.ok().flatten().and_then(|t| {
+        t.get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_string())
+    })
+}
+
+#[tokio::test]
+async fn requests_refused_before_their_handler_leave_a_record() {
+    let gw = TestGateway::start().await;
+    // Garbage protobuf: a gRPC frame of five 0xff bytes.
+    let mut garbage = vec![0u8, 0, 0, 0, 5];
+    garbage.extend([0xff; 5]);
+    let path = "/popgw.v1.IdentityGateway/VerifyIdentity";
+    let status = raw_call(&gw, path, "application/grpc", garbage).await;
+    assert!(status.is_some_and(|s| s != "0"), "refused");
+    // A compressed-flag frame nobody negotiated.
+    let status = raw_call(&gw, path, "application/grpc", vec![1, 0, 0, 0, 1, 0]).await;
+    assert!(status.is_some_and(|s| s != "0"), "refused");
+    // Not gRPC at all.
+    let status = raw_call(&gw, path, "text/plain", b"hello".to_vec()).await;
+    assert_eq!(status.as_deref(), Some("3"), "INVALID_ARGUMENT");
+    let records = gw.audit_records(pb::AuditQueryRequest::default()).await;
+    let early: Vec<_> = records
+        .iter()
+        .filter(|x| x.rpc == "VerifyIdentity" && x.client.ends_with("/portal/dvcqg"))
+        .map(|x| (x.code.as_str(), x.detail.as_str()))
+        .collect();
+    assert_eq!(early.len(), 3, "{early:?}");
+    assert!(early[..2]
+        .iter()
+        .all(|(_, d)| d.starts_with("request refused before its handler")));
+    assert_eq!(
+        early[2],
+        ("INVALID_ARGUMENT", "content-type must be application/grpc")
+    );
+}

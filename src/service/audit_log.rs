@@ -15,7 +15,6 @@ use crate::cache::CacheOutcome;
 use crate::error::GatewayError;
 use crate::proto::gateway as pb;
 use crate::proto::gateway::audit_log_server::AuditLog;
-use crate::tls;
 use crate::validation::{self};
 
 /// The AuditLog service.
@@ -135,7 +134,7 @@ impl AuditLog for AuditLogService {
         request: Request<pb::AuditQueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
         let gw = self.gw.clone();
-        let identity = tls::peer_identity(&request);
+        let identity = super::early::reached(&request);
         let request = request.into_inner();
         // Run to its record even if the operator gives up: the search is always recorded.
         let (permit, filter, limit) = super::detached(
@@ -199,7 +198,7 @@ impl AuditLog for AuditLogService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let ctx = self
             .gw
-            .begin("AuditLog.Watch", tls::peer_identity(&request), None);
+            .begin("AuditLog.Watch", super::early::reached(&request), None);
         let from = request.into_inner().from_seq;
         let result = self.gw.authorize(&ctx).and_then(|_| {
             Ok((
@@ -286,7 +285,7 @@ impl AuditLog for AuditLogService {
     ) -> Result<Response<pb::AuditCheckpoint>, Status> {
         let ctx = self
             .gw
-            .begin("AuditLog.Head", tls::peer_identity(&request), None);
+            .begin("AuditLog.Head", super::early::reached(&request), None);
         let result = self.gw.authorize(&ctx).and_then(|_| {
             self.gw
                 .audit

@@ -23,7 +23,6 @@ use crate::proto::gateway as pb;
 use crate::proto::gateway::identity_gateway_server::IdentityGateway;
 use crate::proto::registry::CitizenRecord;
 use crate::registry::LookupKey;
-use crate::tls;
 use crate::validation::{self, DeclaredId, InvalidField};
 
 /// The IdentityGateway service.
@@ -433,7 +432,7 @@ impl IdentityGateway for GatewayService {
         request: Request<pb::VerifyIdentityRequest>,
     ) -> Result<Response<pb::VerifyIdentityResponse>, Status> {
         let gw = self.gw.clone();
-        let identity = tls::peer_identity(&request);
+        let identity = super::early::reached(&request);
         let timeout = super::caller_timeout(request.metadata());
         let request = request.into_inner();
         let personal_id = request.personal_id.clone();
@@ -458,7 +457,7 @@ impl IdentityGateway for GatewayService {
         &self,
         request: Request<Streaming<pb::VerifyIdentityStreamRequest>>,
     ) -> Result<Response<Self::VerifyIdentityStreamStream>, Status> {
-        let identity = tls::peer_identity(&request);
+        let identity = super::early::reached(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let gw = self.gw.clone();
@@ -528,7 +527,7 @@ impl IdentityGateway for GatewayService {
         request: Request<pb::GetCitizenRequest>,
     ) -> Result<Response<pb::GetCitizenResponse>, Status> {
         let gw = self.gw.clone();
-        let identity = tls::peer_identity(&request);
+        let identity = super::early::reached(&request);
         let timeout = super::caller_timeout(request.metadata());
         let request = request.into_inner();
         let personal_id = request.personal_id.clone();
@@ -552,7 +551,7 @@ impl IdentityGateway for GatewayService {
         request: Request<pb::GetHouseholdRequest>,
     ) -> Result<Response<pb::GetHouseholdResponse>, Status> {
         let gw = self.gw.clone();
-        let identity = tls::peer_identity(&request);
+        let identity = super::early::reached(&request);
         let timeout = super::caller_timeout(request.metadata());
         let request = request.into_inner();
         let personal_id = request.personal_id.clone();
@@ -577,7 +576,7 @@ impl IdentityGateway for GatewayService {
     ) -> Result<Response<pb::ListProceduresResponse>, Status> {
         let mut ctx = self
             .gw
-            .begin("ListProcedures", tls::peer_identity(&request), None);
+            .begin("ListProcedures", super::early::reached(&request), None);
         let result = self.gw.procedures(&mut ctx);
         self.gw.finish(ctx, result).await.map(Response::new)
     }

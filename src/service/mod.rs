@@ -8,6 +8,7 @@
 //! be written the caller gets UNAVAILABLE and nothing else.
 
 pub mod audit_log;
+pub mod early;
 pub mod gateway;
 pub mod registry;
 
