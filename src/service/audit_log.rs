@@ -145,7 +145,7 @@ impl AuditLog for AuditLogService {
             async move {
                 let mut ctx: RequestCtx = gw.begin("AuditLog.Query", identity, None);
                 let admitted = gw
-                    .authorize(&ctx)
+                    .admit(&ctx)
                     .and_then(|_| gw.audit_filter(&request))
                     .and_then(|filter| Ok((gw.operator_call()?, filter)));
                 let result = admitted.map(|(permit, filter)| {
@@ -200,7 +200,7 @@ impl AuditLog for AuditLogService {
             .gw
             .begin("AuditLog.Watch", super::early::reached(&request), None);
         let from = request.into_inner().from_seq;
-        let result = self.gw.authorize(&ctx).and_then(|_| {
+        let result = self.gw.admit(&ctx).and_then(|_| {
             Ok((
                 self.gw.operator_call()?,
                 Disclosure::of(Outcome::Watching, &["audit_records"]),
@@ -286,7 +286,7 @@ impl AuditLog for AuditLogService {
         let ctx = self
             .gw
             .begin("AuditLog.Head", super::early::reached(&request), None);
-        let result = self.gw.authorize(&ctx).and_then(|_| {
+        let result = self.gw.admit(&ctx).and_then(|_| {
             self.gw
                 .audit
                 .head()

@@ -1,8 +1,10 @@
 //! `popgw.v1.IdentityGateway`: verification, minimised records, households, catalogue.
 //!
-//! Order of checks in every RPC: client identity → RPC granted → procedure known
-//! (INVALID_ARGUMENT) → procedure granted (PERMISSION_DENIED) → every other field
-//! validated → registry → matching / minimisation → audit → answer.
+//! Order of checks in every RPC: what the request claims is noted for its record →
+//! admission (`admission.rs`: client identity → RPC granted → rate → procedure known
+//! (INVALID_ARGUMENT) → procedure granted (PERMISSION_DENIED), as a typed permit) →
+//! every other field validated → per-citizen lock → registry (only with a permit) →
+//! matching / minimisation → audit → answer.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,11 +16,10 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Disclosure, Gateway, Outcome, RequestCtx};
-use crate::catalogue::{MatchingRule, Procedure};
+use crate::catalogue::MatchingRule;
 use crate::disclosure;
 use crate::error::GatewayError;
 use crate::matching::{self, Declaration, FieldResult, NoMatchReason, Verification};
-use crate::policy::Grant;
 use crate::proto::gateway as pb;
 use crate::proto::gateway::identity_gateway_server::IdentityGateway;
 use crate::proto::registry::CitizenRecord;
@@ -35,13 +36,6 @@ impl GatewayService {
     /// A service over the shared gateway state.
     pub fn new(gw: Arc<Gateway>) -> Self {
         Self { gw }
-    }
-}
-
-fn rule_name(rule: MatchingRule) -> &'static str {
-    match rule {
-        MatchingRule::Exact => "EXACT",
-        MatchingRule::Tolerant => "TOLERANT",
     }
 }
 
@@ -72,33 +66,6 @@ fn reason_name(r: NoMatchReason) -> (&'static str, pb::NoMatchReason) {
 }
 
 impl Gateway {
-    /// Resolves and authorises the procedure of a request: known, then granted.
-    fn procedure<'a>(
-        &'a self,
-        ctx: &mut RequestCtx,
-        grant: &Grant,
-        code: &str,
-    ) -> Result<&'a Procedure, GatewayError> {
-        let code = code.trim();
-        if code.is_empty() {
-            return Err(InvalidField {
-                field: "procedure_code",
-                reason: "required".into(),
-            }
-            .into());
-        }
-        let procedure = self.catalogue.get(code).ok_or_else(|| InvalidField {
-            field: "procedure_code",
-            reason: "unknown procedure (see ListProcedures)".into(),
-        })?;
-        ctx.procedure = procedure.code.clone();
-        ctx.rule = rule_name(procedure.matching_rule).into();
-        if !grant.allows_procedure(&procedure.code) {
-            return Err(crate::policy::Denied::Procedure(procedure.code.clone()).into());
-        }
-        Ok(procedure)
-    }
-
     /// Records what a request claims — its subject, procedure and dossier — before any
     /// policy check, so that a refused attempt is found by a query on the citizen's id
     /// and still says which procedure and dossier it was for. What fails validation is
@@ -176,8 +143,8 @@ impl Gateway {
         req: pb::VerifyIdentityRequest,
     ) -> Result<(pb::VerifyIdentityResponse, Disclosure), GatewayError> {
         self.claim(ctx, &req.personal_id, &req.procedure_code, &req.case_id);
-        let grant = self.authorize(ctx)?;
-        let procedure = self.procedure(ctx, grant, &req.procedure_code)?;
+        let permit = self.admit_procedure(ctx, &req.procedure_code)?;
+        let (grant, procedure) = (permit.grant(), permit.procedure());
         let case_id = validation::check_case_id(&req.case_id)?;
         let id = validation::parse_declared_id(&req.personal_id, procedure.old_id_accepted)?;
         validation::check_case_not_id(&case_id, id.digits())?;
@@ -216,7 +183,7 @@ impl Gateway {
         let verification = match verification {
             Some(v) => v,
             None => {
-                let record = self.lookup(ctx, &key).await?;
+                let record = self.lookup(&permit, ctx, &key).await?;
                 self.found_subject(ctx, &id, record.as_deref());
                 if let DeclaredId::Old(_) = id {
                     // Now named by the 12-digit id: the same lock applies.
@@ -286,14 +253,14 @@ impl Gateway {
         req: pb::GetCitizenRequest,
     ) -> Result<(pb::GetCitizenResponse, Disclosure), GatewayError> {
         self.claim(ctx, &req.personal_id, &req.procedure_code, &req.case_id);
-        let grant = self.authorize(ctx)?;
-        let procedure = self.procedure(ctx, grant, &req.procedure_code)?;
+        let permit = self.admit_procedure(ctx, &req.procedure_code)?;
+        let (grant, procedure) = (permit.grant(), permit.procedure());
         let case_id = validation::check_case_id(&req.case_id)?;
         let id = validation::parse_declared_id(&req.personal_id, procedure.old_id_accepted)?;
         validation::check_case_not_id(&case_id, id.digits())?;
         let key = Self::lookup_key(&id);
         let record = self
-            .lookup(ctx, &key)
+            .lookup(&permit, ctx, &key)
             .await?
             .ok_or(GatewayError::NotFound("no citizen has this personal_id"))?;
         self.found_subject(ctx, &id, Some(&record));
@@ -321,8 +288,8 @@ impl Gateway {
         req: pb::GetHouseholdRequest,
     ) -> Result<(pb::GetHouseholdResponse, Disclosure), GatewayError> {
         self.claim(ctx, &req.personal_id, &req.procedure_code, &req.case_id);
-        let grant = self.authorize(ctx)?;
-        let procedure = self.procedure(ctx, grant, &req.procedure_code)?;
+        let permit = self.admit_procedure(ctx, &req.procedure_code)?;
+        let (grant, procedure) = (permit.grant(), permit.procedure());
         let case_id = validation::check_case_id(&req.case_id)?;
         let id = validation::parse_declared_id(&req.personal_id, procedure.old_id_accepted)?;
         validation::check_case_not_id(&case_id, id.digits())?;
@@ -344,7 +311,7 @@ impl Gateway {
         }
         let key = Self::lookup_key(&id);
         let record = self
-            .lookup(ctx, &key)
+            .lookup(&permit, ctx, &key)
             .await?
             .ok_or(GatewayError::NotFound("no citizen has this personal_id"))?;
         self.found_subject(ctx, &id, Some(&record));
@@ -400,7 +367,7 @@ impl Gateway {
         &self,
         ctx: &mut RequestCtx,
     ) -> Result<(pb::ListProceduresResponse, Disclosure), GatewayError> {
-        self.authorize(ctx)?;
+        self.admit(ctx)?;
         let procedures = self
             .catalogue
             .procedures()

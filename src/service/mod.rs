@@ -7,6 +7,7 @@
 //! once that record is durable. Invariant: fail closed on audit — if the record cannot
 //! be written the caller gets UNAVAILABLE and nothing else.
 
+mod admission;
 pub mod audit_log;
 pub mod early;
 pub mod gateway;
@@ -22,11 +23,13 @@ use crate::audit::{AuditEntry, AuditLog, Pseudonymizer};
 use crate::cache::{CacheOutcome, RecordCache};
 use crate::catalogue::Catalogue;
 use crate::error::{code_name, GatewayError};
-use crate::policy::{Grant, Policy};
+use crate::policy::Policy;
+
 use crate::proto::registry::CitizenRecord;
 use crate::registry::{Deadline, LookupKey, Registry};
 use crate::telemetry::Metrics;
 use crate::tls;
+pub use admission::{Permit, ProcedurePermit};
 
 /// What every service shares.
 pub struct Gateway {
@@ -203,9 +206,11 @@ impl Gateway {
     }
 
     /// The citizen with this key, through the cache when there is one; records in
-    /// `ctx` what the cache did. `Err` is "could not check", never "not found".
+    /// `ctx` what the cache did. Only an admitted request (a [`ProcedurePermit`]) reaches
+    /// the registry. `Err` is "could not check", never "not found".
     pub async fn lookup(
         &self,
+        _permit: &ProcedurePermit<'_>,
         ctx: &mut RequestCtx,
         key: &LookupKey,
     ) -> Result<Option<Arc<CitizenRecord>>, GatewayError> {
@@ -221,17 +226,6 @@ impl Gateway {
         };
         ctx.cache = cache;
         Ok(result?)
-    }
-
-    /// The caller's grant for the request's RPC, or why there is none; takes one
-    /// request from the client's rate.
-    pub fn authorize<'a>(&'a self, ctx: &RequestCtx) -> Result<&'a Grant, GatewayError> {
-        let identity = ctx.identity.as_ref().map_err(|e| e.clone())?;
-        let grant = self.policy.authorize_rpc(identity, ctx.rpc)?;
-        self.rates
-            .take(identity)
-            .map_err(GatewayError::RateLimited)?;
-        Ok(grant)
     }
 
     /// A permit for one operator call (Query or Watch), held while it streams; refused
