@@ -321,3 +321,34 @@ async fn requests_refused_before_their_handler_leave_a_record() {
         ("INVALID_ARGUMENT", "content-type must be application/grpc")
     );
 }
+
+#[tokio::test]
+async fn a_unary_call_with_two_messages_is_refused_and_recorded() {
+    use prost::Message;
+    let gw = TestGateway::start().await;
+    let r = gw.living().clone();
+    let message = declare(&r, "P03").encode_to_vec();
+    let mut body = Vec::new();
+    for _ in 0..2 {
+        body.push(0u8);
+        body.extend((message.len() as u32).to_be_bytes());
+        body.extend(&message);
+    }
+    let path = "/popgw.v1.IdentityGateway/VerifyIdentity";
+    let status = raw_call(&gw, path, "application/grpc", body).await;
+    assert_eq!(
+        status.as_deref(),
+        Some("13"),
+        "INTERNAL, not an answer to the first"
+    );
+    // One message is still answered.
+    let mut one = vec![0u8];
+    one.extend((message.len() as u32).to_be_bytes());
+    one.extend(&message);
+    let status = raw_call(&gw, path, "application/grpc", one).await;
+    assert_eq!(status.as_deref(), Some("0"));
+    let records = gw.audit_records(pb::AuditQueryRequest::default()).await;
+    assert!(records
+        .iter()
+        .any(|x| x.rpc == "VerifyIdentity" && x.code == "INTERNAL"));
+}

@@ -8,7 +8,9 @@
 //! services ([`reached`] is called by every handler as it starts) and, for one that
 //! ends without reaching its handler, writes the record: the RPC (when it names one),
 //! the client, the code; never the body. A content-type that is not
-//! `application/grpc…` is refused here (INVALID_ARGUMENT), recorded the same way.
+//! `application/grpc…` is refused here (INVALID_ARGUMENT), recorded the same way; and
+//! a unary call carrying more than one message (tonic would answer the first and drop
+//! the rest) is refused with INTERNAL, as gRPC implementations do.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -76,6 +78,88 @@ fn rpc_of(path: &str) -> Option<&'static str> {
     crate::policy::RPCS.iter().find(|r| **r == name).copied()
 }
 
+/// A request body that fails at the start of a second gRPC message: for unary calls.
+struct OneMessage {
+    inner: Body,
+    header: [u8; 5],
+    header_len: usize,
+    payload_left: usize,
+    messages: u32,
+}
+
+impl OneMessage {
+    fn new(inner: Body) -> Self {
+        OneMessage {
+            inner,
+            header: [0; 5],
+            header_len: 0,
+            payload_left: 0,
+            messages: 0,
+        }
+    }
+
+    /// Follows the framing through `data`; `false` when a second message starts.
+    fn follow(&mut self, mut data: &[u8]) -> bool {
+        while !data.is_empty() {
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(data.len());
+                self.payload_left -= n;
+                data = &data[n..];
+                continue;
+            }
+            self.header[self.header_len] = data[0];
+            self.header_len += 1;
+            data = &data[1..];
+            if self.header_len == 5 {
+                self.messages += 1;
+                if self.messages > 1 {
+                    return false;
+                }
+                let len = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]);
+                self.payload_left = len as usize;
+                self.header_len = 0;
+            }
+        }
+        true
+    }
+}
+
+impl http_body::Body for OneMessage {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let data = data.clone();
+                if !self.follow(&data) {
+                    return Poll::Ready(Some(Err(tonic::Status::internal(
+                        "more than one request message for a unary call",
+                    ))));
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 fn status_code(response: &http::Response<Body>) -> Option<Code> {
     let value = response.headers().get("grpc-status")?.to_str().ok()?;
     Some(Code::from_i32(value.parse().ok()?))
@@ -127,6 +211,10 @@ where
         }
         let reached = Reached::default();
         request.extensions_mut().insert(reached.clone());
+        if rpc != "VerifyIdentityStream" {
+            let request_body = std::mem::take(request.body_mut());
+            *request.body_mut() = Body::new(OneMessage::new(request_body));
+        }
         // The clone that was made ready is the one called (tower's contract).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
