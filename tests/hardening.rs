@@ -352,3 +352,22 @@ async fn a_unary_call_with_two_messages_is_refused_and_recorded() {
         .iter()
         .any(|x| x.rpc == "VerifyIdentity" && x.code == "INTERNAL"));
 }
+
+#[tokio::test]
+async fn a_stream_item_that_does_not_decode_leaves_a_record() {
+    let gw = TestGateway::start().await;
+    let mut garbage = vec![0u8, 0, 0, 0, 5];
+    garbage.extend([0xff; 5]);
+    let path = "/popgw.v1.IdentityGateway/VerifyIdentityStream";
+    let status = raw_call(&gw, path, "application/grpc", garbage).await;
+    assert!(
+        status.is_some_and(|s| s != "0"),
+        "the stream ends with the error"
+    );
+    let records = gw.audit_records(pb::AuditQueryRequest::default()).await;
+    assert!(
+        records.iter().any(|x| x.rpc == "VerifyIdentityStream"
+            && x.detail.starts_with("request refused before its handler")),
+        "{records:?}"
+    );
+}

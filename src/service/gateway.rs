@@ -13,7 +13,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{Disclosure, Gateway, Outcome, RequestCtx};
 use crate::catalogue::MatchingRule;
@@ -447,6 +447,15 @@ impl IdentityGateway for GatewayService {
                     Ok(item) => item,
                     Err(status) => {
                         tracing::debug!(code = ?status.code(), "verification stream ended by transport");
+                        // An item that does not decode (not a client going away) is a
+                        // refused request like any other: it leaves its record.
+                        if !matches!(status.code(), Code::Cancelled | Code::Unknown) {
+                            let ctx = gw.begin("VerifyIdentityStream", identity.clone(), None);
+                            let refused = Err(GatewayError::Undecodable(status.code()));
+                            if let Err(answer) = gw.finish::<()>(ctx, refused).await {
+                                let _ = tx.send(Err(answer)).await;
+                            }
+                        }
                         break;
                     }
                 };
