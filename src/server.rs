@@ -193,6 +193,9 @@ impl Server {
             None => Catalogue::builtin(),
         };
 
+        // Everything else checked: the folder for keys and the audit log may be made now.
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| ServeError::Key(config.data_dir.display().to_string(), e))?;
         let signing_key_path = config.signing_key_path();
         let key = audit::load_or_create_signing_key(&signing_key_path)
             .map_err(|e| ServeError::Key(signing_key_path.display().to_string(), e))?;

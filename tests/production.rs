@@ -181,3 +181,20 @@ fn examples_are_printed_only_from_the_generated_demo_population() {
         "{second:?}"
     );
 }
+
+#[tokio::test]
+async fn a_first_start_from_a_configuration_file_creates_its_data_folder() {
+    // A deployment's first start: certificates and policy provided, nothing else yet.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _ca) = common::prepare(dir.path());
+    let policy = dir.path().join("policy.toml");
+    std::fs::copy(config.policy_path(), &policy).unwrap();
+    let registry = config.registry_path();
+    config.policy_file = Some(policy);
+    config.registry.path = Some(registry);
+    config.data_dir = dir.path().join("fresh/data");
+    config.zero_config = false;
+    let server = Server::load(config.clone()).await.unwrap();
+    drop(server);
+    assert!(config.data_dir.join("audit-signing.key").is_file());
+}
