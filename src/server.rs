@@ -292,32 +292,43 @@ impl Server {
         } else {
             self.gateway.set_serving().await;
         }
-        // Reflection lists the gateway's own services (not the registry's, whose messages
-        // it still describes), and answers only identities the policy lists.
-        let mut reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .with_service_name("grpc.health.v1.Health");
-        for name in crate::service::SERVICE_NAMES {
-            reflection = reflection.with_service_name(*name);
-        }
-        let reflection = reflection
-            .build_v1()
-            .map_err(|e| ServeError::Key("reflection".into(), std::io::Error::other(e)))?;
+        // Reflection, v1 and v1alpha (grpcio-reflection and many tools speak only
+        // v1alpha): the gateway's own services (not the registry's, whose messages it
+        // still describes), answered only to identities the policy lists.
+        let reflection_builder = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.health.v1.Health");
+            for name in crate::service::SERVICE_NAMES {
+                builder = builder.with_service_name(*name);
+            }
+            builder
+        };
+        let reflection_error = |e: tonic_reflection::server::Error| {
+            ServeError::Key("reflection".into(), std::io::Error::other(e))
+        };
         let policy = self.gateway.policy.clone();
+        let listed_only = move |request: tonic::Request<()>| {
+            let identity = tls::peer_identity(&request)
+                .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+            if policy.knows(&identity) {
+                Ok(request)
+            } else {
+                Err(tonic::Status::permission_denied(
+                    "client is not in the policy",
+                ))
+            }
+        };
         let reflection = tonic::service::interceptor::InterceptedService::new(
-            reflection,
-            move |request: tonic::Request<()>| {
-                let identity = tls::peer_identity(&request)
-                    .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
-                if policy.knows(&identity) {
-                    Ok(request)
-                } else {
-                    Err(tonic::Status::permission_denied(
-                        "client is not in the policy",
-                    ))
-                }
-            },
+            reflection_builder().build_v1().map_err(reflection_error)?,
+            listed_only.clone(),
+        );
+        let reflection_v1alpha = tonic::service::interceptor::InterceptedService::new(
+            reflection_builder()
+                .build_v1alpha()
+                .map_err(reflection_error)?,
+            listed_only,
         );
 
         let incoming = tls::incoming(
@@ -364,6 +375,7 @@ impl Server {
             ))
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(
                 IdentityGatewayServer::new(GatewayService::new(self.gateway.clone()))
                     .max_decoding_message_size(MAX_REQUEST_BYTES),

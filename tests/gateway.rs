@@ -649,4 +649,33 @@ async fn catalogue_health_and_reflection() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
+
+    // The older v1alpha protocol, which grpcio-reflection and many tools speak.
+    use tonic_reflection::pb::v1alpha::{
+        server_reflection_client::ServerReflectionClient as AlphaClient,
+        server_reflection_request::MessageRequest as AlphaRequest,
+        server_reflection_response::MessageResponse as AlphaResponse,
+        ServerReflectionRequest as AlphaReflectionRequest,
+    };
+    let mut alpha = AlphaClient::new(gw.channel("portal").await);
+    let req = AlphaReflectionRequest {
+        host: String::new(),
+        message_request: Some(AlphaRequest::ListServices(String::new())),
+    };
+    let first = alpha
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(AlphaResponse::ListServicesResponse(list)) = first.message_response else {
+        panic!("unexpected v1alpha reflection answer")
+    };
+    assert!(list
+        .service
+        .iter()
+        .any(|s| s.name == "popgw.v1.IdentityGateway"));
 }
