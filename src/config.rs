@@ -316,12 +316,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid.
-    #[error("{path}: {message}")]
+    #[error("{path}: {}", problems.join("; "))]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// Every problem found.
-        message: String,
+        /// Every problem found, each naming its key.
+        problems: Vec<String>,
     },
 }
 
@@ -332,18 +332,77 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        let invalid = |problems: Vec<String>| ConfigError::Invalid {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let problems = config.problems();
+            problems,
+        };
+        let (config, mut problems) = Self::parse(&text);
+        let Some(config) = config else {
+            return Err(invalid(problems));
+        };
+        problems.extend(config.problems());
         if !problems.is_empty() {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                message: problems.join("; "),
-            });
+            return Err(invalid(problems));
         }
         Ok(config)
+    }
+
+    /// Parses a configuration, section by section, so that one mistake does not hide
+    /// the next: every problem found, each named by its key's path.
+    fn parse(text: &str) -> (Option<Config>, Vec<String>) {
+        /// Deserializes `table` key by key, naming each bad key; the good ones are kept.
+        fn keyed<T: serde::de::DeserializeOwned + Default>(
+            table: toml::Table,
+            prefix: &str,
+            problems: &mut Vec<String>,
+        ) -> T {
+            let mut good = toml::Table::new();
+            for (key, value) in table {
+                let mut one = toml::Table::new();
+                one.insert(key.clone(), value.clone());
+                match toml::Value::Table(one).try_into::<T>() {
+                    Ok(_) => {
+                        good.insert(key, value);
+                    }
+                    Err(e) => problems.push(format!("{prefix}{key}: {}", e.message())),
+                }
+            }
+            toml::Value::Table(good).try_into().unwrap_or_default()
+        }
+        fn section<T: serde::de::DeserializeOwned + Default>(
+            table: &mut toml::Table,
+            name: &str,
+            problems: &mut Vec<String>,
+        ) -> T {
+            match table.remove(name) {
+                None => T::default(),
+                Some(toml::Value::Table(inner)) => keyed(inner, &format!("{name}."), problems),
+                Some(_) => {
+                    problems.push(format!("{name}: must be a [{name}] section"));
+                    T::default()
+                }
+            }
+        }
+        let mut table: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => return (None, vec![e.to_string()]),
+        };
+        let mut problems = Vec::new();
+        let tls = section(&mut table, "tls", &mut problems);
+        let registry = section(&mut table, "registry", &mut problems);
+        let cache = section(&mut table, "cache", &mut problems);
+        let limits = section(&mut table, "limits", &mut problems);
+        let audit = section(&mut table, "audit", &mut problems);
+        let top: Config = keyed(table, "", &mut problems);
+        let config = Config {
+            tls,
+            registry,
+            cache,
+            limits,
+            audit,
+            ..top
+        };
+        (Some(config), problems)
     }
 
     /// Every semantic problem of this configuration.
@@ -578,5 +637,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("shoe_size"));
+        // Mistakes of different kinds in different sections: all of them at once.
+        std::fs::write(
+            &path,
+            "listen = \"nowhere\"\n[tls]\nhandshake_timeout_ms = \"soon\"\n[cache]\nttl = 5\n[limits]\nsubject_failures = 0\n",
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("listen: ")
+                && e.contains("tls.handshake_timeout_ms: ")
+                && e.contains("cache.ttl: ")
+                && e.contains("limits"),
+            "{e}"
+        );
     }
 }

@@ -48,6 +48,13 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Check a configuration file: every problem at once, each with its key; exit 64
+    /// when there is any (serve checks the same before binding).
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Development certificates.
     Certs {
         #[command(subcommand)]
@@ -343,6 +350,14 @@ async fn main() -> ExitCode {
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // A configuration that cannot be used: every problem, one a line, and EX_USAGE.
+            if let Some(popgw::config::ConfigError::Invalid { path, problems }) = e.downcast_ref() {
+                eprintln!("error: {}: {} problem(s):", path.display(), problems.len());
+                for problem in problems {
+                    eprintln!("  {problem}");
+                }
+                return ExitCode::from(64);
+            }
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
@@ -352,6 +367,17 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,
+        Command::CheckConfig { config } => {
+            let loaded = Config::load(&config)?;
+            out!(
+                "{}: OK (listen {}, registry kind {}, audit in {})",
+                config.display(),
+                loaded.listen,
+                loaded.registry.kind,
+                loaded.audit_dir().display()
+            );
+            Ok(())
+        }
         Command::Certs {
             command: CertsCommand::Init { out },
         } => {

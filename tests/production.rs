@@ -198,3 +198,39 @@ async fn a_first_start_from_a_configuration_file_creates_its_data_folder() {
     drop(server);
     assert!(config.data_dir.join("audit-signing.key").is_file());
 }
+
+#[test]
+fn check_config_names_every_problem_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "listen = \"nowhere\"\n[tls]\nhandshake_timeout_ms = \"soon\"\n[cache]\nttl = 5\n",
+    )
+    .unwrap();
+    for command in [
+        &["check-config", "--config"][..],
+        &["serve", "--config"][..],
+    ] {
+        let out = Command::new(BIN)
+            .args(command)
+            .arg(&bad)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{command:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for key in ["listen: ", "tls.handshake_timeout_ms: ", "cache.ttl: "] {
+            assert!(stderr.contains(key), "{command:?} names {key}: {stderr}");
+        }
+    }
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "listen = \"127.0.0.1:50099\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+}
