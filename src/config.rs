@@ -63,6 +63,9 @@ pub struct TlsSettings {
     pub max_connections: usize,
     /// Handshakes in progress at once; more are closed at once.
     pub max_handshakes: usize,
+    /// Also offer TLS 1.2 (off: TLS 1.3 only; with 1.2 the client certificate, and so
+    /// the agency's identity, crosses the wire in clear).
+    pub allow_tls12: bool,
 }
 
 impl TlsSettings {
@@ -244,6 +247,7 @@ impl Default for TlsSettings {
             handshake_timeout_ms: 5_000,
             max_connections: 10_000,
             max_handshakes: 4_096,
+            allow_tls12: false,
         }
     }
 }

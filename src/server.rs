@@ -104,7 +104,12 @@ impl Server {
     pub async fn load(config: Config) -> Result<Server, ServeError> {
         // TLS first: a mistyped certificate path is the likeliest mistake and the
         // clearest error, before any store is opened.
-        let tls = tls::server_config(&config.tls.client_ca, &config.tls.cert, &config.tls.key)?;
+        let tls = tls::server_config(
+            &config.tls.client_ca,
+            &config.tls.cert,
+            &config.tls.key,
+            config.tls.allow_tls12,
+        )?;
         let metrics = Arc::new(Metrics::default());
         if config.registry.kind == "remote" {
             let registry = RemoteRegistry::connect(config.remote_options(), metrics.clone())?;
@@ -165,7 +170,12 @@ impl Server {
         config: Config,
         registry: Arc<dyn Registry>,
     ) -> Result<Server, ServeError> {
-        let tls = tls::server_config(&config.tls.client_ca, &config.tls.cert, &config.tls.key)?;
+        let tls = tls::server_config(
+            &config.tls.client_ca,
+            &config.tls.cert,
+            &config.tls.key,
+            config.tls.allow_tls12,
+        )?;
         let parts = Parts {
             registry,
             examples: Vec::new(),
@@ -460,7 +470,12 @@ pub async fn serve_registry(
     options: RegistryServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let tls = tls::server_config(&options.tls.client_ca, &options.tls.cert, &options.tls.key)?;
+    let tls = tls::server_config(
+        &options.tls.client_ca,
+        &options.tls.cert,
+        &options.tls.key,
+        options.tls.allow_tls12,
+    )?;
     let incoming = tls::incoming(
         listener,
         Arc::new(ArcSwap::new(tls)),

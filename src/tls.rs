@@ -107,11 +107,14 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 /// Builds the server's rustls configuration: server certificate and key, client
-/// certificates required and verified against `client_ca`, ALPN h2.
+/// certificates required and verified against `client_ca`, ALPN h2. TLS 1.3 only
+/// unless `allow_tls12`: with 1.2 the client certificate — and so the agency's
+/// identity — crosses the wire in clear.
 pub fn server_config(
     client_ca: &Path,
     cert: &Path,
     key: &Path,
+    allow_tls12: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     for ca in load_certs(client_ca)? {
@@ -129,8 +132,13 @@ pub fn server_config(
         path: key.display().to_string(),
         reason: e.to_string(),
     })?;
+    let versions: &[&'static rustls::SupportedProtocolVersion] = if allow_tls12 {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
     let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)

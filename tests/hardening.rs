@@ -28,6 +28,18 @@ async fn raw_h2(
     certs: &Path,
     who: &str,
 ) -> h2::client::SendRequest<Bytes> {
+    raw_h2_with(addr, certs, who, rustls::DEFAULT_VERSIONS)
+        .await
+        .expect("handshake")
+}
+
+/// The same, offering only the TLS `versions` given; `Err` when the handshake fails.
+async fn raw_h2_with(
+    addr: std::net::SocketAddr,
+    certs: &Path,
+    who: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<h2::client::SendRequest<Bytes>, String> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(certs.join("ca.pem")).unwrap() {
         roots.add(c.unwrap()).unwrap();
@@ -39,7 +51,7 @@ async fn raw_h2(
             .collect();
     let key = PrivateKeyDer::from_pem_file(certs.join(format!("{who}.key"))).unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(popgw::tls::provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
@@ -49,12 +61,14 @@ async fn raw_h2(
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .unwrap();
-    let (send, connection) = h2::client::handshake(tls).await.unwrap();
+        .map_err(|e| e.to_string())?;
+    let (send, connection) = h2::client::handshake(tls)
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    send
+    Ok(send)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,4 +384,25 @@ async fn a_stream_item_that_does_not_decode_leaves_a_record() {
             && x.detail.starts_with("request refused before its handler")),
         "{records:?}"
     );
+}
+
+#[tokio::test]
+async fn tls_1_2_is_refused_unless_allowed() {
+    let tls12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    let gw = TestGateway::start().await;
+    assert!(
+        raw_h2_with(gw.addr, &gw.certs, "portal", tls12)
+            .await
+            .is_err(),
+        "TLS 1.3 only by default"
+    );
+    assert!(
+        raw_h2_with(gw.addr, &gw.certs, "portal", rustls::DEFAULT_VERSIONS)
+            .await
+            .is_ok()
+    );
+    let old = TestGateway::start_with(|c| c.tls.allow_tls12 = true, None).await;
+    assert!(raw_h2_with(old.addr, &old.certs, "portal", tls12)
+        .await
+        .is_ok());
 }
