@@ -303,9 +303,7 @@ impl RecordCache {
                 return (Ok(e.record.clone()), CacheOutcome::Hit);
             }
             // Past its freshness: reload it, keeping it aside in case the registry is down.
-            if e.record.is_some() && e.epoch == self.epoch.load(Ordering::Acquire) {
-                stale = Some(e);
-            }
+            stale = Some(e);
             self.entries.invalidate(key).await;
         }
         let loaded_here = AtomicBool::new(false);
@@ -370,6 +368,7 @@ impl RecordCache {
 
     fn servable_stale(&self, key: &LookupKey, e: &Entry, error: &RegistryError) -> bool {
         self.options.serve_stale_on_error
+            && e.record.is_some()
             && matches!(
                 error,
                 RegistryError::Unavailable(_) | RegistryError::DeadlineExceeded(_)
@@ -411,89 +410,40 @@ impl RecordCache {
     /// Follows the registry's change feed until `stopping` turns true (see the module
     /// documentation). Run it as a task beside the cache.
     pub async fn follow(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
-        // 0: from now. Entries loaded before a from-now feed's first mark may predate
-        // changes it will never send: the feed vouches only for entries loaded after it.
-        let mut last = 0u64;
-        // Until a mark arrives after a from-now start, the feed vouches for nothing.
-        let mut floor_pending = true;
+        let mut state = Following {
+            // 0: from now.
+            last: 0,
+            // Entries loaded before a from-now feed's first mark may predate changes it
+            // will never send: until that mark the feed vouches for nothing.
+            floor_pending: true,
+            reported: false,
+            caught_up: false,
+        };
         let mut pause = FEED_RETRY_MIN;
-        let mut reported = false;
         loop {
-            let opened = tokio::select! {
-                opened = self.registry.changes(last) => opened,
-                _ = stopping.changed() => return,
-            };
-            match opened {
-                Ok(mut feed) => {
-                    let mut first_mark = true;
-                    loop {
-                        let item = tokio::select! {
-                            item = tokio::time::timeout(FEED_SILENCE, feed.next()) => item,
-                            _ = stopping.changed() => return,
-                        };
-                        match item {
-                            Ok(Some(Ok(FeedEvent::Changed(record)))) => {
-                                last = last.max(record.version);
-                                self.changed(&record).await;
-                            }
-                            Ok(Some(Ok(FeedEvent::Mark(version)))) => {
-                                if floor_pending {
-                                    self.confirm_floor.store(self.now(), Ordering::Release);
-                                    floor_pending = false;
-                                }
-                                if first_mark && reported {
-                                    tracing::info!(
-                                        version,
-                                        "registry change feed: following again"
-                                    );
-                                }
-                                first_mark = false;
-                                reported = false;
-                                pause = FEED_RETRY_MIN;
-                                last = last.max(version);
-                                self.confirm();
-                                self.feed_up.store(true, Ordering::Relaxed);
-                            }
-                            Ok(Some(Err(RegistryError::OutOfRange(why)))) => {
-                                tracing::warn!(%why, "registry change feed cannot be resumed; cache dropped");
-                                self.drop_all();
-                                last = 0;
-                                floor_pending = true;
-                                break;
-                            }
-                            Ok(Some(Err(e))) => {
-                                if !reported {
-                                    tracing::warn!(error = %e, last, "registry change feed broke; resuming");
-                                    reported = true;
-                                }
-                                break;
-                            }
-                            Ok(None) => break,
-                            Err(_) => {
-                                if !reported {
-                                    tracing::warn!(
-                                        last,
-                                        "registry change feed silent; reconnecting"
-                                    );
-                                    reported = true;
-                                }
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(RegistryError::OutOfRange(why)) => {
+            let end = self.follow_once(&mut state, &mut stopping).await;
+            match &end {
+                FeedEnd::Stopped => return,
+                FeedEnd::Broke(RegistryError::OutOfRange(why)) => {
                     tracing::warn!(%why, "registry change feed cannot be resumed; cache dropped");
                     self.drop_all();
-                    last = 0;
-                    floor_pending = true;
+                    state.last = 0;
+                    state.floor_pending = true;
                 }
-                Err(e) => {
-                    if !reported {
-                        tracing::warn!(error = %e, last, "registry change feed unavailable; retrying");
-                        reported = true;
-                    }
+                FeedEnd::Broke(e) if !state.reported => {
+                    tracing::warn!(error = %e, last = state.last, "registry change feed broke or unavailable; resuming");
                 }
+                FeedEnd::Silent if !state.reported => {
+                    tracing::warn!(
+                        last = state.last,
+                        "registry change feed silent; reconnecting"
+                    );
+                }
+                _ => {}
+            }
+            state.reported |= matches!(end, FeedEnd::Broke(_) | FeedEnd::Silent);
+            if std::mem::take(&mut state.caught_up) {
+                pause = FEED_RETRY_MIN;
             }
             self.feed_up.store(false, Ordering::Relaxed);
             let jitter = rand::random::<f64>() * 0.5 + 0.75;
@@ -504,6 +454,75 @@ impl RecordCache {
             pause = (pause * 2).min(FEED_RETRY_MAX);
         }
     }
+
+    /// One session of the feed, from `state.last`, until it ends; says why.
+    async fn follow_once(
+        &self,
+        state: &mut Following,
+        stopping: &mut watch::Receiver<bool>,
+    ) -> FeedEnd {
+        let opened = tokio::select! {
+            opened = self.registry.changes(state.last) => opened,
+            _ = stopping.changed() => return FeedEnd::Stopped,
+        };
+        let mut feed = match opened {
+            Ok(feed) => feed,
+            Err(e) => return FeedEnd::Broke(e),
+        };
+        loop {
+            let item = tokio::select! {
+                item = tokio::time::timeout(FEED_SILENCE, feed.next()) => item,
+                _ = stopping.changed() => return FeedEnd::Stopped,
+            };
+            match item {
+                Ok(Some(Ok(FeedEvent::Changed(record)))) => {
+                    state.last = state.last.max(record.version);
+                    self.changed(&record).await;
+                }
+                Ok(Some(Ok(FeedEvent::Mark(version)))) => {
+                    if state.floor_pending {
+                        self.confirm_floor.store(self.now(), Ordering::Release);
+                        state.floor_pending = false;
+                    }
+                    if state.reported {
+                        tracing::info!(version, "registry change feed: following again");
+                    }
+                    state.caught_up = true;
+                    state.reported = false;
+                    state.last = state.last.max(version);
+                    self.confirm();
+                    self.feed_up.store(true, Ordering::Relaxed);
+                }
+                Ok(Some(Err(e))) => return FeedEnd::Broke(e),
+                Ok(None) => return FeedEnd::Ended,
+                Err(_) => return FeedEnd::Silent,
+            }
+        }
+    }
+}
+
+/// Where the feed follower stands between sessions.
+struct Following {
+    /// The last version seen (0: none yet, follow from now).
+    last: u64,
+    /// Whether the next mark sets the confirmation floor.
+    floor_pending: bool,
+    /// Whether the current outage was logged already.
+    reported: bool,
+    /// Whether the session caught up (a mark came): the next reconnect is quick.
+    caught_up: bool,
+}
+
+/// Why a session of the feed ended.
+enum FeedEnd {
+    /// Shutdown.
+    Stopped,
+    /// The feed failed to open or broke (OUT_OF_RANGE: it cannot be resumed).
+    Broke(RegistryError),
+    /// No event, not even a mark, for [`FEED_SILENCE`].
+    Silent,
+    /// The registry ended the stream without an error.
+    Ended,
 }
 
 #[cfg(test)]

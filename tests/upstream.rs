@@ -674,3 +674,32 @@ async fn the_old_id_goes_through_the_remote_registry_and_the_cache() {
     let cache: Vec<&str> = records.iter().map(|x| x.cache.as_str()).collect();
     assert_eq!(cache, ["miss", "hit"]);
 }
+
+#[tokio::test]
+async fn a_registry_that_refuses_the_gateway_is_could_not_check_and_keeps_the_breaker_closed() {
+    // The gateway presents a certificate the registry's allow list does not name.
+    let s = setup(Faults::default(), |c| {
+        let certs = c.tls.client_ca.parent().unwrap().to_path_buf();
+        c.registry.cert = Some(certs.join("portal.pem"));
+        c.registry.key = Some(certs.join("portal.key"));
+        c.registry.breaker_failures = 2;
+    })
+    .await;
+    let people = s.living(3);
+    for r in &people {
+        let e = s.verify(declare(r, "P03")).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        assert!(
+            e.message()
+                .contains("refused GetCitizen: PERMISSION_DENIED"),
+            "{e:?}"
+        );
+    }
+    // The registry is up (it answered): three refusals do not open the breaker.
+    assert_eq!(s.gw.gateway.metrics.breaker_opened.get(), 0);
+    let records = s.records(&people[2].personal_id).await;
+    assert_eq!(
+        (records[0].outcome.as_str(), records[0].cache.as_str()),
+        ("UNAVAILABLE", "miss")
+    );
+}

@@ -528,3 +528,36 @@ async fn an_empty_log_checkpoint_signs_no_later_record() {
     let e = verify_dir(tmp.path(), None).unwrap_err();
     assert!(e.reason.contains("no signed checkpoint"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_at_once_instead_of_queueing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.queue_capacity = 2;
+    c.max_batch = 1;
+    let log = AuditLog::open(c, key()).unwrap();
+    // The writer hangs on its next write; the queue behind it fills.
+    log.inject_stall(std::time::Duration::from_millis(500));
+    let mut waiting = Vec::new();
+    for i in 0..3 {
+        let log = log.clone();
+        waiting.push(tokio::spawn(async move { log.append(entry(i)).await }));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    let refused = log.append(entry(9)).await;
+    assert!(
+        matches!(refused, Err(AuditError::Overloaded(2))),
+        "{refused:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(200),
+        "at once"
+    );
+    // Those accepted are written once the disk comes back; the log is not failed.
+    for w in waiting {
+        assert!(w.await.unwrap().is_ok());
+    }
+    assert!(!log.is_failed());
+    log.shutdown().await;
+}

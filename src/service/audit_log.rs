@@ -141,7 +141,7 @@ impl AuditLog for AuditLogService {
             &self.gw,
             "AuditLog.Query",
             identity.clone(),
-            "",
+            String::new(),
             async move {
                 let mut ctx: RequestCtx = gw.begin("AuditLog.Query", identity, None);
                 let admitted = gw

@@ -67,15 +67,22 @@ pub struct Early<S> {
     gw: Arc<Gateway>,
 }
 
-/// The policy's name of the RPC a path names, if it is one of popgw's.
+/// The policy's name of the RPC a path names, if it is one of popgw's (no allocation:
+/// this runs for every request).
 fn rpc_of(path: &str) -> Option<&'static str> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    let name = match service {
-        "popgw.v1.IdentityGateway" => method.to_string(),
-        "popgw.v1.AuditLog" => format!("AuditLog.{method}"),
+    let audit = match service {
+        "popgw.v1.IdentityGateway" => false,
+        "popgw.v1.AuditLog" => true,
         _ => return None,
     };
-    crate::policy::RPCS.iter().find(|r| **r == name).copied()
+    crate::policy::RPCS
+        .iter()
+        .copied()
+        .find(|rpc| match rpc.strip_prefix("AuditLog.") {
+            Some(name) => audit && name == method,
+            None => !audit && *rpc == method,
+        })
 }
 
 /// A request body that fails at the start of a second gRPC message: for unary calls.
@@ -189,10 +196,14 @@ where
             return Box::pin(self.inner.call(request));
         }
         let rpc = rpc_of(path).unwrap_or("unknown");
-        let identity = request.extensions().get::<Peer>().map_or(
-            Err(crate::tls::IdentityError::NoCertificate),
-            Peer::identity,
-        );
+        // The client is named only if a record must be written (an Arc clone until then).
+        let peer = request.extensions().get::<Peer>().cloned();
+        let identity = move || {
+            peer.as_ref().map_or(
+                Err(crate::tls::IdentityError::NoCertificate),
+                Peer::identity,
+            )
+        };
         let gw = self.gw.clone();
         let grpc = request
             .headers()
@@ -201,11 +212,11 @@ where
             .is_some_and(|v| v.starts_with("application/grpc"));
         if !grpc {
             return Box::pin(async move {
-                let ctx = gw.begin(rpc, identity, None);
-                let refused = gw
-                    .finish::<()>(ctx, Err(GatewayError::ContentType))
-                    .await
-                    .unwrap_err();
+                let ctx = gw.begin(rpc, identity(), None);
+                let refused = match gw.finish::<()>(ctx, Err(GatewayError::ContentType)).await {
+                    Err(status) => status,
+                    Ok(()) => GatewayError::ContentType.into(),
+                };
                 Ok(refused.into_http())
             });
         }
@@ -223,7 +234,7 @@ where
             if !reached.0.load(Ordering::Acquire) {
                 let code = status_code(&response).unwrap_or(Code::Unknown);
                 if code != Code::Ok {
-                    let ctx = gw.begin(rpc, identity, None);
+                    let ctx = gw.begin(rpc, identity(), None);
                     // The answer is tonic's; the record says it was refused unread.
                     let _ = gw
                         .finish::<()>(ctx, Err(GatewayError::Undecodable(code)))

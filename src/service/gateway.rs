@@ -407,7 +407,7 @@ impl IdentityGateway for GatewayService {
             &self.gw,
             "VerifyIdentity",
             identity.clone(),
-            &personal_id,
+            personal_id,
             async move {
                 let mut ctx = gw.begin("VerifyIdentity", identity, timeout);
                 let result = gw.verify(&mut ctx, request).await;
@@ -511,7 +511,7 @@ impl IdentityGateway for GatewayService {
             &self.gw,
             "GetCitizen",
             identity.clone(),
-            &personal_id,
+            personal_id,
             async move {
                 let mut ctx = gw.begin("GetCitizen", identity, timeout);
                 let result = gw.citizen(&mut ctx, request).await;
@@ -535,7 +535,7 @@ impl IdentityGateway for GatewayService {
             &self.gw,
             "GetHousehold",
             identity.clone(),
-            &personal_id,
+            personal_id,
             async move {
                 let mut ctx = gw.begin("GetHousehold", identity, timeout);
                 let result = gw.household(&mut ctx, request).await;

@@ -334,17 +334,21 @@ pub(crate) async fn detached<T: Send + 'static>(
     gw: &Gateway,
     rpc: &'static str,
     identity: Result<String, tls::IdentityError>,
-    personal_id: &str,
+    personal_id: String,
     request: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
 ) -> Result<T, Status> {
-    let personal_id = personal_id.to_string();
-    let Ok(permit) = gw.in_flight.clone().try_acquire_owned() else {
-        gw.metrics.shed.inc();
+    // The record of a request that never ran its course: found by a query on the
+    // citizen's id, like any refused attempt.
+    let unrun = |identity| {
         let mut ctx = gw.begin(rpc, identity, None);
-        // Found by a query on the citizen's id, like any refused attempt.
         if let Ok(id) = crate::validation::parse_declared_id(&personal_id, true) {
             ctx.subject = gw.subject(id.digits());
         }
+        ctx
+    };
+    let Ok(permit) = gw.in_flight.clone().try_acquire_owned() else {
+        gw.metrics.shed.inc();
+        let ctx = unrun(identity);
         return gw
             .finish::<T>(ctx, Err(GatewayError::Overloaded(gw.in_flight_max)))
             .await;
@@ -360,11 +364,8 @@ pub(crate) async fn detached<T: Send + 'static>(
             // A panic's message may carry anything: log it, answer a fixed text, and
             // still leave the request's record (what it established died with the task).
             tracing::error!(error = %e, rpc, "request task failed");
-            let mut ctx = gw.begin(rpc, identity, None);
-            if let Ok(id) = crate::validation::parse_declared_id(&personal_id, true) {
-                ctx.subject = gw.subject(id.digits());
-            }
-            gw.finish::<T>(ctx, Err(GatewayError::Internal)).await
+            gw.finish::<T>(unrun(identity), Err(GatewayError::Internal))
+                .await
         }
     }
 }
