@@ -36,6 +36,10 @@ pub struct Config {
     pub limits: LimitsSettings,
     /// The audit log.
     pub audit: AuditSettings,
+    /// The admin HTTP listener (metrics, health).
+    pub admin: AdminSettings,
+    /// Logging.
+    pub log: LogSettings,
     /// Set only by [`Config::zero_config`] (`popgw serve` without `--config`): the one
     /// mode in which demo material (development PKI, demo policy, demo population) is
     /// created when missing. With a configuration file, a missing file is an error.
@@ -66,6 +70,9 @@ pub struct TlsSettings {
     /// Also offer TLS 1.2 (off: TLS 1.3 only; with 1.2 the client certificate, and so
     /// the agency's identity, crosses the wire in clear).
     pub allow_tls12: bool,
+    /// Certificate revocation lists (PEM or DER files) checked at every handshake; a
+    /// client whose certificate one of them revokes is refused. Re-read on reload.
+    pub client_crls: Vec<PathBuf>,
 }
 
 impl TlsSettings {
@@ -187,6 +194,41 @@ pub struct CacheSettings {
     pub stale_max_age_ms: u64,
 }
 
+/// The admin HTTP listener: `/metrics` (Prometheus), `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Serve it at all.
+    pub enabled: bool,
+    /// Where (plain HTTP: keep it on loopback or a management network).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            enabled: true,
+            listen: "127.0.0.1:9464".parse().expect("static address"),
+        }
+    }
+}
+
+/// Logging settings (the level comes from `RUST_LOG`, default `info`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// "human" (default) or "json" (one JSON object per line, for Loki or ELK).
+    pub format: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: "human".into(),
+        }
+    }
+}
+
 /// Audit-log settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -232,6 +274,8 @@ impl Default for Config {
             cache: CacheSettings::default(),
             limits: LimitsSettings::default(),
             audit: AuditSettings::default(),
+            admin: AdminSettings::default(),
+            log: LogSettings::default(),
             zero_config: false,
         }
     }
@@ -248,6 +292,7 @@ impl Default for TlsSettings {
             max_connections: 10_000,
             max_handshakes: 4_096,
             allow_tls12: false,
+            client_crls: Vec::new(),
         }
     }
 }
@@ -397,6 +442,8 @@ impl Config {
         let cache = section(&mut table, "cache", &mut problems);
         let limits = section(&mut table, "limits", &mut problems);
         let audit = section(&mut table, "audit", &mut problems);
+        let admin = section(&mut table, "admin", &mut problems);
+        let log = section(&mut table, "log", &mut problems);
         let top: Config = keyed(table, "", &mut problems);
         let config = Config {
             tls,
@@ -404,6 +451,8 @@ impl Config {
             cache,
             limits,
             audit,
+            admin,
+            log,
             ..top
         };
         (Some(config), problems)
@@ -412,6 +461,15 @@ impl Config {
     /// Every semantic problem of this configuration.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            p.push(format!(
+                "log.format: {:?} is neither \"human\" nor \"json\"",
+                self.log.format
+            ));
+        }
+        if self.admin.enabled && self.admin.listen == self.listen && self.listen.port() != 0 {
+            p.push("admin.listen: the same address as listen".into());
+        }
         match self.registry.kind.as_str() {
             "disk" | "embedded" => {}
             "remote" => {

@@ -26,11 +26,15 @@
 //!   `PopulationRegistry` for `popgw registry serve`.
 //! - [`error`]: the library's errors and their single mapping to gRPC codes.
 //! - [`server`]: assembly; `serve(listener, config, shutdown)` and `serve_registry`.
+//! - [`reload`]: certificates, CRLs and policy read again on SIGHUP or when a file
+//!   changes, without restart; a broken file is refused and the running one stays.
+//! - [`admin`]: the admin HTTP listener (Prometheus `/metrics`, `/healthz`, `/readyz`).
 //! - [`config`], [`telemetry`], [`pki`] (development certificates), [`demo`] (first
 //!   start), [`client`] (the command-line client's connection), [`console`] (its output),
 //!   [`proto`] (generated).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod audit;
 pub mod cache;
 pub mod catalogue;
@@ -46,6 +50,7 @@ pub mod pki;
 pub mod policy;
 pub mod proto;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod telemetry;

@@ -47,6 +47,9 @@ enum Command {
         /// Override the listen address.
         #[arg(long)]
         listen: Option<String>,
+        /// Override the admin listener's address (`[admin] listen`).
+        #[arg(long)]
+        admin_listen: Option<String>,
     },
     /// Check a configuration file: every problem at once, each with its key; exit 64
     /// when there is any (serve checks the same before binding).
@@ -125,6 +128,31 @@ enum CertsCommand {
     Init {
         #[arg(long, default_value = "certs")]
         out: PathBuf,
+    },
+    /// Issue a client certificate from the development CA: NAME.pem and NAME.key.
+    Issue {
+        /// The development PKI's folder.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// File name (letters, digits, - and _).
+        #[arg(long)]
+        name: String,
+        /// The client identity, the certificate's URI SAN (spiffe://popgw.dev/portal/NAME).
+        #[arg(long)]
+        uri: String,
+        /// Days of validity from today.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Revoke NAME.pem: add it to the development CA's CRL (crl.pem), which a running
+    /// gateway picks up within a second (or at SIGHUP).
+    Revoke {
+        /// The development PKI's folder.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// File name of the certificate (NAME.pem).
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -346,8 +374,12 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    popgw::telemetry::init();
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    // `serve` installs it once its configuration (`[log] format`) is read.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        popgw::telemetry::init(false);
+    }
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A configuration that cannot be used: every problem, one a line, and EX_USAGE.
@@ -366,7 +398,11 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { config, listen } => serve(config, listen).await,
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+        } => serve(config, listen, admin_listen).await,
         Command::CheckConfig { config } => {
             let loaded = Config::load(&config)?;
             out!(
@@ -385,6 +421,33 @@ async fn run(cli: Cli) -> Result<()> {
             out!(
                 "wrote a development PKI to {} (development only)",
                 out.display()
+            );
+            Ok(())
+        }
+        Command::Certs {
+            command:
+                CertsCommand::Issue {
+                    dir,
+                    name,
+                    uri,
+                    days,
+                },
+        } => {
+            pki::issue(&dir, &name, &uri, days)?;
+            out!(
+                "issued {uri} as {}/{name}.pem and {name}.key ({days} days; development only)",
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Certs {
+            command: CertsCommand::Revoke { dir, name },
+        } => {
+            let serial = pki::revoke(&dir, &name)?;
+            out!(
+                "revoked {}/{name}.pem (serial {serial}) in {}/crl.pem",
+                dir.display(),
+                dir.display()
             );
             Ok(())
         }
@@ -484,7 +547,11 @@ fn raise_open_files(tls: &popgw::config::TlsSettings) {
     }
 }
 
-async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
+async fn serve(
+    config: Option<PathBuf>,
+    listen: Option<String>,
+    admin_listen: Option<String>,
+) -> Result<()> {
     let mut config = match &config {
         Some(path) => Config::load(path)?,
         None => Config::zero_config(),
@@ -492,16 +559,39 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
     if let Some(listen) = listen {
         config.listen = listen.parse().context("--listen")?;
     }
+    if let Some(admin) = admin_listen {
+        config.admin.listen = admin.parse().context("--admin-listen")?;
+    }
+    popgw::telemetry::init(config.log.format == "json");
     for note in demo::prepare(&config)? {
         out!("{note}");
+    }
+    if config.zero_config {
+        // The development CA's revocation list (`popgw certs revoke`), when it has one.
+        let crl = config.tls.client_ca.with_file_name("crl.pem");
+        if crl.exists() {
+            config.tls.client_crls = vec![crl];
+        }
     }
     raise_open_files(&config.tls);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let config_endpoint = config.registry.endpoint.clone().unwrap_or_default();
-    let server = Server::load(config).await?;
+    let admin = if config.admin.enabled {
+        let admin = tokio::net::TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("binding the admin listener {}", config.admin.listen))?;
+        Some(admin)
+    } else {
+        None
+    };
+    let admin_addr = admin.as_ref().map(|a| a.local_addr()).transpose()?;
+    let summary = Summary::of(&config);
+    let mut server = Server::load(config).await?;
+    if let Some(admin) = admin {
+        server = server.with_admin(admin);
+    }
     // Handle SIGTERM and SIGINT from now on, before anyone is told we are serving: a supervisor
     // that stops us right after start-up gets a clean shutdown, not the default kill.
     #[cfg(unix)]
@@ -520,13 +610,23 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
     match server.gateway().registry.kind() {
         "remote" => out!(
             "popgw serving on {addr} (mutual TLS) in front of the registry at {} ({cache})",
-            config_endpoint
+            summary.registry
         ),
         kind => out!(
-            "popgw serving {} citizens from the {kind} registry on {addr} (mutual TLS, {cache})",
-            server.population()
+            "popgw serving {} citizens from the {kind} registry at {} on {addr} (mutual TLS, {cache})",
+            server.population(),
+            summary.registry
         ),
     }
+    match admin_addr {
+        Some(a) => out!("  admin: http://{a}/metrics, /healthz, /readyz"),
+        None => out!("  admin: off ([admin] enabled = false)"),
+    }
+    out!("  audit log: {}", summary.audit);
+    out!(
+        "  policy: {} (reloaded on SIGHUP or when it changes)",
+        summary.policy
+    );
     for r in server.examples() {
         out!(
             "  try: popgw verify --id {} --name \"{}\" --dob {} --sex {} --procedure P03 --case DEMO-1",
@@ -535,6 +635,20 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
             r.date_of_birth,
             if r.sex == Sex::Female as i32 { "female" } else { "male" }
         );
+    }
+    // SIGHUP: read certificates, CRLs and policy again (the file watch does the same
+    // within a second of a change; SIGHUP forces it).
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let reloader = server.reloader();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let reloader = reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || reloader.reload(true)).await;
+            }
+        });
     }
     let shutdown = async move {
         #[cfg(unix)]
@@ -553,6 +667,43 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
     };
     server.serve(listener, shutdown).await?;
     Ok(())
+}
+
+/// Where things are, for the start-up lines (read before the configuration moves).
+struct Summary {
+    registry: String,
+    audit: String,
+    policy: String,
+}
+
+impl Summary {
+    fn of(config: &Config) -> Summary {
+        let registry = match config.registry.kind.as_str() {
+            "remote" => config.registry.endpoint.clone().unwrap_or_default(),
+            "postgres" => redact_url(config.registry.url.as_deref().unwrap_or_default()),
+            "embedded" => config.population_path().display().to_string(),
+            _ => config.registry_path().display().to_string(),
+        };
+        Summary {
+            registry,
+            audit: config.audit_dir().display().to_string(),
+            policy: config.policy_path().display().to_string(),
+        }
+    }
+}
+
+/// A database URL without its password.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// The input of an import: a file or standard input.

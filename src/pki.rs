@@ -1,5 +1,8 @@
-//! The development PKI (`popgw certs init`): a client/server CA, the server's
-//! certificate, one client per role, and an outsider signed by another CA.
+//! The development PKI (`popgw certs init`): a client/server CA (its key kept beside
+//! it, 0600), the server's certificate, one client per role, an outsider signed by
+//! another CA, and the CA's revocation list (`crl.pem`, empty at first); `popgw certs
+//! issue` adds a client, `popgw certs revoke` adds it to the CRL — so that a newcomer
+//! can add a second portal and try revocation without OpenSSL.
 //! For development and tests only; production certificates come from the operator.
 
 use std::fs;
@@ -7,9 +10,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    date_time_ymd, BasicConstraints, CertificateParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// URI SAN of the development portal client.
 pub const PORTAL_ID: &str = "spiffe://popgw.dev/portal/dvcqg";
@@ -36,11 +41,20 @@ pub enum PkiError {
     /// Certificate generation failed.
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
+    /// A file of the PKI is missing or unreadable.
+    #[error("{path}: {reason}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// A certificate authority able to issue more certificates (tests issue expired ones).
 pub struct DevCa {
     issuer: Issuer<'static, KeyPair>,
+    key_pem: String,
     /// The CA certificate, PEM.
     pub cert_pem: String,
 }
@@ -61,8 +75,55 @@ impl DevCa {
         let cert = params.self_signed(&key)?;
         Ok(Self {
             cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
         })
+    }
+
+    /// The development CA of `dir` (`ca.pem` and `ca.key`).
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        let cert_pem = read(&dir.join("ca.pem"))?;
+        let key_path = dir.join("ca.key");
+        let key_pem = read(&key_path)?;
+        let bad = |e: rcgen::Error| PkiError::Read {
+            path: key_path.clone(),
+            reason: e.to_string(),
+        };
+        let key = KeyPair::from_pem(&key_pem).map_err(bad)?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(bad)?;
+        Ok(Self {
+            issuer,
+            key_pem,
+            cert_pem,
+        })
+    }
+
+    /// A CRL signed by this CA revoking `serials` (raw, big-endian), numbered `number`,
+    /// valid from today for a year (rustls does not refuse an outdated CRL unless
+    /// told to; the next revocation writes a new one anyway).
+    pub fn crl(&self, number: u64, serials: &[Vec<u8>]) -> Result<String, PkiError> {
+        let today = chrono::Utc::now().date_naive();
+        let ymd = |d: chrono::NaiveDate| {
+            use chrono::Datelike;
+            date_time_ymd(d.year(), d.month() as u8, d.day() as u8)
+        };
+        let params = CertificateRevocationListParams {
+            this_update: ymd(today),
+            next_update: ymd(today + chrono::Days::new(365)),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: ymd(today),
+                    reason_code: Some(RevocationReason::CessationOfOperation),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
     /// Issues a client certificate named by `uri` (URI SAN), valid until `not_after` (y, m, d).
@@ -114,6 +175,8 @@ pub fn init(dir: &Path) -> Result<DevCa, PkiError> {
     // Never over an existing file: a mistyped path must not replace a real server key.
     let names = [
         "ca.pem",
+        "ca.key",
+        "crl.pem",
         "server.pem",
         "server.key",
         "portal.pem",
@@ -138,6 +201,8 @@ pub fn init(dir: &Path) -> Result<DevCa, PkiError> {
     }
     let ca = DevCa::new("popgw development CA")?;
     write(&dir.join("ca.pem"), &ca.cert_pem, false)?;
+    write(&dir.join("ca.key"), &ca.key_pem, true)?;
+    write(&dir.join("crl.pem"), &ca.crl(1, &[])?, false)?;
     let (cert, key) = ca.issue_server()?;
     write(&dir.join("server.pem"), &cert, false)?;
     write(&dir.join("server.key"), &key, true)?;
@@ -169,6 +234,117 @@ pub fn write_client(
     let (cert, key) = ca.issue_client(uri, not_after)?;
     write(&dir.join(format!("{name}.pem")), &cert, false)?;
     write(&dir.join(format!("{name}.key")), &key, true)
+}
+
+/// `popgw certs issue`: a client certificate for `uri` from the development CA of
+/// `dir`, valid for `days` from today, written as `dir/name.pem` and `dir/name.key`
+/// (never over an existing file).
+pub fn issue(dir: &Path, name: &str, uri: &str, days: u32) -> Result<(), PkiError> {
+    check_name(name)?;
+    if !uri.contains("://") || uri.chars().any(|c| !c.is_ascii_graphic()) {
+        return Err(PkiError::Read {
+            path: dir.join(format!("{name}.pem")),
+            reason: format!("--uri {uri:?} is not a URI (spiffe://agency/role/name)"),
+        });
+    }
+    let ca = DevCa::load(dir)?;
+    let until = chrono::Utc::now().date_naive() + chrono::Days::new(u64::from(days.max(1)));
+    use chrono::Datelike;
+    write_client(
+        &ca,
+        dir,
+        name,
+        uri,
+        (until.year(), until.month() as u8, until.day() as u8),
+    )
+}
+
+/// `popgw certs revoke`: adds the certificate `dir/name.pem` to the development CA's
+/// CRL, `dir/crl.pem` (replaced atomically, its number increased). Returns the revoked
+/// serial number, hex.
+pub fn revoke(dir: &Path, name: &str) -> Result<String, PkiError> {
+    check_name(name)?;
+    let ca = DevCa::load(dir)?;
+    let cert_path = dir.join(format!("{name}.pem"));
+    let serial = serial_of(&cert_path)?;
+    let crl_path = dir.join("crl.pem");
+    let (number, mut serials) = match std::fs::read(&crl_path) {
+        Ok(bytes) => revoked_in(&crl_path, &bytes)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, Vec::new()),
+        Err(e) => {
+            return Err(PkiError::Read {
+                path: crl_path,
+                reason: e.to_string(),
+            })
+        }
+    };
+    if !serials.contains(&serial) {
+        serials.push(serial.clone());
+    }
+    let pem = ca.crl(number + 1, &serials)?;
+    let tmp = dir.join("crl.pem.new");
+    let _ = fs::remove_file(&tmp);
+    write(&tmp, &pem, false)?;
+    fs::rename(&tmp, &crl_path).map_err(|source| PkiError::Io {
+        path: crl_path.clone(),
+        source,
+    })?;
+    Ok(hex::encode(serial))
+}
+
+fn check_name(name: &str) -> Result<(), PkiError> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(PkiError::Read {
+            path: PathBuf::from(name),
+            reason: "--name: letters, digits, - and _ only (it names NAME.pem and NAME.key)".into(),
+        });
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(|e| PkiError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn serial_of(path: &Path) -> Result<Vec<u8>, PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = |reason: String| PkiError::Read {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let der =
+        rustls_pki_types::CertificateDer::from_pem_file(path).map_err(|e| bad(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| bad(e.to_string()))?;
+    Ok(cert.raw_serial().to_vec())
+}
+
+/// The number and revoked serials of a CRL (PEM).
+fn revoked_in(path: &Path, bytes: &[u8]) -> Result<(u64, Vec<Vec<u8>>), PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = |reason: String| PkiError::Read {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let der = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(bytes)
+        .map_err(|e| bad(e.to_string()))?;
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der.as_ref())
+        .map_err(|e| bad(e.to_string()))?;
+    let number = crl
+        .crl_number()
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(0);
+    let serials = crl
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect();
+    Ok((number, serials))
 }
 
 /// Whether `dir` already holds a development PKI (its CA and server certificate).

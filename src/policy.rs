@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -146,7 +147,7 @@ pub struct PolicyError {
 /// The loaded policy.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
-    clients: HashMap<String, Grant>,
+    clients: HashMap<String, Arc<Grant>>,
 }
 
 impl Policy {
@@ -218,7 +219,7 @@ impl Policy {
                     "client {who}: rate_per_second and burst must be at least 1"
                 ));
             }
-            if clients.insert(c.identity, grant).is_some() {
+            if clients.insert(c.identity, Arc::new(grant)).is_some() {
                 problems.push(format!("client {who}: listed twice"));
             }
         }
@@ -230,15 +231,14 @@ impl Policy {
     }
 
     /// The grant of `identity` if it may call `rpc`.
-    pub fn authorize_rpc(&self, identity: &str, rpc: &str) -> Result<&Grant, Denied> {
+    pub fn authorize_rpc(&self, identity: &str, rpc: &str) -> Result<Arc<Grant>, Denied> {
         let grant = self.clients.get(identity).ok_or(Denied::UnknownClient)?;
         if !grant.allows_rpc(rpc) {
             return Err(Denied::Rpc(rpc.to_string()));
         }
-        Ok(grant)
+        Ok(grant.clone())
     }
 
-    /// Number of clients.
     /// Whether the policy lists this identity at all.
     pub fn knows(&self, identity: &str) -> bool {
         self.clients.contains_key(identity)
@@ -246,9 +246,10 @@ impl Policy {
 
     /// Every client's grant.
     pub fn grants(&self) -> impl Iterator<Item = &Grant> {
-        self.clients.values()
+        self.clients.values().map(|g| &**g)
     }
 
+    /// Number of clients.
     pub fn len(&self) -> usize {
         self.clients.len()
     }

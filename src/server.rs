@@ -80,6 +80,33 @@ fn hardened() -> TonicServer {
         .max_connection_age_grace(Duration::from_secs(30))
 }
 
+/// Sets `popgw_certificate_expiry_seconds` for the certificates `config` names (at load
+/// and at each reload). A file that cannot be read is skipped: loading it fails louder.
+pub fn certificate_expiry(metrics: &Metrics, config: &Config) {
+    let mut named = vec![
+        ("server", config.tls.cert.clone()),
+        ("client_ca", config.tls.client_ca.clone()),
+    ];
+    if config.registry.kind == "remote" {
+        if let Some(cert) = &config.registry.cert {
+            named.push(("registry_client", cert.clone()));
+        }
+    }
+    let now = std::time::SystemTime::now();
+    for (certificate, path) in named {
+        if let Ok(at) = tls::not_after(&path) {
+            let left = match at.duration_since(now) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            };
+            metrics
+                .certificate_expiry
+                .get_or_create(&crate::telemetry::CertificateLabels { certificate })
+                .set(left);
+        }
+    }
+}
+
 /// What `load` found for the registry, handed to `assemble`.
 struct Parts {
     registry: Arc<dyn Registry>,
@@ -96,6 +123,8 @@ pub struct Server {
     examples: Vec<CitizenRecord>,
     population: u64,
     store: Option<Arc<dyn Store>>,
+    admin: Option<TcpListener>,
+    reloader: Arc<crate::reload::Reloader>,
 }
 
 impl Server {
@@ -104,13 +133,9 @@ impl Server {
     pub async fn load(config: Config) -> Result<Server, ServeError> {
         // TLS first: a mistyped certificate path is the likeliest mistake and the
         // clearest error, before any store is opened.
-        let tls = tls::server_config(
-            &config.tls.client_ca,
-            &config.tls.cert,
-            &config.tls.key,
-            config.tls.allow_tls12,
-        )?;
+        let tls = tls::server_config(&config.tls)?;
         let metrics = Arc::new(Metrics::default());
+        certificate_expiry(&metrics, &config);
         if config.registry.kind == "remote" {
             let registry = RemoteRegistry::connect(config.remote_options(), metrics.clone())?;
             let parts = Parts {
@@ -170,19 +195,16 @@ impl Server {
         config: Config,
         registry: Arc<dyn Registry>,
     ) -> Result<Server, ServeError> {
-        let tls = tls::server_config(
-            &config.tls.client_ca,
-            &config.tls.cert,
-            &config.tls.key,
-            config.tls.allow_tls12,
-        )?;
+        let tls = tls::server_config(&config.tls)?;
         let parts = Parts {
             registry,
             examples: Vec::new(),
             population: 0,
             store: None,
         };
-        Self::assemble(config, tls, parts, Arc::new(Metrics::default())).await
+        let metrics = Arc::new(Metrics::default());
+        certificate_expiry(&metrics, &config);
+        Self::assemble(config, tls, parts, metrics).await
     }
 
     async fn assemble(
@@ -224,6 +246,7 @@ impl Server {
         audit_config.checkpoint_interval = Duration::from_secs(a.checkpoint_interval_secs);
         audit_config.queue_capacity = a.queue_capacity;
         audit_config.append_timeout = Duration::from_millis(a.append_timeout_ms);
+        audit_config.metrics = metrics.clone();
         audit_config.retention =
             (a.retention_days > 0).then(|| Duration::from_secs(a.retention_days * 86_400));
         let audit = tokio::task::spawn_blocking(move || AuditLog::open(audit_config, key))
@@ -234,14 +257,9 @@ impl Server {
             .cache_options()
             .map(|options| Arc::new(RecordCache::new(registry.clone(), options, metrics.clone())));
         let limits = config.limit_options();
-        let rates = crate::limits::ClientRates::new(
-            policy
-                .grants()
-                .map(|g| (g.identity.as_str(), g.rate_per_second, g.burst)),
-            &limits,
-        );
         let gateway = Arc::new(Gateway {
-            rates,
+            access: ArcSwap::from_pointee(crate::service::Access::new(policy, &limits)),
+            limit_options: limits.clone(),
             subjects: crate::limits::SubjectGuard::new(limits),
             max_stream_items: config.limits.max_stream_items,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
@@ -250,7 +268,6 @@ impl Server {
                 config.limits.max_operator_calls,
             )),
             max_query_results: config.limits.max_query_results,
-            policy: Arc::new(policy),
             catalogue: Arc::new(catalogue),
             registry,
             cache,
@@ -262,14 +279,34 @@ impl Server {
             stopping: tokio::sync::watch::Sender::new(false),
             tasks: tokio_util::task::TaskTracker::new(),
         });
+        let tls = Arc::new(ArcSwap::new(tls));
+        let reloader = Arc::new(crate::reload::Reloader::new(
+            config.clone(),
+            tls.clone(),
+            gateway.clone(),
+        ));
         Ok(Server {
             config,
             gateway,
-            tls: Arc::new(ArcSwap::new(tls)),
+            tls,
             examples,
             population,
             store,
+            admin: None,
+            reloader,
         })
+    }
+
+    /// What reloads certificates, CRLs and policy (`popgw serve` calls it on SIGHUP;
+    /// [`Server::serve`] also runs its file watch).
+    pub fn reloader(&self) -> Arc<crate::reload::Reloader> {
+        self.reloader.clone()
+    }
+
+    /// Also serves the admin HTTP routes ([`crate::admin`]) on `listener`, until shutdown.
+    pub fn with_admin(mut self, listener: TcpListener) -> Server {
+        self.admin = Some(listener);
+        self
     }
 
     /// Two living citizens of the population, for the first-start message.
@@ -290,7 +327,7 @@ impl Server {
     /// Serves until `shutdown` resolves, then drains and closes the audit log (which
     /// signs a final checkpoint).
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
@@ -318,11 +355,11 @@ impl Server {
         let reflection_error = |e: tonic_reflection::server::Error| {
             ServeError::Key("reflection".into(), std::io::Error::other(e))
         };
-        let policy = self.gateway.policy.clone();
+        let gateway = self.gateway.clone();
         let listed_only = move |request: tonic::Request<()>| {
             let identity = tls::peer_identity(&request)
                 .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
-            if policy.knows(&identity) {
+            if gateway.access.load().policy.knows(&identity) {
                 Ok(request)
             } else {
                 Err(tonic::Status::permission_denied(
@@ -372,12 +409,27 @@ impl Server {
                 }
             })
         });
+        // Certificates, CRLs and policy are reloaded when their files change.
+        let watch = tokio::spawn(
+            self.reloader
+                .clone()
+                .watch(self.gateway.stopping.subscribe()),
+        );
         // The cache follows the registry's change feed until shutdown.
         let follower = self
             .gateway
             .cache
             .clone()
             .map(|cache| tokio::spawn(cache.follow(self.gateway.stopping.subscribe())));
+        // The admin routes answer until the audit log is closed (`/readyz` says "shutting
+        // down" while connections drain), then stop with the process.
+        let admin = self.admin.take().map(|listener| {
+            tokio::spawn(crate::admin::serve(
+                listener,
+                self.gateway.clone(),
+                std::future::pending(),
+            ))
+        });
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let serving = hardened()
             .layer(crate::service::early::EarlyRefusals::new(
@@ -430,6 +482,10 @@ impl Server {
             );
         }
         health_watch.abort();
+        watch.abort();
+        if let Some(a) = admin {
+            a.abort();
+        }
         if let Some(r) = refresher {
             r.abort();
         }
@@ -470,12 +526,7 @@ pub async fn serve_registry(
     options: RegistryServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let tls = tls::server_config(
-        &options.tls.client_ca,
-        &options.tls.cert,
-        &options.tls.key,
-        options.tls.allow_tls12,
-    )?;
+    let tls = tls::server_config(&options.tls)?;
     let incoming = tls::incoming(
         listener,
         Arc::new(ArcSwap::new(tls)),

@@ -10,7 +10,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -106,16 +106,53 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// Builds the server's rustls configuration: server certificate and key, client
-/// certificates required and verified against `client_ca`, ALPN h2. TLS 1.3 only
-/// unless `allow_tls12`: with 1.2 the client certificate — and so the agency's
-/// identity — crosses the wire in clear.
-pub fn server_config(
-    client_ca: &Path,
-    cert: &Path,
-    key: &Path,
-    allow_tls12: bool,
-) -> Result<Arc<ServerConfig>, TlsError> {
+/// Reads certificate revocation lists, each file PEM (one or more `X509 CRL` blocks)
+/// or DER.
+pub fn load_crls(
+    paths: &[PathBuf],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut crls = Vec::new();
+    for path in paths {
+        let err = |reason: String| TlsError::Pem {
+            path: path.display().to_string(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let pem = CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        if !pem.is_empty() {
+            crls.extend(pem);
+        } else if bytes.first() == Some(&0x30) {
+            crls.push(CertificateRevocationListDer::from(bytes));
+        } else {
+            return Err(err(
+                "no certificate revocation list found (PEM or DER)".into()
+            ));
+        }
+    }
+    Ok(crls)
+}
+
+/// When the first certificate of a PEM file expires (for the expiry metric).
+pub fn not_after(path: &Path) -> Result<std::time::SystemTime, TlsError> {
+    let certs = load_certs(path)?;
+    let (_, cert) = X509Certificate::from_der(certs[0].as_ref()).map_err(|e| TlsError::Pem {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let secs = cert.validity().not_after.timestamp();
+    Ok(std::time::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
+}
+
+/// Builds the server's rustls configuration from `[tls]`: server certificate and key,
+/// client certificates required, verified against `client_ca` and, when
+/// `client_crls` lists any, not revoked (a certificate whose issuer has no CRL among
+/// them is refused too: revocation status unknown). ALPN h2. TLS 1.3 only unless
+/// `allow_tls12`: with 1.2 the client certificate — and so the agency's identity —
+/// crosses the wire in clear. Every file is read again: a reload calls this.
+pub fn server_config(settings: &crate::config::TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    let (client_ca, cert, key) = (&settings.client_ca, &settings.cert, &settings.key);
     let mut roots = RootCertStore::empty();
     for ca in load_certs(client_ca)? {
         roots.add(ca).map_err(|e| TlsError::Pem {
@@ -124,7 +161,9 @@ pub fn server_config(
         })?;
     }
     let provider = provider();
+    let crls = load_crls(&settings.client_crls)?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls)
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let certs = load_certs(cert)?;
@@ -132,7 +171,7 @@ pub fn server_config(
         path: key.display().to_string(),
         reason: e.to_string(),
     })?;
-    let versions: &[&'static rustls::SupportedProtocolVersion] = if allow_tls12 {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = if settings.allow_tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     } else {
         &[&rustls::version::TLS13]
@@ -165,6 +204,46 @@ pub struct Admitted {
     stream: TlsStream<TcpStream>,
     peer: Peer,
     _permit: OwnedSemaphorePermit,
+    _open: OpenConnection,
+}
+
+/// Counts an established connection in `popgw_connections_open` for its life.
+struct OpenConnection(crate::telemetry::Gauge);
+
+impl OpenConnection {
+    fn new(gauge: &crate::telemetry::Gauge) -> OpenConnection {
+        gauge.inc();
+        OpenConnection(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The metric's word for why a handshake failed (a fixed set; the log line has the
+/// full error).
+fn refusal_reason(e: &io::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::NoCertificatesPresented) => "no_certificate",
+        Some(rustls::Error::InvalidCertificate(c)) => match c {
+            C::Expired | C::ExpiredContext { .. } => "expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "not_yet_valid",
+            C::Revoked => "revoked",
+            C::UnknownIssuer => "unknown_issuer",
+            C::UnknownRevocationStatus => "unknown_revocation_status",
+            _ => "bad_certificate",
+        },
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
+        Some(_) => "protocol",
+        None => "io",
+    }
 }
 
 impl tonic::transport::server::Connected for Admitted {
@@ -218,9 +297,13 @@ struct RefusalLog {
 }
 
 impl RefusalLog {
-    fn refused(&self, metrics: &Metrics, peer: SocketAddr, reason: &str) {
+    fn refused(&self, metrics: &Metrics, peer: SocketAddr, kind: &'static str, reason: &str) {
         use std::sync::atomic::Ordering;
         metrics.handshakes_refused.inc();
+        metrics
+            .handshake_refusals
+            .get_or_create(&crate::telemetry::ReasonLabels { reason: kind })
+            .inc();
         let now = std::time::Instant::now();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
@@ -268,11 +351,21 @@ pub fn incoming(
                 }
             };
             let Ok(permit) = connections.clone().try_acquire_owned() else {
-                log.refused(&metrics, peer, "too many open connections");
+                log.refused(
+                    &metrics,
+                    peer,
+                    "too_many_connections",
+                    "too many open connections",
+                );
                 continue;
             };
             let Ok(handshaking) = handshakes.clone().try_acquire_owned() else {
-                log.refused(&metrics, peer, "too many handshakes in progress");
+                log.refused(
+                    &metrics,
+                    peer,
+                    "too_many_handshakes",
+                    "too many handshakes in progress",
+                );
                 continue;
             };
             let _ = tcp.set_nodelay(true);
@@ -289,7 +382,12 @@ pub fn incoming(
                         // Named once per connection, not parsed again on every request.
                         let identity = client_identity(stream.get_ref().1.peer_certificates());
                         if let Err(IdentityError::Unprintable) = identity {
-                            log.refused(&metrics, peer, "client certificate URI SAN not printable");
+                            log.refused(
+                                &metrics,
+                                peer,
+                                "unprintable_identity",
+                                "client certificate URI SAN not printable",
+                            );
                             return;
                         }
                         metrics.handshakes_ok.inc();
@@ -297,11 +395,12 @@ pub fn incoming(
                             stream,
                             peer: Peer(Arc::new(identity)),
                             _permit: permit,
+                            _open: OpenConnection::new(&metrics.connections_open),
                         };
                         let _ = tx.send(Ok(admitted)).await;
                     }
-                    Ok(Err(e)) => log.refused(&metrics, peer, &e.to_string()),
-                    Err(_) => log.refused(&metrics, peer, "handshake timed out"),
+                    Ok(Err(e)) => log.refused(&metrics, peer, refusal_reason(&e), &e.to_string()),
+                    Err(_) => log.refused(&metrics, peer, "timeout", "handshake timed out"),
                 }
             });
         }

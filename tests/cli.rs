@@ -11,6 +11,8 @@ struct Running {
     child: Child,
     addr: String,
     examples: Vec<String>,
+    /// What it printed before serving.
+    seen: Vec<String>,
 }
 
 impl Drop for Running {
@@ -23,7 +25,13 @@ impl Drop for Running {
 /// `popgw serve` with no configuration, in `dir`, on an ephemeral port.
 fn start_default(dir: &Path) -> Running {
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -70,6 +78,7 @@ fn start_default(dir: &Path) -> Running {
         child,
         addr,
         examples,
+        seen,
     }
 }
 
@@ -291,4 +300,118 @@ fn audit_verify_names_the_first_bad_record() {
     let (ok, _, err) = verify(dir.path());
     assert!(!ok);
     assert!(err.contains("record 7"), "{err}");
+}
+
+/// GET on the admin listener over plain HTTP/1.1: the body.
+fn admin_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).unwrap();
+    raw
+}
+
+fn reloads_ok(admin: &str) -> usize {
+    admin_get(admin, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix("popgw_config_reloads_total{result=\"ok\"} "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[test]
+fn a_second_portal_certificate_issued_then_revoked_then_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_default(dir.path());
+    let admin = gw
+        .seen
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("admin: http://"))
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no admin line: {:?}", gw.seen))
+        .to_string();
+    assert!(
+        gw.seen.iter().any(|l| l.trim().starts_with("audit log: ")),
+        "{:?}",
+        gw.seen
+    );
+    let mut verify = split_example(&gw.examples[0]);
+    verify.extend([
+        "--addr".to_string(),
+        format!("localhost:{}", gw.addr.rsplit(':').next().unwrap()),
+        "--as".to_string(),
+        "portal2".to_string(),
+    ]);
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let (ok, out, err) = popgw(
+        dir.path(),
+        &args(&[
+            "certs",
+            "issue",
+            "--name",
+            "portal2",
+            "--uri",
+            "spiffe://popgw.dev/portal/dvcqg",
+            "--days",
+            "30",
+        ]),
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("portal2.pem"), "{out}");
+    let (ok, out, err) = popgw(dir.path(), &verify);
+    assert!(ok && out.starts_with("MATCH"), "{out}{err}");
+
+    // SIGHUP reloads even when nothing changed (the file watch would not).
+    let before = reloads_ok(&admin);
+    let pid = gw.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut reloaded = false;
+    for _ in 0..50 {
+        if reloads_ok(&admin) > before {
+            reloaded = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(reloaded, "SIGHUP did not reload");
+
+    let (ok, out, err) = popgw(dir.path(), &args(&["certs", "revoke", "--name", "portal2"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("crl.pem"), "{out}");
+    let pid = gw.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut refused = false;
+    for _ in 0..50 {
+        let (ok, _, _) = popgw(dir.path(), &verify);
+        if !ok {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(refused, "the revoked certificate still opens connections");
+    // The original portal certificate still works.
+    let mut portal = split_example(&gw.examples[0]);
+    portal.extend([
+        "--addr".to_string(),
+        format!("localhost:{}", gw.addr.rsplit(':').next().unwrap()),
+    ]);
+    let (ok, out, err) = popgw(dir.path(), &portal);
+    assert!(ok && out.starts_with("MATCH"), "{out}{err}");
+    // A name that would escape the folder is refused.
+    let (ok, _, err) = popgw(dir.path(), &args(&["certs", "revoke", "--name", "../ca"]));
+    assert!(!ok && err.contains("--name"), "{err}");
 }

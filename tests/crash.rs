@@ -3,72 +3,25 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use popgw::client::{connect, ClientCerts};
 use popgw::proto::gateway::identity_gateway_client::IdentityGatewayClient;
 
-fn spawn(config: &Path) -> (Child, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_popgw"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut port = 0;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("popgw serving ") {
-            let addr = rest
-                .split(" on ")
-                .nth(1)
-                .unwrap()
-                .split(' ')
-                .next()
-                .unwrap();
-            port = addr.rsplit(':').next().unwrap().parse().unwrap();
-            break;
-        }
-    }
-    assert_ne!(port, 0, "server did not start");
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, port)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_answered_request() {
     let dir = tempfile::tempdir().unwrap();
     let (config, _ca) = common::prepare(dir.path());
     let population = common::population_records(&config.population_path());
-    let cfg_path = dir.path().join("popgw.toml");
-    std::fs::write(
-        &cfg_path,
-        format!(
-            r#"listen = "127.0.0.1:0"
-data_dir = "{data}"
-[tls]
-client_ca = "{certs}/ca.pem"
-cert = "{certs}/server.pem"
-key = "{certs}/server.key"
-create_dev_pki = false
-[registry]
-create_demo = false
-[audit]
-checkpoint_every_records = 50
-"#,
-            data = config.data_dir.display(),
-            certs = dir.path().join("certs").display()
-        ),
-    )
-    .unwrap();
+    let cfg_path = common::write_config(
+        dir.path(),
+        &config,
+        "[audit]\ncheckpoint_every_records = 50\n",
+    );
 
-    let (mut child, port) = spawn(&cfg_path);
+    let (mut child, port) = common::spawn_serve(&cfg_path, "info", Stdio::null());
     let certs = ClientCerts::dev(&dir.path().join("certs"), "portal");
     let answered = Arc::new(Mutex::new(Vec::<String>::new()));
     let living: Vec<_> = population
@@ -117,7 +70,7 @@ checkpoint_every_records = 50
     );
 
     // Restart: recovery, then a clean stop.
-    let (mut child, _) = spawn(&cfg_path);
+    let (mut child, _) = common::spawn_serve(&cfg_path, "info", Stdio::null());
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

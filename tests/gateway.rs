@@ -4,7 +4,7 @@
 mod common;
 
 use common::{declare, TestGateway};
-use popgw::client::{connect, ClientCerts};
+use popgw::client::ClientCerts;
 use popgw::proto::gateway as pb;
 use popgw::proto::registry::Sex;
 use tokio_stream::StreamExt;
@@ -366,33 +366,18 @@ async fn deny_by_default() {
     assert_eq!(e.code(), Code::PermissionDenied);
 }
 
-async fn call_with(
-    gw: &TestGateway,
-    certs: ClientCerts,
-) -> Result<pb::VerifyIdentityResponse, tonic::Status> {
-    let r = gw.living().clone();
-    // With TLS 1.3 connect() may succeed even when the server refuses the
-    // certificate: the refusal shows on the first call.
-    let channel = match connect(&format!("localhost:{}", gw.addr.port()), &certs).await {
-        Ok(c) => c,
-        Err(e) => return Err(tonic::Status::unavailable(e.to_string())),
-    };
-    popgw::proto::gateway::identity_gateway_client::IdentityGatewayClient::new(channel)
-        .verify_identity(declare(&r, "P03"))
-        .await
-        .map(|r| r.into_inner())
-}
-
 #[tokio::test]
 async fn tls_refusals() {
     let gw = TestGateway::start().await;
     let before = gw.gateway.metrics.handshakes_refused.get();
     // Another CA.
-    assert!(call_with(&gw, ClientCerts::dev(&gw.certs, "outsider"))
+    assert!(gw
+        .verify_with(ClientCerts::dev(&gw.certs, "outsider"))
         .await
         .is_err());
     // Expired.
-    assert!(call_with(&gw, ClientCerts::dev(&gw.certs, "expired"))
+    assert!(gw
+        .verify_with(ClientCerts::dev(&gw.certs, "expired"))
         .await
         .is_err());
     // No client certificate at all: a raw rustls client without one.
@@ -424,7 +409,8 @@ async fn tls_refusals() {
     };
     assert!(no_cert, "a client without a certificate must be refused");
     // The good one still works, and the refusals were counted.
-    assert!(call_with(&gw, ClientCerts::dev(&gw.certs, "portal"))
+    assert!(gw
+        .verify_with(ClientCerts::dev(&gw.certs, "portal"))
         .await
         .is_ok());
     for _ in 0..50 {

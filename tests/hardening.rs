@@ -5,14 +5,11 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{declare, TestGateway};
 use popgw::proto::gateway as pb;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 /// Resident memory of this process (server and client both live in it), in bytes.
 fn rss() -> u64 {
@@ -40,28 +37,7 @@ async fn raw_h2_with(
     who: &str,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<h2::client::SendRequest<Bytes>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(certs.join("ca.pem")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(certs.join(format!("{who}.pem")))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-    let key = PrivateKeyDer::from_pem_file(certs.join(format!("{who}.key"))).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(popgw::tls::provider())
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
+    let tls = common::tls_connect(addr, certs, who, versions).await?;
     let (send, connection) = h2::client::handshake(tls)
         .await
         .map_err(|e| e.to_string())?;

@@ -45,7 +45,7 @@ fn a_mistyped_ca_path_stops_the_gateway_and_touches_nothing() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"{d}/data\"\n[tls]\nclient_ca = \"{c}/ca-typo.pem\"\ncert = \"{c}/server.pem\"\nkey = \"{c}/server.key\"\ncreate_dev_pki = true\n",
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{d}/data\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[tls]\nclient_ca = \"{c}/ca-typo.pem\"\ncert = \"{c}/server.pem\"\nkey = \"{c}/server.key\"\ncreate_dev_pki = true\n",
             d = dir.path().display(),
             c = certs.display()
         ),
@@ -127,7 +127,13 @@ async fn a_missing_or_different_pseudonym_key_refuses_to_start() {
 /// The lines `popgw serve` (zero-config, in `dir`) prints before it serves.
 fn start_lines(dir: &Path) -> Vec<String> {
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -10,6 +10,7 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use format::{RemovedSegment, RetentionNote};
@@ -126,6 +127,8 @@ pub struct AuditConfig {
     pub queue_capacity: usize,
     /// An append not durable within this long (a hung disk) fails the log closed.
     pub append_timeout: Duration,
+    /// Where the writer reports queue depth, batch sizes and write times.
+    pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl AuditConfig {
@@ -144,6 +147,7 @@ impl AuditConfig {
             max_batch: 4096,
             queue_capacity: 65_536,
             append_timeout: Duration::from_secs(5),
+            metrics: Arc::default(),
         }
     }
 }

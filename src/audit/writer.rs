@@ -48,6 +48,7 @@ struct Inner {
     tx: Mutex<Option<mpsc::SyncSender<Msg>>>,
     capacity: usize,
     append_timeout: Duration,
+    metrics: Arc<crate::telemetry::Metrics>,
     done: watch::Receiver<bool>,
     shared: Arc<Shared>,
 }
@@ -136,6 +137,7 @@ impl AuditLog {
 
         let capacity = writer.cfg.queue_capacity.max(1);
         let append_timeout = writer.cfg.append_timeout;
+        let metrics = writer.cfg.metrics.clone();
         let (tx, rx) = mpsc::sync_channel(capacity);
         let (done_tx, done_rx) = watch::channel(false);
         let dir = writer.cfg.dir.clone();
@@ -153,6 +155,7 @@ impl AuditLog {
                 tx: Mutex::new(Some(tx)),
                 capacity,
                 append_timeout,
+                metrics,
                 done: done_rx,
                 shared,
             }),
@@ -173,7 +176,9 @@ impl AuditLog {
                 .as_ref()
                 .map(|tx| tx.try_send(Msg::Append(Box::new(entry), reply)))
             {
-                Some(Ok(())) => {}
+                Some(Ok(())) => {
+                    self.inner.metrics.audit_queue.inc();
+                }
                 Some(Err(mpsc::TrySendError::Full(_))) => {
                     return Err(AuditError::Overloaded(self.inner.capacity))
                 }
@@ -601,7 +606,10 @@ impl Writer {
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Append(e, r) => batch.push((*e, r)),
+                    Msg::Append(e, r) => {
+                        self.cfg.metrics.audit_queue.dec();
+                        batch.push((*e, r));
+                    }
                     other => {
                         stop = Some(other);
                         break;
@@ -707,6 +715,7 @@ impl Writer {
             seq += 1;
         }
 
+        let writing = std::time::Instant::now();
         let stall = self.shared.inject_stall_ms.swap(0, Ordering::AcqRel);
         if stall > 0 {
             std::thread::sleep(Duration::from_millis(stall));
@@ -734,6 +743,11 @@ impl Writer {
         }
 
         let n = batch.len() as u64;
+        let metrics = &self.cfg.metrics;
+        metrics
+            .audit_write_seconds
+            .observe(writing.elapsed().as_secs_f64());
+        metrics.audit_batch_records.observe(n as f64);
         seg.size += buf.len() as u64;
         seg.records += n;
         self.next_seq = seq;

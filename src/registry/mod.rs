@@ -221,6 +221,11 @@ pub trait Registry: Send + Sync + 'static {
     }
     /// A short name of the implementation, for logs and health (`"embedded"`).
     fn kind(&self) -> &'static str;
+    /// The circuit breaker's state, for a registry that has one (remote): `/readyz`
+    /// answers not ready while it is open. Local stores have none.
+    fn breaker_state(&self) -> Option<remote::BreakerState> {
+        None
+    }
 }
 
 /// One event of a change feed.

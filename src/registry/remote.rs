@@ -285,9 +285,13 @@ impl RemoteRegistry {
                 return Err(deadline.exceeded("the registry"));
             }
             self.metrics.upstream_calls.inc();
+            let sent = Instant::now();
             let answer =
                 tokio::time::timeout_at(deadline.at(), f(self.client(), deadline.remaining()))
                     .await;
+            self.metrics
+                .upstream_seconds
+                .observe(sent.elapsed().as_secs_f64());
             let status = match answer {
                 Ok(Ok(value)) => {
                     self.breaker.success();
@@ -521,6 +525,9 @@ impl Registry for RemoteRegistry {
 
     fn kind(&self) -> &'static str {
         "remote"
+    }
+    fn breaker_state(&self) -> Option<BreakerState> {
+        Some(self.breaker())
     }
 }
 

@@ -8,6 +8,8 @@
 //! private to this module: a handler cannot reach the registry ([`Gateway::lookup`]
 //! takes a [`ProcedurePermit`]) or read a grant without going through here.
 
+use std::sync::Arc;
+
 use super::{Gateway, RequestCtx};
 use crate::catalogue::{MatchingRule, Procedure};
 use crate::error::GatewayError;
@@ -15,29 +17,30 @@ use crate::policy::Grant;
 use crate::validation::InvalidField;
 
 /// Admission to an RPC.
-#[derive(Debug, Clone, Copy)]
-pub struct Permit<'a> {
-    grant: &'a Grant,
+#[derive(Debug, Clone)]
+pub struct Permit {
+    grant: Arc<Grant>,
 }
 
-impl<'a> Permit<'a> {
-    /// The client's grant.
-    pub fn grant(&self) -> &'a Grant {
-        self.grant
+impl Permit {
+    /// The client's grant (as the policy stood when the request was admitted: a reload
+    /// applies to the next request).
+    pub fn grant(&self) -> &Grant {
+        &self.grant
     }
 }
 
 /// Admission to an RPC for a procedure.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ProcedurePermit<'a> {
-    grant: &'a Grant,
+    grant: Arc<Grant>,
     procedure: &'a Procedure,
 }
 
 impl<'a> ProcedurePermit<'a> {
     /// The client's grant.
-    pub fn grant(&self) -> &'a Grant {
-        self.grant
+    pub fn grant(&self) -> &Grant {
+        &self.grant
     }
     /// The procedure, known and granted.
     pub fn procedure(&self) -> &'a Procedure {
@@ -54,10 +57,12 @@ fn rule_name(rule: MatchingRule) -> &'static str {
 
 impl Gateway {
     /// Admits the request to its RPC, or says why not.
-    pub fn admit(&self, ctx: &RequestCtx) -> Result<Permit<'_>, GatewayError> {
+    pub fn admit(&self, ctx: &RequestCtx) -> Result<Permit, GatewayError> {
         let identity = ctx.identity.as_ref().map_err(|e| e.clone())?;
-        let grant = self.policy.authorize_rpc(identity, ctx.rpc)?;
-        self.rates
+        let access = self.access.load();
+        let grant = access.policy.authorize_rpc(identity, ctx.rpc)?;
+        access
+            .rates
             .take(identity)
             .map_err(GatewayError::RateLimited)?;
         Ok(Permit { grant })

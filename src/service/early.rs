@@ -10,7 +10,9 @@
 //! the client, the code; never the body. A content-type that is not
 //! `application/grpc…` is refused here (INVALID_ARGUMENT), recorded the same way; and
 //! a unary call carrying more than one message (tonic would answer the first and drop
-//! the rest) is refused with INTERNAL, as gRPC implementations do.
+//! the rest) is refused with INTERNAL, as gRPC implementations do. A call still
+//! unanswered a millisecond before the caller's grpc-timeout is answered
+//! DEADLINE_EXCEEDED here (tonic's own timer would answer CANCELLED).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,10 +22,18 @@ use futures::future::BoxFuture;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::Code;
+use tracing::Instrument;
 
 use super::Gateway;
 use crate::error::GatewayError;
 use crate::tls::Peer;
+
+/// How much before the caller's grpc-timeout this layer answers DEADLINE_EXCEEDED
+/// itself: tonic enforces the same header one layer out and answers CANCELLED when its
+/// timer wins, which gRPC clients do not read as a deadline. Handlers answer earlier
+/// still (`registry::Deadline` keeps a margin for the audit write); this catches a
+/// request whose audit write outlasted that margin.
+const DEADLINE_LEAD: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Set by the handler of a request as it starts.
 #[derive(Clone, Debug, Default)]
@@ -196,6 +206,7 @@ where
             return Box::pin(self.inner.call(request));
         }
         let rpc = rpc_of(path).unwrap_or("unknown");
+        let span = crate::telemetry::request_span(rpc);
         // The client is named only if a record must be written (an Arc clone until then).
         let peer = request.extensions().get::<Peer>().cloned();
         let identity = move || {
@@ -211,14 +222,17 @@ where
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
         if !grpc {
-            return Box::pin(async move {
-                let ctx = gw.begin(rpc, identity(), None);
-                let refused = match gw.finish::<()>(ctx, Err(GatewayError::ContentType)).await {
-                    Err(status) => status,
-                    Ok(()) => GatewayError::ContentType.into(),
-                };
-                Ok(refused.into_http())
-            });
+            return Box::pin(
+                async move {
+                    let ctx = gw.begin(rpc, identity(), None);
+                    let refused = match gw.finish::<()>(ctx, Err(GatewayError::ContentType)).await {
+                        Err(status) => status,
+                        Ok(()) => GatewayError::ContentType.into(),
+                    };
+                    Ok(refused.into_http())
+                }
+                .instrument(span),
+            );
         }
         let reached = Reached::default();
         request.extensions_mut().insert(reached.clone());
@@ -226,22 +240,52 @@ where
             let request_body = std::mem::take(request.body_mut());
             *request.body_mut() = Body::new(OneMessage::new(request_body));
         }
+        let timeout = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::parse_grpc_timeout);
         // The clone that was made ready is the one called (tower's contract).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let response = inner.call(request).await?;
-            if !reached.0.load(Ordering::Acquire) {
-                let code = status_code(&response).unwrap_or(Code::Unknown);
-                if code != Code::Ok {
-                    let ctx = gw.begin(rpc, identity(), None);
-                    // The answer is tonic's; the record says it was refused unread.
-                    let _ = gw
-                        .finish::<()>(ctx, Err(GatewayError::Undecodable(code)))
-                        .await;
+        Box::pin(
+            async move {
+                let call = inner.call(request);
+                let response = match timeout {
+                    None => call.await?,
+                    Some(timeout) => {
+                        let lead = timeout.saturating_sub(DEADLINE_LEAD);
+                        match tokio::time::timeout(lead, call).await {
+                            Ok(response) => response?,
+                            Err(_) => {
+                                // A handler in its own task still finishes and records
+                                // itself; one never reached is recorded here.
+                                if !reached.0.load(Ordering::Acquire) {
+                                    let ctx = gw.begin(rpc, identity(), None);
+                                    let refused = GatewayError::Undecodable(Code::DeadlineExceeded);
+                                    let _ = gw.finish::<()>(ctx, Err(refused)).await;
+                                }
+                                return Ok(tonic::Status::deadline_exceeded(
+                                    "the caller's deadline passed before the answer was ready",
+                                )
+                                .into_http());
+                            }
+                        }
+                    }
+                };
+                if !reached.0.load(Ordering::Acquire) {
+                    let code = status_code(&response).unwrap_or(Code::Unknown);
+                    if code != Code::Ok {
+                        let ctx = gw.begin(rpc, identity(), None);
+                        // The answer is tonic's; the record says it was refused unread.
+                        let _ = gw
+                            .finish::<()>(ctx, Err(GatewayError::Undecodable(code)))
+                            .await;
+                    }
                 }
+                Ok(response)
             }
-            Ok(response)
-        })
+            .instrument(span),
+        )
     }
 }

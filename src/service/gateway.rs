@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::{Disclosure, Gateway, Outcome, RequestCtx};
 use crate::catalogue::MatchingRule;
@@ -429,7 +430,8 @@ impl IdentityGateway for GatewayService {
         let (tx, rx) = mpsc::channel(64);
         let gw = self.gw.clone();
         let mut stopping = self.gw.stopping.subscribe();
-        self.gw.tasks.spawn(async move {
+        self.gw.tasks.spawn(
+            async move {
             let mut items = 0u64;
             loop {
                 // An idle stream must not hold up a graceful shutdown.
@@ -494,7 +496,9 @@ impl IdentityGateway for GatewayService {
                     break;
                 }
             }
-        });
+            }
+            .in_current_span(),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -30,11 +30,16 @@ use crate::registry::{Deadline, LookupKey, Registry};
 use crate::telemetry::Metrics;
 use crate::tls;
 pub use admission::{Permit, ProcedurePermit};
+use arc_swap::ArcSwap;
+use tracing::Instrument;
 
 /// What every service shares.
 pub struct Gateway {
-    /// Who may do what (deny by default).
-    pub policy: Arc<Policy>,
+    /// Who may do what (deny by default), and each client's rate; swapped whole by a
+    /// reload ([`Gateway::replace_policy`]).
+    pub access: ArcSwap<Access>,
+    /// What rates are built from when the policy is reloaded.
+    pub limit_options: crate::limits::LimitOptions,
     /// The procedures and their field profiles.
     pub catalogue: Arc<Catalogue>,
     /// The upstream population registry.
@@ -43,8 +48,6 @@ pub struct Gateway {
     pub cache: Option<Arc<RecordCache>>,
     /// Cap of every registry call (`registry.timeout_ms`).
     pub upstream_timeout: Duration,
-    /// A token bucket per client.
-    pub rates: crate::limits::ClientRates,
     /// Failed verifications per citizen, and locks.
     pub subjects: crate::limits::SubjectGuard,
     /// Items in one VerifyIdentityStream call at most.
@@ -70,6 +73,27 @@ pub struct Gateway {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Every request task; shutdown waits for them before it closes the audit log.
     pub tasks: tokio_util::task::TaskTracker,
+}
+
+/// The policy and the rate buckets built from it.
+pub struct Access {
+    /// Who may do what.
+    pub policy: Policy,
+    /// A token bucket per client the policy lists.
+    pub rates: crate::limits::ClientRates,
+}
+
+impl Access {
+    /// The policy with fresh buckets for its clients.
+    pub fn new(policy: Policy, options: &crate::limits::LimitOptions) -> Access {
+        let rates = crate::limits::ClientRates::new(
+            policy
+                .grants()
+                .map(|g| (g.identity.as_str(), g.rate_per_second, g.burst)),
+            options,
+        );
+        Access { policy, rates }
+    }
 }
 
 /// What one request has established about itself, answered or refused: who asks,
@@ -161,7 +185,11 @@ impl Disclosure {
 
 /// The caller's grpc-timeout, if it sent one.
 pub fn caller_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A grpc-timeout header's value (1–8 digits and a unit, H M S m u n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {
         return None;
@@ -191,9 +219,15 @@ impl Gateway {
         identity: Result<String, tls::IdentityError>,
         timeout: Option<Duration>,
     ) -> RequestCtx {
+        let request_id = new_request_id();
+        let span = tracing::Span::current();
+        span.record("request_id", request_id.as_str());
+        if let Ok(client) = &identity {
+            span.record("client", client.as_str());
+        }
         RequestCtx {
             started: Instant::now(),
-            request_id: new_request_id(),
+            request_id,
             identity,
             rpc,
             deadline: Deadline::for_caller(timeout, self.upstream_timeout),
@@ -269,6 +303,10 @@ impl Gateway {
             Ok(id) => id.clone(),
             Err(e) => format!("unauthenticated: {e}"),
         };
+        self.count(&ctx, code);
+        let span = tracing::Span::current();
+        span.record("outcome", outcome.as_str());
+        span.record("code", code_name(code));
         let entry = AuditEntry {
             request_id: ctx.request_id.clone(),
             client: client.clone(),
@@ -303,6 +341,44 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Counts a finished request by RPC, procedure, client and code, and its latency.
+    /// Labels are bounded: an identity the policy does not list is `unknown`, a
+    /// procedure the catalogue does not know is empty.
+    fn count(&self, ctx: &RequestCtx, code: Code) {
+        let client = match &ctx.identity {
+            Ok(id) if self.access.load().policy.knows(id) => id.clone(),
+            Ok(_) => "unknown".to_string(),
+            Err(_) => "unauthenticated".to_string(),
+        };
+        let procedure = if self.catalogue.get(&ctx.procedure).is_some() {
+            ctx.procedure.clone()
+        } else {
+            String::new()
+        };
+        self.metrics
+            .requests_by
+            .get_or_create(&crate::telemetry::RequestLabels {
+                rpc: ctx.rpc.to_string(),
+                procedure,
+                client,
+                code: code_name(code).to_string(),
+            })
+            .inc();
+        self.metrics
+            .request_seconds
+            .get_or_create(&crate::telemetry::RpcLabels {
+                rpc: ctx.rpc.to_string(),
+            })
+            .observe(ctx.started.elapsed().as_secs_f64());
+    }
+
+    /// Replaces the policy (a reload): the next request is admitted by the new one;
+    /// every client's rate bucket starts full again.
+    pub fn replace_policy(&self, policy: Policy) {
+        self.access
+            .store(Arc::new(Access::new(policy, &self.limit_options)));
+    }
+
     /// Marks every service NOT_SERVING (the audit log can no longer be written).
     pub async fn set_not_serving(&self) {
         self.set_health(tonic_health::ServingStatus::NotServing)
@@ -353,11 +429,14 @@ pub(crate) async fn detached<T: Send + 'static>(
             .finish::<T>(ctx, Err(GatewayError::Overloaded(gw.in_flight_max)))
             .await;
     };
-    let task = gw.tasks.spawn(async move {
-        let answer = request.await;
-        drop(permit);
-        answer
-    });
+    let task = gw.tasks.spawn(
+        async move {
+            let answer = request.await;
+            drop(permit);
+            answer
+        }
+        .in_current_span(),
+    );
     match task.await {
         Ok(answer) => answer,
         Err(e) => {

@@ -40,6 +40,8 @@ fields = ["full_name", "date_of_birth", "permanent_residence"]
 
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The admin HTTP listener (metrics, health).
+    pub admin: SocketAddr,
     pub dir: TempDir,
     pub certs: PathBuf,
     pub ca: DevCa,
@@ -125,6 +127,9 @@ impl TestGateway {
         let gateway = server.gateway();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        let server = server.with_admin(admin_listener);
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             server
@@ -136,6 +141,7 @@ impl TestGateway {
         });
         TestGateway {
             addr,
+            admin,
             certs: dir.path().join("certs"),
             dir,
             ca,
@@ -144,6 +150,28 @@ impl TestGateway {
             shutdown: Some(tx),
             handle: Some(handle),
         }
+    }
+
+    /// One VerifyIdentity (P03, a living citizen) on a new connection presenting `certs`.
+    /// With TLS 1.3 connecting may succeed even when the server refuses the
+    /// certificate: the refusal shows on the first call.
+    pub async fn verify_with(
+        &self,
+        certs: ClientCerts,
+    ) -> Result<pb::VerifyIdentityResponse, tonic::Status> {
+        let channel = match connect(&format!("localhost:{}", self.addr.port()), &certs).await {
+            Ok(c) => c,
+            Err(e) => return Err(tonic::Status::unavailable(e.to_string())),
+        };
+        IdentityGatewayClient::new(channel)
+            .verify_identity(declare(self.living(), "P03"))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// GET `path` on the admin listener: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path).await
     }
 
     pub async fn channel(&self, who: &str) -> Channel {
@@ -375,4 +403,139 @@ pub async fn setup_remote(faults: Faults, adjust: impl FnOnce(&mut Config)) -> S
         upstream,
         store,
     }
+}
+
+/// A plain HTTP/1.1 GET (the admin listener), read to the end: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// A mutual-TLS connection as the client `who` of the dev PKI in `certs`, offering the
+/// TLS `versions` given (ALPN h2); `Err` when the handshake fails.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    certs: &Path,
+    who: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(certs.join("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(certs.join(format!("{who}.pem")))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(certs.join(format!("{who}.key"))).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(popgw::tls::provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Writes `dir/popgw.toml` for `popgw serve` on ephemeral ports over the folder
+/// [`prepare`] made, with `extra` appended (more sections).
+pub fn write_config(dir: &Path, config: &Config, extra: &str) -> PathBuf {
+    let path = dir.join("popgw.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"listen = "127.0.0.1:0"
+data_dir = "{data}"
+[admin]
+listen = "127.0.0.1:0"
+[tls]
+client_ca = "{certs}/ca.pem"
+cert = "{certs}/server.pem"
+key = "{certs}/server.key"
+create_dev_pki = false
+[registry]
+create_demo = false
+{extra}"#,
+            data = config.data_dir.display(),
+            certs = dir.join("certs").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Starts the `popgw serve` binary on `config` with `RUST_LOG=log_filter`; returns it
+/// and its gRPC port.
+pub fn spawn_serve(
+    config: &Path,
+    log_filter: &str,
+    stderr: std::process::Stdio,
+) -> (std::process::Child, u16) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_popgw"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", log_filter)
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut port = 0;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("popgw serving ") {
+            let addr = rest
+                .split(" on ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
+            port = addr.rsplit(':').next().unwrap().parse().unwrap();
+            break;
+        }
+    }
+    assert_ne!(port, 0, "server did not start");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, port)
 }

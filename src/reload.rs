@@ -1,0 +1,180 @@
+//! Change without restart: the server certificate and key, the client CA, the CRLs
+//! and the policy are read again on SIGHUP ([`Reloader::reload`], wired by `popgw
+//! serve`) and whenever one of the files changes ([`Reloader::watch`], which reads
+//! them every second and compares digests: it follows editors that replace a file,
+//! symlink swaps such as Kubernetes secrets, and `popgw certs revoke`).
+//!
+//! Invariants: a new file that does not load is refused with one log line naming it,
+//! and the running configuration stays (TLS material and policy are separate parts: a
+//! broken policy does not hold back an urgent certificate change, nor the reverse); a
+//! part is swapped whole (a handshake or a request sees the old or the new one, never a
+//! mix). A new TLS configuration applies to new connections; an open connection keeps
+//! its handshake until it closes or reaches the connection max age (one hour).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::policy::{Policy, PolicyError};
+use crate::service::Gateway;
+use crate::telemetry::ReloadLabels;
+use crate::tls::{self, TlsError};
+
+/// How often the watch reads the files.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a part was not reloaded (the running one stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new TLS material does not load.
+    #[error("TLS material not reloaded: {0}")]
+    Tls(#[from] TlsError),
+    /// The new policy does not load.
+    #[error("policy not reloaded: {0}")]
+    Policy(#[from] PolicyError),
+}
+
+/// What a reload did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The TLS material changed and was applied.
+    pub tls: bool,
+    /// The policy changed and was applied.
+    pub policy: bool,
+}
+
+/// Reloads the parts of a running gateway that may change without restart.
+pub struct Reloader {
+    config: Config,
+    tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    gateway: Arc<Gateway>,
+    /// Digests of the files as last seen (applied or refused), per part.
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    tls: Option<[u8; 32]>,
+    policy: Option<[u8; 32]>,
+}
+
+impl Reloader {
+    /// A reloader for the gateway `config` started, whose TLS configuration is `tls`.
+    /// The files as they are now count as applied.
+    pub fn new(
+        config: Config,
+        tls: Arc<ArcSwap<rustls::ServerConfig>>,
+        gateway: Arc<Gateway>,
+    ) -> Reloader {
+        let reloader = Reloader {
+            config,
+            tls,
+            gateway,
+            seen: Mutex::default(),
+        };
+        let seen = Seen {
+            tls: Some(digest(&reloader.tls_files())),
+            policy: Some(digest(&[reloader.config.policy_path()])),
+        };
+        *reloader.seen.lock().unwrap_or_else(|p| p.into_inner()) = seen;
+        reloader
+    }
+
+    fn tls_files(&self) -> Vec<PathBuf> {
+        let t = &self.config.tls;
+        let mut files = vec![t.cert.clone(), t.key.clone(), t.client_ca.clone()];
+        files.extend(t.client_crls.iter().cloned());
+        files
+    }
+
+    /// Reads every file again and applies each part whose files changed since last
+    /// seen (`force`: whether or not they did — SIGHUP). Each refusal is logged,
+    /// counted and returned; the other part is still applied.
+    pub fn reload(&self, force: bool) -> (Reloaded, Vec<ReloadError>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut done = Reloaded::default();
+        let mut errors = Vec::new();
+
+        let tls_digest = digest(&self.tls_files());
+        if force || seen.tls != Some(tls_digest) {
+            seen.tls = Some(tls_digest);
+            match tls::server_config(&self.config.tls) {
+                Ok(config) => {
+                    self.tls.store(config);
+                    crate::server::certificate_expiry(&self.gateway.metrics, &self.config);
+                    done.tls = true;
+                }
+                Err(e) => errors.push(ReloadError::Tls(e)),
+            }
+        }
+        let policy_path = self.config.policy_path();
+        let policy_digest = digest(std::slice::from_ref(&policy_path));
+        if force || seen.policy != Some(policy_digest) {
+            seen.policy = Some(policy_digest);
+            match Policy::load(&policy_path) {
+                Ok(policy) => {
+                    self.gateway.replace_policy(policy);
+                    done.policy = true;
+                }
+                Err(e) => errors.push(ReloadError::Policy(e)),
+            }
+        }
+        drop(seen);
+
+        let metrics = &self.gateway.metrics;
+        if done.tls || done.policy {
+            metrics
+                .reloads
+                .get_or_create(&ReloadLabels { result: "ok" })
+                .inc();
+            tracing::info!(
+                tls = done.tls,
+                policy = done.policy,
+                "configuration reloaded"
+            );
+        }
+        for e in &errors {
+            metrics
+                .reloads
+                .get_or_create(&ReloadLabels { result: "refused" })
+                .inc();
+            tracing::error!(error = %e, "reload refused; the running configuration stays");
+        }
+        (done, errors)
+    }
+
+    /// Reloads whenever a file changes, until `stopping` turns true.
+    pub async fn watch(self: Arc<Self>, mut stopping: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            let reloader = self.clone();
+            // File reads and certificate parsing off the async threads.
+            let _ = tokio::task::spawn_blocking(move || reloader.reload(false)).await;
+        }
+    }
+}
+
+/// A digest of the files' contents (a missing or unreadable file counts as its error,
+/// so that its return is noticed).
+fn digest(files: &[PathBuf]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for path in files {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                h.update((bytes.len() as u64).to_le_bytes());
+                h.update(&bytes);
+            }
+            Err(e) => h.update(format!("error: {}", e.kind()).as_bytes()),
+        }
+    }
+    h.finalize().into()
+}
