@@ -33,6 +33,7 @@
 //!   start), [`client`] (the command-line client's connection), [`console`] (its output),
 //!   [`proto`] (generated).
 #![forbid(unsafe_code)]
+#![deny(missing_docs, unreachable_pub)]
 
 pub mod admin;
 pub mod audit;

@@ -15,8 +15,11 @@ pub(crate) const PUBKEY_FILE: &str = "audit-signing.pub";
 /// One segment removed by retention.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RemovedSegment {
+    /// The segment's file name.
     pub file: String,
+    /// Its first record.
     pub first_seq: u64,
+    /// Its last record.
     pub last_seq: u64,
     /// Hash of record `last_seq`.
     pub last_hash: String,
@@ -25,9 +28,13 @@ pub struct RemovedSegment {
 /// A signed note that whole segments were deleted on purpose.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RetentionNote {
+    /// The segments removed.
     pub removed: Vec<RemovedSegment>,
+    /// When.
     pub time_unix_ms: i64,
+    /// The node whose chain it is.
     pub node: String,
+    /// ed25519 signature (hex).
     pub signature: String,
 }
 

@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 /// The file beside the audit log that names its pseudonym key's fingerprint.
-pub const FINGERPRINT_FILE: &str = "pseudonym-key.fingerprint";
+pub(crate) const FINGERPRINT_FILE: &str = "pseudonym-key.fingerprint";
 
 /// Reads a 32-byte secret stored as hex, or creates one (mode 0600, fsynced,
 /// directory fsynced) if the file does not exist.
@@ -86,6 +86,7 @@ impl std::fmt::Debug for Pseudonymizer {
 }
 
 impl Pseudonymizer {
+    /// A pseudonymizer over this HMAC key.
     pub fn new(key: [u8; 32]) -> Self {
         Pseudonymizer { key }
     }

@@ -24,10 +24,15 @@ pub use writer::AuditLog;
 /// the chain.
 #[derive(Default, Clone, Debug)]
 pub struct AuditEntry {
+    /// The id returned to the caller.
     pub request_id: String,
+    /// The client identity (URI SAN), or why there is none.
     pub client: String,
+    /// The RPC as the policy names it.
     pub rpc: String,
+    /// The procedure code (`?CODE` when the request named an unknown one).
     pub procedure: String,
+    /// The dossier number (`?` when invalid).
     pub case_id: String,
     /// Keyed pseudonym of the personal id ([`Pseudonymizer::pseudonym`]), never the id itself.
     pub subject: String,
@@ -35,37 +40,59 @@ pub struct AuditEntry {
     pub related: Vec<String>,
     /// Names of the fields disclosed, never their values.
     pub fields: Vec<String>,
+    /// `MATCH`, `NO_MATCH`, `DISCLOSED`... or the gRPC code name of a refusal.
     pub outcome: String,
+    /// The gRPC code name of the answer.
     pub code: String,
+    /// The name rule applied (`EXACT`, `TOLERANT`), if any.
     pub rule: String,
-    /// `hit`, `miss`, `stale` or `none`.
+    /// What the cache did: `hit`, `miss`, `coalesced`, `stale` or `none`.
     pub cache: String,
+    /// Microseconds from the request's start to its record.
     pub latency_us: u64,
+    /// What was compared, or why it was refused (never a personal value).
     pub detail: String,
 }
 
 /// The JSON object of one record line; field order is the on-disk order.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct RecordBody {
+    /// Sequence number in this node's chain, from 1.
     pub seq: u64,
+    /// When the record was written (Unix milliseconds).
     pub time_unix_ms: i64,
+    /// The node whose chain this is.
     pub node: String,
+    /// See [`AuditEntry`].
     pub request_id: String,
+    /// See [`AuditEntry`].
     pub client: String,
+    /// See [`AuditEntry`].
     pub rpc: String,
+    /// See [`AuditEntry`].
     pub procedure: String,
+    /// See [`AuditEntry`].
     pub case_id: String,
+    /// See [`AuditEntry`].
     pub subject: String,
     /// Absent in records written before this member existed.
     #[serde(default)]
     pub related: Vec<String>,
+    /// See [`AuditEntry`].
     pub fields: Vec<String>,
+    /// See [`AuditEntry`].
     pub outcome: String,
+    /// See [`AuditEntry`].
     pub code: String,
+    /// See [`AuditEntry`].
     pub rule: String,
+    /// See [`AuditEntry`].
     pub cache: String,
+    /// See [`AuditEntry`].
     pub latency_us: u64,
+    /// See [`AuditEntry`].
     pub detail: String,
+    /// Hash of the previous record (hex; zeros for the first).
     pub prev: String,
 }
 
@@ -73,26 +100,37 @@ pub struct RecordBody {
 /// and the segment it lives in.
 #[derive(Clone, Debug)]
 pub struct StoredRecord {
+    /// The parsed record.
     pub body: RecordBody,
+    /// Its stated hash (hex).
     pub hash: String,
+    /// The exact JSON that was hashed.
     pub json: String,
+    /// The segment holding it.
     pub file: PathBuf,
 }
 
 /// Returned by [`AuditLog::append`] once the record is durable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committed {
+    /// The record's sequence number.
     pub seq: u64,
+    /// The record's hash (hex).
     pub hash: String,
 }
 
 /// A signed statement that record `seq` has hash `head_hash`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// The record signed for.
     pub seq: u64,
+    /// Its hash (hex).
     pub head_hash: String,
+    /// When it was signed.
     pub time_unix_ms: i64,
+    /// The node whose chain it is.
     pub node: String,
+    /// ed25519 signature (hex) over the fields above.
     pub signature: String,
 }
 
@@ -110,13 +148,19 @@ pub enum Durability {
 /// Configuration of an [`AuditLog`].
 #[derive(Clone, Debug)]
 pub struct AuditConfig {
+    /// Folder of segments and checkpoints.
     pub dir: PathBuf,
     /// Node id; may not contain `\n`.
     pub node: String,
+    /// When an append counts as durable.
     pub durability: Durability,
+    /// Rotate a segment past this size.
     pub segment_max_bytes: u64,
+    /// Rotate a segment older than this.
     pub segment_max_age: Duration,
+    /// Sign a checkpoint every this many records...
     pub checkpoint_every_records: u64,
+    /// ...or this often, whichever comes first.
     pub checkpoint_interval: Duration,
     /// Delete whole segments whose records are all older than this.
     pub retention: Option<Duration>,
@@ -155,12 +199,16 @@ impl AuditConfig {
 /// Errors of the audit log.
 #[derive(thiserror::Error, Debug)]
 pub enum AuditError {
+    /// Writing or syncing a file failed.
     #[error("audit log write failed: {0}")]
     Io(#[from] std::io::Error),
+    /// An earlier write failed: every append is refused until restart.
     #[error("audit log is in a failed state after an earlier write error; restart the gateway")]
     Failed,
+    /// The log was shut down.
     #[error("audit log is shut down")]
     Closed,
+    /// The files on disk are not a valid log.
     #[error("audit log is corrupt: {0}")]
     Corrupt(String),
     /// Another process writes this folder: two writers would fork the chain for good.

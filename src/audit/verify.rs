@@ -92,10 +92,13 @@ pub fn read_checkpoints(dir: &Path) -> Result<Vec<Checkpoint>, AuditError> {
 pub struct VerifyReport {
     /// Records present (not counting those removed by retention).
     pub records: u64,
+    /// Segment files read.
     pub segments: usize,
     /// Signed checkpoints checked (retention notes not counted).
     pub checkpoints: usize,
+    /// The last record's sequence number.
     pub last_seq: u64,
+    /// Its hash (hex).
     pub head_hash: String,
     /// Records after the latest signed checkpoint: their integrity rests on the chain
     /// alone until the next checkpoint (a cut of this tail cannot be detected).
@@ -107,8 +110,11 @@ pub struct VerifyReport {
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: record {seq}: {reason}", file = file.display())]
 pub struct VerifyFailure {
+    /// The first bad (or missing) record.
     pub seq: u64,
+    /// The file it is in.
     pub file: PathBuf,
+    /// What is wrong.
     pub reason: String,
 }
 

@@ -218,10 +218,12 @@ impl AuditLog {
         self.inner.shared.last_seq.load(Ordering::Acquire)
     }
 
+    /// The log's folder.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
 
+    /// Whether the log has failed closed (every append refused until restart).
     pub fn is_failed(&self) -> bool {
         self.inner.shared.failed.load(Ordering::Acquire)
     }
