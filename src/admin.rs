@@ -53,6 +53,11 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
         m.cache_entries.set(cache.len() as i64);
         m.cache_bytes.set(cache.weighted_size() as i64);
     }
+    if let Some(acked) = &gw.witnessed {
+        let acked = acked.load(std::sync::atomic::Ordering::Acquire);
+        m.witness_lag
+            .set(gw.audit.last_seq().saturating_sub(acked) as i64);
+    }
     m.breaker_state.set(match gw.registry.breaker_state() {
         None | Some(BreakerState::Closed) => 0,
         Some(BreakerState::Open) => 1,

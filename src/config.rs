@@ -258,6 +258,35 @@ pub struct AuditSettings {
     pub signing_key_file: Option<PathBuf>,
     /// HMAC key of the subject pseudonyms; default `<data_dir>/audit-pseudonym.key`, created on first start.
     pub pseudonym_key_file: Option<PathBuf>,
+    /// The checkpoint key's public half, pinned (hex): the gateway refuses to start with
+    /// another signing key, and `popgw audit verify --config` verifies against it.
+    pub public_key: Option<String>,
+    /// Where every sealed batch's head is witnessed (`[audit.witness]`; none by default).
+    pub witness: Option<WitnessSettings>,
+}
+
+/// `[audit.witness]`: the NATS JetStream stream that witnesses this node's log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessSettings {
+    /// "nats" (the only kind).
+    pub kind: String,
+    /// The NATS server, `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// The JetStream stream (created when missing; subjects `popgw.audit.>`).
+    #[serde(default = "default_witness_stream")]
+    pub stream: String,
+    /// Its replicas: 1 on one server, 3 in production.
+    #[serde(default = "one")]
+    pub replicas: usize,
+}
+
+fn default_witness_stream() -> String {
+    "POPGW_AUDIT".into()
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for Config {
@@ -349,6 +378,8 @@ impl Default for AuditSettings {
             append_timeout_ms: 5_000,
             signing_key_file: None,
             pseudonym_key_file: None,
+            public_key: None,
+            witness: None,
         }
     }
 }
@@ -461,6 +492,36 @@ impl Config {
     /// Every semantic problem of this configuration.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        if let Some(w) = &self.audit.witness {
+            if w.kind != "nats" {
+                p.push(format!("audit.witness.kind: {:?} is not \"nats\"", w.kind));
+            }
+            if !w.url.starts_with("nats://") && !w.url.starts_with("tls://") {
+                p.push("audit.witness.url: a nats:// or tls:// URL".into());
+            }
+            let token = |s: &str| {
+                !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            };
+            if !token(&w.stream) {
+                p.push("audit.witness.stream: letters, digits, - and _".into());
+            }
+            if !(1..=5).contains(&w.replicas) {
+                p.push("audit.witness.replicas: 1 to 5".into());
+            }
+            if !token(&self.node_id) {
+                p.push(
+                    "node_id: letters, digits, - and _ only with a witness (it names the subject)"
+                        .into(),
+                );
+            }
+        }
+        if let Some(key) = &self.audit.public_key {
+            if key.len() != 64 || hex::decode(key).is_err() {
+                p.push("audit.public_key: 64 hex digits (the content of audit-signing.pub)".into());
+            }
+        }
         if !matches!(self.log.format.as_str(), "human" | "json") {
             p.push(format!(
                 "log.format: {:?} is neither \"human\" nor \"json\"",
@@ -630,6 +691,19 @@ impl Config {
             stale_max_age: Duration::from_millis(c.stale_max_age_ms),
             load_timeout: Duration::from_millis(self.registry.timeout_ms),
         })
+    }
+
+    /// The audit witness, when `[audit.witness]` names one.
+    pub fn witness_config(&self) -> Option<crate::audit::witness::WitnessConfig> {
+        self.audit
+            .witness
+            .as_ref()
+            .map(|w| crate::audit::witness::WitnessConfig {
+                url: w.url.clone(),
+                stream: w.stream.clone(),
+                replicas: w.replicas,
+                node: self.node_id.clone(),
+            })
     }
 
     /// The audit folder in use.

@@ -241,9 +241,24 @@ enum AuditCommand {
         /// The audit folder.
         #[arg(long, default_value = "data/audit")]
         dir: PathBuf,
-        /// The checkpoint public key (hex); default: audit-signing.pub in the folder.
+        /// The checkpoint public key, a file holding 64 hex digits (pin it: the copy in
+        /// the folder can be replaced by whoever rewrites the folder).
         #[arg(long)]
         pubkey: Option<PathBuf>,
+        /// Take the pinned key (`audit.public_key`) and the folder from this gateway
+        /// configuration.
+        #[arg(long, conflicts_with = "pubkey")]
+        config: Option<PathBuf>,
+        /// Also compare the folder with the heads witnessed in NATS JetStream
+        /// (nats://HOST:PORT): a wiped, rolled-back or extended log fails.
+        #[arg(long)]
+        witness: Option<String>,
+        /// The witness stream.
+        #[arg(long, default_value = "POPGW_AUDIT")]
+        stream: String,
+        /// The node whose heads to compare.
+        #[arg(long, default_value = "node-1")]
+        node: String,
     },
     /// Records matching filters, from the files (--dir) or a running gateway.
     Query {
@@ -906,14 +921,58 @@ fn print_record(r: &pb::AuditRecord, json: bool) {
 
 async fn audit_command(command: AuditCommand) -> Result<()> {
     match command {
-        AuditCommand::Verify { dir, pubkey } => {
-            let key = match pubkey {
-                Some(path) => Some(read_pubkey(&path)?),
-                None => None,
+        AuditCommand::Verify {
+            mut dir,
+            pubkey,
+            config,
+            witness,
+            stream,
+            node,
+        } => {
+            let key = match (pubkey, config) {
+                (Some(path), _) => Some(read_pubkey(&path)?),
+                (None, Some(path)) => {
+                    let config = Config::load(&path)?;
+                    dir = config.audit_dir();
+                    match &config.audit.public_key {
+                        Some(hex) => Some(parse_pubkey(hex)?),
+                        None => bail!(
+                            "{}: no audit.public_key to verify against (pin the key: \
+                             audit.public_key = the hex in {}/audit-signing.pub, checked out of band)",
+                            path.display(),
+                            dir.display()
+                        ),
+                    }
+                }
+                (None, None) => None,
             };
             match audit::verify_dir(&dir, key.as_ref()) {
                 Ok(r) => {
                     out!("{}", console::verify_report(&r));
+                    if let Some(url) = witness {
+                        let config = audit::witness::WitnessConfig {
+                            url,
+                            stream,
+                            replicas: 1,
+                            node,
+                        };
+                        match audit::witness::compare(&dir, &config).await? {
+                            Ok(a) => out!(
+                                "witness agrees: {} batch heads up to seq {}",
+                                a.heads,
+                                a.witnessed_seq
+                            ),
+                            Err(d) => bail!("audit log FAILED against the witness: {d}"),
+                        }
+                    }
+                    if key.is_none() {
+                        eprintln!(
+                            "WARNING: verified against {}/audit-signing.pub, the key found in the \
+                             folder itself: whoever can rewrite the folder can replace it too. Pin \
+                             the key (--pubkey FILE, or audit.public_key with --config).",
+                            dir.display()
+                        );
+                    }
                     Ok(())
                 }
                 Err(f) => bail!("audit log FAILED verification: {f}"),
@@ -1042,6 +1101,10 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
 fn read_pubkey(path: &Path) -> Result<ed25519_dalek::VerifyingKey> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_pubkey(&text)
+}
+
+fn parse_pubkey(text: &str) -> Result<ed25519_dalek::VerifyingKey> {
     let bytes: [u8; 32] = hex::decode(text.trim())
         .context("public key must be 64 hex digits")?
         .try_into()

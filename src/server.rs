@@ -125,6 +125,7 @@ pub struct Server {
     store: Option<Arc<dyn Store>>,
     admin: Option<TcpListener>,
     reloader: Arc<crate::reload::Reloader>,
+    shipper: Option<audit::witness::Shipper>,
 }
 
 impl Server {
@@ -229,8 +230,18 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| ServeError::Key(config.data_dir.display().to_string(), e))?;
         let signing_key_path = config.signing_key_path();
+        let key_was_in_use = signing_key_path.exists();
         let key = audit::load_or_create_signing_key(&signing_key_path)
             .map_err(|e| ServeError::Key(signing_key_path.display().to_string(), e))?;
+        if let Some(pinned) = &config.audit.public_key {
+            let have = hex::encode(key.verifying_key().to_bytes());
+            if !pinned.eq_ignore_ascii_case(&have) {
+                return Err(ServeError::Audit(audit::AuditError::Corrupt(format!(
+                    "{}: its public key {have} is not audit.public_key {pinned}",
+                    signing_key_path.display()
+                ))));
+            }
+        }
         let pseudonym_path = config.pseudonym_key_path();
         let pseudonyms = Pseudonymizer::open_for_log(&pseudonym_path, &config.audit_dir())?;
         let a = &config.audit;
@@ -247,12 +258,16 @@ impl Server {
         audit_config.queue_capacity = a.queue_capacity;
         audit_config.append_timeout = Duration::from_millis(a.append_timeout_ms);
         audit_config.metrics = metrics.clone();
+        audit_config.expect_existing = key_was_in_use;
         audit_config.retention =
             (a.retention_days > 0).then(|| Duration::from_secs(a.retention_days * 86_400));
         let audit = tokio::task::spawn_blocking(move || AuditLog::open(audit_config, key))
             .await
             .map_err(|e| audit::AuditError::Corrupt(e.to_string()))??;
 
+        let shipper = config
+            .witness_config()
+            .map(|w| audit::witness::Shipper::new(w, audit.clone(), metrics.clone()));
         let cache = config
             .cache_options()
             .map(|options| Arc::new(RecordCache::new(registry.clone(), options, metrics.clone())));
@@ -274,6 +289,7 @@ impl Server {
             upstream_timeout: Duration::from_millis(config.registry.timeout_ms),
             audit,
             pseudonyms,
+            witnessed: shipper.as_ref().map(|s| s.acked()),
             metrics,
             health: tonic_health::server::HealthReporter::new(),
             stopping: tokio::sync::watch::Sender::new(false),
@@ -294,6 +310,7 @@ impl Server {
             store,
             admin: None,
             reloader,
+            shipper,
         })
     }
 
@@ -409,6 +426,8 @@ impl Server {
                 }
             })
         });
+        // Sealed batches are witnessed off the answer's path.
+        let shipper = self.shipper.take().map(|s| tokio::spawn(s.run()));
         // Certificates, CRLs and policy are reloaded when their files change.
         let watch = tokio::spawn(
             self.reloader
@@ -493,6 +512,18 @@ impl Server {
             f.abort();
         }
         self.gateway.audit.shutdown().await;
+        if let (Some(task), Some(acked)) = (shipper, &self.gateway.witnessed) {
+            // Give the witness a moment to take the last heads (a log stopped with
+            // everything witnessed verifies with --witness at once).
+            let last = self.gateway.audit.last_seq();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            while acked.load(std::sync::atomic::Ordering::Acquire) < last
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            task.abort();
+        }
         Ok(result?)
     }
 }

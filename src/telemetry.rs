@@ -93,6 +93,12 @@ pub struct Metrics {
     pub audit_batch_records: Histogram,
     /// Time of one audit write including its fsync.
     pub audit_write_seconds: Histogram,
+    /// Audit witness: records written but not yet acknowledged by the witness.
+    pub witness_lag: Gauge,
+    /// Audit witness: 1 while connected.
+    pub witness_up: Gauge,
+    /// Audit witness: batch heads acknowledged.
+    pub witness_shipped: Counter,
     /// Requests shed because `limits.max_in_flight` were running.
     pub shed: Counter,
     /// Calls sent to the remote registry (each retry counts).
@@ -151,6 +157,9 @@ impl Default for Metrics {
             audit_queue: Gauge::default(),
             audit_batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             audit_write_seconds: seconds_histogram(),
+            witness_lag: Gauge::default(),
+            witness_up: Gauge::default(),
+            witness_shipped: Counter::default(),
             shed: Counter::default(),
             upstream_calls: Counter::default(),
             upstream_failures: Counter::default(),
@@ -181,7 +190,12 @@ impl Metrics {
     /// units their suffix.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("popgw");
-        let counters: [(&str, &str, &Counter); 17] = [
+        let counters: [(&str, &str, &Counter); 18] = [
+            (
+                "audit_witness_shipped",
+                "Batch heads the audit witness acknowledged",
+                &self.witness_shipped,
+            ),
             (
                 "tls_handshakes",
                 "Completed mutual-TLS handshakes",
@@ -314,6 +328,16 @@ impl Metrics {
             "upstream_breaker_state",
             "Breaker state: 0 closed, 1 open, 2 half-open",
             self.breaker_state.clone(),
+        );
+        r.register(
+            "audit_witness_lag_records",
+            "Records written but not yet acknowledged by the audit witness",
+            self.witness_lag.clone(),
+        );
+        r.register(
+            "audit_witness_up",
+            "1 while the audit witness is connected",
+            self.witness_up.clone(),
         );
         r.register(
             "cache_entries",

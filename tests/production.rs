@@ -240,3 +240,47 @@ fn check_config_names_every_problem_and_exits_64() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
 }
+
+#[tokio::test]
+async fn a_wiped_audit_folder_refuses_to_start_and_fails_verification() {
+    let mut gw = TestGateway::start().await;
+    let r = gw.living().clone();
+    gw.client("portal")
+        .await
+        .verify_identity(common::declare(&r, "P03"))
+        .await
+        .unwrap();
+    gw.stop().await;
+    let config = popgw::config::Config::rooted_at(gw.dir.path());
+    let audit = config.audit_dir();
+    assert!(popgw::audit::verify_dir(&audit, None).is_ok());
+    // An insider removes the records and the checkpoints (the public key may stay).
+    for entry in std::fs::read_dir(&audit).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("audit-0") || name == "checkpoints.log" {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let e = popgw::audit::verify_dir(&audit, None).unwrap_err();
+    assert!(e.reason.contains("wiped"), "{e}");
+    let e = Server::load(config.clone()).await.err().expect("refused");
+    assert!(e.to_string().contains("wiped"), "{e}");
+    // Nothing was started over it.
+    assert!(popgw::audit::read_records(&audit).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_pinned_public_key_refuses_another_signing_key() {
+    let mut gw = TestGateway::start().await;
+    gw.stop().await;
+    let mut config = popgw::config::Config::rooted_at(gw.dir.path());
+    let ours = std::fs::read_to_string(config.audit_dir().join("audit-signing.pub")).unwrap();
+    config.audit.public_key = Some("ab".repeat(32));
+    let e = Server::load(config.clone()).await.err().expect("refused");
+    assert!(e.to_string().contains("is not audit.public_key"), "{e}");
+    config.audit.public_key = Some(ours.trim().to_string());
+    let server = Server::load(config).await.unwrap();
+    // AuditLog.Head answers the key in memory, not the folder's copy.
+    assert_eq!(server.gateway().audit.public_key(), ours.trim());
+}

@@ -475,38 +475,6 @@ async fn gateway_verifies_on_postgres() {
     db.drop_db().await;
 }
 
-/// A TCP relay to PostgreSQL that the test can cut, as if the database stopped.
-struct Relay {
-    addr: std::net::SocketAddr,
-    stop: tokio::sync::watch::Sender<bool>,
-}
-
-impl Relay {
-    async fn start(to: &'static str) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            loop {
-                let mut s = stopped.clone();
-                let (mut inbound, _) = tokio::select! {
-                    a = listener.accept() => a.unwrap(),
-                    _ = s.changed() => return,
-                };
-                let mut s = stopped.clone();
-                tokio::spawn(async move {
-                    let mut outbound = tokio::net::TcpStream::connect(to).await.unwrap();
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = s.changed() => {}
-                    }
-                });
-            }
-        });
-        Relay { addr, stop }
-    }
-}
-
 #[tokio::test]
 async fn postgres_gone_answers_could_not_check() {
     let db = TempDb::create().await;
@@ -514,7 +482,7 @@ async fn postgres_gone_answers_could_not_check() {
     let (config, _ca) = common::prepare(dir.path());
     import_to_postgres(&config.population_path(), &db.url).await;
     drop(dir);
-    let relay = Relay::start("127.0.0.1:5432").await;
+    let relay = common::Relay::start("127.0.0.1:5432").await;
     let url = db.url.replace("127.0.0.1:5432", &relay.addr.to_string());
     let gw = TestGateway::start_with(
         move |c| {
@@ -536,7 +504,7 @@ async fn postgres_gone_answers_could_not_check() {
         .into_inner();
     assert_eq!(answer.verdict(), gw::Verdict::Match);
     // The database goes away: connections cut, nobody listening.
-    relay.stop.send_replace(true);
+    relay.cut();
     tokio::time::sleep(Duration::from_millis(100)).await;
     for req in [
         common::declare(&r, "P21"),

@@ -635,7 +635,14 @@ async fn a_caller_with_a_short_deadline_does_not_fail_the_others_waiting() {
     let b = s.verify(declare(&r, "P03")).await.unwrap();
     assert_eq!(b.verdict, pb::Verdict::Match as i32);
     let a = a.await.unwrap().unwrap_err();
-    assert_eq!(a.code(), Code::DeadlineExceeded, "{a:?}");
+    // With 60 ms the gateway answers 3 ms before the deadline; on a loaded machine the
+    // tonic client's own timer on the same grpc-timeout can still fire first, and it
+    // reports CANCELLED ("Timeout expired") locally. The server's answer is
+    // DEADLINE_EXCEEDED (`a_slow_registry_never_makes_a_late_answer`, and the record).
+    assert!(
+        matches!(a.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{a:?}"
+    );
     let records = s.records(&r.personal_id).await;
     let outcomes: Vec<(&str, &str)> = records
         .iter()

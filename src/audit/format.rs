@@ -95,23 +95,60 @@ pub(crate) struct ParsedLine {
     pub hash: String,
     pub json: String,
     pub body: RecordBody,
+    /// The batch seal on the last record of a group commit (hex ed25519 signature),
+    /// unchecked.
+    pub seal: Option<String>,
 }
 
 pub(crate) fn parse_line(line: &[u8]) -> Result<ParsedLine, String> {
     let text = std::str::from_utf8(line).map_err(|_| "line is not UTF-8".to_string())?;
-    let (hash, json) = text
+    let (hash, rest) = text
         .split_once(' ')
         .ok_or_else(|| "line has no space between hash and JSON".to_string())?;
     if decode_hash(hash).is_none() {
         return Err("hash is not 64 lowercase hex characters".into());
     }
+    // The JSON object ends with `}`; a sealed line carries ` <seal>` after it.
+    let (json, seal) = if rest.ends_with('}') {
+        (rest, None)
+    } else {
+        let (json, seal) = rest
+            .rsplit_once(' ')
+            .ok_or_else(|| "line ends neither with the JSON object nor with a seal".to_string())?;
+        if seal.len() != 128 || !seal.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err("seal is not 128 lowercase hex characters".into());
+        }
+        (json, Some(seal.to_string()))
+    };
     let body: RecordBody =
         serde_json::from_str(json).map_err(|e| format!("record JSON does not parse: {e}"))?;
     Ok(ParsedLine {
         hash: hash.to_string(),
         json: json.to_string(),
         body,
+        seal,
     })
+}
+
+/// What a batch seal signs: the node, and the seq and hash of the batch's last record.
+pub(crate) fn seal_message(node: &str, seq: u64, hash: &str) -> Vec<u8> {
+    format!("popgw-audit-seal-v1\n{node}\n{seq}\n{hash}").into_bytes()
+}
+
+/// Seals the batch ending with record `seq` of hash `hash` (hex signature).
+pub(crate) fn sign_seal(key: &SigningKey, node: &str, seq: u64, hash: &str) -> String {
+    hex::encode(key.sign(&seal_message(node, seq, hash)).to_bytes())
+}
+
+/// Whether `seal` is this key's seal of the record.
+pub(crate) fn check_seal(
+    key: &VerifyingKey,
+    node: &str,
+    seq: u64,
+    hash: &str,
+    seal: &str,
+) -> Result<(), String> {
+    check_sig(key, &seal_message(node, seq, hash), seal).map_err(|e| format!("seal: {e}"))
 }
 
 /// Splits into complete `\n`-terminated lines (offset, line without `\n`);

@@ -19,6 +19,7 @@ pub use verify::{
     read_checkpoints, read_records, scan_records, verify_dir, VerifyFailure, VerifyReport,
 };
 pub use writer::AuditLog;
+pub mod witness;
 
 /// What the caller supplies for one request; the log adds seq, time, node and
 /// the chain.
@@ -173,6 +174,9 @@ pub struct AuditConfig {
     pub append_timeout: Duration,
     /// Where the writer reports queue depth, batch sizes and write times.
     pub metrics: Arc<crate::telemetry::Metrics>,
+    /// A log is expected in `dir` (its signing key was in use before this start): an
+    /// empty folder is then a wiped log, and opening refuses.
+    pub expect_existing: bool,
 }
 
 impl AuditConfig {
@@ -192,6 +196,7 @@ impl AuditConfig {
             queue_capacity: 65_536,
             append_timeout: Duration::from_secs(5),
             metrics: Arc::default(),
+            expect_existing: false,
         }
     }
 }

@@ -1,5 +1,6 @@
 use super::*;
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{Signer, SigningKey};
+use format::decode_hash;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -126,6 +127,20 @@ async fn record_line_format_is_hash_space_json_in_documented_order() {
     let first = text.lines().next().unwrap();
     let (hash, json) = first.split_once(' ').unwrap();
     assert_eq!(hash.len(), 64);
+    // Each append was its own batch: its line ends with the batch's seal, an ed25519
+    // signature over "popgw-audit-seal-v1\n{node}\n{seq}\n{hash}".
+    let (json, seal) = json.rsplit_once(' ').unwrap();
+    assert!(json.ends_with('}'));
+    let mut raw = [0u8; 64];
+    hex::decode_to_slice(seal, &mut raw).unwrap();
+    use ed25519_dalek::Verifier;
+    key()
+        .verifying_key()
+        .verify(
+            format!("popgw-audit-seal-v1\nnode-a\n1\n{hash}").as_bytes(),
+            &ed25519_dalek::Signature::from_bytes(&raw),
+        )
+        .unwrap();
     let keys = [
         "seq",
         "time_unix_ms",
@@ -270,7 +285,7 @@ async fn torn_tail_is_cut_on_open_recorded_and_chain_continues() {
     assert_eq!(rec.rpc, "audit.recovery");
     assert_eq!(rec.outcome, "TORN_TAIL_CUT");
     assert!(
-        rec.detail.contains("after last intact seq 9"),
+        rec.detail.contains("after last sealed seq 9"),
         "{}",
         rec.detail
     );
@@ -327,10 +342,9 @@ async fn unterminated_line_is_ignored_by_readers_until_recovery() {
     std::io::Write::write_all(&mut f, b"0123abcd {\"seq\":4,\"ti").unwrap();
     drop(f);
     assert_eq!(read_records(tmp.path()).unwrap().len(), 3);
-    // Nothing was signed before the crash: verify says so (at seq 3, the torn line ignored).
-    let e = verify_dir(tmp.path(), None).unwrap_err();
-    assert_eq!(e.seq, 3);
-    assert!(e.reason.contains("no signed checkpoint"), "{e}");
+    // No checkpoint was signed before the crash, but every batch was sealed: the three
+    // records verify (the torn line ignored).
+    assert_eq!(verify_dir(tmp.path(), None).unwrap().last_seq, 3);
     let log = AuditLog::open(cfg(tmp.path()), key()).unwrap();
     log.shutdown().await;
     let recs = read_records(tmp.path()).unwrap();
@@ -512,21 +526,97 @@ async fn a_log_without_any_signed_checkpoint_does_not_verify() {
     let log = fill(tmp.path(), cfg(tmp.path()), 5).await;
     log.shutdown().await;
     assert_eq!(verify_dir(tmp.path(), None).unwrap().unsigned_tail, 0);
-    // Whoever rewrites the records and drops the checkpoints must not get a pass.
+    // Whoever rewrites the records (without the key: no seals) and drops the
+    // checkpoints must not get a pass.
+    let seg = segments(tmp.path())[0].clone();
+    edit_lines(&seg, |lines| {
+        for l in lines.iter_mut() {
+            let end = l.rfind('}').unwrap();
+            l.truncate(end + 1);
+        }
+    });
     std::fs::write(tmp.path().join("checkpoints.log"), "").unwrap();
     let e = verify_dir(tmp.path(), None).unwrap_err();
-    assert!(e.reason.contains("no signed checkpoint"), "{e}");
+    assert_eq!(e.seq, 1);
+    assert!(e.reason.contains("signed by no seal or checkpoint"), "{e}");
 }
 
 #[tokio::test]
-async fn an_empty_log_checkpoint_signs_no_later_record() {
+async fn records_before_the_first_checkpoint_are_signed_by_their_seals() {
     let tmp = tempfile::tempdir().unwrap();
     let log = AuditLog::open(cfg(tmp.path()), key()).unwrap();
     log.shutdown().await; // signs "seq 0: empty log"
     let log = fill(tmp.path(), cfg(tmp.path()), 4).await;
-    log.crash().await; // records, but no checkpoint covering them
+    log.crash().await; // records, but no checkpoint covering them: their seals do
+    let report = verify_dir(tmp.path(), None).unwrap();
+    assert_eq!((report.last_seq, report.unsigned_tail), (4, 4));
+    // A seal made with another key is refused.
+    let seg = segments(tmp.path()).last().unwrap().clone();
+    let other = SigningKey::from_bytes(&[9u8; 32]);
+    edit_lines(&seg, |lines| {
+        let last = lines.last_mut().unwrap();
+        let (line, _) = last.rsplit_once(' ').unwrap();
+        let hash = &line[..64];
+        let forged = other.sign(format!("popgw-audit-seal-v1\nnode-a\n4\n{hash}").as_bytes());
+        *last = format!("{line} {}", hex::encode(forged.to_bytes()));
+    });
     let e = verify_dir(tmp.path(), None).unwrap_err();
-    assert!(e.reason.contains("no signed checkpoint"), "{e}");
+    assert_eq!(e.seq, 4);
+    assert!(e.reason.contains("seal"), "{e}");
+}
+
+#[tokio::test]
+async fn records_forged_while_stopped_fail_verify_and_are_cut_not_signed_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = fill(tmp.path(), cfg(tmp.path()), 5).await;
+    log.shutdown().await;
+    // An insider who can write the folder, not read the key, appends two records that
+    // chain correctly (the hash is unkeyed) while the gateway is stopped.
+    let seg = segments(tmp.path()).last().unwrap().clone();
+    let recs = read_records(tmp.path()).unwrap();
+    let mut prev = decode_hash(&recs.last().unwrap().hash).unwrap();
+    let mut forged = String::new();
+    for seq in 6..=7u64 {
+        let mut body = recs[0].body.clone();
+        body.seq = seq;
+        body.request_id = format!("forged-{seq}");
+        body.prev = hex::encode(prev);
+        let json = serde_json::to_string(&body).unwrap();
+        let hash = super::format::record_hash(&prev, json.as_bytes());
+        forged.push_str(&format!("{} {json}\n", hex::encode(hash)));
+        prev = hash;
+    }
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    std::io::Write::write_all(&mut f, forged.as_bytes()).unwrap();
+    drop(f);
+
+    let e = verify_dir(tmp.path(), None).unwrap_err();
+    assert_eq!(e.seq, 6, "{e}");
+    assert!(e.reason.contains("signed by no seal or checkpoint"), "{e}");
+
+    // The next start does not adopt them: they are cut (kept aside) and the finding is
+    // written into the chain; nothing it signs includes them.
+    let log = AuditLog::open(cfg(tmp.path()), key()).unwrap();
+    log.append(entry(8)).await.unwrap();
+    log.shutdown().await;
+    let recs = read_records(tmp.path()).unwrap();
+    assert!(recs
+        .iter()
+        .all(|r| !r.body.request_id.starts_with("forged")));
+    let finding = recs
+        .iter()
+        .find(|r| r.body.rpc == "audit.recovery")
+        .unwrap();
+    assert_eq!(finding.body.seq, 6);
+    assert!(
+        finding
+            .body
+            .detail
+            .contains("2 whole records without a valid seal"),
+        "{}",
+        finding.body.detail
+    );
+    assert!(verify_dir(tmp.path(), None).is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

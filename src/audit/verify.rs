@@ -1,7 +1,7 @@
 //! Readers and the independent verifier.
 
 use super::format::{
-    decode_hash, list_segments, parse_line, read_log_entries, record_hash, split_lines,
+    check_seal, decode_hash, list_segments, parse_line, read_log_entries, record_hash, split_lines,
     verify_entry, LogEntry, RemovedSegment, CHECKPOINTS_FILE, PUBKEY_FILE, ZERO_HASH,
 };
 use super::{AuditError, Checkpoint, StoredRecord};
@@ -193,6 +193,7 @@ pub fn verify_dir(
     let mut expect: Option<u64> = None;
     let mut first_seq_seen: Option<u64> = None;
     let mut records = 0u64;
+    let mut sealed_upto = 0u64;
     for (i, (name_seq, path)) in segments.iter().enumerate() {
         if let Some(e) = expect {
             if *name_seq != e {
@@ -265,6 +266,11 @@ pub fn verify_dir(
                 ));
             }
             check_ckpt(b.seq, &p.hash, path)?;
+            if let Some(seal) = &p.seal {
+                check_seal(&key, &b.node, b.seq, &p.hash, seal)
+                    .map_err(|e| fail(b.seq, path, e))?;
+                sealed_upto = b.seq;
+            }
             prev = Some(h);
             seg_expect += 1;
             records += 1;
@@ -273,6 +279,14 @@ pub fn verify_dir(
     }
 
     let last_seq = expect.map(|e| e - 1).unwrap_or(0);
+    if records == 0 && entries.is_empty() && segments.iter().all(|(seq, _)| *seq <= 1) {
+        return Err(fail(
+            0,
+            dir,
+            "no record and no signed checkpoint: an empty or wiped log (a gateway signs \
+             \"empty log\" when it first closes one)",
+        ));
+    }
     let head_hash = hex::encode(prev.unwrap_or(ZERO_HASH));
     if prev.is_none() && last_seq > 0 {
         // Only empty segments survive: retention notes must explain the rest.
@@ -307,14 +321,22 @@ pub fn verify_dir(
         }
     }
 
-    // 4. A log nobody signed proves nothing: anyone can recompute an unkeyed chain.
-    // (A checkpoint of seq 0, "empty log", signs none of them.)
-    if records > 0 && max_ckpt.unwrap_or(0) == 0 {
+    // 4. No unsigned tail: every record is signed through the chain by a later batch
+    // seal or checkpoint. Whole records after the last one are a batch torn by a power
+    // loss (the gateway cuts it at its next start) or records added by someone without
+    // the key — either way not part of the log. A log nobody signed proves nothing:
+    // anyone can recompute an unkeyed chain.
+    let signed = sealed_upto.max(max_ckpt.unwrap_or(0));
+    if records > 0 && last_seq > signed {
         let file = segments.last().map(|s| s.1.clone()).unwrap_or(ckpt_path);
         return Err(fail(
-            last_seq,
+            signed + 1,
             &file,
-            "no signed checkpoint covers any record (checkpoints.log missing or emptied?)",
+            format!(
+                "records {}..={last_seq} are signed by no seal or checkpoint (a batch torn by a \
+                 crash, which the gateway cuts at its next start, or records added without the key)",
+                signed + 1
+            ),
         ));
     }
 

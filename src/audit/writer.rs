@@ -2,9 +2,9 @@
 //! retention.
 
 use super::format::{
-    decode_hash, list_segments, parse_line, read_log_entries, record_hash, segment_name,
-    sign_checkpoint, sign_retention, split_lines, sync_dir, LogEntry, RemovedSegment,
-    CHECKPOINTS_FILE, PUBKEY_FILE, ZERO_HASH,
+    check_seal, decode_hash, list_segments, parse_line, read_log_entries, record_hash,
+    segment_name, sign_checkpoint, sign_retention, sign_seal, split_lines, sync_dir, LogEntry,
+    RemovedSegment, CHECKPOINTS_FILE, PUBKEY_FILE, ZERO_HASH,
 };
 use super::{
     AuditConfig, AuditEntry, AuditError, Checkpoint, Committed, Durability, RecordBody,
@@ -49,6 +49,7 @@ struct Inner {
     capacity: usize,
     append_timeout: Duration,
     metrics: Arc<crate::telemetry::Metrics>,
+    public_key: String,
     done: watch::Receiver<bool>,
     shared: Arc<Shared>,
 }
@@ -119,7 +120,11 @@ impl AuditLog {
         }
         // One writer per folder, for the life of the writer thread.
         let folder_lock = lock_folder(&cfg.dir)?;
+        if cfg.expect_existing {
+            refuse_wiped(&cfg.dir)?;
+        }
         ensure_pubkey(&cfg.dir, &key)?;
+        let public_key = hex::encode(key.verifying_key().to_bytes());
 
         let (bcast, _) = broadcast::channel(16384);
         let shared = Arc::new(Shared {
@@ -156,6 +161,7 @@ impl AuditLog {
                 capacity,
                 append_timeout,
                 metrics,
+                public_key,
                 done: done_rx,
                 shared,
             }),
@@ -216,6 +222,12 @@ impl AuditLog {
     /// The last durable seq (0 if the log is empty).
     pub fn last_seq(&self) -> u64 {
         self.inner.shared.last_seq.load(Ordering::Acquire)
+    }
+
+    /// The public key of the key this log signs with (hex), as held in memory — not
+    /// the file in the folder, which whoever can write the folder could replace.
+    pub fn public_key(&self) -> &str {
+        &self.inner.public_key
     }
 
     /// The log's folder.
@@ -289,6 +301,21 @@ impl AuditLog {
             self.inner.shared.batched_records.load(Ordering::Relaxed),
         )
     }
+}
+
+/// Refuses a folder holding neither segments nor checkpoints when a log is expected.
+fn refuse_wiped(dir: &Path) -> Result<(), AuditError> {
+    let no_segments = list_segments(dir)?.is_empty();
+    let no_checkpoints =
+        std::fs::metadata(dir.join(CHECKPOINTS_FILE)).map_or(true, |m| m.len() == 0);
+    if no_segments && no_checkpoints {
+        return Err(AuditError::Corrupt(format!(
+            "{} holds no audit log, but its signing key was in use before: the log was wiped \
+             or moved. Restore it; to start a new log on purpose, move the signing key away first",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Writes `audit-signing.pub` if absent; refuses a different key.
@@ -403,18 +430,31 @@ impl Writer {
         };
 
         let segments = list_segments(&dir)?;
+        let fresh = entries.is_empty() && segments.is_empty();
         let mut seg = None;
         let mut next_seq = 1;
         let mut last_hash = ZERO_HASH;
         let mut tail_hashes: Vec<(u64, [u8; 32])> = Vec::new();
         let mut pending_cut: Option<(PathBuf, usize, usize, u64)> = None;
+        // Records at or before the latest signed checkpoint are signed by it; after it,
+        // only sealed batches are adopted.
+        let signed_upto = latest_ckpt.as_ref().map_or(0, |c| c.seq);
+        let verifying = key.verifying_key();
+        let mut unsealed = 0u64;
         if let Some((first_seq, path)) = segments.last().cloned() {
+            // What the previous process wrote may sit in the page cache only: make it
+            // durable before adopting it (an error here refuses to start).
+            File::open(&path)?.sync_all()?;
+            if ckpt_path.exists() {
+                File::open(&ckpt_path)?.sync_all()?;
+            }
             let bytes = std::fs::read(&path)?;
             let (lines, _) = split_lines(&bytes);
-            let mut good_end = 0usize;
             let mut prev: Option<[u8; 32]> = None;
             let mut expect = first_seq;
             let mut first_time = None;
+            // The chain as far as it is signed (sealed, or under a checkpoint).
+            let mut adopted: Option<(usize, Option<[u8; 32]>, u64, usize)> = None;
             for (offset, line) in lines {
                 let Ok(p) = parse_line(line) else { break };
                 let chain_prev = match prev {
@@ -435,8 +475,24 @@ impl Writer {
                 tail_hashes.push((p.body.seq, h));
                 prev = Some(h);
                 expect += 1;
-                good_end = offset + line.len() + 1;
+                let end = offset + line.len() + 1;
+                let sealed = p.seal.as_deref().is_some_and(|seal| {
+                    check_seal(&verifying, &p.body.node, p.body.seq, &p.hash, seal).is_ok()
+                });
+                if sealed || p.body.seq <= signed_upto {
+                    adopted = Some((end, prev, expect, tail_hashes.len()));
+                }
             }
+            // Whole records after the last seal: a batch torn by a power loss, or lines
+            // added by someone without the key. Either way they are cut (kept aside)
+            // and never signed.
+            let (end, adopted_prev, adopted_expect, kept) =
+                adopted.unwrap_or((0, None, first_seq, 0));
+            unsealed = expect - adopted_expect;
+            let good_end = end;
+            prev = adopted_prev;
+            expect = adopted_expect;
+            tail_hashes.truncate(kept);
             if good_end < bytes.len() {
                 // Cut later, once the signed checkpoints agree that nothing they cover
                 // lies in the tail.
@@ -533,11 +589,13 @@ impl Writer {
             f.set_len(good_end as u64)?;
             f.sync_all()?;
             sync_dir(&dir)?;
-            tracing::warn!(file = %path.display(), bytes = cut, "audit log: cut torn tail");
+            tracing::warn!(file = %path.display(), bytes = cut, unsealed, "audit log: cut torn or unsealed tail");
             notes.insert(
                 0,
                 format!(
-                    "cut {cut} bytes from {} at offset {good_end} after last intact seq {last_intact}; kept in {}",
+                    "cut {cut} bytes from {} at offset {good_end} after last sealed seq {last_intact} \
+                     ({unsealed} whole records without a valid seal: a torn batch, or records \
+                     not written by this log); kept in {}",
                     path.file_name().unwrap_or_default().to_string_lossy(),
                     kept.file_name().unwrap_or_default().to_string_lossy()
                 ),
@@ -580,6 +638,14 @@ impl Writer {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(AuditError::Failed),
+            }
+        }
+        if fresh {
+            // A new log signs "empty log" at once: from now on a folder holding nothing
+            // beside this key is a wiped log, not a log that never began.
+            w.checkpoint();
+            if w.failed() {
+                return Err(AuditError::Failed);
             }
         }
         Ok(w)
@@ -679,6 +745,7 @@ impl Writer {
         let mut stored = Vec::with_capacity(batch.len());
         let mut prev = self.last_hash;
         let mut seq = self.next_seq;
+        let last = self.next_seq + batch.len() as u64 - 1;
         for (e, _) in &batch {
             let body = RecordBody {
                 seq,
@@ -706,6 +773,14 @@ impl Writer {
             buf.extend_from_slice(hash_hex.as_bytes());
             buf.push(b' ');
             buf.extend_from_slice(json.as_bytes());
+            if seq == last {
+                // The batch's seal, in the same write and fdatasync as its records: no
+                // record is ever on disk unsigned, so none can be added without the key.
+                buf.push(b' ');
+                buf.extend_from_slice(
+                    sign_seal(&self.key, &self.cfg.node, seq, &hash_hex).as_bytes(),
+                );
+            }
             buf.push(b'\n');
             stored.push(StoredRecord {
                 body,

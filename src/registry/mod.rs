@@ -110,7 +110,7 @@ impl Deadline {
         let now = Instant::now();
         match timeout {
             Some(t) => {
-                let margin = (t / 10).clamp(Duration::from_millis(2), Duration::from_millis(50));
+                let margin = Deadline::margin(t);
                 let own = t.saturating_sub(margin);
                 if own < cap {
                     return Deadline {
@@ -123,6 +123,12 @@ impl Deadline {
             }
             None => Deadline::after(cap),
         }
+    }
+
+    /// What is kept of a caller's `timeout` for the audit write and the answer: a
+    /// tenth, between 2 and 50 ms.
+    pub fn margin(timeout: Duration) -> Duration {
+        (timeout / 10).clamp(Duration::from_millis(2), Duration::from_millis(50))
     }
 
     /// The earlier of this deadline and `cap` from now.

@@ -294,10 +294,7 @@ impl AuditLog for AuditLogService {
                 .ok_or(GatewayError::NotFound("no checkpoint signed yet"))
         });
         let cp = self.gw.finish(ctx, result).await?;
-        let public_key = std::fs::read_to_string(self.gw.audit.dir().join("audit-signing.pub"))
-            .unwrap_or_default()
-            .trim()
-            .to_string();
+        let public_key = self.gw.audit.public_key().to_string();
         Ok(Response::new(pb::AuditCheckpoint {
             seq: cp.seq,
             head_hash: cp.head_hash,

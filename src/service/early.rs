@@ -28,12 +28,15 @@ use super::Gateway;
 use crate::error::GatewayError;
 use crate::tls::Peer;
 
-/// How much before the caller's grpc-timeout this layer answers DEADLINE_EXCEEDED
-/// itself: tonic enforces the same header one layer out and answers CANCELLED when its
-/// timer wins, which gRPC clients do not read as a deadline. Handlers answer earlier
-/// still (`registry::Deadline` keeps a margin for the audit write); this catches a
-/// request whose audit write outlasted that margin.
-const DEADLINE_LEAD: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long before the caller's grpc-timeout this layer answers DEADLINE_EXCEEDED
+/// itself: half the margin handlers keep (`registry::Deadline::margin`, 2–50 ms), so
+/// that the answer reaches the caller before its own timer (tonic's client and server
+/// both enforce the header and answer CANCELLED, which callers do not read as a
+/// deadline). Handlers stop their lookups a full margin before; this catches a request
+/// whose audit write outlasted the first half.
+fn deadline_lead(timeout: std::time::Duration) -> std::time::Duration {
+    crate::registry::Deadline::margin(timeout) / 2
+}
 
 /// Set by the handler of a request as it starts.
 #[derive(Clone, Debug, Default)]
@@ -254,7 +257,7 @@ where
                 let response = match timeout {
                     None => call.await?,
                     Some(timeout) => {
-                        let lead = timeout.saturating_sub(DEADLINE_LEAD);
+                        let lead = timeout.saturating_sub(deadline_lead(timeout));
                         match tokio::time::timeout(lead, call).await {
                             Ok(response) => response?,
                             Err(_) => {

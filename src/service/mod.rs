@@ -64,6 +64,8 @@ pub struct Gateway {
     pub audit: AuditLog,
     /// Turns personal ids into audit subjects.
     pub pseudonyms: Pseudonymizer,
+    /// The newest seq the audit witness acknowledged, when there is one.
+    pub witnessed: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// grpc.health.v1 status: NOT_SERVING once the audit log has failed, so that load

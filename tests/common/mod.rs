@@ -539,3 +539,46 @@ pub fn spawn_serve(
     std::thread::spawn(move || for _ in lines {});
     (child, port)
 }
+
+/// A TCP relay to a service on loopback that a test can cut (open connections closed,
+/// new ones closed at once, as if the service were gone) and restore.
+pub struct Relay {
+    pub addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    pub async fn start(to: &'static str) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, watching) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut watching = watching.clone();
+                if *watching.borrow() {
+                    continue; // dropped: closed at once
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watching.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, cut }
+    }
+
+    /// The service is gone: open connections closed, new ones too.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// The service is back.
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
+    }
+}

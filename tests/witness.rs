@@ -1,0 +1,242 @@
+//! The audit witness over the real NATS JetStream server on 127.0.0.1:4222: every
+//! sealed batch's head shipped off the answer's path, a rolled-back folder caught and
+//! named, and NATS going away under load costing no request.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{declare, TestGateway};
+use popgw::audit::witness::{self, WitnessConfig};
+use popgw::config::WitnessSettings;
+
+const NATS: &str = "127.0.0.1:4222";
+
+/// Fails with how to start NATS when it is not there (never skips).
+async fn require_nats() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("popgw=debug")
+        .with_test_writer()
+        .try_init();
+    if tokio::net::TcpStream::connect(NATS).await.is_err() {
+        panic!(
+            "NATS with JetStream is not listening on {NATS}: start it with \
+             `start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+             -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log` \
+             (.ci/run does this)"
+        );
+    }
+}
+
+/// A stream and a node id of this test's own; the stream is removed at the end.
+struct TestStream {
+    name: String,
+    node: String,
+}
+
+impl TestStream {
+    fn new() -> TestStream {
+        let id = rand::random::<u64>();
+        TestStream {
+            name: format!("POPGW_TEST_{id:016x}"),
+            node: format!("test-{id:016x}"),
+        }
+    }
+
+    fn settings(&self, url: &str) -> WitnessSettings {
+        WitnessSettings {
+            kind: "nats".into(),
+            url: url.into(),
+            stream: self.name.clone(),
+            replicas: 1,
+        }
+    }
+
+    fn config(&self) -> WitnessConfig {
+        WitnessConfig {
+            url: format!("nats://{NATS}"),
+            stream: self.name.clone(),
+            replicas: 1,
+            node: self.node.clone(),
+        }
+    }
+
+    async fn remove(self) {
+        let client = async_nats::connect(NATS).await.unwrap();
+        let _ = async_nats::jetstream::new(client)
+            .delete_stream(&self.name)
+            .await;
+    }
+}
+
+async fn wait_witnessed(gw: &TestGateway) {
+    let acked = gw
+        .gateway
+        .witnessed
+        .clone()
+        .expect("a witness is configured");
+    for _ in 0..200 {
+        if acked.load(Ordering::Acquire) >= gw.gateway.audit.last_seq() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the witness did not catch up: {} of {}",
+        acked.load(Ordering::Acquire),
+        gw.gateway.audit.last_seq()
+    );
+}
+
+#[tokio::test]
+async fn every_batch_is_witnessed_and_a_rolled_back_folder_is_named() {
+    require_nats().await;
+    let stream = TestStream::new();
+    let url = format!("nats://{NATS}");
+    let settings = stream.settings(&url);
+    let node = stream.node.clone();
+    let mut gw = TestGateway::start_with(
+        move |c| {
+            c.audit.witness = Some(settings);
+            c.node_id = node;
+        },
+        None,
+    )
+    .await;
+    let r = gw.living().clone();
+    let mut portal = gw.client("portal").await;
+    for _ in 0..10 {
+        portal.verify_identity(declare(&r, "P03")).await.unwrap();
+    }
+    wait_witnessed(&gw).await;
+    // The operator's backup of the folder, taken now.
+    let audit = gw.gateway.audit.dir().to_path_buf();
+    let backup = gw.dir.path().join("audit-backup");
+    copy_dir(&audit, &backup);
+    let at_backup = gw.gateway.audit.last_seq();
+    for _ in 0..10 {
+        portal.verify_identity(declare(&r, "P03")).await.unwrap();
+    }
+    drop(portal);
+    gw.stop().await;
+
+    let config = stream.config();
+    let agreement = witness::compare(&audit, &config).await.unwrap().unwrap();
+    assert!(agreement.witnessed_seq > at_backup + 9, "{agreement:?}");
+    let heads = witness::heads(&config).await.unwrap();
+    assert!(heads
+        .iter()
+        .all(|h| h.node == stream.node && h.seal.len() == 128));
+
+    // An insider rolls the folder back to the backup (segments and checkpoints together):
+    // the folder verifies on its own, the witness names where it ends.
+    std::fs::remove_dir_all(&audit).unwrap();
+    copy_dir(&backup, &audit);
+    std::fs::remove_file(audit.join("audit.lock")).ok();
+    assert!(popgw::audit::verify_dir(&audit, None).is_ok());
+    let d = witness::compare(&audit, &config)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(d.seq, at_backup + 1, "{d}");
+    assert!(d.reason.contains("removed"), "{d}");
+    stream.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_going_away_under_load_fails_no_request_and_the_witness_catches_up() {
+    require_nats().await;
+    let stream = TestStream::new();
+    let relay = common::Relay::start(NATS).await;
+    let settings = stream.settings(&format!("nats://{}", relay.addr));
+    let node = stream.node.clone();
+    let mut gw = TestGateway::start_with(
+        move |c| {
+            c.audit.witness = Some(settings);
+            c.node_id = node;
+        },
+        None,
+    )
+    .await;
+    let r = gw.living().clone();
+    let portal = gw.client("portal").await;
+    let load = |n: usize| {
+        let portal = portal.clone();
+        let r = r.clone();
+        async move {
+            let mut calls = Vec::new();
+            for _ in 0..8 {
+                let mut portal = portal.clone();
+                let r = r.clone();
+                calls.push(tokio::spawn(async move {
+                    for _ in 0..n {
+                        portal.verify_identity(declare(&r, "P03")).await.unwrap();
+                    }
+                }));
+            }
+            for c in calls {
+                c.await.unwrap();
+            }
+        }
+    };
+    load(20).await;
+    wait_witnessed(&gw).await;
+
+    relay.cut();
+    load(100).await; // 800 requests while the witness is unreachable: every one answered
+    let (_, scrape) = gw.admin_get("/metrics").await;
+    let lag: f64 = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("popgw_audit_witness_lag_records "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        lag > 0.0,
+        "the lag is reported while NATS is away: {scrape}"
+    );
+
+    relay.restore();
+    wait_witnessed(&gw).await;
+    drop(portal);
+    gw.stop().await;
+    let agreement = witness::compare(gw.gateway.audit.dir(), &stream.config())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(agreement.witnessed_seq, gw.gateway.audit.last_seq());
+    stream.remove().await;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Streams left by an interrupted run of an earlier version of these tests claimed
+/// `popgw.audit.>`, which every later stream would collide with: remove them.
+#[tokio::test]
+async fn no_stale_test_stream_claims_every_subject() {
+    require_nats().await;
+    let js = async_nats::jetstream::new(async_nats::connect(NATS).await.unwrap());
+    let mut names = js.stream_names();
+    let mut stale = Vec::new();
+    while let Some(Ok(name)) = futures::StreamExt::next(&mut names).await {
+        if name.starts_with("POPGW_TEST_") {
+            if let Ok(mut s) = js.get_stream(&name).await {
+                if let Ok(info) = s.info().await {
+                    if info.config.subjects.iter().any(|x| x == "popgw.audit.>") {
+                        stale.push(name);
+                    }
+                }
+            }
+        }
+    }
+    for name in stale {
+        js.delete_stream(&name).await.unwrap();
+    }
+}
