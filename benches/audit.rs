@@ -76,6 +76,71 @@ fn bench(c: &mut Criterion) {
         records as f64 / batches.max(1) as f64
     );
     audit::verify_dir(tmp.path(), None).expect("benchmark log verifies");
+
+    // With POPGW_BENCH_WITNESS=nats://HOST:PORT: does the witness keep up with that rate?
+    if let Ok(url) = std::env::var("POPGW_BENCH_WITNESS") {
+        rt.block_on(witness_run(url));
+    }
+}
+
+/// Appends as fast as 64 tasks can with the shipper running, then reports how far
+/// behind the witness was and how long it took to catch up.
+async fn witness_run(url: String) {
+    use std::sync::atomic::Ordering;
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut cfg = AuditConfig::new(tmp.path(), "bench-witness");
+    cfg.durability = Durability::Fsync;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+    let log = AuditLog::open(cfg, key).unwrap();
+    let stream = format!("POPGW_BENCH_{:08x}", rand::random::<u32>());
+    let witness = audit::witness::WitnessConfig {
+        url: url.clone(),
+        stream: stream.clone(),
+        replicas: 1,
+        node: "bench-witness".into(),
+    };
+    let metrics = std::sync::Arc::new(popgw::telemetry::Metrics::default());
+    let shipper = audit::witness::Shipper::new(witness, log.clone(), metrics.clone());
+    let acked = shipper.acked();
+    let task = tokio::spawn(shipper.run());
+    const PER: usize = 3_000;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..PER {
+                log.append(entry(t * PER + i)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let appended = start.elapsed();
+    let last = log.last_seq();
+    let lag_at_end = last.saturating_sub(acked.load(Ordering::Acquire));
+    while acked.load(Ordering::Acquire) < last {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let caught_up = start.elapsed() - appended;
+    task.abort();
+    let (batches, _) = log.batch_stats();
+    println!(
+        "witness bench: {last} records ({batches} sealed batches) in {:.2} s = {:.0} records/s with the shipper running; \
+         {} batch heads shipped; lag when the appends ended: {lag_at_end} records, caught up {} ms later",
+        appended.as_secs_f64(),
+        last as f64 / appended.as_secs_f64(),
+        metrics.witness_shipped.get(),
+        caught_up.as_millis()
+    );
+    log.shutdown().await;
+    let client = async_nats::connect(url.trim_start_matches("nats://"))
+        .await
+        .unwrap();
+    let _ = async_nats::jetstream::new(client)
+        .delete_stream(&stream)
+        .await;
 }
 
 criterion_group!(benches, bench);

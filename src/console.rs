@@ -165,14 +165,34 @@ pub fn checkpoint(h: &pb::AuditCheckpoint) -> String {
             .unwrap_or_default(),
         h.signature,
         h.public_key
-    )
+    ) + &if h.witnessed {
+        format!(
+            "\n  witnessed up to seq {} ({} records not yet)",
+            h.witnessed_seq, h.witness_lag
+        )
+    } else {
+        "\n  no witness configured ([audit.witness])".to_string()
+    }
 }
 
 /// A successful `audit verify`.
 pub fn verify_report(r: &VerifyReport) -> String {
     format!(
-        "OK: {} records in {} segments, {} checkpoints; last seq {}, head {}; {} records after the last checkpoint",
-        r.records, r.segments, r.checkpoints, r.last_seq, r.head_hash, r.unsigned_tail
+        "OK: {} records in {} segments, {} checkpoints; last seq {}, head {}; {} records after the last checkpoint (signed by their batch seals){}",
+        r.records,
+        r.segments,
+        r.checkpoints,
+        r.last_seq,
+        r.head_hash,
+        r.unsigned_tail,
+        if r.torn_checkpoint_bytes > 0 {
+            format!(
+                "; checkpoints.log ends with an unterminated line of {} bytes (an interrupted write, cut at the next start)",
+                r.torn_checkpoint_bytes
+            )
+        } else {
+            String::new()
+        }
     )
 }
 

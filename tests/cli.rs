@@ -316,6 +316,13 @@ fn admin_get(addr: &str, path: &str) -> String {
     raw
 }
 
+/// Sends SIGHUP to the running gateway.
+fn hangup(gw: &Running) {
+    let pid = gw.child.id().to_string();
+    let sent = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(sent.success());
+}
+
 fn reloads_ok(admin: &str) -> usize {
     admin_get(admin, "/metrics")
         .lines()
@@ -368,12 +375,7 @@ fn a_second_portal_certificate_issued_then_revoked_then_sighup() {
 
     // SIGHUP reloads even when nothing changed (the file watch would not).
     let before = reloads_ok(&admin);
-    let pid = gw.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    hangup(&gw);
     let mut reloaded = false;
     for _ in 0..50 {
         if reloads_ok(&admin) > before {
@@ -387,12 +389,7 @@ fn a_second_portal_certificate_issued_then_revoked_then_sighup() {
     let (ok, out, err) = popgw(dir.path(), &args(&["certs", "revoke", "--name", "portal2"]));
     assert!(ok, "{err}");
     assert!(out.contains("crl.pem"), "{out}");
-    let pid = gw.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    hangup(&gw);
     let mut refused = false;
     for _ in 0..50 {
         let (ok, _, _) = popgw(dir.path(), &verify);

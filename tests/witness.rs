@@ -44,13 +44,23 @@ impl TestStream {
         }
     }
 
-    fn settings(&self, url: &str) -> WitnessSettings {
-        WitnessSettings {
+    /// A gateway (node id of this test) witnessed in this stream through `url`.
+    async fn gateway(&self, url: &str) -> TestGateway {
+        let settings = WitnessSettings {
             kind: "nats".into(),
             url: url.into(),
             stream: self.name.clone(),
             replicas: 1,
-        }
+        };
+        let node = self.node.clone();
+        TestGateway::start_with(
+            move |c| {
+                c.audit.witness = Some(settings);
+                c.node_id = node;
+            },
+            None,
+        )
+        .await
     }
 
     fn config(&self) -> WitnessConfig {
@@ -94,22 +104,23 @@ async fn every_batch_is_witnessed_and_a_rolled_back_folder_is_named() {
     require_nats().await;
     let stream = TestStream::new();
     let url = format!("nats://{NATS}");
-    let settings = stream.settings(&url);
-    let node = stream.node.clone();
-    let mut gw = TestGateway::start_with(
-        move |c| {
-            c.audit.witness = Some(settings);
-            c.node_id = node;
-        },
-        None,
-    )
-    .await;
+    let mut gw = stream.gateway(&url).await;
     let r = gw.living().clone();
     let mut portal = gw.client("portal").await;
     for _ in 0..10 {
         portal.verify_identity(declare(&r, "P03")).await.unwrap();
     }
     wait_witnessed(&gw).await;
+    // AuditLog.Head says how far the witness is.
+    let head = gw
+        .audit_client("operator")
+        .await
+        .head(popgw::proto::gateway::AuditHeadRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(head.witnessed);
+    assert!(head.witnessed_seq >= 10, "{head:?}");
     // The operator's backup of the folder, taken now.
     let audit = gw.gateway.audit.dir().to_path_buf();
     let backup = gw.dir.path().join("audit-backup");
@@ -149,16 +160,7 @@ async fn nats_going_away_under_load_fails_no_request_and_the_witness_catches_up(
     require_nats().await;
     let stream = TestStream::new();
     let relay = common::Relay::start(NATS).await;
-    let settings = stream.settings(&format!("nats://{}", relay.addr));
-    let node = stream.node.clone();
-    let mut gw = TestGateway::start_with(
-        move |c| {
-            c.audit.witness = Some(settings);
-            c.node_id = node;
-        },
-        None,
-    )
-    .await;
+    let mut gw = stream.gateway(&format!("nats://{}", relay.addr)).await;
     let r = gw.living().clone();
     let portal = gw.client("portal").await;
     let load = |n: usize| {

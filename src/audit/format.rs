@@ -36,6 +36,9 @@ pub struct RetentionNote {
     pub node: String,
     /// ed25519 signature (hex).
     pub signature: String,
+    /// SHA-256 (hex) of the previous line of `checkpoints.log`, as for a checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
 }
 
 /// One line of `checkpoints.log`.
@@ -169,17 +172,70 @@ pub(crate) fn checkpoint_message(
     head_hash: &str,
     time_unix_ms: i64,
     node: &str,
+    prev: Option<&str>,
 ) -> Vec<u8> {
-    format!("popgw-audit-checkpoint-v1\n{seq}\n{head_hash}\n{time_unix_ms}\n{node}").into_bytes()
+    match prev {
+        None => format!("popgw-audit-checkpoint-v1\n{seq}\n{head_hash}\n{time_unix_ms}\n{node}"),
+        Some(prev) => {
+            format!("popgw-audit-checkpoint-v2\n{seq}\n{head_hash}\n{time_unix_ms}\n{node}\n{prev}")
+        }
+    }
+    .into_bytes()
+}
+
+/// The hash a line of `checkpoints.log` is chained by (its bytes without `\n`).
+pub(crate) fn line_hash(line: &[u8]) -> [u8; 32] {
+    Sha256::digest(line).into()
+}
+
+impl LogEntry {
+    pub(crate) fn prev(&self) -> Option<&str> {
+        match self {
+            LogEntry::Checkpoint(c) => c.prev.as_deref(),
+            LogEntry::Retention(r) => r.prev.as_deref(),
+        }
+    }
+}
+
+/// Checks that the lines of `checkpoints.log` chain: each chained line names the hash
+/// of the one before (zeros for the first); unchained lines (written before chaining
+/// existed) only before the first chained one.
+pub(crate) fn check_entry_chain(entries: &[(usize, LogEntry, [u8; 32])]) -> Result<(), String> {
+    let mut before = ZERO_HASH;
+    let mut chained = false;
+    for (line, entry, hash) in entries {
+        match entry.prev() {
+            Some(prev) => {
+                if prev != hex::encode(before) {
+                    return Err(format!(
+                        "checkpoints.log line {line}: does not follow line {} (a line was \
+                         removed, inserted or reordered)",
+                        line - 1
+                    ));
+                }
+                chained = true;
+            }
+            None if chained => {
+                return Err(format!(
+                    "checkpoints.log line {line}: an unchained line after chained ones"
+                ))
+            }
+            None => {}
+        }
+        before = *hash;
+    }
+    Ok(())
 }
 
 pub(crate) fn retention_message(
     removed: &[RemovedSegment],
     time_unix_ms: i64,
     node: &str,
+    prev: Option<&str>,
 ) -> Vec<u8> {
+    let version = if prev.is_some() { 2 } else { 1 };
     let mut s = format!(
-        "popgw-audit-retention-v1\n{time_unix_ms}\n{node}\n{}",
+        "popgw-audit-retention-v{version}\n{time_unix_ms}\n{node}\n{}",
         removed.len()
     );
     for r in removed {
@@ -187,6 +243,9 @@ pub(crate) fn retention_message(
             "\n{}\n{}\n{}\n{}",
             r.file, r.first_seq, r.last_seq, r.last_hash
         ));
+    }
+    if let Some(prev) = prev {
+        s.push_str(&format!("\n{prev}"));
     }
     s.into_bytes()
 }
@@ -197,14 +256,22 @@ pub(crate) fn sign_checkpoint(
     head_hash: String,
     time_unix_ms: i64,
     node: &str,
+    prev: String,
 ) -> Checkpoint {
-    let sig = key.sign(&checkpoint_message(seq, &head_hash, time_unix_ms, node));
+    let sig = key.sign(&checkpoint_message(
+        seq,
+        &head_hash,
+        time_unix_ms,
+        node,
+        Some(&prev),
+    ));
     Checkpoint {
         seq,
         head_hash,
         time_unix_ms,
         node: node.to_string(),
         signature: hex::encode(sig.to_bytes()),
+        prev: Some(prev),
     }
 }
 
@@ -213,13 +280,20 @@ pub(crate) fn sign_retention(
     removed: Vec<RemovedSegment>,
     time_unix_ms: i64,
     node: &str,
+    prev: String,
 ) -> RetentionNote {
-    let sig = key.sign(&retention_message(&removed, time_unix_ms, node));
+    let sig = key.sign(&retention_message(
+        &removed,
+        time_unix_ms,
+        node,
+        Some(&prev),
+    ));
     RetentionNote {
         removed,
         time_unix_ms,
         node: node.to_string(),
         signature: hex::encode(sig.to_bytes()),
+        prev: Some(prev),
     }
 }
 
@@ -236,19 +310,25 @@ pub(crate) fn verify_entry(key: &VerifyingKey, entry: &LogEntry) -> Result<(), S
     match entry {
         LogEntry::Checkpoint(c) => check_sig(
             key,
-            &checkpoint_message(c.seq, &c.head_hash, c.time_unix_ms, &c.node),
+            &checkpoint_message(
+                c.seq,
+                &c.head_hash,
+                c.time_unix_ms,
+                &c.node,
+                c.prev.as_deref(),
+            ),
             &c.signature,
         ),
         LogEntry::Retention(r) => check_sig(
             key,
-            &retention_message(&r.removed, r.time_unix_ms, &r.node),
+            &retention_message(&r.removed, r.time_unix_ms, &r.node, r.prev.as_deref()),
             &r.signature,
         ),
     }
 }
 
-/// `(line number, entry)` pairs and an optional torn tail `(offset, length)`.
-pub(crate) type LogEntries = (Vec<(usize, LogEntry)>, Option<(usize, usize)>);
+/// `(line number, entry, line hash)` triples and an optional torn tail `(offset, length)`.
+pub(crate) type LogEntries = (Vec<(usize, LogEntry, [u8; 32])>, Option<(usize, usize)>);
 
 /// Parsed `checkpoints.log` entries (1-based line numbers) and the offset of
 /// a torn (unterminated) final line, if any. A missing file is empty.
@@ -264,7 +344,7 @@ pub(crate) fn read_log_entries(dir: &Path) -> Result<LogEntries, AuditError> {
     for (i, (_, line)) in lines.iter().enumerate() {
         let entry: LogEntry = serde_json::from_slice(line)
             .map_err(|e| AuditError::Corrupt(format!("{}: line {}: {e}", path.display(), i + 1)))?;
-        out.push((i + 1, entry));
+        out.push((i + 1, entry, line_hash(line)));
     }
     let torn = (tail < bytes.len()).then_some((tail, bytes.len() - tail));
     Ok((out, torn))

@@ -133,6 +133,11 @@ pub struct Checkpoint {
     pub node: String,
     /// ed25519 signature (hex) over the fields above.
     pub signature: String,
+    /// SHA-256 (hex) of the previous line of `checkpoints.log` (64 zeros for the
+    /// first), signed too: a removed, inserted or reordered line breaks the chain.
+    /// Absent in lines written before checkpoints were chained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
 }
 
 /// How appends are made durable. See the module docs for what a crash can lose.

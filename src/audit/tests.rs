@@ -258,6 +258,39 @@ async fn forged_checkpoint_signature_is_detected() {
     let err = verify_dir(tmp.path(), None).unwrap_err();
     assert!(err.reason.contains("signature"), "{err}");
     assert_eq!(err.file, tmp.path().join("checkpoints.log"));
+    // The writer checks every signature before it continues a log: no start.
+    let e = AuditLog::open(cfg(tmp.path()), key())
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("signature does not verify"), "{e}");
+}
+
+#[tokio::test]
+async fn checkpoints_are_chained_so_a_removed_one_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = cfg(tmp.path());
+    c.checkpoint_every_records = 2;
+    fill(tmp.path(), c.clone(), 8).await.shutdown().await;
+    let path = tmp.path().join("checkpoints.log");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 4, "{text}");
+    // Each line names the hash of the one before, under its signature.
+    use sha2::{Digest, Sha256};
+    let second: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(
+        second["prev"],
+        hex::encode(Sha256::digest(lines[0].as_bytes()))
+    );
+    assert!(verify_dir(tmp.path(), None).is_ok());
+    // An insider removes one checkpoint from the middle (each line is validly signed).
+    edit_lines(&path, |l| {
+        l.remove(2);
+    });
+    let e = verify_dir(tmp.path(), None).unwrap_err();
+    assert!(e.reason.contains("line 3: does not follow line 2"), "{e}");
+    let e = AuditLog::open(c, key()).err().expect("refused");
+    assert!(e.to_string().contains("does not follow"), "{e}");
 }
 
 #[tokio::test]
@@ -456,10 +489,25 @@ async fn retention_removes_old_segments_with_a_signed_note_and_verify_passes() {
     assert_eq!(rep.last_seq, 41);
     assert_eq!(rep.records, recs.len() as u64);
 
-    // Without the note, the missing start is detected.
-    edit_lines(&tmp.path().join("checkpoints.log"), |l| {
+    // Without the note, the chain of checkpoints.log breaks where it was...
+    let path = tmp.path().join("checkpoints.log");
+    let original = std::fs::read_to_string(&path).unwrap();
+    edit_lines(&path, |l| {
         l.retain(|x| !x.contains("\"kind\":\"retention\""))
     });
+    let err = verify_dir(tmp.path(), None).unwrap_err();
+    assert!(err.reason.contains("does not follow"), "{err}");
+    // ...and, with the chain re-made by hand up to the note, the missing start is
+    // still named: the note is what explains it.
+    std::fs::write(
+        &path,
+        original
+            .lines()
+            .take_while(|x| !x.contains("\"kind\":\"retention\""))
+            .map(|x| format!("{x}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
     let err = verify_dir(tmp.path(), None).unwrap_err();
     assert_eq!(err.seq, recs[0].body.seq);
 }

@@ -80,7 +80,7 @@ pub fn read_checkpoints(dir: &Path) -> Result<Vec<Checkpoint>, AuditError> {
     let (entries, _) = read_log_entries(dir)?;
     Ok(entries
         .into_iter()
-        .filter_map(|(_, e)| match e {
+        .filter_map(|(_, e, _)| match e {
             LogEntry::Checkpoint(c) => Some(c),
             LogEntry::Retention(_) => None,
         })
@@ -103,6 +103,9 @@ pub struct VerifyReport {
     /// Records after the latest signed checkpoint: their integrity rests on the chain
     /// alone until the next checkpoint (a cut of this tail cannot be detected).
     pub unsigned_tail: u64,
+    /// Bytes of an unterminated last line of `checkpoints.log` (a checkpoint whose
+    /// write a crash interrupted; the next start cuts it and records that it did).
+    pub torn_checkpoint_bytes: usize,
 }
 
 /// The first problem found: the seq of the first bad (or missing) record and
@@ -150,14 +153,15 @@ pub fn verify_dir(
         None => read_pubkey(dir)?,
     };
     let ckpt_path = dir.join(CHECKPOINTS_FILE);
-    let (entries, _) = read_log_entries(dir).map_err(|e| fail(0, &ckpt_path, e.to_string()))?;
+    let (entries, torn) = read_log_entries(dir).map_err(|e| fail(0, &ckpt_path, e.to_string()))?;
 
     // 1. Every signature.
     let mut checkpoints: HashMap<u64, Vec<String>> = HashMap::new();
     let mut max_ckpt: Option<u64> = None;
     let mut n_ckpt = 0usize;
     let mut removed: Vec<RemovedSegment> = Vec::new();
-    for (line, entry) in &entries {
+    super::format::check_entry_chain(&entries).map_err(|e| fail(0, &ckpt_path, e))?;
+    for (line, entry, _) in &entries {
         let seq = match entry {
             LogEntry::Checkpoint(c) => c.seq,
             LogEntry::Retention(r) => r.removed.iter().map(|s| s.last_seq).max().unwrap_or(0),
@@ -347,6 +351,7 @@ pub fn verify_dir(
         last_seq,
         head_hash,
         unsigned_tail: last_seq.saturating_sub(max_ckpt.unwrap_or(0)),
+        torn_checkpoint_bytes: torn.map_or(0, |(_, len)| len),
     })
 }
 

@@ -356,6 +356,10 @@ struct Writer {
     shared: Arc<Shared>,
     seg: Option<Segment>,
     ckpt: File,
+    /// Hash of the last line of `checkpoints.log` (the next line's `prev`).
+    ckpt_prev: [u8; 32],
+    /// Time of the newest record (retention counts from it, not from the clock).
+    newest_ms: Option<i64>,
     next_seq: u64,
     last_hash: [u8; 32],
     since_ckpt: u64,
@@ -411,7 +415,21 @@ impl Writer {
                 "cut {len} bytes of torn tail from {CHECKPOINTS_FILE} at offset {offset}"
             ));
         }
-        let latest_ckpt = entries.iter().rev().find_map(|(_, e)| match e {
+        // Every line signed by this key and in its place in the chain: a forged,
+        // removed or reordered line refuses the start (reported, never skipped).
+        let verifying_key = key.verifying_key();
+        for (line, entry, _) in &entries {
+            super::format::verify_entry(&verifying_key, entry).map_err(|e| {
+                AuditError::Corrupt(format!(
+                    "{}: line {line}: {e}; run verify",
+                    ckpt_path.display()
+                ))
+            })?;
+        }
+        super::format::check_entry_chain(&entries)
+            .map_err(|e| AuditError::Corrupt(format!("{e}; run verify")))?;
+        let ckpt_prev = entries.last().map_or(ZERO_HASH, |(_, _, h)| *h);
+        let latest_ckpt = entries.iter().rev().find_map(|(_, e, _)| match e {
             LogEntry::Checkpoint(c) => Some(c.clone()),
             LogEntry::Retention(_) => None,
         });
@@ -419,7 +437,7 @@ impl Writer {
             if seq == 1 {
                 return Some(ZERO_HASH);
             }
-            entries.iter().find_map(|(_, e)| match e {
+            entries.iter().find_map(|(_, e, _)| match e {
                 LogEntry::Retention(r) => r
                     .removed
                     .iter()
@@ -441,6 +459,7 @@ impl Writer {
         let signed_upto = latest_ckpt.as_ref().map_or(0, |c| c.seq);
         let verifying = key.verifying_key();
         let mut unsealed = 0u64;
+        let mut newest_ms: Option<i64> = None;
         if let Some((first_seq, path)) = segments.last().cloned() {
             // What the previous process wrote may sit in the page cache only: make it
             // durable before adopting it (an error here refuses to start).
@@ -481,6 +500,7 @@ impl Writer {
                 });
                 if sealed || p.body.seq <= signed_upto {
                     adopted = Some((end, prev, expect, tail_hashes.len()));
+                    newest_ms = Some(p.body.time_unix_ms);
                 }
             }
             // Whole records after the last seal: a batch torn by a power loss, or lines
@@ -509,8 +529,11 @@ impl Writer {
                     last_hash = if segments.len() >= 2 {
                         let (_, prev_path) = &segments[segments.len() - 2];
                         match last_record_of(prev_path)? {
-                            Some(p) if p.body.seq + 1 == first_seq => decode_hash(&p.hash)
-                                .ok_or_else(|| AuditError::Corrupt("bad hash".into()))?,
+                            Some(p) if p.body.seq + 1 == first_seq => {
+                                newest_ms = Some(p.body.time_unix_ms);
+                                decode_hash(&p.hash)
+                                    .ok_or_else(|| AuditError::Corrupt("bad hash".into()))?
+                            }
                             _ => {
                                 return Err(AuditError::Corrupt(format!(
                                     "{} does not end just before {}",
@@ -618,9 +641,11 @@ impl Writer {
             shared,
             seg,
             ckpt,
+            ckpt_prev,
             next_seq,
             last_hash,
             since_ckpt: 0,
+            newest_ms,
             last_ckpt_at: Instant::now(),
         };
         if !notes.is_empty() {
@@ -829,6 +854,7 @@ impl Writer {
         seg.records += n;
         self.next_seq = seq;
         self.last_hash = prev;
+        self.newest_ms = Some(now);
         self.since_ckpt += n;
         self.shared.last_seq.store(seq - 1, Ordering::Release);
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
@@ -888,7 +914,22 @@ impl Writer {
         if self.failed() {
             return Ok(());
         }
-        let cutoff = now.saturating_sub(i64::try_from(ret.as_millis()).unwrap_or(i64::MAX));
+        // Retention counts from the newest record, not from the clock alone: a clock
+        // set ahead at start must not make every segment "old". A clock further ahead of
+        // the newest record than the retention period itself is implausible (or the
+        // node sat idle that long): nothing is deleted, and it is said.
+        let Some(newest) = self.newest_ms else {
+            return Ok(());
+        };
+        let ret_ms = i64::try_from(ret.as_millis()).unwrap_or(i64::MAX);
+        if now.saturating_sub(newest) > ret_ms.max(86_400_000) {
+            tracing::warn!(
+                ahead_ms = now - newest,
+                "audit log retention: the clock is further ahead of the newest record than the retention period; nothing deleted"
+            );
+            return Ok(());
+        }
+        let cutoff = newest.min(now).saturating_sub(ret_ms);
         let segments = list_segments(&self.cfg.dir)?;
         let current = self.seg.as_ref().map(|s| s.path.clone());
         let mut removed = Vec::new();
@@ -913,7 +954,13 @@ impl Writer {
         if removed.is_empty() {
             return Ok(());
         }
-        let note = sign_retention(&self.key, removed, now, &self.cfg.node);
+        let note = sign_retention(
+            &self.key,
+            removed,
+            now,
+            &self.cfg.node,
+            hex::encode(self.ckpt_prev),
+        );
         if let Err(e) = self.append_log_entry(&LogEntry::Retention(note.clone())) {
             self.fail("retention note write", &e);
             return Err(e.into());
@@ -933,9 +980,12 @@ impl Writer {
 
     fn append_log_entry(&mut self, entry: &LogEntry) -> io::Result<()> {
         let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
+        let hash = super::format::line_hash(&line);
         line.push(b'\n');
         self.ckpt.write_all(&line)?;
-        self.ckpt.sync_data()
+        self.ckpt.sync_data()?;
+        self.ckpt_prev = hash;
+        Ok(())
     }
 
     fn maybe_checkpoint(&mut self) {
@@ -966,6 +1016,7 @@ impl Writer {
             hex::encode(self.last_hash),
             now_ms(),
             &self.cfg.node,
+            hex::encode(self.ckpt_prev),
         );
         if let Err(e) = self.append_log_entry(&LogEntry::Checkpoint(cp.clone())) {
             self.fail("checkpoint write", &e);

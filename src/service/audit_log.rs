@@ -295,6 +295,12 @@ impl AuditLog for AuditLogService {
         });
         let cp = self.gw.finish(ctx, result).await?;
         let public_key = self.gw.audit.public_key().to_string();
+        let witnessed_seq = self
+            .gw
+            .witnessed
+            .as_ref()
+            .map(|a| a.load(std::sync::atomic::Ordering::Acquire));
+        let witness_lag = witnessed_seq.map_or(0, |w| self.gw.audit.last_seq().saturating_sub(w));
         Ok(Response::new(pb::AuditCheckpoint {
             seq: cp.seq,
             head_hash: cp.head_hash,
@@ -302,6 +308,9 @@ impl AuditLog for AuditLogService {
             node: cp.node,
             signature: cp.signature,
             public_key,
+            witnessed: witnessed_seq.is_some(),
+            witnessed_seq: witnessed_seq.unwrap_or(0),
+            witness_lag,
         }))
     }
 }
