@@ -152,6 +152,26 @@ async fn every_batch_is_witnessed_and_a_rolled_back_folder_is_named() {
         .unwrap_err();
     assert_eq!(d.seq, at_backup + 1, "{d}");
     assert!(d.reason.contains("removed"), "{d}");
+    // The same from the command line: exit non-zero, naming the sequence.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_popgw"))
+        .args(["audit", "verify", "--dir"])
+        .arg(&audit)
+        .args([
+            "--witness",
+            &url,
+            "--stream",
+            &stream.name,
+            "--node",
+            &stream.node,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("record {}", at_backup + 1)) && stderr.contains("witness"),
+        "{stderr}"
+    );
     stream.remove().await;
 }
 
