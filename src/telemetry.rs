@@ -93,7 +93,8 @@ pub struct Metrics {
     pub audit_batch_records: Histogram,
     /// Time of one audit write including its fsync.
     pub audit_write_seconds: Histogram,
-    /// Audit witness: records written but not yet acknowledged by the witness.
+    /// Audit witness: records written but not yet acknowledged by the witness (set at
+    /// each scrape).
     pub witness_lag: Gauge,
     /// Audit witness: 1 while connected.
     pub witness_up: Gauge,

@@ -381,34 +381,25 @@ impl Shipper {
         let mut backoff = Duration::from_millis(200);
         let mut down_since: Option<std::time::Instant> = None;
         loop {
-            match self.session(&mut down_since).await {
-                Ok(()) => return,
-                Err(e) => {
-                    self.metrics.witness_up.set(0);
-                    if down_since.is_none() {
-                        tracing::warn!(error = %e, "audit witness unreachable; the local log stays the durable copy, shipping resumes when it returns");
-                        down_since = Some(std::time::Instant::now());
-                    }
-                    self.report_lag();
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+            // A session only ever ends in an error (NATS gone, the folder unreadable).
+            let Err(e) = self.session(&mut down_since).await;
+            self.metrics.witness_up.set(0);
+            if down_since.is_none() {
+                tracing::warn!(error = %e, "audit witness unreachable; the local log stays the durable copy, shipping resumes when it returns");
+                down_since = Some(std::time::Instant::now());
             }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
-    fn report_lag(&self) {
-        let lag = self
-            .log
-            .last_seq()
-            .saturating_sub(self.acked.load(Ordering::Acquire));
-        self.metrics.witness_lag.set(lag as i64);
-    }
-
+    /// Ships from the stream's last head for this node until something fails. (The lag
+    /// is derived from `acked` and the log's last seq where it is read: `/metrics`,
+    /// AuditLog.Head.)
     async fn session(
         &self,
         down_since: &mut Option<std::time::Instant>,
-    ) -> Result<(), WitnessError> {
+    ) -> Result<std::convert::Infallible, WitnessError> {
         let (js, stream) = open(&self.config, true).await?;
         let start = last_head(&stream, &self.config.node)
             .await?
@@ -423,19 +414,18 @@ impl Shipper {
         }
         self.metrics.witness_up.set(1);
         let subject = subject(&self.config.node);
-        let mut reader = Some(HeadReader::new(self.log.dir().to_path_buf(), start));
+        let mut reader = HeadReader::new(self.log.dir().to_path_buf(), start);
         loop {
-            let mut r = reader.take().expect("reader is put back after each read");
-            let (r, heads) = tokio::task::spawn_blocking(move || {
-                let heads = r.next(1024);
-                (r, heads)
+            // File reads off the async threads; the reader goes there and comes back.
+            let (back, heads) = tokio::task::spawn_blocking(move || {
+                let heads = reader.next(1024);
+                (reader, heads)
             })
             .await
             .map_err(|e| WitnessError::Folder(e.to_string()))?;
-            reader = Some(r);
+            reader = back;
             let heads = heads.map_err(|e| WitnessError::Folder(e.to_string()))?;
             if heads.is_empty() {
-                self.report_lag();
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -457,7 +447,6 @@ impl Shipper {
                 self.acked.store(head.seq, Ordering::Release);
                 self.metrics.witness_shipped.inc();
             }
-            self.report_lag();
         }
     }
 }

@@ -11,7 +11,7 @@
 //! `application/grpc…` is refused here (INVALID_ARGUMENT), recorded the same way; and
 //! a unary call carrying more than one message (tonic would answer the first and drop
 //! the rest) is refused with INTERNAL, as gRPC implementations do. A call still
-//! unanswered a millisecond before the caller's grpc-timeout is answered
+//! unanswered half a margin (1–25 ms) before the caller's grpc-timeout is answered
 //! DEADLINE_EXCEEDED here (tonic's own timer would answer CANCELLED).
 
 use std::sync::atomic::{AtomicBool, Ordering};
