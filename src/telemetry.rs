@@ -25,20 +25,20 @@ pub type FloatGauge = prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// The RPC (`VerifyIdentity`...).
-    pub rpc: String,
+    pub rpc: &'static str,
     /// The procedure code (`P01`...), empty when the request named none or an unknown one.
     pub procedure: String,
     /// The client identity when the policy lists it, else `unknown`.
     pub client: String,
     /// The gRPC code name (`OK`, `PERMISSION_DENIED`...).
-    pub code: String,
+    pub code: &'static str,
 }
 
 /// Labels naming an RPC.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
     /// The RPC.
-    pub rpc: String,
+    pub rpc: &'static str,
 }
 
 /// Labels naming why a handshake was refused (a fixed set, see [`crate::tls`]).

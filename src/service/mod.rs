@@ -360,17 +360,15 @@ impl Gateway {
         self.metrics
             .requests_by
             .get_or_create(&crate::telemetry::RequestLabels {
-                rpc: ctx.rpc.to_string(),
+                rpc: ctx.rpc,
                 procedure,
                 client,
-                code: code_name(code).to_string(),
+                code: code_name(code),
             })
             .inc();
         self.metrics
             .request_seconds
-            .get_or_create(&crate::telemetry::RpcLabels {
-                rpc: ctx.rpc.to_string(),
-            })
+            .get_or_create(&crate::telemetry::RpcLabels { rpc: ctx.rpc })
             .observe(ctx.started.elapsed().as_secs_f64());
     }
 
