@@ -98,6 +98,7 @@ async fn witness_run(url: String) {
         stream: stream.clone(),
         replicas: 1,
         node: "bench-witness".into(),
+        records: std::env::var("POPGW_BENCH_WITNESS_HEADS_ONLY").is_err(),
     };
     let metrics = std::sync::Arc::new(popgw::telemetry::Metrics::default());
     let shipper = audit::witness::Shipper::new(witness, log.clone(), metrics.clone());

@@ -263,6 +263,42 @@ pub struct AuditSettings {
     pub public_key: Option<String>,
     /// Where every sealed batch's head is witnessed (`[audit.witness]`; none by default).
     pub witness: Option<WitnessSettings>,
+    /// The central audit index (`[audit.index]`; none by default): AuditLog.Query and
+    /// CitizenAccess.AccessReport answer from it, across every node.
+    pub index: Option<IndexSettings>,
+}
+
+/// `[audit.index]`: the central audit index in PostgreSQL, fed from the witness stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexSettings {
+    /// `postgres://user@host/db`.
+    pub url: String,
+    /// The durable JetStream consumer the indexer reads with: one per index database.
+    #[serde(default = "default_index_consumer")]
+    pub consumer: String,
+    /// Also run the indexer inside this gateway (reads `[audit.witness]`'s stream); in
+    /// production one `popgw audit index` process per index database is simpler.
+    #[serde(default)]
+    pub run: bool,
+    /// Months of records the index keeps (whole months dropped; 0 = keep all).
+    #[serde(default = "default_retain_months")]
+    pub retain_months: u32,
+    /// Every index call ends within this.
+    #[serde(default = "default_index_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_index_consumer() -> String {
+    "popgw-index".into()
+}
+
+fn default_retain_months() -> u32 {
+    24
+}
+
+fn default_index_timeout_ms() -> u64 {
+    10_000
 }
 
 /// `[audit.witness]`: the NATS JetStream stream that witnesses this node's log.
@@ -279,6 +315,14 @@ pub struct WitnessSettings {
     /// Its replicas: 1 on one server, 3 in production.
     #[serde(default = "one")]
     pub replicas: usize,
+    /// Ship each batch's record lines too, not only its head (default true): the
+    /// central index (`[audit.index]`, `popgw audit index`) reads them from the stream.
+    #[serde(default = "yes")]
+    pub records: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_witness_stream() -> String {
@@ -380,6 +424,7 @@ impl Default for AuditSettings {
             pseudonym_key_file: None,
             public_key: None,
             witness: None,
+            index: None,
         }
     }
 }
@@ -515,6 +560,34 @@ impl Config {
                     "node_id: letters, digits, - and _ only with a witness (it names the subject)"
                         .into(),
                 );
+            }
+        }
+        if let Some(i) = &self.audit.index {
+            if !i.url.starts_with("postgres://") && !i.url.starts_with("postgresql://") {
+                p.push("audit.index.url: a postgres:// URL".into());
+            }
+            if i.consumer.is_empty()
+                || !i
+                    .consumer
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                p.push("audit.index.consumer: letters, digits, - and _".into());
+            }
+            if i.run && self.audit.witness.is_none() {
+                p.push(
+                    "audit.index.run: the indexer reads [audit.witness]'s stream; configure it"
+                        .into(),
+                );
+            }
+            if i.run && self.audit.witness.as_ref().is_some_and(|w| !w.records) {
+                p.push(
+                    "audit.index.run: [audit.witness] records = false ships no records to index"
+                        .into(),
+                );
+            }
+            if i.timeout_ms == 0 {
+                p.push("audit.index.timeout_ms: at least 1".into());
             }
         }
         if let Some(key) = &self.audit.public_key {
@@ -703,7 +776,31 @@ impl Config {
                 stream: w.stream.clone(),
                 replicas: w.replicas,
                 node: self.node_id.clone(),
+                records: w.records,
             })
+    }
+
+    /// The central audit index, when `[audit.index]` names one.
+    pub fn index_config(&self) -> Option<crate::audit::index::IndexConfig> {
+        self.audit
+            .index
+            .as_ref()
+            .map(|i| crate::audit::index::IndexConfig {
+                url: i.url.clone(),
+                timeout: Duration::from_millis(i.timeout_ms),
+                pool_size: 4,
+            })
+    }
+
+    /// What the in-gateway indexer reads, when `[audit.index] run = true`.
+    pub fn feed_config(&self) -> Option<crate::audit::index::FeedConfig> {
+        let (i, w) = (self.audit.index.as_ref()?, self.audit.witness.as_ref()?);
+        i.run.then(|| crate::audit::index::FeedConfig {
+            url: w.url.clone(),
+            stream: w.stream.clone(),
+            consumer: i.consumer.clone(),
+            retain_months: i.retain_months,
+        })
     }
 
     /// The audit folder in use.

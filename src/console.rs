@@ -153,7 +153,94 @@ pub fn audit_record(r: &pb::AuditRecord, json: bool) -> String {
     )
 }
 
-/// The latest signed checkpoint.
+/// What `popgw audit verify --index` found.
+pub fn index_report(r: &crate::audit::index::IndexReport) -> String {
+    let list = |seqs: &[u64]| {
+        let shown: Vec<String> = seqs.iter().take(20).map(u64::to_string).collect();
+        let more = seqs.len().saturating_sub(20);
+        shown.join(", ")
+            + &if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+    };
+    let mut out = format!(
+        "index against node {}: {} records identical",
+        r.node, r.matched
+    );
+    if !r.missing.is_empty() {
+        let _ = write!(out, "\n  MISSING from the index: seq {}", list(&r.missing));
+    }
+    for (seq, why) in r.altered.iter().take(20) {
+        let _ = write!(out, "\n  ALTERED in the index: seq {seq}: {why}");
+    }
+    if r.altered.len() > 20 {
+        let _ = write!(out, "\n  ALTERED: {} more", r.altered.len() - 20);
+    }
+    if !r.invented.is_empty() {
+        let _ = write!(
+            out,
+            "\n  INVENTED in the index (no such record on the node): seq {}",
+            list(&r.invented)
+        );
+    }
+    if r.not_yet_indexed > 0 {
+        let _ = write!(
+            out,
+            "\n  {} newest records not indexed yet (the indexer is behind or stopped)",
+            r.not_yet_indexed
+        );
+    }
+    if r.dropped > 0 {
+        let _ = write!(
+            out,
+            "\n  {} records older than the index's retention, not compared",
+            r.dropped
+        );
+    }
+    out
+}
+
+/// A citizen's access report as `popgw access-report` prints it.
+pub fn access_report(a: &pb::AccessReportResponse) -> String {
+    let mut out = format!(
+        "{} event(s) (from {}){}",
+        a.events.len(),
+        if a.source == "index" {
+            "every gateway node"
+        } else {
+            "this gateway node only"
+        },
+        if a.truncated {
+            "; more in this period: narrow it"
+        } else {
+            ""
+        }
+    );
+    for e in &a.events {
+        let when = chrono::DateTime::from_timestamp_millis(e.time_unix_ms)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        let action = match pb::AccessAction::try_from(e.action) {
+            Ok(pb::AccessAction::Verified) => "verified your identity",
+            Ok(pb::AccessAction::Disclosed) if e.as_relative => {
+                "saw your data as a relative or household member"
+            }
+            _ => "saw your data",
+        };
+        out.push_str(&format!(
+            "\n{when}  {}  {action} for {} {} / {} ({})",
+            e.agency, e.procedure_code, e.procedure_name_vi, e.procedure_name_en, e.outcome
+        ));
+        if !e.fields.is_empty() {
+            out.push_str(&format!("\n    fields: {}", e.fields.join(", ")));
+        }
+    }
+    out
+}
+
+/// A checkpoint as `popgw audit head` prints it.
 pub fn checkpoint(h: &pb::AuditCheckpoint) -> String {
     format!(
         "seq {} head {} node {} at {}\n  signature {}\n  public key {}",

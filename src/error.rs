@@ -60,6 +60,9 @@ pub enum GatewayError {
     /// The audit log could not record the request: nothing is disclosed.
     #[error("audit log unavailable, nothing disclosed: {0}")]
     Audit(#[from] AuditError),
+    /// The central audit index could not answer: "could not check", never an empty report.
+    #[error("could not check: {0}")]
+    Index(#[from] crate::audit::index::IndexError),
 }
 
 impl GatewayError {
@@ -78,9 +81,10 @@ impl GatewayError {
             | GatewayError::StreamItems(_)
             | GatewayError::OperatorCalls => Code::ResourceExhausted,
             GatewayError::Upstream(RegistryError::DeadlineExceeded(_)) => Code::DeadlineExceeded,
-            GatewayError::Upstream(_) | GatewayError::Audit(_) | GatewayError::Overloaded(_) => {
-                Code::Unavailable
-            }
+            GatewayError::Upstream(_)
+            | GatewayError::Audit(_)
+            | GatewayError::Overloaded(_)
+            | GatewayError::Index(_) => Code::Unavailable,
         }
     }
 }

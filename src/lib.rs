@@ -21,9 +21,10 @@
 //! - [`matching`]: Vietnamese name normalisation and the verdict.
 //! - [`disclosure`]: minimisation of a record to the fields granted.
 //! - [`audit`]: the tamper-evident, durable audit log (group commit, hash chain,
-//!   signed checkpoints, verification).
-//! - [`service`]: the gRPC services `IdentityGateway` and `AuditLog`, and
-//!   `PopulationRegistry` for `popgw registry serve`.
+//!   sealed batches, signed checkpoints, verification), its NATS JetStream witness and
+//!   the central audit index in PostgreSQL fed from it.
+//! - [`service`]: the gRPC services `IdentityGateway`, `AuditLog` and `CitizenAccess`,
+//!   and `PopulationRegistry` for `popgw registry serve`.
 //! - [`error`]: the library's errors and their single mapping to gRPC codes.
 //! - [`server`]: assembly; `serve(listener, config, shutdown)` and `serve_registry`.
 //! - [`reload`]: certificates, CRLs and policy read again on SIGHUP or when a file

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use popgw::client::{connect, ClientCerts};
 use popgw::proto::gateway as pb;
 use popgw::proto::gateway::audit_log_client::AuditLogClient;
+use popgw::proto::gateway::citizen_access_client::CitizenAccessClient;
 use popgw::proto::gateway::identity_gateway_client::IdentityGatewayClient;
 use popgw::proto::registry::Sex;
 use popgw::{audit, config::Config, console, demo, pki, registry, service, Server};
@@ -119,6 +120,21 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// A citizen's access report: who verified or saw their data, when, for which
+    /// procedure (as the citizen portal; `--as citizen` by default).
+    AccessReport {
+        #[command(flatten)]
+        conn: Conn,
+        /// The citizen's 12-digit personal id.
+        #[arg(long)]
+        id: String,
+        /// Only events at or after this time (ms since the epoch).
+        #[arg(long, default_value_t = 0)]
+        from_ms: i64,
+        /// Only events at or before this time (ms since the epoch).
+        #[arg(long, default_value_t = 0)]
+        to_ms: i64,
     },
 }
 
@@ -259,6 +275,32 @@ enum AuditCommand {
         /// The node whose heads to compare.
         #[arg(long, default_value = "node-1")]
         node: String,
+        /// Also compare the folder with the central audit index (postgres://…): a record
+        /// missing, altered or invented in the index fails.
+        #[arg(long)]
+        index: Option<String>,
+    },
+    /// Run the central audit indexer: read every node's records from the witness stream
+    /// into PostgreSQL (until interrupted; resumes where it stopped).
+    Index {
+        /// Take [audit.index] and [audit.witness] from this gateway configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The index database (postgres://…; overrides the configuration).
+        #[arg(long)]
+        postgres: Option<String>,
+        /// The NATS server of the witness stream (overrides the configuration).
+        #[arg(long)]
+        nats: Option<String>,
+        /// The witness stream.
+        #[arg(long)]
+        stream: Option<String>,
+        /// The durable consumer's name (one per index database).
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Months kept (0: all).
+        #[arg(long)]
+        retain_months: Option<u32>,
     },
     /// Records matching filters, from the files (--dir) or a running gateway.
     Query {
@@ -545,6 +587,27 @@ async fn run(cli: Cli) -> Result<()> {
             show(conn.json, &answer, console::procedures)
         }
         Command::Audit { command } => audit_command(command).await,
+        Command::AccessReport {
+            mut conn,
+            id,
+            from_ms,
+            to_ms,
+        } => {
+            // The citizen portal's certificate unless another was named.
+            if conn.as_ == "portal" && conn.cert.is_none() {
+                conn.as_ = "citizen".into();
+            }
+            let report = CitizenAccessClient::new(connect(&conn.addr, &conn.certs()).await?)
+                .access_report(pb::AccessReportRequest {
+                    personal_id: id,
+                    from_unix_ms: from_ms,
+                    to_unix_ms: to_ms,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            show(conn.json, &report, console::access_report)
+        }
     }
 }
 
@@ -928,6 +991,7 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             witness,
             stream,
             node,
+            index,
         } => {
             let key = match (pubkey, config) {
                 (Some(path), _) => Some(read_pubkey(&path)?),
@@ -955,6 +1019,7 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                             stream,
                             replicas: 1,
                             node,
+                            records: false,
                         };
                         match audit::witness::compare(&dir, &config).await? {
                             Ok(a) => out!(
@@ -963,6 +1028,18 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                                 a.witnessed_seq
                             ),
                             Err(d) => bail!("audit log FAILED against the witness: {d}"),
+                        }
+                    }
+                    if let Some(url) = index {
+                        let index =
+                            audit::index::AuditIndex::lazy(&audit::index::IndexConfig::new(url))?;
+                        let report = audit::index::verify_against(&dir, &index).await?;
+                        out!("{}", console::index_report(&report));
+                        if !report.ok() {
+                            bail!(
+                                "audit index FAILED against the folder of node {}",
+                                report.node
+                            );
                         }
                     }
                     if key.is_none() {
@@ -1047,6 +1124,72 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             while let Some(r) = stream.next().await {
                 print_record(&r.map_err(rpc)?, conn.json);
             }
+            Ok(())
+        }
+        AuditCommand::Index {
+            config,
+            postgres,
+            nats,
+            stream,
+            consumer,
+            retain_months,
+        } => {
+            let config = config.map(|p| Config::load(&p)).transpose()?;
+            let settings = config.as_ref().and_then(|c| c.audit.index.clone());
+            let witness = config.as_ref().and_then(|c| c.audit.witness.clone());
+            let Some(url) = postgres.or(settings.as_ref().map(|s| s.url.clone())) else {
+                bail!(
+                    "no index database: --postgres postgres://… or [audit.index] url in --config"
+                );
+            };
+            let Some(nats) = nats.or(witness.as_ref().map(|w| w.url.clone())) else {
+                bail!("no witness stream: --nats nats://… or [audit.witness] url in --config");
+            };
+            let feed = audit::index::FeedConfig {
+                url: nats,
+                stream: stream
+                    .or(witness.map(|w| w.stream))
+                    .unwrap_or_else(|| "POPGW_AUDIT".into()),
+                consumer: consumer
+                    .or(settings.as_ref().map(|s| s.consumer.clone()))
+                    .unwrap_or_else(|| "popgw-index".into()),
+                retain_months: retain_months
+                    .or(settings.as_ref().map(|s| s.retain_months))
+                    .unwrap_or(24),
+            };
+            let mut index_config = audit::index::IndexConfig::new(url.clone());
+            if let Some(s) = &settings {
+                index_config.timeout = std::time::Duration::from_millis(s.timeout_ms);
+            }
+            let index = std::sync::Arc::new(audit::index::AuditIndex::open(&index_config).await?);
+            out!(
+                "popgw audit index: stream {} on {} into {} (consumer {}, {} months kept)",
+                feed.stream,
+                redact_url(&feed.url),
+                redact_url(&url),
+                feed.consumer,
+                feed.retain_months
+            );
+            let indexer = audit::index::Indexer::new(index, feed, Default::default());
+            indexer
+                .run(async {
+                    #[cfg(unix)]
+                    {
+                        use tokio::signal::unix::{signal, SignalKind};
+                        if let (Ok(mut int), Ok(mut term)) = (
+                            signal(SignalKind::interrupt()),
+                            signal(SignalKind::terminate()),
+                        ) {
+                            tokio::select! {
+                                _ = int.recv() => {}
+                                _ = term.recv() => {}
+                            }
+                            return;
+                        }
+                    }
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await;
             Ok(())
         }
         AuditCommand::Head { conn } => {

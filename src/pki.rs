@@ -22,6 +22,8 @@ pub const PORTAL_ID: &str = "spiffe://popgw.dev/portal/dvcqg";
 pub const MINISTRY_ID: &str = "spiffe://popgw.dev/ministry/justice";
 /// URI SAN of the development operator client.
 pub const OPERATOR_ID: &str = "spiffe://popgw.dev/operator/c06";
+/// URI SAN of the development citizen portal (the citizen's access report).
+pub const CITIZEN_ID: &str = "spiffe://popgw.dev/citizen/vneid";
 /// The gateway's own identity towards the registry (`popgw registry serve --allow`).
 pub const GATEWAY_ID: &str = "spiffe://popgw.dev/gateway/node-1";
 /// URI SAN of the client signed by a foreign CA.
@@ -185,6 +187,8 @@ pub fn init(dir: &Path) -> Result<DevCa, PkiError> {
         "ministry.key",
         "operator.pem",
         "operator.key",
+        "citizen.pem",
+        "citizen.key",
         "gateway.pem",
         "gateway.key",
         "outsider.pem",
@@ -210,6 +214,7 @@ pub fn init(dir: &Path) -> Result<DevCa, PkiError> {
         ("portal", PORTAL_ID),
         ("ministry", MINISTRY_ID),
         ("operator", OPERATOR_ID),
+        ("citizen", CITIZEN_ID),
         ("gateway", GATEWAY_ID),
     ] {
         let (cert, key) = ca.issue_client(uri, (2036, 1, 1))?;

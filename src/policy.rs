@@ -22,6 +22,7 @@ pub const RPCS: &[&str] = &[
     "AuditLog.Query",
     "AuditLog.Watch",
     "AuditLog.Head",
+    "CitizenAccess.AccessReport",
 ];
 
 /// What a client is.
@@ -34,6 +35,9 @@ pub enum Role {
     Ministry,
     /// An operator: the audit log.
     Operator,
+    /// The citizen portal: a citizen's own access report, nothing else.
+    #[serde(rename = "citizen_portal")]
+    CitizenPortal,
 }
 
 impl Role {
@@ -44,8 +48,9 @@ impl Role {
                 rpc,
                 "VerifyIdentity" | "VerifyIdentityStream" | "ListProcedures"
             ),
-            Role::Ministry => !rpc.starts_with("AuditLog."),
+            Role::Ministry => !rpc.starts_with("AuditLog.") && !rpc.starts_with("CitizenAccess."),
             Role::Operator => rpc.starts_with("AuditLog.") || rpc == "ListProcedures",
+            Role::CitizenPortal => rpc == "CitizenAccess.AccessReport" || rpc == "ListProcedures",
         }
     }
 }
@@ -61,6 +66,8 @@ struct PolicyFile {
 #[serde(deny_unknown_fields)]
 struct ClientEntry {
     identity: String,
+    #[serde(default)]
+    display_name: Option<String>,
     role: Role,
     rpcs: Vec<String>,
     #[serde(default)]
@@ -80,6 +87,9 @@ struct ClientEntry {
 pub struct Grant {
     /// The client's identity (URI SAN).
     pub identity: String,
+    /// The agency's public name, shown to citizens in their access report (never the
+    /// identity).
+    pub display_name: Option<String>,
     /// Its role.
     pub role: Role,
     rpcs: BTreeSet<String>,
@@ -204,8 +214,16 @@ impl Policy {
                 }
                 _ => None,
             };
+            if c.display_name.as_deref().is_some_and(|n| {
+                n.trim().is_empty() || n.len() > 200 || n.chars().any(char::is_control)
+            }) {
+                problems.push(format!(
+                    "client {who}: display_name must be 1 to 200 characters, no control characters"
+                ));
+            }
             let grant = Grant {
                 identity: c.identity.clone(),
+                display_name: c.display_name,
                 role: c.role,
                 rpcs: c.rpcs.into_iter().collect(),
                 procedures,
@@ -237,6 +255,11 @@ impl Policy {
             return Err(Denied::Rpc(rpc.to_string()));
         }
         Ok(grant.clone())
+    }
+
+    /// The public name of the agency behind `identity`, if the policy gives one.
+    pub fn display_name(&self, identity: &str) -> Option<&str> {
+        self.clients.get(identity)?.display_name.as_deref()
     }
 
     /// Whether the policy lists this identity at all.
@@ -292,6 +315,36 @@ mod tests {
         assert!(p
             .authorize_rpc(crate::pki::OPERATOR_ID, "AuditLog.Query")
             .is_ok());
+    }
+
+    #[test]
+    fn the_citizen_portal_may_ask_for_access_reports_and_nothing_else() {
+        let p = Policy::from_toml(DEMO_POLICY).unwrap();
+        assert!(p
+            .authorize_rpc(crate::pki::CITIZEN_ID, "CitizenAccess.AccessReport")
+            .is_ok());
+        assert!(p
+            .authorize_rpc(crate::pki::MINISTRY_ID, "CitizenAccess.AccessReport")
+            .is_err());
+        assert_eq!(
+            p.display_name(crate::pki::MINISTRY_ID),
+            Some("Bộ Tư pháp (Ministry of Justice)")
+        );
+        let errs = Policy::from_toml(
+            r#"[[client]]
+identity = "spiffe://x/citizen"
+display_name = "  "
+role = "citizen_portal"
+rpcs = ["CitizenAccess.AccessReport", "GetCitizen", "AuditLog.Query", "VerifyIdentity"]
+
+[[client]]
+identity = "spiffe://x/ministry"
+role = "ministry"
+rpcs = ["CitizenAccess.AccessReport"]
+"#,
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 5, "{errs:?}");
     }
 
     #[test]

@@ -16,12 +16,14 @@ use crate::catalogue::{Catalogue, CatalogueError};
 use crate::config::Config;
 use crate::policy::{Policy, PolicyError};
 use crate::proto::gateway::audit_log_server::AuditLogServer;
+use crate::proto::gateway::citizen_access_server::CitizenAccessServer;
 use crate::proto::gateway::identity_gateway_server::IdentityGatewayServer;
 use crate::proto::registry::population_registry_server::PopulationRegistryServer;
 use crate::proto::registry::CitizenRecord;
 use crate::registry::embedded::EmbeddedRegistry;
 use crate::registry::remote::RemoteRegistry;
 use crate::registry::{self, Registry, RegistryError, Store, StoreLocation};
+use crate::service::access::CitizenAccessService;
 use crate::service::audit_log::AuditLogService;
 use crate::service::gateway::GatewayService;
 use crate::service::registry::{follow_head, Faults, RegistryService};
@@ -47,6 +49,9 @@ pub enum ServeError {
     /// Audit log unusable (the gateway does not start without one).
     #[error("audit log: {0}")]
     Audit(#[from] audit::AuditError),
+    /// The central audit index's settings are unusable.
+    #[error(transparent)]
+    Index(#[from] audit::index::IndexError),
     /// A key file unusable.
     #[error("{0}: {1}")]
     Key(String, std::io::Error),
@@ -126,6 +131,7 @@ pub struct Server {
     admin: Option<TcpListener>,
     reloader: Arc<crate::reload::Reloader>,
     shipper: Option<audit::witness::Shipper>,
+    indexer: Option<audit::index::Indexer>,
 }
 
 impl Server {
@@ -268,6 +274,14 @@ impl Server {
         let shipper = config
             .witness_config()
             .map(|w| audit::witness::Shipper::new(w, audit.clone(), metrics.clone()));
+        let index = match config.index_config() {
+            Some(c) => Some(Arc::new(audit::index::AuditIndex::lazy(&c)?)),
+            None => None,
+        };
+        let indexer = config
+            .feed_config()
+            .zip(index.clone())
+            .map(|(feed, index)| audit::index::Indexer::new(index, feed, metrics.clone()));
         let cache = config
             .cache_options()
             .map(|options| Arc::new(RecordCache::new(registry.clone(), options, metrics.clone())));
@@ -290,6 +304,7 @@ impl Server {
             audit,
             pseudonyms,
             witnessed: shipper.as_ref().map(|s| s.acked()),
+            index,
             metrics,
             health: tonic_health::server::HealthReporter::new(),
             stopping: tokio::sync::watch::Sender::new(false),
@@ -311,6 +326,7 @@ impl Server {
             admin: None,
             reloader,
             shipper,
+            indexer,
         })
     }
 
@@ -428,6 +444,11 @@ impl Server {
         });
         // Sealed batches are witnessed off the answer's path.
         let shipper = self.shipper.take().map(|s| tokio::spawn(s.run()));
+        // The central index, when this gateway also feeds it (`[audit.index] run`).
+        let indexer = self
+            .indexer
+            .take()
+            .map(|i| tokio::spawn(i.run(futures::future::pending())));
         // Certificates, CRLs and policy are reloaded when their files change.
         let watch = tokio::spawn(
             self.reloader
@@ -463,6 +484,10 @@ impl Server {
             )
             .add_service(
                 AuditLogServer::new(AuditLogService::new(self.gateway.clone()))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                CitizenAccessServer::new(CitizenAccessService::new(self.gateway.clone()))
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
             )
             .serve_with_incoming_shutdown(incoming, async {
@@ -523,6 +548,9 @@ impl Server {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             task.abort();
+        }
+        if let Some(i) = indexer {
+            i.abort();
         }
         Ok(result?)
     }

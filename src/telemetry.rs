@@ -100,6 +100,10 @@ pub struct Metrics {
     pub witness_up: Gauge,
     /// Audit witness: batch heads acknowledged.
     pub witness_shipped: Counter,
+    /// Central audit index: records newly indexed (by this process's indexer).
+    pub index_records: Counter,
+    /// Central audit index: one commit of a batch of witness messages.
+    pub index_commit_seconds: Histogram,
     /// Requests shed because `limits.max_in_flight` were running.
     pub shed: Counter,
     /// Calls sent to the remote registry (each retry counts).
@@ -161,6 +165,8 @@ impl Default for Metrics {
             witness_lag: Gauge::default(),
             witness_up: Gauge::default(),
             witness_shipped: Counter::default(),
+            index_records: Counter::default(),
+            index_commit_seconds: seconds_histogram(),
             shed: Counter::default(),
             upstream_calls: Counter::default(),
             upstream_failures: Counter::default(),
@@ -191,11 +197,16 @@ impl Metrics {
     /// units their suffix.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("popgw");
-        let counters: [(&str, &str, &Counter); 18] = [
+        let counters: [(&str, &str, &Counter); 19] = [
             (
                 "audit_witness_shipped",
                 "Batch heads the audit witness acknowledged",
                 &self.witness_shipped,
+            ),
+            (
+                "audit_index_records",
+                "Records newly written to the central audit index by this process",
+                &self.index_records,
             ),
             (
                 "tls_handshakes",
@@ -318,6 +329,12 @@ impl Metrics {
             "One audit write including its fsync",
             Unit::Seconds,
             self.audit_write_seconds.clone(),
+        );
+        r.register_with_unit(
+            "audit_index_commit_duration",
+            "One commit of witness messages into the central audit index",
+            Unit::Seconds,
+            self.index_commit_seconds.clone(),
         );
         r.register_with_unit(
             "upstream_request_duration",

@@ -7,78 +7,8 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{declare, TestGateway};
-use popgw::audit::witness::{self, WitnessConfig};
-use popgw::config::WitnessSettings;
-
-const NATS: &str = "127.0.0.1:4222";
-
-/// Fails with how to start NATS when it is not there (never skips).
-async fn require_nats() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("popgw=debug")
-        .with_test_writer()
-        .try_init();
-    if tokio::net::TcpStream::connect(NATS).await.is_err() {
-        panic!(
-            "NATS with JetStream is not listening on {NATS}: start it with \
-             `start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
-             -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log` \
-             (.ci/run does this)"
-        );
-    }
-}
-
-/// A stream and a node id of this test's own; the stream is removed at the end.
-struct TestStream {
-    name: String,
-    node: String,
-}
-
-impl TestStream {
-    fn new() -> TestStream {
-        let id = rand::random::<u64>();
-        TestStream {
-            name: format!("POPGW_TEST_{id:016x}"),
-            node: format!("test-{id:016x}"),
-        }
-    }
-
-    /// A gateway (node id of this test) witnessed in this stream through `url`.
-    async fn gateway(&self, url: &str) -> TestGateway {
-        let settings = WitnessSettings {
-            kind: "nats".into(),
-            url: url.into(),
-            stream: self.name.clone(),
-            replicas: 1,
-        };
-        let node = self.node.clone();
-        TestGateway::start_with(
-            move |c| {
-                c.audit.witness = Some(settings);
-                c.node_id = node;
-            },
-            None,
-        )
-        .await
-    }
-
-    fn config(&self) -> WitnessConfig {
-        WitnessConfig {
-            url: format!("nats://{NATS}"),
-            stream: self.name.clone(),
-            replicas: 1,
-            node: self.node.clone(),
-        }
-    }
-
-    async fn remove(self) {
-        let client = async_nats::connect(NATS).await.unwrap();
-        let _ = async_nats::jetstream::new(client)
-            .delete_stream(&self.name)
-            .await;
-    }
-}
+use common::{declare, require_nats, TestGateway, TestStream, NATS};
+use popgw::audit::witness;
 
 async fn wait_witnessed(gw: &TestGateway) {
     let acked = gw

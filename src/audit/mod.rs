@@ -19,6 +19,7 @@ pub use verify::{
     read_checkpoints, read_records, scan_records, verify_dir, VerifyFailure, VerifyReport,
 };
 pub use writer::AuditLog;
+pub mod index;
 pub mod witness;
 
 /// What the caller supplies for one request; the log adds seq, time, node and
@@ -95,6 +96,44 @@ pub struct RecordBody {
     pub detail: String,
     /// Hash of the previous record (hex; zeros for the first).
     pub prev: String,
+}
+
+/// A query's filters, with the personal id already turned into its pseudonym.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Inclusive lower bound, ms since the epoch (0 = none).
+    pub from_ms: i64,
+    /// Inclusive upper bound (0 = none).
+    pub to_ms: i64,
+    /// Client identity.
+    pub client: String,
+    /// Procedure code.
+    pub procedure: String,
+    /// Case id.
+    pub case_id: String,
+    /// Subject pseudonym (matches the record's subject or one of its related people).
+    pub subject: String,
+    /// Outcome word or gRPC code name.
+    pub outcome: String,
+    /// Cache outcome (hit, miss, coalesced, stale, none).
+    pub cache: String,
+}
+
+impl Filter {
+    /// Whether `r` passes every filter set.
+    pub fn accepts(&self, r: &RecordBody) -> bool {
+        let eq = |f: &str, v: &str| f.is_empty() || f == v;
+        (self.from_ms == 0 || r.time_unix_ms >= self.from_ms)
+            && (self.to_ms == 0 || r.time_unix_ms <= self.to_ms)
+            && eq(&self.client, &r.client)
+            && eq(&self.procedure, &r.procedure)
+            && eq(&self.case_id, &r.case_id)
+            && (self.subject.is_empty()
+                || self.subject == r.subject
+                || r.related.contains(&self.subject))
+            && (self.outcome.is_empty() || self.outcome == r.outcome || self.outcome == r.code)
+            && eq(&self.cache, &r.cache)
+    }
 }
 
 /// A record as stored: parsed body, stated hash, the raw JSON that was hashed,

@@ -3,6 +3,13 @@
 //! stream, subject `popgw.audit.<node>`, one message per batch, deduplicated by
 //! `Nats-Msg-Id` = `<node>:<seq>` so that a resend after a crash is harmless.
 //!
+//! With `records` on (the default), each message also carries the batch's record lines
+//! (`<hash> <json>`, as in the segment, without the seal): the stream is then the feed
+//! of the central index ([`super::index`]). A batch larger than [`MAX_LINES`] records or
+//! [`MAX_BYTES`] bytes goes as several messages, each ending at one of its records; only
+//! the last carries the seal. Nothing is shipped before its batch's seal is on disk, so
+//! a batch cut at the next start (a crash mid-write) never reaches the stream.
+//!
 //! The [`Shipper`] reads the heads from the segment files (the seal lines), never from
 //! the answer's path: requests wait only for the local fsync. It resumes from the last
 //! head the stream holds; while NATS is down the gateway keeps serving, the lag is
@@ -37,7 +44,14 @@ pub struct WitnessConfig {
     pub replicas: usize,
     /// This node (the subject's last token).
     pub node: String,
+    /// Ship the record lines too, not only the heads (the central index needs them).
+    pub records: bool,
 }
+
+/// Most record lines in one message.
+pub const MAX_LINES: usize = 512;
+/// Most bytes of record lines in one message (NATS refuses payloads over 1 MiB by default).
+pub const MAX_BYTES: usize = 512 * 1024;
 
 /// One witnessed batch head: the message's payload (JSON).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +66,13 @@ pub struct Head {
     pub seal: String,
     /// When the batch was written (Unix milliseconds).
     pub time_unix_ms: i64,
+    /// The first record whose line this message carries (0 when it carries none).
+    #[serde(default)]
+    pub first_seq: u64,
+    /// The record lines `first_seq..=seq` (`<hash> <json>`), when records are shipped.
+    /// A message ending inside a batch has an empty `seal`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<String>,
 }
 
 /// Why the witness could not be reached or read.
@@ -157,8 +178,10 @@ pub async fn heads(config: &WitnessConfig) -> Result<Vec<Head>, WitnessError> {
         let message = message.map_err(|e| nats("read")(e.to_string()))?;
         let info = message.info().map_err(|e| nats("read")(e.to_string()))?;
         let (sequence, pending) = (info.stream_sequence, info.pending);
-        let head: Head = serde_json::from_slice(&message.payload)
+        let mut head: Head = serde_json::from_slice(&message.payload)
             .map_err(|e| WitnessError::Garbled(sequence, e.to_string()))?;
+        // Only the heads are compared: the records stay in the stream.
+        head.lines = Vec::new();
         out.push(head);
         if pending == 0 {
             break;
@@ -264,27 +287,81 @@ fn compare_heads(
     }))
 }
 
-/// Reads the seal lines appended to the segments after a given seq, incrementally.
-struct HeadReader {
+/// One record of a batch not yet sealed on disk (held until its seal is read).
+struct Pending {
+    seq: u64,
+    hash: String,
+    time_unix_ms: i64,
+    line: String,
+}
+
+/// Reads the batches appended to the segments after a given seq, incrementally: the
+/// seal lines, and with `records` the record lines of each batch.
+struct BatchReader {
     dir: PathBuf,
     after: u64,
+    records: bool,
     segment: Option<(u64, PathBuf)>,
     offset: u64,
     partial: Vec<u8>,
+    batch: Vec<Pending>,
 }
 
-impl HeadReader {
-    fn new(dir: PathBuf, after: u64) -> HeadReader {
-        HeadReader {
+impl BatchReader {
+    fn new(dir: PathBuf, after: u64, records: bool) -> BatchReader {
+        BatchReader {
             dir,
             after,
+            records,
             segment: None,
             offset: 0,
             partial: Vec::new(),
+            batch: Vec::new(),
         }
     }
 
-    /// The heads written since the last call (at most `max`).
+    /// Turns the sealed batch ending with `head` into messages (several when it is
+    /// larger than [`MAX_LINES`] or [`MAX_BYTES`]).
+    fn seal(batch: &mut Vec<Pending>, head: Head, out: &mut Vec<Head>) {
+        let records = std::mem::take(batch);
+        let Some(last) = records.last().map(|p| p.seq) else {
+            out.push(head);
+            return;
+        };
+        let mut chunk: Vec<Pending> = Vec::new();
+        let mut bytes = 0usize;
+        for p in records {
+            if !chunk.is_empty() && (chunk.len() >= MAX_LINES || bytes + p.line.len() > MAX_BYTES) {
+                out.push(Self::chunk(
+                    &head.node,
+                    std::mem::take(&mut chunk),
+                    String::new(),
+                ));
+                bytes = 0;
+            }
+            bytes += p.line.len();
+            chunk.push(p);
+        }
+        debug_assert_eq!(chunk.last().map(|p| p.seq), Some(last));
+        out.push(Self::chunk(&head.node, chunk, head.seal));
+    }
+
+    fn chunk(node: &str, chunk: Vec<Pending>, seal: String) -> Head {
+        let first_seq = chunk.first().map_or(0, |p| p.seq);
+        let last = chunk.last().expect("a chunk is never empty");
+        let (seq, hash, time_unix_ms) = (last.seq, last.hash.clone(), last.time_unix_ms);
+        Head {
+            node: node.to_string(),
+            seq,
+            hash,
+            seal,
+            time_unix_ms,
+            first_seq,
+            lines: chunk.into_iter().map(|p| p.line).collect(),
+        }
+    }
+
+    /// The messages of the batches sealed since the last call (about `max`).
     fn next(&mut self, max: usize) -> std::io::Result<Vec<Head>> {
         let mut out = Vec::new();
         loop {
@@ -299,6 +376,7 @@ impl HeadReader {
                     .cloned();
                 self.offset = 0;
                 self.partial.clear();
+                self.batch.clear();
             }
             let Some((first, path)) = self.segment.clone() else {
                 return Ok(out);
@@ -317,25 +395,37 @@ impl HeadReader {
             self.partial.extend_from_slice(&bytes);
             let (lines, tail) = split_lines(&self.partial);
             for (_, line) in &lines {
-                if line.last() == Some(&b'}') {
+                let sealed = line.last() != Some(&b'}');
+                if !sealed && !self.records {
                     continue; // not the last record of a batch
                 }
-                if let Ok(p) = parse_line(line) {
-                    if let (Some(seal), true) = (p.seal, p.body.seq > self.after) {
-                        out.push(Head {
-                            node: p.body.node,
-                            seq: p.body.seq,
-                            hash: p.hash,
-                            seal,
-                            time_unix_ms: p.body.time_unix_ms,
-                        });
-                    }
+                let Ok(p) = parse_line(line) else { continue };
+                if p.body.seq <= self.after {
+                    continue;
+                }
+                if self.records {
+                    self.batch.push(Pending {
+                        seq: p.body.seq,
+                        hash: p.hash.clone(),
+                        time_unix_ms: p.body.time_unix_ms,
+                        line: format!("{} {}", p.hash, p.json),
+                    });
+                }
+                if let Some(seal) = p.seal {
+                    self.after = p.body.seq;
+                    let head = Head {
+                        node: p.body.node,
+                        seq: p.body.seq,
+                        hash: p.hash,
+                        seal,
+                        time_unix_ms: p.body.time_unix_ms,
+                        first_seq: 0,
+                        lines: Vec::new(),
+                    };
+                    Self::seal(&mut self.batch, head, &mut out);
                 }
             }
             self.partial.drain(..tail);
-            if let Some(h) = out.last() {
-                self.after = h.seq;
-            }
             if !bytes.is_empty() && out.len() < max {
                 continue; // more may follow in this segment
             }
@@ -414,7 +504,7 @@ impl Shipper {
         }
         self.metrics.witness_up.set(1);
         let subject = subject(&self.config.node);
-        let mut reader = HeadReader::new(self.log.dir().to_path_buf(), start);
+        let mut reader = BatchReader::new(self.log.dir().to_path_buf(), start, self.config.records);
         loop {
             // File reads off the async threads; the reader goes there and comes back.
             let (back, heads) = tokio::task::spawn_blocking(move || {

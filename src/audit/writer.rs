@@ -45,6 +45,7 @@ struct Shared {
 
 struct Inner {
     dir: PathBuf,
+    node: String,
     tx: Mutex<Option<mpsc::SyncSender<Msg>>>,
     capacity: usize,
     append_timeout: Duration,
@@ -137,6 +138,7 @@ impl AuditLog {
             head: Mutex::new(None),
             bcast,
         });
+        let node = cfg.node.clone();
         let mut writer = Writer::recover(cfg, key, shared.clone())?;
         writer.apply_retention(now_ms())?;
 
@@ -157,6 +159,7 @@ impl AuditLog {
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 dir,
+                node,
                 tx: Mutex::new(Some(tx)),
                 capacity,
                 append_timeout,
@@ -228,6 +231,11 @@ impl AuditLog {
     /// the file in the folder, which whoever can write the folder could replace.
     pub fn public_key(&self) -> &str {
         &self.inner.public_key
+    }
+
+    /// The node whose chain this is.
+    pub fn node(&self) -> &str {
+        &self.inner.node
     }
 
     /// The log's folder.

@@ -57,43 +57,7 @@ pub fn to_pb(r: &StoredRecord) -> pb::AuditRecord {
     }
 }
 
-/// A query's filters, with the personal id already turned into its pseudonym.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    /// Inclusive lower bound, ms since the epoch (0 = none).
-    pub from_ms: i64,
-    /// Inclusive upper bound (0 = none).
-    pub to_ms: i64,
-    /// Client identity.
-    pub client: String,
-    /// Procedure code.
-    pub procedure: String,
-    /// Case id.
-    pub case_id: String,
-    /// Subject pseudonym (matches the record's subject or one of its related people).
-    pub subject: String,
-    /// Outcome word or gRPC code name.
-    pub outcome: String,
-    /// Cache outcome (hit, miss, coalesced, stale, none).
-    pub cache: String,
-}
-
-impl Filter {
-    /// Whether `r` passes every filter set.
-    pub fn accepts(&self, r: &audit::RecordBody) -> bool {
-        let eq = |f: &str, v: &str| f.is_empty() || f == v;
-        (self.from_ms == 0 || r.time_unix_ms >= self.from_ms)
-            && (self.to_ms == 0 || r.time_unix_ms <= self.to_ms)
-            && eq(&self.client, &r.client)
-            && eq(&self.procedure, &r.procedure)
-            && eq(&self.case_id, &r.case_id)
-            && (self.subject.is_empty()
-                || self.subject == r.subject
-                || r.related.contains(&self.subject))
-            && (self.outcome.is_empty() || self.outcome == r.outcome || self.outcome == r.code)
-            && eq(&self.cache, &r.cache)
-    }
-}
+pub use crate::audit::Filter;
 
 type RecordStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + Send + 'static>>;
 
@@ -169,6 +133,33 @@ impl AuditLog for AuditLogService {
         // channel: memory holds a window, not every match; an operator who leaves stops
         // the scan at the next match.
         let (tx, rx) = mpsc::channel(256);
+        if let Some(index) = self.gw.index.clone() {
+            // The central index: every node's records, one indexed query.
+            tokio::spawn(async move {
+                let _permit = permit;
+                let (rows_tx, mut rows) = mpsc::channel(256);
+                let forward = async {
+                    while let Some(r) = rows.recv().await {
+                        if tx.send(Ok(to_pb(&r))).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let (queried, ()) = tokio::join!(
+                    async move { index.query(&filter, limit, &rows_tx).await },
+                    forward
+                );
+                if let Err(e) = queried {
+                    tracing::warn!(error = %e, "AuditLog.Query: the audit index did not answer");
+                    let _ = tx
+                        .send(Err(Status::unavailable(format!(
+                            "{e} (the query is recorded; ask again when the index is back)"
+                        ))))
+                        .await;
+                }
+            });
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
         let dir = self.gw.audit.dir().to_path_buf();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;

@@ -84,17 +84,20 @@ pub struct Early<S> {
 /// this runs for every request).
 fn rpc_of(path: &str) -> Option<&'static str> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    let audit = match service {
-        "popgw.v1.IdentityGateway" => false,
-        "popgw.v1.AuditLog" => true,
+    // The policy names the gateway's RPCs bare, the others `Service.Method`.
+    let prefix = match service {
+        "popgw.v1.IdentityGateway" => None,
+        "popgw.v1.AuditLog" => Some("AuditLog"),
+        "popgw.v1.CitizenAccess" => Some("CitizenAccess"),
         _ => return None,
     };
     crate::policy::RPCS
         .iter()
         .copied()
-        .find(|rpc| match rpc.strip_prefix("AuditLog.") {
-            Some(name) => audit && name == method,
-            None => !audit && *rpc == method,
+        .find(|rpc| match (rpc.split_once('.'), prefix) {
+            (Some((service, name)), Some(prefix)) => service == prefix && name == method,
+            (None, None) => *rpc == method,
+            _ => false,
         })
 }
 

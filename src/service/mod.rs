@@ -1,5 +1,6 @@
-//! The gRPC services: `popgw.v1.IdentityGateway` (gateway.rs) and `popgw.v1.AuditLog`
-//! (audit_log.rs), over one shared [`Gateway`] state.
+//! The gRPC services: `popgw.v1.IdentityGateway` (gateway.rs), `popgw.v1.AuditLog`
+//! (audit_log.rs) and `popgw.v1.CitizenAccess` (access.rs), over one shared [`Gateway`]
+//! state.
 //!
 //! Every request that reaches a service goes through [`Gateway::begin`] and
 //! [`Gateway::finish`]: the first names the client from its certificate, the second
@@ -7,6 +8,7 @@
 //! once that record is durable. Invariant: fail closed on audit — if the record cannot
 //! be written the caller gets UNAVAILABLE and nothing else.
 
+pub mod access;
 mod admission;
 pub mod audit_log;
 pub mod early;
@@ -66,6 +68,9 @@ pub struct Gateway {
     pub pseudonyms: Pseudonymizer,
     /// The newest seq the audit witness acknowledged, when there is one.
     pub witnessed: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The central audit index (`[audit.index]`): AuditLog.Query and the citizen's
+    /// access report answer from it, across every node.
+    pub index: Option<Arc<crate::audit::index::AuditIndex>>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// grpc.health.v1 status: NOT_SERVING once the audit log has failed, so that load
@@ -141,6 +146,8 @@ pub enum Outcome {
     Watching,
     /// AuditLog.Head.
     Read,
+    /// CitizenAccess.AccessReport.
+    Reported,
 }
 
 impl Outcome {
@@ -154,6 +161,7 @@ impl Outcome {
             Outcome::Queried => "QUERIED",
             Outcome::Watching => "WATCHING",
             Outcome::Read => "READ",
+            Outcome::Reported => "REPORTED",
         }
     }
 }
@@ -450,7 +458,11 @@ pub(crate) async fn detached<T: Send + 'static>(
 }
 
 /// The fully qualified names of the gateway's own services, as health reports them.
-pub const SERVICE_NAMES: &[&str] = &["popgw.v1.IdentityGateway", "popgw.v1.AuditLog"];
+pub const SERVICE_NAMES: &[&str] = &[
+    "popgw.v1.IdentityGateway",
+    "popgw.v1.AuditLog",
+    "popgw.v1.CitizenAccess",
+];
 
 /// Attaches the request id to an error status (metadata `x-request-id`).
 fn with_request_id(mut status: Status, request_id: &str) -> Status {

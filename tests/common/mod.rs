@@ -582,3 +582,87 @@ impl Relay {
         self.cut.send_replace(false);
     }
 }
+
+/// NATS JetStream on this machine (the audit witness and the central index's feed).
+pub const NATS: &str = "127.0.0.1:4222";
+
+/// Fails with how to start NATS when it is not there (never skips).
+pub async fn require_nats() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("popgw=debug")
+        .with_test_writer()
+        .try_init();
+    if tokio::net::TcpStream::connect(NATS).await.is_err() {
+        panic!(
+            "NATS with JetStream is not listening on {NATS}: start it with \
+             `start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+             -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log` \
+             (.ci/run does this)"
+        );
+    }
+}
+
+/// A stream and a node id of this test's own; the stream is removed at the end.
+pub struct TestStream {
+    pub name: String,
+    pub node: String,
+}
+
+impl TestStream {
+    pub fn new() -> TestStream {
+        let id = rand::random::<u64>();
+        TestStream {
+            name: format!("POPGW_TEST_{id:016x}"),
+            node: format!("test-{id:016x}"),
+        }
+    }
+
+    /// A gateway (node id of this test) witnessed in this stream through `url`.
+    pub async fn gateway(&self, url: &str) -> TestGateway {
+        self.gateway_as(&self.node, url, |_| {}).await
+    }
+
+    /// A gateway witnessed in this stream through `url` as node `node`, its
+    /// configuration then adjusted.
+    pub async fn gateway_as(
+        &self,
+        node: &str,
+        url: &str,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestGateway {
+        let settings = popgw::config::WitnessSettings {
+            kind: "nats".into(),
+            url: url.into(),
+            stream: self.name.clone(),
+            replicas: 1,
+            records: true,
+        };
+        let node = node.to_string();
+        TestGateway::start_with(
+            move |c| {
+                c.audit.witness = Some(settings);
+                c.node_id = node;
+                adjust(c);
+            },
+            None,
+        )
+        .await
+    }
+
+    pub fn config(&self) -> popgw::audit::witness::WitnessConfig {
+        popgw::audit::witness::WitnessConfig {
+            url: format!("nats://{NATS}"),
+            stream: self.name.clone(),
+            replicas: 1,
+            node: self.node.clone(),
+            records: true,
+        }
+    }
+
+    pub async fn remove(self) {
+        let client = async_nats::connect(NATS).await.unwrap();
+        let _ = async_nats::jetstream::new(client)
+            .delete_stream(&self.name)
+            .await;
+    }
+}

@@ -1,0 +1,211 @@
+//! `popgw.v1.CitizenAccess`: a citizen's own access report, for the citizen portal
+//! (`citizen_portal` role only). It answers from the central audit index when there is
+//! one (every node), otherwise from this node's log.
+//!
+//! What a citizen sees, for each answered verification or disclosure of their data: when,
+//! which agency (the policy's `display_name`, never the certificate's identity), which
+//! procedure (its Vietnamese and English names), verified or disclosed, the outcome, and
+//! whether they were disclosed as someone's relative or household member. Never the
+//! officer, the dossier number, the client's identity, the fields of other people, or
+//! refused attempts (they disclosed nothing; operators still see them). The call is
+//! audited like any other, its subject the citizen.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{Disclosure, Gateway, Outcome, RequestCtx};
+use crate::audit::{self, Filter, RecordBody};
+use crate::error::GatewayError;
+use crate::proto::gateway as pb;
+use crate::proto::gateway::citizen_access_server::CitizenAccess;
+use crate::validation::{self, InvalidField};
+
+/// Events in one report at most; beyond, `truncated` is set.
+pub const MAX_REPORT_EVENTS: usize = 10_000;
+
+/// The RPCs whose answers a citizen is told about.
+pub const REPORTED_RPCS: &[&str] = &[
+    "VerifyIdentity",
+    "VerifyIdentityStream",
+    "GetCitizen",
+    "GetHousehold",
+];
+
+/// The CitizenAccess service.
+#[derive(Clone)]
+pub struct CitizenAccessService {
+    gw: Arc<Gateway>,
+}
+
+impl CitizenAccessService {
+    /// A service over the shared gateway state.
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        Self { gw }
+    }
+}
+
+/// One history event, before it is shown.
+struct Event {
+    record: RecordBody,
+    related: bool,
+}
+
+impl Gateway {
+    /// The citizen's answered verifications and disclosures (at most `limit`, oldest
+    /// first), and where they come from.
+    async fn history(
+        &self,
+        subject: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<(Vec<Event>, &'static str), GatewayError> {
+        if let Some(index) = &self.index {
+            let events = index
+                .history(subject, from_ms, to_ms, REPORTED_RPCS, limit)
+                .await?;
+            let events = events
+                .into_iter()
+                .map(|e| Event {
+                    record: e.record,
+                    related: e.related,
+                })
+                .collect();
+            return Ok((events, "index"));
+        }
+        let filter = Filter {
+            from_ms,
+            to_ms,
+            subject: subject.to_string(),
+            ..Filter::default()
+        };
+        let dir = self.audit.dir().to_path_buf();
+        let subject = subject.to_string();
+        let events = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            audit::scan_records(&dir, 1, |r| {
+                if filter.accepts(&r.body)
+                    && r.body.code == "OK"
+                    && REPORTED_RPCS.contains(&r.body.rpc.as_str())
+                {
+                    out.push(Event {
+                        related: r.body.subject != subject,
+                        record: r.body,
+                    });
+                }
+                out.len() < limit
+            })
+            .map(|()| out)
+        })
+        .await
+        .map_err(|_| GatewayError::Internal)??;
+        Ok((events, "node"))
+    }
+
+    /// What the citizen is shown of one event.
+    fn shown(&self, e: Event) -> pb::AccessEvent {
+        let r = e.record;
+        let agency = self
+            .access
+            .load()
+            .policy
+            .display_name(&r.client)
+            .unwrap_or("an agency without a public name in the gateway's policy")
+            .to_string();
+        let (name_vi, name_en) = self
+            .catalogue
+            .get(&r.procedure)
+            .map(|p| (p.name_vi.clone(), p.name_en.clone()))
+            .unwrap_or_default();
+        let action = if r.rpc.starts_with("Verify") {
+            pb::AccessAction::Verified
+        } else {
+            pb::AccessAction::Disclosed
+        };
+        pb::AccessEvent {
+            time_unix_ms: r.time_unix_ms,
+            agency,
+            procedure_code: r.procedure,
+            procedure_name_vi: name_vi,
+            procedure_name_en: name_en,
+            action: action as i32,
+            outcome: r.outcome,
+            as_relative: e.related,
+            // Their own record's field names; nothing of the person asked about.
+            fields: if e.related { Vec::new() } else { r.fields },
+        }
+    }
+}
+
+fn check_period(from: i64, to: i64) -> Result<(), InvalidField> {
+    if from < 0 {
+        return Err(InvalidField {
+            field: "from_unix_ms",
+            reason: "must not be negative".into(),
+        });
+    }
+    if to < 0 || (to != 0 && to < from) {
+        return Err(InvalidField {
+            field: "to_unix_ms",
+            reason: "must be 0 (until now) or not before from_unix_ms".into(),
+        });
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl CitizenAccess for CitizenAccessService {
+    async fn access_report(
+        &self,
+        request: Request<pb::AccessReportRequest>,
+    ) -> Result<Response<pb::AccessReportResponse>, Status> {
+        let gw = self.gw.clone();
+        let identity = super::early::reached(&request);
+        let timeout = super::caller_timeout(request.metadata());
+        let request = request.into_inner();
+        let personal_id = request.personal_id.clone();
+        // Runs to its record even if the portal gives up.
+        let report = super::detached(
+            &self.gw,
+            "CitizenAccess.AccessReport",
+            identity.clone(),
+            personal_id,
+            async move {
+                let mut ctx: RequestCtx = gw.begin("CitizenAccess.AccessReport", identity, timeout);
+                let result = async {
+                    gw.admit(&ctx)?;
+                    let id = validation::parse_declared_id(&request.personal_id, false)?;
+                    ctx.subject = gw.subject(id.digits());
+                    check_period(request.from_unix_ms, request.to_unix_ms)?;
+                    let (mut events, source) = gw
+                        .history(
+                            &ctx.subject,
+                            request.from_unix_ms,
+                            request.to_unix_ms,
+                            MAX_REPORT_EVENTS + 1,
+                        )
+                        .await?;
+                    let truncated = events.len() > MAX_REPORT_EVENTS;
+                    events.truncate(MAX_REPORT_EVENTS);
+                    let events: Vec<pb::AccessEvent> =
+                        events.into_iter().map(|e| gw.shown(e)).collect();
+                    let mut disclosure = Disclosure::of(Outcome::Reported, &["access_report"]);
+                    disclosure.detail = format!("{} events from the {source}", events.len());
+                    Ok((
+                        pb::AccessReportResponse {
+                            events,
+                            truncated,
+                            source: source.to_string(),
+                        },
+                        disclosure,
+                    ))
+                }
+                .await;
+                gw.finish(ctx, result).await
+            },
+        )
+        .await?;
+        Ok(Response::new(report))
+    }
+}

@@ -1,0 +1,461 @@
+//! The central audit index over the real PostgreSQL (127.0.0.1:5432) and NATS JetStream
+//! (127.0.0.1:4222) on this machine: two gateway nodes witnessed into one stream, an
+//! indexer feeding one database, an operator's query across both nodes, the citizen's
+//! access report, `verify --index` naming what was removed or altered, and an indexer
+//! killed and restarted indexing every record exactly once.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{declare, require_nats, TempDb, TestGateway, TestStream, NATS};
+use popgw::audit::index::{self, AuditIndex, FeedConfig, IndexConfig, Indexer};
+use popgw::config::IndexSettings;
+use popgw::proto::gateway as pb;
+use popgw::proto::gateway::citizen_access_client::CitizenAccessClient;
+use popgw::proto::registry::CitizenRecord;
+
+/// A pseudonym key shared by the nodes of one deployment (a subject is then the same
+/// pseudonym on every node, and one index query finds them all).
+fn shared_pseudonym_key(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("pseudonym.key");
+    std::fs::write(
+        &path,
+        format!("{}\n", hex::encode(rand::random::<[u8; 32]>())),
+    )
+    .unwrap();
+    path
+}
+
+fn index_settings(url: &str) -> IndexSettings {
+    IndexSettings {
+        url: url.into(),
+        consumer: "unused".into(),
+        run: false,
+        retain_months: 24,
+        timeout_ms: 10_000,
+    }
+}
+
+/// Waits until the index holds every record of each gateway's log.
+async fn wait_indexed(index: &AuditIndex, gateways: &[&TestGateway]) {
+    // Messages taken by a killed indexer come back after the consumer's ack wait (10 s).
+    for _ in 0..600 {
+        let mut behind = false;
+        for gw in gateways {
+            let node = gw.gateway.audit.node().to_string();
+            if index.count(&node).await.unwrap() < gw.gateway.audit.last_seq() {
+                behind = true;
+            }
+        }
+        if !behind {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the index did not catch up with the nodes");
+}
+
+/// A living citizen X of the population and a living child C whose record names X as a
+/// parent (so that a disclosure of C's record discloses X as a relative).
+fn parent_and_child(gw: &TestGateway) -> (CitizenRecord, CitizenRecord) {
+    let living = |id: &str| {
+        gw.population
+            .iter()
+            .find(|r| {
+                r.personal_id == id && r.date_of_death.is_empty() && r.date_of_birth.len() == 10
+            })
+            .cloned()
+    };
+    gw.population
+        .iter()
+        .filter(|c| c.date_of_death.is_empty())
+        .find_map(|c| {
+            let parent = c.father.as_ref().or(c.mother.as_ref())?;
+            Some((living(&parent.personal_id)?, c.clone()))
+        })
+        .expect("the population has a living parent with a living child")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_indexed_queried_reported_and_verified() {
+    require_nats().await;
+    let db = TempDb::create().await;
+    let stream = TestStream::new();
+    let url = format!("nats://{NATS}");
+    let keys = tempfile::tempdir().unwrap();
+    let key = shared_pseudonym_key(keys.path());
+    let (node_a, node_b) = (format!("{}-a", stream.node), format!("{}-b", stream.node));
+    let (key_a, key_b, db_url) = (key.clone(), key.clone(), db.url.clone());
+    let mut a = stream
+        .gateway_as(&node_a, &url, move |c| {
+            c.audit.pseudonym_key_file = Some(key_a);
+            c.audit.index = Some(index_settings(&db_url));
+        })
+        .await;
+    let mut b = stream
+        .gateway_as(&node_b, &url, move |c| {
+            c.audit.pseudonym_key_file = Some(key_b);
+        })
+        .await;
+    let index = Arc::new(AuditIndex::open(&IndexConfig::new(&db.url)).await.unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let indexer = tokio::spawn(
+        Indexer::new(
+            index.clone(),
+            FeedConfig {
+                url: url.clone(),
+                stream: stream.name.clone(),
+                consumer: "test-index".into(),
+                retain_months: 24,
+            },
+            Default::default(),
+        )
+        .run(async {
+            let _ = stopped.await;
+        }),
+    );
+
+    // X is verified by the portal on node A; the ministry reads X's child on node B (the
+    // criminal-record procedure names the parents): X disclosed as a relative. The portal
+    // also tries to read X's record, which its role forbids: refused, disclosed nothing.
+    let (x, child) = parent_and_child(&a);
+    let mut portal = a.client("portal").await;
+    let answer = portal
+        .verify_identity(declare(&x, "P03"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.verdict, pb::Verdict::Match as i32);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut ministry = b.client("ministry").await;
+    for _ in 0..3 {
+        ministry
+            .verify_identity(declare(&child, "P12"))
+            .await
+            .unwrap();
+    }
+    let disclosed = ministry
+        .get_citizen(pb::GetCitizenRequest {
+            personal_id: child.personal_id.clone(),
+            procedure_code: "P12".into(),
+            case_id: "LLTP-2026-777".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let record = disclosed.citizen.unwrap();
+    let named_parent = [record.father.as_ref(), record.mother.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|p| p.personal_id == x.personal_id);
+    assert!(named_parent, "P12 discloses the child's parents");
+    let refused = portal
+        .get_citizen(pb::GetCitizenRequest {
+            personal_id: x.personal_id.clone(),
+            procedure_code: "P03".into(),
+            case_id: "HS-2026-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    wait_indexed(&index, &[&a, &b]).await;
+
+    // One operator query on node A answers for both nodes, in time order.
+    let history = a
+        .audit_records(pb::AuditQueryRequest {
+            personal_id: x.personal_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    let nodes: std::collections::BTreeSet<&str> = history.iter().map(|r| r.node.as_str()).collect();
+    assert_eq!(
+        nodes,
+        [node_a.as_str(), node_b.as_str()].into_iter().collect(),
+        "{history:#?}"
+    );
+    assert!(history
+        .windows(2)
+        .all(|w| w[0].time_unix_ms <= w[1].time_unix_ms));
+    let rpcs: Vec<(&str, &str, &str)> = history
+        .iter()
+        .map(|r| (r.node.as_str(), r.rpc.as_str(), r.outcome.as_str()))
+        .collect();
+    assert!(
+        rpcs.contains(&(node_a.as_str(), "VerifyIdentity", "MATCH")),
+        "{rpcs:?}"
+    );
+    assert!(
+        rpcs.contains(&(node_b.as_str(), "GetCitizen", "DISCLOSED")),
+        "{rpcs:?}"
+    );
+    assert!(
+        rpcs.contains(&(node_a.as_str(), "GetCitizen", "PERMISSION_DENIED")),
+        "{rpcs:?}"
+    );
+    // The other filters work on the index too: the ministry's client on node B only.
+    let by_client = a
+        .audit_records(pb::AuditQueryRequest {
+            client: popgw::pki::MINISTRY_ID.into(),
+            case_id: "LLTP-2026-777".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(by_client.len(), 1, "{by_client:#?}");
+    assert_eq!(by_client[0].node, node_b);
+
+    // The citizen's report: both answered events, with the agencies' and procedures'
+    // names, and nothing else — no refusal, no dossier, no identity, no other person.
+    let mut citizen = CitizenAccessClient::new(a.channel("citizen").await);
+    let report = citizen
+        .access_report(pb::AccessReportRequest {
+            personal_id: x.personal_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.source, "index");
+    assert!(!report.truncated);
+    assert_eq!(report.events.len(), 2, "{report:#?}");
+    let verified = &report.events[0];
+    assert_eq!(verified.action, pb::AccessAction::Verified as i32);
+    assert_eq!(verified.outcome, "MATCH");
+    assert_eq!(verified.procedure_code, "P03");
+    assert_eq!(verified.procedure_name_vi, "Đăng ký thường trú");
+    assert_eq!(
+        verified.procedure_name_en,
+        "Permanent residence registration"
+    );
+    assert!(
+        verified.agency.starts_with("Cổng Dịch vụ công quốc gia"),
+        "{verified:?}"
+    );
+    assert!(!verified.as_relative);
+    let seen = &report.events[1];
+    assert_eq!(seen.action, pb::AccessAction::Disclosed as i32);
+    assert_eq!(seen.outcome, "DISCLOSED");
+    assert_eq!(seen.procedure_code, "P12");
+    assert_eq!(seen.procedure_name_en, "Criminal-record certificate");
+    assert!(seen.agency.starts_with("Bộ Tư pháp"), "{seen:?}");
+    assert!(seen.as_relative);
+    assert!(
+        seen.fields.is_empty(),
+        "the child's fields are not the parent's business"
+    );
+    assert!(verified.time_unix_ms <= seen.time_unix_ms);
+    let shown = format!("{report:?}");
+    for secret in [
+        "LLTP-2026-777",
+        "HS-2026",
+        "spiffe://",
+        child.personal_id.as_str(),
+        node_a.as_str(),
+    ] {
+        assert!(
+            !shown.contains(secret),
+            "the report shows {secret:?}: {shown}"
+        );
+    }
+    // The call itself is audited on the node that answered, its subject the citizen.
+    let subject = a.gateway.subject(&x.personal_id);
+    let recorded = popgw::audit::read_records(a.gateway.audit.dir()).unwrap();
+    assert!(recorded
+        .iter()
+        .any(|r| r.body.rpc == "CitizenAccess.AccessReport"
+            && r.body.subject == subject
+            && r.body.outcome == "REPORTED"
+            && r.body.client == popgw::pki::CITIZEN_ID));
+    // Only the citizen portal may ask.
+    let denied = CitizenAccessClient::new(a.channel("operator").await)
+        .access_report(pb::AccessReportRequest {
+            personal_id: x.personal_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+    // verify --index: both folders agree with the index; then a row removed from the
+    // index and a person row removed (hiding a disclosure from the citizen) are named.
+    wait_indexed(&index, &[&a, &b]).await;
+    let (dir_a, dir_b) = (
+        a.gateway.audit.dir().to_path_buf(),
+        b.gateway.audit.dir().to_path_buf(),
+    );
+    a.stop().await;
+    b.stop().await;
+    wait_indexed(&index, &[&a, &b]).await;
+    let report_b = index::verify_against(&dir_b, &index).await.unwrap();
+    assert!(report_b.ok(), "{report_b:?}");
+    assert_eq!(report_b.matched, b.gateway.audit.last_seq());
+    let (pg, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let removed_seq = 2i64;
+    pg.execute(
+        "DELETE FROM audit_record WHERE node = $1 AND seq = $2",
+        &[&node_b, &removed_seq],
+    )
+    .await
+    .unwrap();
+    let disclosure_seq: i64 = pg
+        .query_one(
+            "SELECT seq FROM audit_person WHERE node = $1 AND pseudonym = $2 AND related",
+            &[&node_b, &subject],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(disclosure_seq, removed_seq);
+    pg.execute(
+        "DELETE FROM audit_person WHERE node = $1 AND seq = $2 AND pseudonym = $3",
+        &[&node_b, &disclosure_seq, &subject],
+    )
+    .await
+    .unwrap();
+    let report_b = index::verify_against(&dir_b, &index).await.unwrap();
+    assert_eq!(report_b.missing, vec![removed_seq as u64], "{report_b:?}");
+    assert_eq!(report_b.altered.len(), 1, "{report_b:?}");
+    assert_eq!(report_b.altered[0].0, disclosure_seq as u64);
+    assert!(
+        report_b.altered[0].1.contains("person rows"),
+        "{report_b:?}"
+    );
+    assert!(report_b.invented.is_empty());
+    // The same from the command line: exit non-zero, naming the missing record.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_popgw"))
+        .args(["audit", "verify", "--dir"])
+        .arg(&dir_b)
+        .args(["--index", &db.url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains(&format!("MISSING from the index: seq {removed_seq}")),
+        "{stdout}"
+    );
+    assert!(stderr.contains("audit index FAILED"), "{stderr}");
+    // A row invented in the index (a copy of a real one under a new seq) is named too.
+    let report_a = index::verify_against(&dir_a, &index).await.unwrap();
+    assert!(report_a.ok(), "{report_a:?}");
+    pg.execute(
+        "INSERT INTO audit_record SELECT node, seq + 1000, at, client, rpc, procedure, case_id,
+             outcome, code, cache, hash, json FROM audit_record WHERE node = $1 AND seq = 1",
+        &[&node_a],
+    )
+    .await
+    .unwrap();
+    let report_a = index::verify_against(&dir_a, &index).await.unwrap();
+    assert_eq!(report_a.invented, vec![1001], "{report_a:?}");
+
+    let _ = stop.send(());
+    indexer.await.unwrap();
+    drop(pg);
+    stream.remove().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_indexer_killed_and_restarted_indexes_every_record_exactly_once() {
+    require_nats().await;
+    let db = TempDb::create().await;
+    let stream = TestStream::new();
+    let url = format!("nats://{NATS}");
+    let mut gw = stream.gateway(&url).await;
+    let spawn_indexer = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_popgw"))
+            .args(["audit", "index", "--postgres", &db.url, "--nats", &url])
+            .args(["--stream", &stream.name, "--consumer", "killed"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let r = gw.living().clone();
+    let portal = gw.client("portal").await;
+    let load = |n: usize| {
+        let portal = portal.clone();
+        let r = r.clone();
+        async move {
+            let calls: Vec<_> = (0..4)
+                .map(|_| {
+                    let mut portal = portal.clone();
+                    let r = r.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..n {
+                            portal.verify_identity(declare(&r, "P03")).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for c in calls {
+                c.await.unwrap();
+            }
+        }
+    };
+    let mut indexer = spawn_indexer();
+    load(100).await;
+    let index = AuditIndex::open(&IndexConfig::new(&db.url)).await.unwrap();
+    // Killed (SIGKILL: no clean exit) while records are still arriving.
+    let running = tokio::spawn(load(100));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    indexer.kill().unwrap();
+    indexer.wait().unwrap();
+    running.await.unwrap();
+    let at_kill = index.count(&stream.node).await.unwrap();
+    load(50).await;
+    let mut indexer = spawn_indexer();
+    wait_indexed(&index, &[&gw]).await;
+    let total = gw.gateway.audit.last_seq();
+    assert!(total >= 1000, "{total} records");
+    assert!(at_kill < total, "the kill left work for the restart");
+    let (pg, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = pg
+        .query_one(
+            "SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM audit_record WHERE node = $1",
+            &[&stream.node],
+        )
+        .await
+        .unwrap();
+    let (count, distinct, min, max): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(
+        (count, distinct, min, max as u64),
+        (total as i64, total as i64, 1, total)
+    );
+    // Each record's subject row exactly once too.
+    let people: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM audit_person WHERE node = $1",
+            &[&stream.node],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let with_subject = popgw::audit::read_records(gw.gateway.audit.dir())
+        .unwrap()
+        .iter()
+        .filter(|r| !r.body.subject.is_empty())
+        .count() as i64;
+    assert_eq!(people, with_subject);
+    gw.stop().await;
+    wait_indexed(&index, &[&gw]).await;
+    let report = index::verify_against(gw.gateway.audit.dir(), &index)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.matched, gw.gateway.audit.last_seq());
+    indexer.kill().unwrap();
+    indexer.wait().unwrap();
+    drop(pg);
+    stream.remove().await;
+    db.drop_db().await;
+}
