@@ -258,6 +258,23 @@ async fn two_nodes_indexed_queried_reported_and_verified() {
             "the report shows {secret:?}: {shown}"
         );
     }
+    // The same from the command line (the citizen portal's certificate by default).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_popgw"))
+        .args(["access-report", "--json", "--id", &x.personal_id])
+        .args(["--addr", &format!("localhost:{}", a.addr.port())])
+        .arg("--certs")
+        .arg(&a.certs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["events"].as_array().unwrap().len(), 2, "{printed}");
+    assert_eq!(printed["events"][1]["agency"], seen.agency.as_str());
+    assert_eq!(printed["events"][1]["asRelative"], true);
     // The call itself is audited on the node that answered, its subject the citizen.
     let subject = a.gateway.subject(&x.personal_id);
     let recorded = popgw::audit::read_records(a.gateway.audit.dir()).unwrap();
@@ -457,5 +474,58 @@ async fn an_indexer_killed_and_restarted_indexes_every_record_exactly_once() {
     indexer.wait().unwrap();
     drop(pg);
     stream.remove().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn retention_drops_whole_months_and_verify_tells_dropped_from_missing() {
+    let db = TempDb::create().await;
+    let index = AuditIndex::open(&IndexConfig::new(&db.url)).await.unwrap();
+    // A node's log, its records indexed directly (the feed is tested above).
+    let dir = tempfile::tempdir().unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let log =
+        popgw::audit::AuditLog::open(popgw::audit::AuditConfig::new(dir.path(), "retained"), key)
+            .unwrap();
+    for i in 0..20 {
+        log.append(popgw::audit::AuditEntry {
+            request_id: format!("r{i}"),
+            rpc: "VerifyIdentity".into(),
+            subject: "ab".repeat(32),
+            outcome: "MATCH".into(),
+            code: "OK".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    log.shutdown().await;
+    let records: Vec<index::IndexedRecord> = popgw::audit::read_records(dir.path())
+        .unwrap()
+        .into_iter()
+        .map(|r| index::IndexedRecord {
+            body: r.body,
+            hash: r.hash,
+            json: r.json,
+        })
+        .collect();
+    assert_eq!(index.insert(&records, &[]).await.unwrap(), 20);
+    // Inserting the same records again changes nothing.
+    assert_eq!(index.insert(&records, &[]).await.unwrap(), 0);
+    let report = index::verify_against(dir.path(), &index).await.unwrap();
+    assert!(report.ok() && report.matched == 20, "{report:?}");
+    // Retention reaching past this month drops its partitions whole; verify then
+    // counts the records as dropped on purpose, not missing.
+    let next_month = {
+        use chrono::Datelike;
+        let now = chrono::Utc::now();
+        now.year() * 12 + now.month0() as i32 + 1
+    };
+    let dropped = index.drop_months_before(next_month).await.unwrap();
+    assert_eq!(dropped.len(), 2, "{dropped:?}");
+    assert_eq!(index.count("retained").await.unwrap(), 0);
+    let report = index::verify_against(dir.path(), &index).await.unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!((report.dropped, report.matched), (20, 0), "{report:?}");
     db.drop_db().await;
 }
