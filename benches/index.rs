@@ -57,16 +57,39 @@ async fn run() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
-    let name = format!("popgw_bench_{:08x}", rand::random::<u32>());
-    admin()
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
+    // POPGW_BENCH_INDEX_REUSE=<database>: measure the queries again on a database an earlier
+    // run filled (kept with POPGW_BENCH_INDEX_KEEP=1), without refilling it.
+    let reuse = std::env::var("POPGW_BENCH_INDEX_REUSE").ok();
+    let keep = reuse.is_some() || std::env::var("POPGW_BENCH_INDEX_KEEP").is_ok();
+    let name = reuse
+        .clone()
+        .unwrap_or_else(|| format!("popgw_bench_{:08x}", rand::random::<u32>()));
+    if reuse.is_none() {
+        admin()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+    }
     let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
     let mut config = IndexConfig::new(&url);
     config.timeout = Duration::from_secs(120);
     let index = Arc::new(AuditIndex::open(&config).await.unwrap());
+    if reuse.is_some() {
+        let size = index.size_bytes().await.unwrap();
+        println!(
+            "reusing {name}: {:.2} GiB",
+            size as f64 / (1u64 << 30) as f64
+        );
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        queries(&index, &mut rng).await;
+        let (pg, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        print_plan(&pg).await;
+        return;
+    }
 
     end_to_end(index.clone()).await;
 
@@ -109,30 +132,40 @@ async fn run() {
             size as f64 / (1u64 << 20) as f64 / (filled as f64 / 1e6)
         );
         queries(&index, &mut rng).await;
-        let probe = pseudonym(PEOPLE + 7);
-        let plan = pg
-            .query(
-                "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON)
-                 SELECT r.node, r.seq, r.hash, r.json, p.related
-                 FROM audit_person p
-                 JOIN audit_record r ON r.node = p.node AND r.seq = p.seq AND r.at = p.at
-                 WHERE p.pseudonym = $1 AND r.code = 'OK'
-                 ORDER BY p.at, p.node, p.seq LIMIT 10001",
-                &[&probe],
-            )
-            .await
-            .unwrap();
-        println!("  plan of one probe's history:");
-        for row in plan {
-            println!("    {}", row.get::<_, String>(0));
-        }
+        print_plan(&pg).await;
     }
     drop(index);
+    if keep {
+        println!("kept {name} (POPGW_BENCH_INDEX_REUSE={name} measures its queries again)");
+        return;
+    }
     admin()
         .await
         .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .await
         .unwrap();
+}
+
+/// The plan of one probe's history, planned for that probe (its planning time is what
+/// every call paid before the statements were prepared once per connection).
+async fn print_plan(pg: &tokio_postgres::Client) {
+    let probe = pseudonym(PEOPLE + 7);
+    let plan = pg
+        .query(
+            "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON)
+             SELECT r.node, r.seq, r.hash, r.json, p.related
+             FROM audit_person p
+             JOIN audit_record r ON r.node = p.node AND r.seq = p.seq AND r.at = p.at
+             WHERE p.pseudonym = $1 AND r.code = 'OK'
+             ORDER BY p.at, p.node, p.seq LIMIT 10001",
+            &[&probe],
+        )
+        .await
+        .unwrap();
+    println!("  plan of one probe's history:");
+    for row in plan {
+        println!("    {}", row.get::<_, String>(0));
+    }
 }
 
 /// One synthetic record of `node`'s chain.
@@ -269,6 +302,7 @@ async fn queries(index: &AuditIndex, rng: &mut impl Rng) {
 async fn end_to_end(index: Arc<AuditIndex>) {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let key = ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]);
+    let key_public = key.verifying_key();
     let node = format!("bench-index-{:08x}", rand::random::<u32>());
     let log = AuditLog::open(AuditConfig::new(tmp.path(), node.clone()), key).unwrap();
     let stream = format!("POPGW_BENCH_{:08x}", rand::random::<u32>());
@@ -330,6 +364,8 @@ async fn end_to_end(index: Arc<AuditIndex>) {
             stream: stream.clone(),
             consumer: "bench".into(),
             retain_months: 0,
+            // Seals checked, as in production.
+            node_keys: [(node.clone(), key_public)].into(),
         },
         metrics,
     );

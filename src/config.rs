@@ -287,6 +287,17 @@ pub struct IndexSettings {
     /// Every index call ends within this.
     #[serde(default = "default_index_timeout_ms")]
     pub timeout_ms: u64,
+    /// Each node's checkpoint public key (hex, its `audit.public_key`), for the indexer
+    /// this gateway runs (`run = true`): with any, only records under a seal made by their
+    /// node's key are indexed, and nodes without a key are refused.
+    #[serde(default)]
+    pub node_keys: std::collections::BTreeMap<String, String>,
+}
+
+/// A checkpoint public key given as 64 hex digits.
+pub fn parse_public_key(hex_key: &str) -> Option<ed25519_dalek::VerifyingKey> {
+    let bytes: [u8; 32] = hex::decode(hex_key.trim()).ok()?.try_into().ok()?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()
 }
 
 fn default_index_consumer() -> String {
@@ -589,6 +600,13 @@ impl Config {
             if i.timeout_ms == 0 {
                 p.push("audit.index.timeout_ms: at least 1".into());
             }
+            for (node, key) in &i.node_keys {
+                if parse_public_key(key).is_none() {
+                    p.push(format!(
+                        "audit.index.node_keys.{node}: 64 hex digits of an ed25519 public key"
+                    ));
+                }
+            }
         }
         if let Some(key) = &self.audit.public_key {
             if key.len() != 64 || hex::decode(key).is_err() {
@@ -800,6 +818,11 @@ impl Config {
             stream: w.stream.clone(),
             consumer: i.consumer.clone(),
             retain_months: i.retain_months,
+            node_keys: i
+                .node_keys
+                .iter()
+                .filter_map(|(node, key)| Some((node.clone(), parse_public_key(key)?)))
+                .collect(),
         })
     }
 

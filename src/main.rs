@@ -301,6 +301,10 @@ enum AuditCommand {
         /// Months kept (0: all).
         #[arg(long)]
         retain_months: Option<u32>,
+        /// NODE=HEX: a node's checkpoint public key (repeat for each node). With any,
+        /// only records under a seal made by their node's key are indexed.
+        #[arg(long = "node-key")]
+        node_keys: Vec<String>,
     },
     /// Records matching filters, from the files (--dir) or a running gateway.
     Query {
@@ -1133,8 +1137,30 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             stream,
             consumer,
             retain_months,
+            node_keys,
         } => {
             let config = config.map(|p| Config::load(&p)).transpose()?;
+            let mut keys = std::collections::HashMap::new();
+            let configured = config
+                .as_ref()
+                .and_then(|c| c.audit.index.as_ref())
+                .map(|i| i.node_keys.clone())
+                .unwrap_or_default();
+            for (node, hex_key) in configured.into_iter().chain(
+                node_keys
+                    .iter()
+                    .map(|k| {
+                        k.split_once('=')
+                            .map(|(n, h)| (n.to_string(), h.to_string()))
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .context("--node-key NODE=HEX")?,
+            ) {
+                let Some(key) = popgw::config::parse_public_key(&hex_key) else {
+                    bail!("key of node {node}: 64 hex digits of an ed25519 public key");
+                };
+                keys.insert(node, key);
+            }
             let settings = config.as_ref().and_then(|c| c.audit.index.clone());
             let witness = config.as_ref().and_then(|c| c.audit.witness.clone());
             let Some(url) = postgres.or(settings.as_ref().map(|s| s.url.clone())) else {
@@ -1156,6 +1182,7 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                 retain_months: retain_months
                     .or(settings.as_ref().map(|s| s.retain_months))
                     .unwrap_or(24),
+                node_keys: keys,
             };
             let mut index_config = audit::index::IndexConfig::new(url.clone());
             if let Some(s) = &settings {
@@ -1163,12 +1190,17 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             }
             let index = std::sync::Arc::new(audit::index::AuditIndex::open(&index_config).await?);
             out!(
-                "popgw audit index: stream {} on {} into {} (consumer {}, {} months kept)",
+                "popgw audit index: stream {} on {} into {} (consumer {}, {} months kept, {})",
                 feed.stream,
                 redact_url(&feed.url),
                 redact_url(&url),
                 feed.consumer,
-                feed.retain_months
+                feed.retain_months,
+                if feed.node_keys.is_empty() {
+                    "chain checks only: no node keys".to_string()
+                } else {
+                    format!("seals checked for {} node(s)", feed.node_keys.len())
+                }
             );
             let indexer = audit::index::Indexer::new(index, feed, Default::default());
             indexer

@@ -35,6 +35,7 @@ fn index_settings(url: &str) -> IndexSettings {
         run: false,
         retain_months: 24,
         timeout_ms: 10_000,
+        node_keys: Default::default(),
     }
 }
 
@@ -109,6 +110,14 @@ async fn two_nodes_indexed_queried_reported_and_verified() {
                 stream: stream.name.clone(),
                 consumer: "test-index".into(),
                 retain_months: 24,
+                // Only records sealed by their own node's key are indexed.
+                node_keys: [(node_a.clone(), &a), (node_b.clone(), &b)]
+                    .into_iter()
+                    .map(|(node, gw)| {
+                        let key = popgw::config::parse_public_key(gw.gateway.audit.public_key());
+                        (node, key.unwrap())
+                    })
+                    .collect(),
             },
             Default::default(),
         )
@@ -388,6 +397,8 @@ async fn an_indexer_killed_and_restarted_indexes_every_record_exactly_once() {
         std::process::Command::new(env!("CARGO_BIN_EXE_popgw"))
             .args(["audit", "index", "--postgres", &db.url, "--nats", &url])
             .args(["--stream", &stream.name, "--consumer", "killed"])
+            .arg("--node-key")
+            .arg(format!("{}={}", stream.node, gw.gateway.audit.public_key()))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -396,24 +407,8 @@ async fn an_indexer_killed_and_restarted_indexes_every_record_exactly_once() {
     let r = gw.living().clone();
     let portal = gw.client("portal").await;
     let load = |n: usize| {
-        let portal = portal.clone();
-        let r = r.clone();
-        async move {
-            let calls: Vec<_> = (0..4)
-                .map(|_| {
-                    let mut portal = portal.clone();
-                    let r = r.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..n {
-                            portal.verify_identity(declare(&r, "P03")).await.unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for c in calls {
-                c.await.unwrap();
-            }
-        }
+        let (portal, r) = (portal.clone(), r.clone());
+        async move { common::verify_load(&portal, &r, 4, n).await }
     };
     let mut indexer = spawn_indexer();
     load(100).await;

@@ -113,25 +113,7 @@ async fn nats_going_away_under_load_fails_no_request_and_the_witness_catches_up(
     let mut gw = stream.gateway(&format!("nats://{}", relay.addr)).await;
     let r = gw.living().clone();
     let portal = gw.client("portal").await;
-    let load = |n: usize| {
-        let portal = portal.clone();
-        let r = r.clone();
-        async move {
-            let mut calls = Vec::new();
-            for _ in 0..8 {
-                let mut portal = portal.clone();
-                let r = r.clone();
-                calls.push(tokio::spawn(async move {
-                    for _ in 0..n {
-                        portal.verify_identity(declare(&r, "P03")).await.unwrap();
-                    }
-                }));
-            }
-            for c in calls {
-                c.await.unwrap();
-            }
-        }
-    };
+    let load = |n: usize| common::verify_load(&portal, &r, 8, n);
     load(20).await;
     wait_witnessed(&gw).await;
 

@@ -441,6 +441,11 @@ impl BatchReader {
     }
 }
 
+/// Every message a shipper would send for the folder `dir` (for tests and tools).
+pub fn messages(dir: &Path, records: bool) -> std::io::Result<Vec<Head>> {
+    BatchReader::new(dir.to_path_buf(), 0, records).next(usize::MAX)
+}
+
 /// Ships the heads of one node's log to the witness until stopped.
 pub struct Shipper {
     config: WitnessConfig,

@@ -666,3 +666,27 @@ impl TestStream {
             .await;
     }
 }
+
+/// `callers` concurrent callers each verifying `r` (P03) `each` times on `portal`'s
+/// connection; every answer must be OK.
+pub async fn verify_load(
+    portal: &IdentityGatewayClient<Channel>,
+    r: &CitizenRecord,
+    callers: usize,
+    each: usize,
+) {
+    let calls: Vec<_> = (0..callers)
+        .map(|_| {
+            let mut portal = portal.clone();
+            let r = r.clone();
+            tokio::spawn(async move {
+                for _ in 0..each {
+                    portal.verify_identity(declare(&r, "P03")).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap();
+    }
+}
