@@ -147,8 +147,13 @@ async fn run() {
 }
 
 /// The plan of one probe's history, planned for that probe (its planning time is what
-/// every call paid before the statements were prepared once per connection).
+/// every call paid before the index prepared its statements once per connection and
+/// kept their generic plans).
 async fn print_plan(pg: &tokio_postgres::Client) {
+    // The index's own connection settings (see `AuditIndex::lazy`).
+    pg.batch_execute("SET max_parallel_workers_per_gather = 0")
+        .await
+        .unwrap();
     let probe = pseudonym(PEOPLE + 7);
     let plan = pg
         .query(
