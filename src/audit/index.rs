@@ -9,8 +9,9 @@
 //! stopped, and a message delivered twice (the indexer killed between its commit and its
 //! acknowledgement) changes nothing, since every row is keyed by node and seq and
 //! inserted with `ON CONFLICT DO NOTHING`. Each message's lines are checked before they
-//! are indexed: each hash recomputed from the line before it, the lines consecutive,
-//! the last one the message's head. A message that fails is not indexed; the problem is
+//! are indexed ([`Intake`]): each hash recomputed from the line before it, the lines
+//! consecutive, the last one the message's head; with node keys, only records under a
+//! seal made by their node's key. A message that fails is not indexed; the problem is
 //! kept in `audit_index_problem` (and `verify --index` will report its records missing).
 //!
 //! # Schema
