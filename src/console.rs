@@ -208,9 +208,13 @@ pub fn access_report(a: &pb::AccessReportResponse) -> String {
         "{} event(s) (from {}){}",
         a.events.len(),
         if a.source == "index" {
-            "every gateway node"
+            let until = chrono::DateTime::from_timestamp_millis(a.complete_until_unix_ms)
+                .filter(|_| a.complete_until_unix_ms > 0)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_else(|| "an unknown time".into());
+            format!("every gateway node; complete at least up to {until}")
         } else {
-            "this gateway node only"
+            "this gateway node only".to_string()
         },
         if a.truncated {
             "; more in this period: narrow it"

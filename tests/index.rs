@@ -227,6 +227,8 @@ async fn two_nodes_indexed_queried_reported_and_verified() {
         .into_inner();
     assert_eq!(report.source, "index");
     assert!(!report.truncated);
+    // Both nodes are indexed at least up to the disclosure (the newer of the two events).
+    assert!(report.complete_until_unix_ms > 0, "{report:?}");
     assert_eq!(report.events.len(), 2, "{report:#?}");
     let verified = &report.events[0];
     assert_eq!(verified.action, pb::AccessAction::Verified as i32);
@@ -254,6 +256,7 @@ async fn two_nodes_indexed_queried_reported_and_verified() {
         "the child's fields are not the parent's business"
     );
     assert!(verified.time_unix_ms <= seen.time_unix_ms);
+    assert!(report.complete_until_unix_ms >= verified.time_unix_ms);
     let shown = format!("{report:?}");
     for secret in [
         "LLTP-2026-777",

@@ -40,12 +40,17 @@ CREATE TABLE audit_person (
     PRIMARY KEY (pseudonym, at, node, seq)
 ) PARTITION BY RANGE (at);
 
+-- The person rows of one record (`popgw audit verify --index` checks them all).
+CREATE INDEX audit_person_record ON audit_person (node, seq);
+
 -- Each node's newest indexed record (the chain continues from it), and where retention
 -- has dropped the older ones.
 CREATE TABLE audit_index_node (
     node           text        PRIMARY KEY,
     last_seq       bigint      NOT NULL,
     last_hash      text        NOT NULL,
+    -- The time of that record: every record of the node up to it is indexed.
+    last_at        timestamptz NOT NULL,
     dropped_before timestamptz,
     updated_at     timestamptz NOT NULL DEFAULT now()
 );

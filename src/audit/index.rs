@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
     include_str!("../../migrations/audit-index/0001_index.sql"),
 )];
 
+/// Record times the index takes: 2000-01-01 to 9999-12-31 (Unix milliseconds).
+pub const MIN_TIME_MS: i64 = 946_684_800_000;
+/// See [`MIN_TIME_MS`].
+pub const MAX_TIME_MS: i64 = 253_402_300_799_000;
+
 /// Advisory lock held by migrations and partition changes.
 const LOCK_KEY: i64 = 0x706f_7067_7761_7564; // "popgwaud"
 
@@ -348,7 +353,7 @@ impl AuditIndex {
         let time: Vec<i64> = records.iter().map(|r| r.body.time_unix_ms).collect();
         let (mut p_pseudonym, mut p_time, mut p_node, mut p_seq, mut p_related) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut heads: HashMap<&str, (i64, &str)> = HashMap::new();
+        let mut heads: HashMap<&str, (i64, &str, i64)> = HashMap::new();
         for r in records {
             let b = &r.body;
             let people = std::iter::once((b.subject.as_str(), false))
@@ -364,9 +369,9 @@ impl AuditIndex {
                 p_seq.push(b.seq as i64);
                 p_related.push(related);
             }
-            let head = heads.entry(b.node.as_str()).or_insert((0, ""));
+            let head = heads.entry(b.node.as_str()).or_insert((0, "", 0));
             if b.seq as i64 > head.0 {
-                *head = (b.seq as i64, r.hash.as_str());
+                *head = (b.seq as i64, r.hash.as_str(), b.time_unix_ms);
             }
         }
         let mut client = self.client().await?;
@@ -400,15 +405,18 @@ impl AuditIndex {
         )
         .await
         .map_err(pg)?;
-        for (node, (seq, hash)) in &heads {
+        for (node, (seq, hash, time)) in &heads {
             txn.execute(
-                "INSERT INTO audit_index_node (node, last_seq, last_hash) VALUES ($1, $2, $3)
+                "INSERT INTO audit_index_node (node, last_seq, last_hash, last_at)
+                 VALUES ($1, $2, $3, timestamptz 'epoch' + $4::int8 * interval '1 millisecond')
                  ON CONFLICT (node) DO UPDATE SET
                      last_hash = CASE WHEN EXCLUDED.last_seq > audit_index_node.last_seq
                                       THEN EXCLUDED.last_hash ELSE audit_index_node.last_hash END,
+                     last_at = CASE WHEN EXCLUDED.last_seq > audit_index_node.last_seq
+                                    THEN EXCLUDED.last_at ELSE audit_index_node.last_at END,
                      last_seq = greatest(audit_index_node.last_seq, EXCLUDED.last_seq),
                      updated_at = now()",
-                &[node, seq, hash],
+                &[node, seq, hash, time],
             )
             .await
             .map_err(pg)?;
@@ -444,6 +452,37 @@ impl AuditIndex {
                 )
             })
             .collect())
+    }
+
+    /// The `prev` hash of `node`'s indexed record `seq`, if the index holds it.
+    pub async fn prev_of(&self, node: &str, seq: u64) -> Result<Option<String>, IndexError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT json FROM audit_record WHERE node = $1 AND seq = $2 LIMIT 1")
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_opt(&statement, &[&node, &(seq as i64)])
+            .await
+            .map_err(pg)?;
+        Ok(row
+            .and_then(|r| serde_json::from_str::<RecordBody>(r.get::<_, &str>(0)).ok())
+            .map(|b| b.prev))
+    }
+
+    /// The time up to which every node's records are indexed at least: the oldest of the
+    /// nodes' newest indexed records (`None` before anything is indexed). A node that has
+    /// been idle holds it back, so it understates, never overstates.
+    pub async fn indexed_until(&self) -> Result<Option<i64>, IndexError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT (extract(epoch from min(last_at)) * 1000)::int8 FROM audit_index_node",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.get(0))
     }
 
     /// Records indexed for `node`.
@@ -489,13 +528,18 @@ impl AuditIndex {
                 "p.at",
             )
         };
-        if filter.from_ms != 0 {
+        // Bounds beyond what the index holds mean "no bound" (as for the file scan).
+        if filter.from_ms > MIN_TIME_MS {
             let sql = format!("{at} >= timestamptz 'epoch' + ?::int8 * interval '1 millisecond'");
-            param(&mut clauses, &sql, Box::new(filter.from_ms));
+            param(
+                &mut clauses,
+                &sql,
+                Box::new(filter.from_ms.min(MAX_TIME_MS)),
+            );
         }
-        if filter.to_ms != 0 {
+        if filter.to_ms != 0 && filter.to_ms < MAX_TIME_MS {
             let sql = format!("{at} <= timestamptz 'epoch' + ?::int8 * interval '1 millisecond'");
-            param(&mut clauses, &sql, Box::new(filter.to_ms));
+            param(&mut clauses, &sql, Box::new(filter.to_ms.max(0)));
         }
         for (column, value) in [
             ("r.client", &filter.client),
@@ -561,11 +605,12 @@ impl AuditIndex {
         limit: usize,
     ) -> Result<Vec<PersonEvent>, IndexError> {
         let client = self.client().await?;
-        // 0: open (9999-12-31, well inside PostgreSQL's interval range).
+        // 0: open; bounds beyond what the index holds mean no bound.
+        let from_ms = from_ms.clamp(0, MAX_TIME_MS);
         let to_ms = if to_ms == 0 {
-            253_402_300_799_000
+            MAX_TIME_MS
         } else {
-            to_ms
+            to_ms.clamp(0, MAX_TIME_MS)
         };
         let rpcs: Vec<&str> = rpcs.to_vec();
         let statement = client
@@ -685,7 +730,9 @@ fn stored_row(row: &tokio_postgres::Row) -> Result<IndexedRecord, IndexError> {
 pub fn records_of(head: &Head) -> Result<Vec<IndexedRecord>, String> {
     let mut out: Vec<IndexedRecord> = Vec::with_capacity(head.lines.len());
     for (i, line) in head.lines.iter().enumerate() {
-        let p = parse_line(line.as_bytes()).map_err(|e| format!("line {i}: {e}"))?;
+        // The kind of error only: a JSON error's message can quote the value.
+        let p = parse_line(line.as_bytes())
+            .map_err(|e| format!("line {i}: {}", e.split(": ").next().unwrap_or_default()))?;
         if p.seal.is_some() {
             return Err(format!(
                 "line {i}: carries a seal (lines are shipped without)"
@@ -693,10 +740,18 @@ pub fn records_of(head: &Head) -> Result<Vec<IndexedRecord>, String> {
         }
         let b = &p.body;
         if b.node != head.node {
-            return Err(format!(
-                "line {i}: record of node {:?} in a message of node {:?}",
-                b.node, head.node
-            ));
+            return Err(format!("line {i}: a record of another node"));
+        }
+        // What PostgreSQL would refuse, refused here: one such message must not stop the
+        // indexing of every node behind it.
+        if !(MIN_TIME_MS..=MAX_TIME_MS).contains(&b.time_unix_ms) {
+            return Err(format!("seq {}: time outside 2000–9999", b.seq));
+        }
+        if p.json.contains("\\u0000") {
+            return Err(format!("seq {}: a NUL character in a field", b.seq));
+        }
+        if b.seq == 0 || b.seq > i64::MAX as u64 {
+            return Err(format!("line {i}: seq out of range"));
         }
         let prev =
             decode_hash(&b.prev).ok_or_else(|| format!("seq {}: prev is not a hash", b.seq))?;
@@ -733,15 +788,23 @@ pub fn records_of(head: &Head) -> Result<Vec<IndexedRecord>, String> {
 
 /// The checks a witness message passes before its records are indexed (no NATS, no
 /// PostgreSQL here). With node keys ([`FeedConfig::node_keys`]), records are indexed only
-/// under a seal that verifies with their node's key: the unsealed first parts of a batch
-/// sent in several messages are held until its sealed last part arrives and verifies, and
-/// a node without a key is refused — someone who can publish on the stream cannot put
-/// records into citizens' reports.
+/// under a seal that verifies with their node's key: the seal signs its batch's last
+/// record, and through the hash chain every record before it, so the unsealed first
+/// parts of a batch sent in several messages are held until a sealed message whose
+/// records chain back to them arrives — in any order, as redeliveries come — or until
+/// the index already holds, under a seal, the record that follows them
+/// ([`Intake::held_tails`], [`Intake::release_covered`]). A seal made with another key,
+/// a node without a key, and held parts beyond [`MAX_HELD_PARTS`] are refused: whoever
+/// can publish on the stream cannot put records into citizens' reports.
 pub struct Intake {
     keys: HashMap<String, ed25519_dalek::VerifyingKey>,
     chains: HashMap<String, (u64, String)>,
-    held: HashMap<String, Vec<(u64, Vec<IndexedRecord>)>>,
+    /// node → first seq of a held part → (its stream sequence, its records).
+    held: HashMap<String, std::collections::BTreeMap<u64, (u64, Vec<IndexedRecord>)>>,
 }
+
+/// Unsealed parts held per node at most (the oldest beyond are refused).
+pub const MAX_HELD_PARTS: usize = 64;
 
 /// What follows from one message.
 #[derive(Debug, Default)]
@@ -753,6 +816,13 @@ pub struct Step {
     pub settled: Vec<u64>,
     /// Problems to keep: (node, stream sequence, what; never a record's content).
     pub problems: Vec<(String, u64, String)>,
+}
+
+impl Step {
+    fn refuse(&mut self, node: &str, stream_seq: u64, why: String) {
+        self.problems.push((node.to_string(), stream_seq, why));
+        self.settled.push(stream_seq);
+    }
 }
 
 impl Intake {
@@ -773,103 +843,117 @@ impl Intake {
     pub fn take(&mut self, stream_seq: u64, subject: &str, payload: &[u8]) -> Step {
         let mut step = Step::default();
         let subject_node = subject.rsplit('.').next().unwrap_or_default().to_string();
-        let refuse = |step: &mut Step, node: &str, seq: u64, why: String| {
-            step.problems.push((node.to_string(), seq, why));
-            step.settled.push(seq);
-        };
         let head: Head = match serde_json::from_slice(payload) {
             Ok(h) => h,
             Err(e) => {
-                refuse(
-                    &mut step,
-                    &subject_node,
-                    stream_seq,
-                    format!("not a witness message: {e}"),
+                // The error's kind and place only: serde's message can quote the value.
+                let why = format!(
+                    "not a witness message ({:?} error at line {} column {})",
+                    e.classify(),
+                    e.line(),
+                    e.column()
                 );
+                step.refuse(&subject_node, stream_seq, why);
                 return step;
             }
         };
         let node = head.node.clone();
         if node != subject_node {
-            refuse(
-                &mut step,
+            step.refuse(
                 &subject_node,
                 stream_seq,
-                format!("a message of node {node:?} on another node's subject"),
+                "a message of another node than its subject's".into(),
             );
             return step;
         }
         let records = match records_of(&head) {
             Ok(r) => r,
             Err(problem) => {
-                refuse(&mut step, &node, stream_seq, problem);
+                step.refuse(&node, stream_seq, problem);
                 return step;
             }
         };
         let mut ready = Vec::new();
         if !self.keys.is_empty() {
             let Some(key) = self.keys.get(&node) else {
-                refuse(
-                    &mut step,
+                step.refuse(
                     &node,
                     stream_seq,
                     "no key for this node in the index's node_keys: not indexed".into(),
                 );
                 return step;
             };
-            let held = self.held.entry(node.clone()).or_default();
-            // A redelivered message replaces itself.
-            held.retain(|(s, _)| *s != stream_seq);
-            let follows = match (held.last().and_then(|(_, r)| r.last()), records.first()) {
-                (Some(last), Some(first)) => {
-                    first.body.seq == last.body.seq + 1 && first.body.prev == last.hash
-                }
-                _ => true,
-            };
-            if !follows {
-                for (s, _) in held.drain(..) {
-                    refuse(
-                        &mut step,
-                        &node,
-                        s,
-                        "part of a batch whose seal never came".into(),
-                    );
-                }
-            }
             if head.seal.is_empty() {
                 if records.is_empty() {
                     step.settled.push(stream_seq);
-                } else {
-                    held.push((stream_seq, records));
+                    return step;
+                }
+                let held = self.held.entry(node.clone()).or_default();
+                // A redelivered part replaces itself.
+                held.insert(records[0].body.seq, (stream_seq, records));
+                while held.len() > MAX_HELD_PARTS {
+                    if let Some((_, (s, _))) = held.pop_first() {
+                        step.refuse(&node, s, "part of a batch whose seal never came".into());
+                    }
                 }
                 return step;
             }
             if let Err(e) = super::format::check_seal(key, &node, head.seq, &head.hash, &head.seal)
             {
-                for (s, _) in held.drain(..) {
-                    refuse(&mut step, &node, s, format!("its batch's {e}"));
-                }
-                refuse(
-                    &mut step,
-                    &node,
-                    stream_seq,
-                    format!("{e} (not the node's key)"),
-                );
+                step.refuse(&node, stream_seq, format!("{e} (not the node's key)"));
                 return step;
             }
-            for (s, r) in held.drain(..) {
-                ready.extend(r);
-                step.settled.push(s);
-            }
+            // The seal covers the message's last record (its head) and every record the
+            // chain leads back through: the held parts that end where this one begins.
+            let (seq, hash) = match records.first() {
+                Some(first) => (first.body.seq.saturating_sub(1), first.body.prev.clone()),
+                None => (head.seq, head.hash.clone()),
+            };
+            ready = self.release(&node, seq, &hash, &mut step);
         }
         ready.extend(records);
         step.settled.push(stream_seq);
-        // A gap or fork against what the index holds is kept as a problem (the records
-        // are still indexed: verify --index tells which copy is the node's).
-        if let (Some(first), Some((seq, hash))) = (ready.first(), self.chains.get(&node)) {
+        self.advance(&node, stream_seq, ready, &mut step);
+        step
+    }
+
+    /// Releases the held parts of `node` that chain back from the record (`seq`, `hash`),
+    /// oldest first.
+    fn release(
+        &mut self,
+        node: &str,
+        mut seq: u64,
+        hash: &str,
+        step: &mut Step,
+    ) -> Vec<IndexedRecord> {
+        let mut hash = hash.to_string();
+        let mut parts = Vec::new();
+        if let Some(held) = self.held.get_mut(node) {
+            while let Some((&first, (_, part))) = held.range(..=seq).next_back() {
+                let ends_here = part
+                    .last()
+                    .is_some_and(|last| last.body.seq == seq && last.hash == hash);
+                if !ends_here {
+                    break;
+                }
+                let (stream_seq, part) = held.remove(&first).expect("just seen");
+                step.settled.push(stream_seq);
+                seq = first.saturating_sub(1);
+                hash = part[0].body.prev.clone();
+                parts.push(part);
+            }
+        }
+        parts.into_iter().rev().flatten().collect()
+    }
+
+    /// Notes the chain's progress (a gap or fork against what the index holds is kept as
+    /// a problem; the records are still indexed: verify --index tells which copy is the
+    /// node's) and hands `ready` to the step.
+    fn advance(&mut self, node: &str, stream_seq: u64, ready: Vec<IndexedRecord>, step: &mut Step) {
+        if let (Some(first), Some((seq, hash))) = (ready.first(), self.chains.get(node)) {
             if first.body.seq == seq + 1 && &first.body.prev != hash {
                 step.problems.push((
-                    node.clone(),
+                    node.to_string(),
                     stream_seq,
                     format!(
                         "seq {} does not chain to the indexed seq {seq}",
@@ -879,12 +963,63 @@ impl Intake {
             }
         }
         if let Some(last) = ready.last() {
-            let entry = self.chains.entry(node).or_insert((0, String::new()));
+            let entry = self
+                .chains
+                .entry(node.to_string())
+                .or_insert((0, String::new()));
             if last.body.seq > entry.0 {
                 *entry = (last.body.seq, last.hash.clone());
             }
         }
-        step.ready = ready;
+        step.ready.extend(ready);
+    }
+
+    /// For each held part: its node, the seq of the record that would follow it, and
+    /// the hash that record's `prev` must name. If the index already holds that record
+    /// (indexed under a seal), [`Intake::release_covered`] releases the part.
+    pub fn held_tails(&self) -> Vec<(String, u64, String)> {
+        self.held
+            .iter()
+            .flat_map(|(node, parts)| {
+                parts.values().filter_map(move |(_, part)| {
+                    let last = part.last()?;
+                    Some((node.clone(), last.body.seq + 1, last.hash.clone()))
+                })
+            })
+            .collect()
+    }
+
+    /// Refuses `node`'s held part that ends just before `seq`: the index holds, under a
+    /// seal, a record `seq` that does not follow it — the part forks from the node's
+    /// chain and no seal will ever cover it.
+    pub fn refuse_forked(&mut self, node: &str, seq: u64) -> Step {
+        let mut step = Step::default();
+        if let Some(parts) = self.held.get_mut(node) {
+            let forked: Vec<u64> = parts
+                .iter()
+                .filter(|(_, (_, part))| part.last().is_some_and(|l| l.body.seq + 1 == seq))
+                .map(|(first, _)| *first)
+                .collect();
+            for first in forked {
+                if let Some((stream_seq, _)) = parts.remove(&first) {
+                    step.refuse(
+                        node,
+                        stream_seq,
+                        "forks from the node's sealed chain".into(),
+                    );
+                }
+            }
+        }
+        step
+    }
+
+    /// Releases `node`'s held parts that chain back from an indexed record at `seq`
+    /// whose `prev` is `prev`.
+    pub fn release_covered(&mut self, node: &str, seq: u64, prev: &str) -> Step {
+        let mut step = Step::default();
+        let ready = self.release(node, seq.saturating_sub(1), prev, &mut step);
+        let stream_seq = step.settled.last().copied().unwrap_or(0);
+        self.advance(node, stream_seq, ready, &mut step);
         step
     }
 }
@@ -1023,6 +1158,16 @@ impl Indexer {
             tracing::info!("audit indexer running again");
         }
         loop {
+            // Held parts whose following record is already indexed (they came back after
+            // their sealed successor was committed) are released.
+            for (node, seq, prev) in intake.held_tails() {
+                let step = match self.index.prev_of(&node, seq).await? {
+                    Some(indexed) if indexed == prev => intake.release_covered(&node, seq, &prev),
+                    Some(_) => intake.refuse_forked(&node, seq),
+                    None => continue, // its seal may still come
+                };
+                self.commit(step, &mut waiting).await?;
+            }
             let first = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
             let first = match first {
                 Err(_) => continue, // quiet: nothing to index
@@ -1038,42 +1183,50 @@ impl Indexer {
                     Err(_) => break,
                 }
             }
-            let mut records = Vec::new();
-            let mut problems = Vec::new();
-            let mut settled = Vec::new();
+            let mut all = Step::default();
             for message in batch {
                 let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
                 let step = intake.take(stream_seq, message.subject.as_str(), &message.payload);
-                records.extend(step.ready);
-                problems.extend(step.problems);
-                settled.extend(step.settled);
+                all.ready.extend(step.ready);
+                all.problems.extend(step.problems);
+                all.settled.extend(step.settled);
                 waiting.insert(stream_seq, message);
             }
-            for (node, stream_seq, problem) in &problems {
-                // Node ids and reasons only: never a record's content.
-                tracing::warn!(node = %node, stream_seq, problem = %problem, "audit index: message not indexed");
-            }
-            let started = std::time::Instant::now();
-            let inserted = self.index.insert(&records, &problems).await?;
-            self.metrics.index_records.inc_by(inserted);
-            self.metrics
-                .index_commit_seconds
-                .observe(started.elapsed().as_secs_f64());
-            // Acknowledged only once committed: a crash before this redelivers, and the
-            // redelivery inserts nothing new.
-            for stream_seq in settled {
-                if let Some(message) = waiting.remove(&stream_seq) {
-                    message
-                        .ack_with(AckKind::Ack)
-                        .await
-                        .map_err(|e| feed("ack")(e.to_string()))?;
-                }
-            }
+            self.commit(all, &mut waiting).await?;
             if last_retention.elapsed() > Duration::from_secs(3600) {
                 self.retention().await?;
                 last_retention = tokio::time::Instant::now();
             }
         }
+    }
+
+    /// Indexes a step's records and problems in one transaction, then acknowledges the
+    /// messages it settled (a crash before the acknowledgement redelivers them, and the
+    /// redelivery inserts nothing new).
+    async fn commit(
+        &self,
+        step: Step,
+        waiting: &mut HashMap<u64, jetstream::Message>,
+    ) -> Result<(), IndexError> {
+        for (node, stream_seq, problem) in &step.problems {
+            // Node ids and reasons only: never a record's content.
+            tracing::warn!(node = %node, stream_seq, problem = %problem, "audit index: message not indexed");
+        }
+        let started = std::time::Instant::now();
+        let inserted = self.index.insert(&step.ready, &step.problems).await?;
+        self.metrics.index_records.inc_by(inserted);
+        self.metrics
+            .index_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        for stream_seq in step.settled {
+            if let Some(message) = waiting.remove(&stream_seq) {
+                message
+                    .ack_with(AckKind::Ack)
+                    .await
+                    .map_err(|e| feed("ack")(e.to_string()))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1116,17 +1269,24 @@ struct Row {
 /// Compares the records of the node whose audit folder is `dir` with the index (see the
 /// module documentation).
 pub async fn verify_against(dir: &Path, index: &AuditIndex) -> Result<IndexReport, IndexError> {
-    // The folder, streamed from a blocking thread; the index, read in pages by seq.
-    let (tx, mut folder) = mpsc::channel::<StoredRecord>(4096);
-    let scan_dir = dir.to_path_buf();
-    let scan = tokio::task::spawn_blocking(move || {
-        super::scan_records(&scan_dir, 1, |r| tx.blocking_send(r).is_ok())
-    });
-    let mut report = IndexReport::default();
-    let Some(mut record) = folder.recv().await else {
+    // The folder, streamed from a blocking thread; the index, read in pages by (seq, at).
+    let scan_from = |from: u64| {
+        let (tx, rx) = mpsc::channel::<StoredRecord>(4096);
+        let dir = dir.to_path_buf();
+        let scan = tokio::task::spawn_blocking(move || {
+            super::scan_records(&dir, from, |r| tx.blocking_send(r).is_ok())
+        });
+        (rx, scan)
+    };
+    let finished = |scan: tokio::task::JoinHandle<Result<(), super::AuditError>>| async move {
         scan.await
             .map_err(|e| IndexError::Folder(e.to_string()))?
-            .map_err(|e| IndexError::Folder(e.to_string()))?;
+            .map_err(|e| IndexError::Folder(e.to_string()))
+    };
+    let (mut folder, mut scan) = scan_from(1);
+    let mut report = IndexReport::default();
+    let Some(mut record) = folder.recv().await else {
+        finished(scan).await?;
         return Err(IndexError::Folder(format!("{}: no records", dir.display())));
     };
     let node = record.body.node.clone();
@@ -1144,7 +1304,9 @@ pub async fn verify_against(dir: &Path, index: &AuditIndex) -> Result<IndexRepor
     let (last_indexed, dropped_before) = meta
         .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Option<i64>>(1)))
         .unwrap_or((0, None));
-    let page = |after: i64| {
+    // Paged by (seq, at), not seq alone: a second row for one seq (a forked copy with
+    // another time) is read, never skipped at a page boundary.
+    let page = |after: (i64, i64)| {
         let client = &client;
         let node = node.clone();
         async move {
@@ -1156,9 +1318,11 @@ pub async fn verify_against(dir: &Path, index: &AuditIndex) -> Result<IndexRepor
                                       FROM audit_person p
                                       WHERE p.node = r.node AND p.seq = r.seq AND p.at = r.at),
                                      '{}')
-                     FROM audit_record r WHERE r.node = $1 AND r.seq > $2
-                     ORDER BY r.seq LIMIT 5000",
-                    &[&node, &after],
+                     FROM audit_record r
+                     WHERE r.node = $1
+                       AND (r.seq, r.at) > ($2, timestamptz 'epoch' + $3::int8 * interval '1 millisecond')
+                     ORDER BY r.seq, r.at LIMIT 5000",
+                    &[&node, &after.0, &after.1],
                 )
                 .await
                 .map_err(pg)?;
@@ -1183,9 +1347,10 @@ pub async fn verify_against(dir: &Path, index: &AuditIndex) -> Result<IndexRepor
             )
         }
     };
-    let mut rows = page(0).await?;
-    let mut after = 0i64;
+    let mut after = (0i64, 0i64); // seq 0 precedes every record
+    let mut rows = page(after).await?;
     let mut folder_done = false;
+    let mut rescanned = false;
     let mut index_done = rows.is_empty();
     loop {
         if rows.is_empty() && !index_done {
@@ -1197,7 +1362,7 @@ pub async fn verify_against(dir: &Path, index: &AuditIndex) -> Result<IndexRepor
             (true, None) => break,
             (true, Some(row)) => {
                 report.invented.push(row.seq);
-                after = row.seq as i64;
+                after = (row.seq as i64, row.at_ms);
                 rows.pop_front();
             }
             (false, row) => {
@@ -1205,11 +1370,12 @@ pub async fn verify_against(dir: &Path, index: &AuditIndex) -> Result<IndexRepor
                 match row {
                     Some(row) if row.seq < seq => {
                         // Before the folder's first record: removed on the node by
-                        // retention, not invented.
+                        // retention, not invented. A second row for a seq already
+                        // compared lands here too: invented.
                         if row.seq >= first_seq {
                             report.invented.push(row.seq);
                         }
-                        after = row.seq as i64;
+                        after = (row.seq as i64, row.at_ms);
                         rows.pop_front();
                         continue;
                     }
@@ -1218,7 +1384,7 @@ pub async fn verify_against(dir: &Path, index: &AuditIndex) -> Result<IndexRepor
                             Ok(()) => report.matched += 1,
                             Err(why) => report.altered.push((seq, why)),
                         }
-                        after = row.seq as i64;
+                        after = (row.seq as i64, row.at_ms);
                         rows.pop_front();
                     }
                     _ => {
@@ -1231,8 +1397,22 @@ pub async fn verify_against(dir: &Path, index: &AuditIndex) -> Result<IndexRepor
                         }
                     }
                 }
+                let last = record.body.seq;
                 match folder.recv().await {
                     Some(next) => record = next,
+                    // A live node wrote on while we read: what it wrote since (and what
+                    // the index took of it) is compared too, once, before any row past
+                    // the folder's end counts as invented.
+                    None if !(rescanned || index_done && rows.is_empty()) => {
+                        rescanned = true;
+                        let (more, next_scan) = scan_from(last + 1);
+                        finished(std::mem::replace(&mut scan, next_scan)).await?;
+                        folder = more;
+                        match folder.recv().await {
+                            Some(next) => record = next,
+                            None => folder_done = true,
+                        }
+                    }
                     None => folder_done = true,
                 }
             }
@@ -1242,9 +1422,7 @@ pub async fn verify_against(dir: &Path, index: &AuditIndex) -> Result<IndexRepor
         }
     }
     drop(folder);
-    scan.await
-        .map_err(|e| IndexError::Folder(e.to_string()))?
-        .map_err(|e| IndexError::Folder(e.to_string()))?;
+    finished(scan).await?;
     Ok(report)
 }
 
@@ -1372,8 +1550,9 @@ mod tests {
         }
         assert!(indexed >= 4, "every record indexed under its seal");
 
-        // A record forged after the first batch, unsealed: held, then refused when the
-        // genuine next batch arrives; never indexed.
+        // A record forged after the first batch, unsealed: held; the genuine next batch
+        // does not release it; once the index holds the genuine record that follows its
+        // place, it is refused as a fork. Never indexed.
         let mut intake = Intake::new(keys.clone(), HashMap::new());
         assert_eq!(
             intake.take(1, subject, &payload(&messages[0])).settled,
@@ -1383,10 +1562,22 @@ mod tests {
         let held = intake.take(2, subject, &payload(&forged));
         assert!(held.ready.is_empty() && held.settled.is_empty(), "{held:?}");
         let next = intake.take(3, subject, &payload(&messages[1]));
-        assert_eq!(next.settled, vec![2, 3]);
-        assert_eq!(next.problems.len(), 1, "{:?}", next.problems);
-        assert!(next.problems[0].2.contains("seal never came"));
+        assert_eq!(next.settled, vec![3]);
+        assert!(next.problems.is_empty(), "{:?}", next.problems);
         assert!(next.ready.iter().all(|r| r.body.outcome != "DISCLOSED"));
+        let genuine = records_of(&messages[1]).unwrap();
+        let after_forged = &genuine[1.min(genuine.len() - 1)];
+        let tails = intake.held_tails();
+        assert_eq!(
+            tails,
+            vec![("node-a".to_string(), forged.seq + 1, forged.hash.clone())]
+        );
+        // The index's record at that place names another prev: the part is a fork.
+        assert_ne!(after_forged.body.prev, forged.hash);
+        let refused = intake.refuse_forked("node-a", forged.seq + 1);
+        assert_eq!(refused.settled, vec![2]);
+        assert!(refused.problems[0].2.contains("forks"));
+        assert!(intake.held_tails().is_empty());
 
         // The same forgery sealed with another key: refused at once.
         let mut sealed = forged.clone();
@@ -1435,6 +1626,44 @@ mod tests {
         let seqs: Vec<u64> = sealed.ready.iter().map(|r| r.body.seq).collect();
         assert_eq!(seqs.first(), Some(&a.first_seq));
         assert_eq!(seqs.last(), Some(&b.seq));
+
+        // Out of order (a redelivery after a restart): the sealed part first, indexed; the
+        // first part comes back, is held, and is released once the index is seen to hold
+        // the record that follows it under the seal.
+        let mut intake = Intake::new(
+            [("node-a".to_string(), key.verifying_key())].into(),
+            HashMap::new(),
+        );
+        intake.take(1, subject, &payload(&messages[0]));
+        let sealed = intake.take(3, subject, &payload(b));
+        assert_eq!(sealed.settled, vec![3]);
+        let late = intake.take(2, subject, &payload(&first));
+        assert!(late.settled.is_empty());
+        let successor = records_of(b).unwrap().remove(0);
+        assert_eq!(
+            intake.held_tails(),
+            vec![(
+                "node-a".to_string(),
+                successor.body.seq,
+                successor.body.prev.clone()
+            )]
+        );
+        let released = intake.release_covered("node-a", successor.body.seq, &successor.body.prev);
+        assert_eq!(released.settled, vec![2]);
+        assert_eq!(released.ready.len(), first.lines.len());
+
+        // What PostgreSQL would refuse is refused before it: a time out of range.
+        let mut bad = forged_after(&messages[0], "node-a");
+        let (hash, json) = bad.lines[0].split_once(' ').unwrap();
+        let mut body: RecordBody = serde_json::from_str(json).unwrap();
+        body.time_unix_ms = -1;
+        let json = serde_json::to_string(&body).unwrap();
+        let prev = decode_hash(&body.prev).unwrap();
+        let new_hash = hex::encode(record_hash(&prev, json.as_bytes()));
+        assert_ne!(hash, new_hash);
+        bad.hash = new_hash.clone();
+        bad.lines = vec![format!("{new_hash} {json}")];
+        assert!(records_of(&bad).unwrap_err().contains("time outside"));
 
         // Without keys, only the chain is checked: a forgery is indexed (verify --index
         // against the node's folder is then what finds it).

@@ -50,8 +50,12 @@ pub struct WitnessConfig {
 
 /// Most record lines in one message.
 pub const MAX_LINES: usize = 512;
-/// Most bytes of record lines in one message (NATS refuses payloads over 1 MiB by default).
+/// Most bytes of record lines in one message, as escaped in its JSON (NATS refuses
+/// payloads over 1 MiB by default).
 pub const MAX_BYTES: usize = 512 * 1024;
+/// Record lines read ahead of the witness's acknowledgements at most (catching up after
+/// an outage holds about this much, not the whole backlog).
+const MAX_PENDING_BYTES: usize = 16 << 20;
 
 /// One witnessed batch head: the message's payload (JSON).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,7 +335,15 @@ impl BatchReader {
         let mut chunk: Vec<Pending> = Vec::new();
         let mut bytes = 0usize;
         for p in records {
-            if !chunk.is_empty() && (chunk.len() >= MAX_LINES || bytes + p.line.len() > MAX_BYTES) {
+            // What the line takes inside the message's JSON (quotes, backslashes and
+            // control characters escaped), so that a part stays under NATS's limit.
+            let size = p.line.len()
+                + p.line
+                    .bytes()
+                    .filter(|b| matches!(b, b'"' | b'\\') || *b < 0x20)
+                    .count()
+                    * 5;
+            if !chunk.is_empty() && (chunk.len() >= MAX_LINES || bytes + size > MAX_BYTES) {
                 out.push(Self::chunk(
                     &head.node,
                     std::mem::take(&mut chunk),
@@ -339,7 +351,7 @@ impl BatchReader {
                 ));
                 bytes = 0;
             }
-            bytes += p.line.len();
+            bytes += size;
             chunk.push(p);
         }
         debug_assert_eq!(chunk.last().map(|p| p.seq), Some(last));
@@ -426,7 +438,11 @@ impl BatchReader {
                 }
             }
             self.partial.drain(..tail);
-            if !bytes.is_empty() && out.len() < max {
+            let taken: usize = out
+                .iter()
+                .map(|h| h.lines.iter().map(String::len).sum::<usize>())
+                .sum();
+            if !bytes.is_empty() && out.len() < max && taken < MAX_PENDING_BYTES {
                 continue; // more may follow in this segment
             }
             // At the end of this segment: move on only once a later one exists.

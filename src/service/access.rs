@@ -60,8 +60,10 @@ impl Gateway {
         from_ms: i64,
         to_ms: i64,
         limit: usize,
-    ) -> Result<(Vec<Event>, &'static str), GatewayError> {
+    ) -> Result<(Vec<Event>, &'static str, i64), GatewayError> {
         if let Some(index) = &self.index {
+            // Read first: whatever the history then shows is at least as new.
+            let complete_until = index.indexed_until().await?.unwrap_or(0);
             let events = index
                 .history(subject, from_ms, to_ms, REPORTED_RPCS, limit)
                 .await?;
@@ -72,7 +74,7 @@ impl Gateway {
                     related: e.related,
                 })
                 .collect();
-            return Ok((events, "index"));
+            return Ok((events, "index", complete_until));
         }
         // Without an index each report reads this node's whole log: as many at once as
         // operator queries (RESOURCE_EXHAUSTED beyond), so a busy portal cannot hog the disk.
@@ -104,7 +106,7 @@ impl Gateway {
         })
         .await
         .map_err(|_| GatewayError::Internal)??;
-        Ok((events, "node"))
+        Ok((events, "node", 0))
     }
 
     /// What the citizen is shown of one event.
@@ -182,7 +184,7 @@ impl CitizenAccess for CitizenAccessService {
                     let id = validation::parse_declared_id(&request.personal_id, false)?;
                     ctx.subject = gw.subject(id.digits());
                     check_period(request.from_unix_ms, request.to_unix_ms)?;
-                    let (mut events, source) = gw
+                    let (mut events, source, complete_until) = gw
                         .history(
                             &ctx.subject,
                             request.from_unix_ms,
@@ -201,6 +203,7 @@ impl CitizenAccess for CitizenAccessService {
                             events,
                             truncated,
                             source: source.to_string(),
+                            complete_until_unix_ms: complete_until,
                         },
                         disclosure,
                     ))

@@ -138,9 +138,12 @@ impl AuditLog for AuditLogService {
             tokio::spawn(async move {
                 let _permit = permit;
                 let (rows_tx, mut rows) = mpsc::channel(256);
-                let forward = async {
+                let out = tx.clone();
+                // Owns the receiving end: when the operator leaves, it is dropped and the
+                // query stops at its next row, giving its connection back.
+                let forward = async move {
                     while let Some(r) = rows.recv().await {
-                        if tx.send(Ok(to_pb(&r))).await.is_err() {
+                        if out.send(Ok(to_pb(&r))).await.is_err() {
                             break;
                         }
                     }
