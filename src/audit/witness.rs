@@ -8,7 +8,8 @@
 //! of the central index ([`super::index`]). A batch larger than [`MAX_LINES`] records or
 //! [`MAX_BYTES`] bytes goes as several messages, each ending at one of its records; only
 //! the last carries the seal. Nothing is shipped before its batch's seal is on disk, so
-//! a batch cut at the next start (a crash mid-write) never reaches the stream.
+//! a batch cut at the next start (a crash mid-write) never reaches the stream — nor
+//! before the writer reports it durable (its fdatasync returned).
 //!
 //! The [`Shipper`] reads the heads from the segment files (the seal lines), never from
 //! the answer's path: requests wait only for the local fsync. It resumes from the last
@@ -374,7 +375,9 @@ impl BatchReader {
     }
 
     /// The messages of the batches sealed since the last call (about `max`).
-    fn next(&mut self, max: usize) -> std::io::Result<Vec<Head>> {
+    /// Only records up to `durable` (the log's last fsynced seq) are read: a batch written
+    /// but not yet durable may still be cut by a crash, and must not reach the witness.
+    fn next(&mut self, max: usize, durable: u64) -> std::io::Result<Vec<Head>> {
         let mut out = Vec::new();
         loop {
             let segments = list_segments(&self.dir)?;
@@ -406,7 +409,9 @@ impl BatchReader {
             self.offset += bytes.len() as u64;
             self.partial.extend_from_slice(&bytes);
             let (lines, tail) = split_lines(&self.partial);
-            for (_, line) in &lines {
+            let mut consumed = tail;
+            let mut not_durable = false;
+            for (offset, line) in &lines {
                 let sealed = line.last() != Some(&b'}');
                 if !sealed && !self.records {
                     continue; // not the last record of a batch
@@ -414,6 +419,12 @@ impl BatchReader {
                 let Ok(p) = parse_line(line) else { continue };
                 if p.body.seq <= self.after {
                     continue;
+                }
+                if p.body.seq > durable {
+                    // Read again next time, once durable.
+                    consumed = *offset;
+                    not_durable = true;
+                    break;
                 }
                 if self.records {
                     self.batch.push(Pending {
@@ -437,7 +448,10 @@ impl BatchReader {
                     Self::seal(&mut self.batch, head, &mut out);
                 }
             }
-            self.partial.drain(..tail);
+            self.partial.drain(..consumed);
+            if not_durable {
+                return Ok(out);
+            }
             let taken: usize = out
                 .iter()
                 .map(|h| h.lines.iter().map(String::len).sum::<usize>())
@@ -459,7 +473,7 @@ impl BatchReader {
 
 /// Every message a shipper would send for the folder `dir` (for tests and tools).
 pub fn messages(dir: &Path, records: bool) -> std::io::Result<Vec<Head>> {
-    BatchReader::new(dir.to_path_buf(), 0, records).next(usize::MAX)
+    BatchReader::new(dir.to_path_buf(), 0, records).next(usize::MAX, u64::MAX)
 }
 
 /// Ships the heads of one node's log to the witness until stopped.
@@ -528,8 +542,11 @@ impl Shipper {
         let mut reader = BatchReader::new(self.log.dir().to_path_buf(), start, self.config.records);
         loop {
             // File reads off the async threads; the reader goes there and comes back.
+            // Read only what the writer has made durable (fsynced), never a batch still in
+            // flight that a crash could cut.
+            let durable = self.log.last_seq();
             let (back, heads) = tokio::task::spawn_blocking(move || {
-                let heads = reader.next(1024);
+                let heads = reader.next(1024, durable);
                 (reader, heads)
             })
             .await
@@ -559,5 +576,39 @@ impl Shipper {
                 self.metrics.witness_shipped.inc();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditConfig, AuditEntry};
+
+    #[tokio::test]
+    async fn nothing_past_the_durable_seq_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[6u8; 32]);
+        let log = AuditLog::open(AuditConfig::new(dir.path(), "n"), key).unwrap();
+        for i in 0..3 {
+            log.append(AuditEntry {
+                request_id: format!("r{i}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let last = log.last_seq();
+        log.shutdown().await;
+        let mut reader = BatchReader::new(dir.path().to_path_buf(), 0, true);
+        // The last batch is on disk but, as far as this reader is told, not yet durable.
+        let early = reader.next(100, last - 1).unwrap();
+        assert_eq!(early.last().map(|h| h.seq), Some(last - 1));
+        assert!(early
+            .iter()
+            .all(|h| h.lines.len() as u64 == h.seq - h.first_seq + 1));
+        let rest = reader.next(100, last).unwrap();
+        assert_eq!(rest.len(), 1, "{rest:?}");
+        assert_eq!((rest[0].first_seq, rest[0].seq), (last, last));
+        assert!(reader.next(100, last).unwrap().is_empty());
     }
 }
