@@ -45,6 +45,44 @@ pub async fn serve(
         .await
 }
 
+/// `/metrics` and `/healthz` alone, over `metrics`: for processes without a gateway
+/// (`popgw audit index --admin-listen`).
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<crate::telemetry::Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let registry = Arc::new(metrics.registry());
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(
+                |State(registry): State<Arc<prometheus_client::registry::Registry>>| async move {
+                    encoded(&registry)
+                },
+            ),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(registry);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The registry in the OpenMetrics text format.
+fn encoded(registry: &prometheus_client::registry::Registry) -> impl IntoResponse {
+    let mut body = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut body, registry);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+}
+
 async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
     let gw = &admin.gateway;
     let m = &gw.metrics;
@@ -63,16 +101,7 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
         Some(BreakerState::Open) => 1,
         Some(BreakerState::HalfOpen) => 2,
     });
-    let mut body = String::new();
-    // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut body, &admin.registry);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
+    encoded(&admin.registry)
 }
 
 async fn ready(State(admin): State<Arc<Admin>>) -> (StatusCode, String) {

@@ -305,6 +305,9 @@ enum AuditCommand {
         /// only records under a seal made by their node's key are indexed.
         #[arg(long = "node-key")]
         node_keys: Vec<String>,
+        /// Serve /metrics and /healthz (plain HTTP) on this address, e.g. 127.0.0.1:9465.
+        #[arg(long)]
+        admin_listen: Option<String>,
     },
     /// Records matching filters, from the files (--dir) or a running gateway.
     Query {
@@ -1138,6 +1141,7 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             consumer,
             retain_months,
             node_keys,
+            admin_listen,
         } => {
             let config = config.map(|p| Config::load(&p)).transpose()?;
             let mut keys = std::collections::HashMap::new();
@@ -1202,7 +1206,22 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                     format!("seals checked for {} node(s)", feed.node_keys.len())
                 }
             );
-            let indexer = audit::index::Indexer::new(index, feed, Default::default());
+            let metrics = std::sync::Arc::new(popgw::telemetry::Metrics::default());
+            if let Some(addr) = admin_listen {
+                let listener = tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("--admin-listen {addr}"))?;
+                out!(
+                    "popgw audit index: metrics on http://{}/metrics",
+                    listener.local_addr()?
+                );
+                tokio::spawn(popgw::admin::serve_metrics(
+                    listener,
+                    metrics.clone(),
+                    std::future::pending(),
+                ));
+            }
+            let indexer = audit::index::Indexer::new(index, feed, metrics);
             indexer
                 .run(async {
                     #[cfg(unix)]

@@ -104,6 +104,12 @@ pub struct Metrics {
     pub index_records: Counter,
     /// Central audit index: one commit of a batch of witness messages.
     pub index_commit_seconds: Histogram,
+    /// Central audit index: witness messages not yet indexed (undelivered or
+    /// unacknowledged), as the stream's consumer reports after each commit.
+    pub index_pending: Gauge,
+    /// Central audit index: 1 while the indexer is connected to the stream and the
+    /// database.
+    pub index_up: Gauge,
     /// Requests shed because `limits.max_in_flight` were running.
     pub shed: Counter,
     /// Calls sent to the remote registry (each retry counts).
@@ -167,6 +173,8 @@ impl Default for Metrics {
             witness_shipped: Counter::default(),
             index_records: Counter::default(),
             index_commit_seconds: seconds_histogram(),
+            index_pending: Gauge::default(),
+            index_up: Gauge::default(),
             shed: Counter::default(),
             upstream_calls: Counter::default(),
             upstream_failures: Counter::default(),
@@ -356,6 +364,16 @@ impl Metrics {
             "audit_witness_up",
             "1 while the audit witness is connected",
             self.witness_up.clone(),
+        );
+        r.register(
+            "audit_index_pending_messages",
+            "Witness messages the central index's consumer has not yet acknowledged",
+            self.index_pending.clone(),
+        );
+        r.register(
+            "audit_index_up",
+            "1 while the central index's indexer is connected to the stream and the database",
+            self.index_up.clone(),
         );
         r.register(
             "cache_entries",

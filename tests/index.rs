@@ -402,10 +402,29 @@ async fn an_indexer_killed_and_restarted_indexes_every_record_exactly_once() {
             .args(["--stream", &stream.name, "--consumer", "killed"])
             .arg("--node-key")
             .arg(format!("{}={}", stream.node, gw.gateway.audit.public_key()))
-            .stdout(std::process::Stdio::null())
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap()
+    };
+    // The indexer's metrics address, from its start-up lines.
+    let metrics_addr = |indexer: &mut std::process::Child| -> std::net::SocketAddr {
+        use std::io::BufRead;
+        let stdout = indexer.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let addr = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.split("metrics on http://")
+                    .nth(1)
+                    .and_then(|rest| rest.strip_suffix("/metrics"))
+                    .map(|a| a.parse().unwrap())
+            })
+            .expect("the indexer prints its metrics address");
+        std::thread::spawn(move || for _ in lines {});
+        addr
     };
     let r = gw.living().clone();
     let portal = gw.client("portal").await;
@@ -425,7 +444,29 @@ async fn an_indexer_killed_and_restarted_indexes_every_record_exactly_once() {
     let at_kill = index.count(&stream.node).await.unwrap();
     load(50).await;
     let mut indexer = spawn_indexer();
+    let admin = metrics_addr(&mut indexer);
     wait_indexed(&index, &[&gw]).await;
+    // Its /metrics: connected, records indexed, and nothing left pending once caught up.
+    let mut scrape = String::new();
+    for _ in 0..50 {
+        scrape = common::http_get(admin, "/metrics").await.1;
+        if scrape.contains("popgw_audit_index_pending_messages 0\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(scrape.contains("popgw_audit_index_up 1\n"), "{scrape}");
+    assert!(
+        scrape.contains("popgw_audit_index_pending_messages 0\n"),
+        "{scrape}"
+    );
+    let indexed: f64 = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("popgw_audit_index_records_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(indexed >= 1.0, "{scrape}");
     let total = gw.gateway.audit.last_seq();
     assert!(total >= 1000, "{total} records");
     assert!(at_kill < total, "the kill left work for the restart");

@@ -1084,6 +1084,7 @@ impl Indexer {
                 _ = &mut stop => return,
                 result = session => {
                     let Err(e) = result;
+                    self.metrics.index_up.set(0);
                     if !warned {
                         tracing::warn!(error = %e, "audit indexer interrupted; retrying");
                         warned = true;
@@ -1157,6 +1158,8 @@ impl Indexer {
         if std::mem::take(warned) {
             tracing::info!("audit indexer running again");
         }
+        self.metrics.index_up.set(1);
+        let mut last_pending = tokio::time::Instant::now() - Duration::from_secs(1);
         loop {
             // Held parts whose following record is already indexed (they came back after
             // their sealed successor was committed) are released.
@@ -1168,7 +1171,15 @@ impl Indexer {
                 };
                 self.commit(step, &mut waiting).await?;
             }
-            let first = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
+            // How far behind the stream the index is, at most once a second.
+            if last_pending.elapsed() >= Duration::from_secs(1) {
+                if let Ok(info) = consumer.get_info().await {
+                    let pending = info.num_pending + info.num_ack_pending as u64;
+                    self.metrics.index_pending.set(pending as i64);
+                }
+                last_pending = tokio::time::Instant::now();
+            }
+            let first = tokio::time::timeout(Duration::from_secs(1), messages.next()).await;
             let first = match first {
                 Err(_) => continue, // quiet: nothing to index
                 Ok(None) => return Err(feed("consume")("the stream ended".into())),
