@@ -1299,9 +1299,6 @@ fn read_pubkey(path: &Path) -> Result<ed25519_dalek::VerifyingKey> {
 }
 
 fn parse_pubkey(text: &str) -> Result<ed25519_dalek::VerifyingKey> {
-    let bytes: [u8; 32] = hex::decode(text.trim())
-        .context("public key must be 64 hex digits")?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("public key must be 32 bytes"))?;
-    Ok(ed25519_dalek::VerifyingKey::from_bytes(&bytes)?)
+    popgw::config::parse_public_key(text)
+        .context("public key must be 64 hex digits of an ed25519 public key")
 }

@@ -97,8 +97,8 @@ async fn a_second_gateway_on_the_same_audit_folder_refuses_to_start() {
     drop(server);
 }
 
-#[tokio::test]
-async fn a_missing_or_different_pseudonym_key_refuses_to_start() {
+/// A gateway that answered one verification and stopped, and its configuration.
+async fn stopped_after_one_verification() -> (TestGateway, popgw::config::Config) {
     let mut gw = TestGateway::start().await;
     let r = gw.living().clone();
     gw.client("portal")
@@ -108,6 +108,12 @@ async fn a_missing_or_different_pseudonym_key_refuses_to_start() {
         .unwrap();
     gw.stop().await;
     let config = popgw::config::Config::rooted_at(gw.dir.path());
+    (gw, config)
+}
+
+#[tokio::test]
+async fn a_missing_or_different_pseudonym_key_refuses_to_start() {
+    let (_gw, config) = stopped_after_one_verification().await; // holds the folder
     let key = config.pseudonym_key_path();
     let original = std::fs::read(&key).unwrap();
     std::fs::remove_file(&key).unwrap();
@@ -243,15 +249,7 @@ fn check_config_names_every_problem_and_exits_64() {
 
 #[tokio::test]
 async fn a_wiped_audit_folder_refuses_to_start_and_fails_verification() {
-    let mut gw = TestGateway::start().await;
-    let r = gw.living().clone();
-    gw.client("portal")
-        .await
-        .verify_identity(common::declare(&r, "P03"))
-        .await
-        .unwrap();
-    gw.stop().await;
-    let config = popgw::config::Config::rooted_at(gw.dir.path());
+    let (_gw, config) = stopped_after_one_verification().await; // holds the folder
     let audit = config.audit_dir();
     assert!(popgw::audit::verify_dir(&audit, None).is_ok());
     // An insider removes the records and the checkpoints (the public key may stay).

@@ -109,13 +109,10 @@ impl Gateway {
         Ok((events, "node", 0))
     }
 
-    /// What the citizen is shown of one event.
-    fn shown(&self, e: Event) -> pb::AccessEvent {
+    /// What the citizen is shown of one event (`policy` names the agencies).
+    fn shown(&self, policy: &crate::policy::Policy, e: Event) -> pb::AccessEvent {
         let r = e.record;
-        let agency = self
-            .access
-            .load()
-            .policy
+        let agency = policy
             .display_name(&r.client)
             .unwrap_or("an agency without a public name in the gateway's policy")
             .to_string();
@@ -194,8 +191,11 @@ impl CitizenAccess for CitizenAccessService {
                         .await?;
                     let truncated = events.len() > MAX_REPORT_EVENTS;
                     events.truncate(MAX_REPORT_EVENTS);
-                    let events: Vec<pb::AccessEvent> =
-                        events.into_iter().map(|e| gw.shown(e)).collect();
+                    let access = gw.access.load();
+                    let events: Vec<pb::AccessEvent> = events
+                        .into_iter()
+                        .map(|e| gw.shown(&access.policy, e))
+                        .collect();
                     let mut disclosure = Disclosure::of(Outcome::Reported, &["access_report"]);
                     disclosure.detail = format!("{} events from the {source}", events.len());
                     Ok((
