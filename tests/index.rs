@@ -568,3 +568,76 @@ async fn retention_drops_whole_months_and_verify_tells_dropped_from_missing() {
     assert_eq!((report.dropped, report.matched), (20, 0), "{report:?}");
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn an_unreachable_index_answers_could_not_check_and_bad_input_is_refused() {
+    // Nothing listens on port 1: the index is down from the start.
+    let mut gw = TestGateway::start_with(
+        |c| {
+            let mut settings = index_settings("postgres://postgres@127.0.0.1:1/nowhere");
+            settings.timeout_ms = 500;
+            c.audit.index = Some(settings);
+        },
+        None,
+    )
+    .await;
+    let x = gw.living().clone();
+    let mut citizen = CitizenAccessClient::new(gw.channel("citizen").await);
+    let ask = |personal_id: &str, from: i64, to: i64| pb::AccessReportRequest {
+        personal_id: personal_id.into(),
+        from_unix_ms: from,
+        to_unix_ms: to,
+    };
+    // Never an empty report: "could not check".
+    let down = citizen
+        .access_report(ask(&x.personal_id, 0, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
+    assert!(down.message().contains("could not check"), "{down:?}");
+    // Bad input is refused before the index is asked, naming the field.
+    let bad_id = citizen.access_report(ask("12345", 0, 0)).await.unwrap_err();
+    assert_eq!(bad_id.code(), tonic::Code::InvalidArgument);
+    assert!(bad_id.message().contains("personal_id"), "{bad_id:?}");
+    let backwards = citizen
+        .access_report(ask(&x.personal_id, 2_000, 1_000))
+        .await
+        .unwrap_err();
+    assert_eq!(backwards.code(), tonic::Code::InvalidArgument);
+    assert!(backwards.message().contains("to_unix_ms"), "{backwards:?}");
+    // The operator's query fails the same way (its own record written first).
+    use tokio_stream::StreamExt;
+    let mut results = gw
+        .audit_client("operator")
+        .await
+        .query(pb::AuditQueryRequest {
+            personal_id: x.personal_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = results.next().await.expect("an answer").unwrap_err();
+    assert_eq!(first.code(), tonic::Code::Unavailable, "{first:?}");
+    gw.stop().await;
+    // Every one of those calls left its record, refusals included.
+    let records = popgw::audit::read_records(gw.gateway.audit.dir()).unwrap();
+    let codes: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r.body.rpc.as_str(), r.body.code.as_str()))
+        .collect();
+    for expected in [
+        ("CitizenAccess.AccessReport", "UNAVAILABLE"),
+        ("CitizenAccess.AccessReport", "INVALID_ARGUMENT"),
+        ("AuditLog.Query", "OK"),
+    ] {
+        assert!(codes.contains(&expected), "{expected:?} in {codes:?}");
+    }
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == ("CitizenAccess.AccessReport", "INVALID_ARGUMENT"))
+            .count(),
+        2
+    );
+}
