@@ -251,6 +251,10 @@ pub struct AuditSettings {
     /// Records waiting for the writer at most; beyond, requests are refused
     /// (UNAVAILABLE, nothing disclosed) instead of queueing without bound.
     pub queue_capacity: usize,
+    /// While records arrive concurrently, the writer waits this many microseconds before
+    /// each group commit so that one write, fdatasync and seal serve more records (a lone
+    /// request never waits; 0 = never wait; at most 10000).
+    pub commit_delay_us: u64,
     /// A record not durable within this many milliseconds (a hung disk) fails the log
     /// closed: UNAVAILABLE and health NOT_SERVING until restart.
     pub append_timeout_ms: u64,
@@ -430,6 +434,7 @@ impl Default for AuditSettings {
             checkpoint_interval_secs: 10,
             retention_days: 0,
             queue_capacity: 65_536,
+            commit_delay_us: 200,
             append_timeout_ms: 5_000,
             signing_key_file: None,
             pseudonym_key_file: None,
@@ -673,6 +678,9 @@ impl Config {
             if c.serve_stale_on_error && c.stale_max_age_ms < c.ttl_ms.min(c.max_staleness_ms) {
                 p.push("cache.stale_max_age_ms must not be below cache.ttl_ms or cache.max_staleness_ms: a stale entry is older than a fresh one".into());
             }
+        }
+        if self.audit.commit_delay_us > 10_000 {
+            p.push("audit.commit_delay_us: at most 10000 (10 ms)".into());
         }
         if self.audit.queue_capacity == 0 || self.audit.append_timeout_ms == 0 {
             p.push("audit.queue_capacity and audit.append_timeout_ms must be at least 1".into());

@@ -32,12 +32,14 @@
 //! - [`admin`]: the admin HTTP listener (Prometheus `/metrics`, `/healthz`, `/readyz`).
 //! - [`config`], [`telemetry`], [`pki`] (development certificates), [`demo`] (first
 //!   start), [`client`] (the command-line client's connection), [`console`] (its output),
-//!   [`proto`] (generated).
+//!   [`proto`] (generated), [`bench`] (the load generator and the baseline server of the
+//!   benchmarks, `popgw loadgen` and `popgw bench-baseline`).
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 
 pub mod admin;
 pub mod audit;
+pub mod bench;
 pub mod cache;
 pub mod catalogue;
 pub mod client;

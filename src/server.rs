@@ -262,6 +262,7 @@ impl Server {
         audit_config.checkpoint_every_records = a.checkpoint_every_records;
         audit_config.checkpoint_interval = Duration::from_secs(a.checkpoint_interval_secs);
         audit_config.queue_capacity = a.queue_capacity;
+        audit_config.commit_delay = Duration::from_micros(a.commit_delay_us);
         audit_config.append_timeout = Duration::from_millis(a.append_timeout_ms);
         audit_config.metrics = metrics.clone();
         audit_config.expect_existing = key_was_in_use;

@@ -211,6 +211,9 @@ pub struct AuditConfig {
     pub retention: Option<Duration>,
     /// Most records written in one group commit.
     pub max_batch: usize,
+    /// How long the writer waits before a group commit while records arrive
+    /// concurrently, so that more share its write, fdatasync and seal (zero: never).
+    pub commit_delay: Duration,
     /// Most records waiting for the writer; beyond, an append is refused at once
     /// ([`AuditError::Overloaded`]) instead of queueing without bound.
     pub queue_capacity: usize,
@@ -237,6 +240,7 @@ impl AuditConfig {
             checkpoint_interval: Duration::from_secs(10),
             retention: None,
             max_batch: 4096,
+            commit_delay: Duration::from_micros(200),
             queue_capacity: 65_536,
             append_timeout: Duration::from_secs(5),
             metrics: Arc::default(),

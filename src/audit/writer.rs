@@ -690,6 +690,7 @@ impl Writer {
             .checkpoint_interval
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
         let max_batch = self.cfg.max_batch.max(1);
+        let mut last_batch = 0;
         loop {
             let first = match rx.recv_timeout(tick) {
                 Ok(m) => m,
@@ -703,27 +704,22 @@ impl Writer {
                 }
             };
             let mut batch = Vec::new();
-            let mut stop = None;
-            let mut next = Some(first);
-            while let Some(msg) = next.take() {
-                match msg {
-                    Msg::Append(e, r) => {
-                        self.cfg.metrics.audit_queue.dec();
-                        batch.push((*e, r));
-                    }
-                    other => {
-                        stop = Some(other);
-                        break;
-                    }
-                }
-                if batch.len() >= max_batch {
-                    break;
-                }
-                match rx.try_recv() {
-                    Ok(m) => next = Some(m),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
-                }
+            let mut stop = self.take(&rx, Some(first), &mut batch, max_batch);
+            // Commit delay (PostgreSQL's commit_delay with commit_siblings): when
+            // records are arriving concurrently, sleep a moment before committing so
+            // that one write, one fdatasync and one seal serve more of them. Records
+            // queued meanwhile wake no one (the writer is not waiting on the queue).
+            // A lone caller (the last batch and this one of one record) never waits.
+            let delay = self.cfg.commit_delay;
+            if !delay.is_zero()
+                && stop.is_none()
+                && batch.len() < max_batch
+                && (batch.len() > 1 || last_batch > 1)
+            {
+                std::thread::sleep(delay);
+                stop = self.take(&rx, None, &mut batch, max_batch);
             }
+            last_batch = batch.len();
             if !batch.is_empty() {
                 self.commit(batch);
             }
@@ -742,6 +738,35 @@ impl Writer {
                 _ => {}
             }
         }
+    }
+
+    /// Moves `first` and then queued appends into `batch`, up to `max_batch`; stops at
+    /// a control message, which it returns.
+    fn take(
+        &self,
+        rx: &mpsc::Receiver<Msg>,
+        first: Option<Msg>,
+        batch: &mut Vec<(AuditEntry, Reply)>,
+        max_batch: usize,
+    ) -> Option<Msg> {
+        let mut next = first;
+        while batch.len() < max_batch {
+            let msg = match next.take() {
+                Some(m) => m,
+                None => match rx.try_recv() {
+                    Ok(m) => m,
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => return None,
+                },
+            };
+            match msg {
+                Msg::Append(e, r) => {
+                    self.cfg.metrics.audit_queue.dec();
+                    batch.push((*e, r));
+                }
+                other => return Some(other),
+            }
+        }
+        None
     }
 
     fn failed(&self) -> bool {

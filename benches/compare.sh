@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# popgw against the limit of its stack, in one command (issue 17):
+#
+#   benches/compare.sh
+#
+# Builds the release binary, then runs every server pinned to core 0 and the load
+# generator (`popgw loadgen`, its own process) pinned to core 1:
+#   1. the baseline (`popgw bench-baseline`: bare tonic + rustls with popgw's TLS
+#      configuration, fixed replies) — closed loop (64 callers on 4 connections), one
+#      caller, the Zipf mix, new connections per second;
+#   2. popgw on its zero-config defaults (fsynced, sealed audit; cache hits after the
+#      warm-up) — the same four, plus an open loop at half its saturated rate;
+#   3. popgw with every lookup a cache miss through `popgw registry serve` with 1 ms
+#      injected latency (the registry shares core 1 with the generator);
+#   4. the audit log's durable, sealed records per second (`cargo bench --bench audit`,
+#      both cores).
+# Writes target/bench-report/report.md and report.json (and each run's JSON).
+#
+# POPGW_BENCH_SECS (default 10) seconds measured per run, after 2 s of warm-up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SECS=${POPGW_BENCH_SECS:-10}
+OUT=$ROOT/target/bench-report
+SERVER_CORE=0
+GEN_CORE=1
+if [ "$(nproc)" -lt 2 ]; then
+    echo "compare.sh needs two cores (one for the server, one for the generator)" >&2
+    exit 1
+fi
+command -v taskset >/dev/null || { echo "compare.sh needs taskset (util-linux)" >&2; exit 1; }
+
+cargo build --release --quiet
+BIN=$ROOT/target/release/popgw
+rm -rf "$OUT"
+mkdir -p "$OUT"
+WORK=$(mktemp -d "$ROOT/target/bench-work.XXXXXX")
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+GW=127.0.0.1:57051
+BASE=127.0.0.1:57071
+REG=127.0.0.1:57061
+
+wait_port() {
+    local port=${1##*:}
+    for _ in $(seq 600); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on $1 after 60 s" >&2
+    exit 1
+}
+# start NAME CORE COMMAND...: starts a server in $WORK pinned to CORE; its pid in $STARTED.
+start() {
+    local name=$1 core=$2
+    shift 2
+    (cd "$WORK" && exec taskset -c "$core" "$@" >"$OUT/$name.log" 2>&1) &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+stop() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+# load NAME ADDR SERVER_PID [loadgen flags...]
+load() {
+    local name=$1 addr=$2 pid=$3
+    shift 3
+    taskset -c "$GEN_CORE" "$BIN" loadgen --addr "$addr" --dir "$WORK" --secs "$SECS" \
+        --warmup-secs 2 --server-pid "$pid" --label "$name" --json "$OUT/$name.json" "$@" \
+        >/dev/null 2>>"$OUT/loadgen.log"
+    tail -n 1 "$OUT/loadgen.log"
+}
+
+# The gateway's first start creates the dev PKI, policy and demo population in $WORK.
+start gateway-first "$SERVER_CORE" "$BIN" serve --listen "$GW" --admin-listen 127.0.0.1:57464
+wait_port "$GW"
+stop "$STARTED"
+
+start baseline "$SERVER_CORE" "$BIN" bench-baseline --dir "$WORK" --listen "$BASE"
+wait_port "$BASE"
+B=$STARTED
+load baseline-closed "$BASE" "$B"
+load baseline-one "$BASE" "$B" --callers 1 --connections 1
+load baseline-mix "$BASE" "$B" --mix verify=8,citizen=1,household=1 --zipf 1.1
+load baseline-connect "$BASE" "$B" --connect --callers 16
+stop "$B"
+
+start gateway "$SERVER_CORE" "$BIN" serve --listen "$GW" --admin-listen 127.0.0.1:57464
+wait_port "$GW"
+G=$STARTED
+# Every one of the 10,000 ids read once, so that the measured runs are cache hits.
+load popgw-warmup "$GW" "$G" --secs 4
+load popgw-closed "$GW" "$G"
+load popgw-one "$GW" "$G" --callers 1 --connections 1
+load popgw-mix "$GW" "$G" --mix verify=8,citizen=1,household=1 --zipf 1.1
+load popgw-connect "$GW" "$G" --connect --callers 16
+HALF=$(python3 -c "import json; print(round(json.load(open('$OUT/popgw-closed.json'))['throughput'] / 2))")
+load popgw-open-half "$GW" "$G" --rate "$HALF"
+curl -s http://127.0.0.1:57464/metrics | grep -E '^popgw_audit_batch_records_(sum|count)' >"$OUT/popgw-audit-batches.txt" || true
+stop "$G"
+
+# Every lookup a miss: the remote registry with 1 ms of injected latency, cache TTL 1 ms.
+cat >"$WORK/miss.toml" <<EOF
+listen = "$GW"
+data_dir = "data"
+[tls]
+client_ca = "certs/ca.pem"
+cert = "certs/server.pem"
+key = "certs/server.key"
+client_crls = ["certs/crl.pem"]
+[registry]
+kind = "remote"
+endpoint = "https://localhost:${REG##*:}"
+cert = "certs/gateway.pem"
+key = "certs/gateway.key"
+connections = 4
+[cache]
+ttl_ms = 1
+negative_ttl_ms = 1
+[admin]
+listen = "127.0.0.1:57464"
+EOF
+start registry "$GEN_CORE" "$BIN" registry serve --store data/registry --listen "$REG" \
+    --allow spiffe://popgw.dev/gateway/node-1 --inject-latency-ms 1
+wait_port "$REG"
+R=$STARTED
+start gateway-miss "$SERVER_CORE" "$BIN" serve --config miss.toml
+wait_port "$GW"
+G=$STARTED
+load popgw-miss "$GW" "$G"
+stop "$G"
+stop "$R"
+
+# The audit log alone: durable (fdatasync) and sealed records per second.
+cargo bench --quiet --bench audit >"$OUT/audit-bench.txt" 2>&1 || {
+    echo "cargo bench --bench audit failed: see $OUT/audit-bench.txt" >&2
+    exit 1
+}
+
+python3 "$ROOT/benches/report.py" "$OUT"
+echo "report: $OUT/report.md"

@@ -1,0 +1,894 @@
+//! A load generator for popgw and the baseline (`popgw loadgen`).
+//!
+//! Raw HTTP/2 (h2) over tokio-rustls, requests encoded once before the run: per call the
+//! generator builds a header block, sends the pre-encoded body and reads the answer's
+//! status (and, for `VerifyIdentity`, its verdict). The tonic client stack (a buffer task
+//! and a channel hop per call) would cost the generator's core more than the servers
+//! it measures spend.
+//!
+//! Three modes: **closed** (N callers, each waits for its answer: capacity), **open**
+//! (call i is due at start + i / rate; its latency counts from that intended time, so a
+//! stall shows instead of slowing the generator down; calls beyond `max_in_flight` are
+//! dropped and counted; a call sent more than 2 ms after it was due is counted late),
+//! **connect** (each call on a new TCP + full mutual-TLS + HTTP/2 connection: session
+//! resumption is off). Loopback targets only.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use h2::client::SendRequest;
+use hdrhistogram::Histogram;
+use http::header::{HeaderValue, CONTENT_TYPE, TE};
+use prost::Message;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::Distribution;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::proto::gateway as pb;
+use crate::proto::registry::CitizenRecord;
+
+/// Why a load run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The generator refuses anything but loopback: it is not a tool to aim elsewhere.
+    #[error("{0}: the load generator only targets loopback addresses")]
+    NotLoopback(SocketAddr),
+    /// A certificate, key or population file.
+    #[error("cannot read {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// An impossible plan (no callers, an empty mix, a rate of zero...).
+    #[error("bad plan: {0}")]
+    Plan(String),
+    /// The first connections could not be opened.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The target.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The RPCs the generator can send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rpc {
+    /// `VerifyIdentity` for P03 as the portal; expects MATCH.
+    Verify,
+    /// `GetCitizen` for P12 as the ministry.
+    Citizen,
+    /// `GetHousehold` for P17 as the ministry.
+    Household,
+}
+
+impl Rpc {
+    /// `verify`, `citizen` or `household`.
+    pub fn parse(name: &str) -> Option<Rpc> {
+        match name {
+            "verify" => Some(Rpc::Verify),
+            "citizen" => Some(Rpc::Citizen),
+            "household" => Some(Rpc::Household),
+            _ => None,
+        }
+    }
+    fn path(self) -> &'static str {
+        match self {
+            Rpc::Verify => "/popgw.v1.IdentityGateway/VerifyIdentity",
+            Rpc::Citizen => "/popgw.v1.IdentityGateway/GetCitizen",
+            Rpc::Household => "/popgw.v1.IdentityGateway/GetHousehold",
+        }
+    }
+    /// The dev PKI's client that sends it.
+    fn client(self) -> usize {
+        match self {
+            Rpc::Verify => PORTAL,
+            Rpc::Citizen | Rpc::Household => MINISTRY,
+        }
+    }
+    fn encode(self, person: &CitizenRecord, case_id: String) -> Bytes {
+        let personal_id = person.personal_id.clone();
+        match self {
+            Rpc::Verify => frame(&pb::VerifyIdentityRequest {
+                personal_id,
+                full_name: person.full_name.clone(),
+                date_of_birth: person.date_of_birth.clone(),
+                sex: person.sex,
+                procedure_code: "P03".into(),
+                case_id,
+            }),
+            Rpc::Citizen => frame(&pb::GetCitizenRequest {
+                personal_id,
+                procedure_code: "P12".into(),
+                case_id,
+            }),
+            Rpc::Household => frame(&pb::GetHouseholdRequest {
+                personal_id,
+                procedure_code: "P17".into(),
+                case_id,
+            }),
+        }
+    }
+}
+
+const PORTAL: usize = 0;
+const MINISTRY: usize = 1;
+const CLIENT_NAMES: [&str; 2] = ["portal", "ministry"];
+
+/// How calls are sent.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Mode {
+    /// `callers` tasks, each sending its next call when its answer arrives.
+    Closed {
+        /// Concurrent callers.
+        callers: usize,
+    },
+    /// A fixed rate, whatever the answers do.
+    Open {
+        /// Calls per second.
+        rate: f64,
+        /// Calls outstanding at most; a call due beyond is dropped (and counted).
+        max_in_flight: usize,
+    },
+    /// Each call on a connection of its own: TCP, a full mutual-TLS handshake, HTTP/2.
+    Connect {
+        /// Concurrent callers.
+        callers: usize,
+    },
+}
+
+/// One run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The server (loopback only).
+    pub addr: SocketAddr,
+    /// The name the server's certificate is checked against.
+    pub server_name: String,
+    /// A dev-PKI folder: `ca.pem`, `portal.pem`/`.key`, `ministry.pem`/`.key`.
+    pub certs: PathBuf,
+    /// HTTP/2 connections per client certificate (closed and open loops).
+    pub connections: usize,
+    /// Closed, open or connect.
+    pub mode: Mode,
+    /// RPCs and their weights.
+    pub mix: Vec<(Rpc, u32)>,
+    /// Ids drawn from the population uniformly (`None`) or by a Zipf law of this exponent.
+    pub zipf: Option<f64>,
+    /// Calls before this long are not measured.
+    pub warmup: Duration,
+    /// How long the measured part lasts at most.
+    pub duration: Duration,
+    /// Measured calls at most.
+    pub max_calls: Option<u64>,
+    /// The server's process, whose CPU time is read over the measured part (Linux).
+    pub server_pid: Option<u32>,
+    /// A name for the report.
+    pub label: String,
+}
+
+/// Latency percentiles, microseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Slowest.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// What a run measured (the JSON report).
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The plan's label.
+    pub label: String,
+    /// The target address.
+    pub target: String,
+    /// The mode.
+    pub mode: Mode,
+    /// Connections per client certificate (not used by connect mode).
+    pub connections: usize,
+    /// RPC → weight.
+    pub mix: BTreeMap<Rpc, u32>,
+    /// `uniform` or `zipf(s)`, over how many people.
+    pub ids: String,
+    /// Length of the measured part.
+    pub seconds: f64,
+    /// Calls measured (answered or not).
+    pub calls: u64,
+    /// Calls answered OK (and MATCH for VerifyIdentity).
+    pub ok: u64,
+    /// VerifyIdentity answered OK but not MATCH.
+    pub not_match: u64,
+    /// Failed calls by gRPC code name, or `transport`/`connect`.
+    pub errors: BTreeMap<String, u64>,
+    /// `ok` per second: the figure quoted.
+    pub throughput: f64,
+    /// Open loop: calls sent more than 2 ms after they were due.
+    pub late_sends: u64,
+    /// Open loop: calls not sent, `max_in_flight` being reached.
+    pub dropped_sends: u64,
+    /// Latency of measured calls (open loop: from the intended send time).
+    pub latency_us: Latency,
+    /// The generator's CPU over the measured part, in cores (1.0 = one core busy).
+    pub generator_cpu: Option<f64>,
+    /// The server's CPU (with `server_pid`), in cores.
+    pub server_cpu: Option<f64>,
+    /// The generator used over 90 % of a core: the figure may be its limit, not the server's.
+    pub generator_limited: bool,
+}
+
+/// The declarations the generator makes: living people of a population file (JSON lines
+/// of `CitizenRecord`, as `popgw serve` writes on first start).
+#[derive(Clone, Debug)]
+pub struct Population(Arc<Vec<CitizenRecord>>);
+
+impl Population {
+    /// These declarations, as they are (dead or alive: a test may want NO_MATCH).
+    pub fn new(people: Vec<CitizenRecord>) -> Result<Population, LoadError> {
+        if people.is_empty() {
+            return Err(LoadError::Plan("an empty population".into()));
+        }
+        Ok(Population(Arc::new(people)))
+    }
+    /// Reads at most `take` living people from `path`.
+    pub fn load(path: &Path, take: usize) -> Result<Population, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|e| LoadError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Population::parse(&text, &path.display().to_string(), take)
+    }
+    /// The population a zero-config `popgw serve` imports on first start (`[registry]
+    /// demo_count`, `demo_seed`): the same deterministic generator, in memory.
+    pub fn demo(count: u64, seed: u64, take: usize) -> Result<Population, LoadError> {
+        let mut out = Vec::new();
+        crate::registry::generate::generate(count, seed, &mut out)
+            .map_err(|e| LoadError::Plan(format!("generating the demo population: {e}")))?;
+        Population::parse(&String::from_utf8_lossy(&out), "the demo population", take)
+    }
+    fn parse(text: &str, path: &str, take: usize) -> Result<Population, LoadError> {
+        let err = |reason: String| LoadError::File {
+            path: path.to_string(),
+            reason,
+        };
+        let mut people = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            if people.len() >= take {
+                break;
+            }
+            let r: CitizenRecord = serde_json::from_str(line)
+                .map_err(|e| err(format!("line {}: {}", n + 1, e.classify_kind())))?;
+            if r.date_of_death.is_empty() && r.date_of_disappearance.is_empty() {
+                people.push(r);
+            }
+        }
+        if people.is_empty() {
+            return Err(err("no living person in it".into()));
+        }
+        Ok(Population(Arc::new(people)))
+    }
+    /// The people.
+    pub fn people(&self) -> &[CitizenRecord] {
+        &self.0
+    }
+}
+
+trait ClassifyKind {
+    fn classify_kind(&self) -> &'static str;
+}
+impl ClassifyKind for serde_json::Error {
+    fn classify_kind(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "not JSON",
+            serde_json::error::Category::Data => "not a CitizenRecord",
+            serde_json::error::Category::Eof => "truncated",
+        }
+    }
+}
+
+/// A gRPC message frame: uncompressed flag, length, message.
+fn frame(m: &impl Message) -> Bytes {
+    let len = m.encoded_len();
+    let mut b = BytesMut::with_capacity(5 + len);
+    b.put_u8(0);
+    b.put_u32(len as u32);
+    m.encode(&mut b).expect("capacity reserved");
+    b.freeze()
+}
+
+/// A mutual-TLS client configuration for `name` of the dev PKI in `dir`; no session
+/// resumption, so that each new connection is a full handshake.
+pub fn client_config(dir: &Path, name: &str) -> Result<Arc<rustls::ClientConfig>, LoadError> {
+    let file = |f: String| dir.join(f);
+    let err = |path: &Path, reason: String| LoadError::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let ca = file("ca.pem".into());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca).map_err(|e| err(&ca, e.to_string()))? {
+        roots
+            .add(c.map_err(|e| err(&ca, e.to_string()))?)
+            .map_err(|e| err(&ca, e.to_string()))?;
+    }
+    let cert = file(format!("{name}.pem"));
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .map_err(|e| err(&cert, e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(&cert, e.to_string()))?;
+    let key_path = file(format!("{name}.key"));
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| err(&key_path, e.to_string()))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| LoadError::Plan(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| err(&cert, e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// Opens connections to the target as one client.
+#[derive(Clone)]
+struct Dialer {
+    addr: SocketAddr,
+    name: ServerName<'static>,
+    tls: TlsConnector,
+}
+
+impl Dialer {
+    async fn open(&self) -> Result<SendRequest<Bytes>, String> {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| format!("tcp: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| format!("tcp: {e}"))?;
+        let tls = self
+            .tls
+            .connect(self.name.clone(), tcp)
+            .await
+            .map_err(|e| format!("tls: {e}"))?;
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(8 << 20)
+            .handshake(tls)
+            .await
+            .map_err(|e| format!("http2: {e}"))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(send)
+    }
+}
+
+/// One call's result.
+enum Answer {
+    Ok,
+    NotMatch,
+    Status(i32),
+    Transport,
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Sends one pre-encoded call and reads its answer.
+async fn call(send: &mut SendRequest<Bytes>, uri: &http::Uri, body: Bytes, rpc: Rpc) -> Answer {
+    if futures::future::poll_fn(|cx| send.poll_ready(cx))
+        .await
+        .is_err()
+    {
+        return Answer::Transport;
+    }
+    let mut request = http::Request::new(());
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = uri.clone();
+    let headers = request.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(TE, HeaderValue::from_static("trailers"));
+    let Ok((response, mut stream)) = send.send_request(request, false) else {
+        return Answer::Transport;
+    };
+    if stream.send_data(body, true).is_err() {
+        return Answer::Transport;
+    }
+    let Ok(response) = response.await else {
+        return Answer::Transport;
+    };
+    let (parts, mut body) = response.into_parts();
+    if let Some(code) = grpc_status(&parts.headers) {
+        // Trailers-only: a refusal before any message.
+        return if code == 0 {
+            Answer::Ok
+        } else {
+            Answer::Status(code)
+        };
+    }
+    let mut message = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let Ok(chunk) = chunk else {
+            return Answer::Transport;
+        };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        message.extend_from_slice(&chunk);
+    }
+    let code = match body.trailers().await {
+        Ok(Some(trailers)) => grpc_status(&trailers).unwrap_or(2),
+        Ok(None) => 2,
+        Err(_) => return Answer::Transport,
+    };
+    if code != 0 {
+        return Answer::Status(code);
+    }
+    if rpc == Rpc::Verify {
+        let matched = message.len() > 5
+            && pb::VerifyIdentityResponse::decode(&message[5..])
+                .is_ok_and(|r| r.verdict() == pb::Verdict::Match);
+        if !matched {
+            return Answer::NotMatch;
+        }
+    }
+    Answer::Ok
+}
+
+/// Per-task tallies, merged at the end.
+struct Tally {
+    hist: Histogram<u64>,
+    calls: u64,
+    ok: u64,
+    not_match: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            hist: Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("static bounds"),
+            calls: 0,
+            ok: 0,
+            not_match: 0,
+            errors: BTreeMap::new(),
+        }
+    }
+    fn count(&mut self, answer: Answer, latency: Duration) {
+        self.calls += 1;
+        let _ = self.hist.record((latency.as_nanos() as u64).max(1));
+        match answer {
+            Answer::Ok => self.ok += 1,
+            Answer::NotMatch => self.not_match += 1,
+            Answer::Status(code) => {
+                *self
+                    .errors
+                    .entry(format!("{:?}", tonic::Code::from(code)))
+                    .or_default() += 1
+            }
+            Answer::Transport => *self.errors.entry("transport".into()).or_default() += 1,
+        }
+    }
+    fn error(&mut self, kind: &str) {
+        self.calls += 1;
+        *self.errors.entry(kind.to_string()).or_default() += 1;
+    }
+    fn merge(&mut self, other: Tally) {
+        let _ = self.hist.add(other.hist);
+        self.calls += other.calls;
+        self.ok += other.ok;
+        self.not_match += other.not_match;
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// Picks the next call: an RPC by weight, a person uniformly or by Zipf rank.
+struct Picker {
+    rng: ChaCha8Rng,
+    weights: Vec<(Rpc, u32)>,
+    total: u32,
+    zipf: Option<rand_distr::Zipf<f64>>,
+    people: usize,
+}
+
+impl Picker {
+    fn new(plan: &Plan, people: usize, seed: u64) -> Picker {
+        Picker {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            weights: plan.mix.clone(),
+            total: plan.mix.iter().map(|(_, w)| w).sum(),
+            zipf: plan
+                .zipf
+                .map(|s| rand_distr::Zipf::new(people as u64, s).expect("checked in run")),
+            people,
+        }
+    }
+    fn next(&mut self) -> (Rpc, usize) {
+        let mut w = self.rng.gen_range(0..self.total);
+        let mut rpc = self.weights[0].0;
+        for &(r, weight) in &self.weights {
+            if w < weight {
+                rpc = r;
+                break;
+            }
+            w -= weight;
+        }
+        let person = match &self.zipf {
+            Some(z) => (z.sample(&mut self.rng) as usize).clamp(1, self.people) - 1,
+            None => self.rng.gen_range(0..self.people),
+        };
+        (rpc, person)
+    }
+}
+
+/// Everything the tasks share.
+struct Shared {
+    uris: BTreeMap<Rpc, http::Uri>,
+    /// `bodies[rpc][person]`: each call's bytes, encoded once.
+    bodies: BTreeMap<Rpc, Vec<Bytes>>,
+    measure_from: Instant,
+    end: Instant,
+    budget: Option<u64>,
+    measured: AtomicU64,
+}
+
+impl Shared {
+    /// Whether a call started at `t` is measured; false once the budget is spent.
+    fn measured(&self, t: Instant) -> bool {
+        t >= self.measure_from
+    }
+    fn over(&self, now: Instant) -> bool {
+        now >= self.end
+            || self
+                .budget
+                .is_some_and(|b| self.measured.load(Ordering::Relaxed) >= b)
+    }
+}
+
+/// CPU time (user + system) of a process so far, from `/proc/<pid>/stat` (Linux;
+/// 100 ticks a second, the kernel's USER_HZ).
+fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".into(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Runs `plan` with the declarations of `population`; the report of the measured part.
+pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError> {
+    if !plan.addr.ip().is_loopback() {
+        return Err(LoadError::NotLoopback(plan.addr));
+    }
+    if plan.mix.is_empty() || plan.mix.iter().all(|(_, w)| *w == 0) {
+        return Err(LoadError::Plan("the mix has no RPC with a weight".into()));
+    }
+    if plan.connections == 0 {
+        return Err(LoadError::Plan("connections must be at least 1".into()));
+    }
+    match plan.mode {
+        Mode::Closed { callers } | Mode::Connect { callers } if callers == 0 => {
+            return Err(LoadError::Plan("callers must be at least 1".into()))
+        }
+        Mode::Open {
+            rate,
+            max_in_flight,
+        } if !(rate > 0.0 && rate.is_finite()) || max_in_flight == 0 => {
+            return Err(LoadError::Plan(
+                "the rate and max_in_flight must be positive".into(),
+            ))
+        }
+        _ => {}
+    }
+    if plan.zipf.is_some_and(|s| !(s > 0.0 && s.is_finite())) {
+        return Err(LoadError::Plan("the Zipf exponent must be positive".into()));
+    }
+    let name = ServerName::try_from(plan.server_name.clone())
+        .map_err(|e| LoadError::Plan(format!("server name: {e}")))?;
+    let mut dialers = Vec::new();
+    for client in CLIENT_NAMES {
+        dialers.push(Dialer {
+            addr: plan.addr,
+            name: name.clone(),
+            tls: TlsConnector::from(client_config(&plan.certs, client)?),
+        });
+    }
+    let people = population.people();
+    let mut uris = BTreeMap::new();
+    let mut bodies = BTreeMap::new();
+    for &(rpc, _) in &plan.mix {
+        let uri = format!("https://{}{}", plan.server_name, rpc.path())
+            .parse()
+            .map_err(|e| LoadError::Plan(format!("uri: {e}")))?;
+        uris.insert(rpc, uri);
+        bodies.insert(
+            rpc,
+            people
+                .iter()
+                .enumerate()
+                .map(|(i, p)| rpc.encode(p, format!("BENCH-{i}")))
+                .collect(),
+        );
+    }
+    // Connections per client the mix needs (closed and open loops).
+    let mut pools: Vec<Vec<SendRequest<Bytes>>> = vec![Vec::new(), Vec::new()];
+    if !matches!(plan.mode, Mode::Connect { .. }) {
+        for &(rpc, _) in &plan.mix {
+            let client = rpc.client();
+            while pools[client].len() < plan.connections {
+                let send = dialers[client]
+                    .open()
+                    .await
+                    .map_err(|reason| LoadError::Connect {
+                        addr: plan.addr,
+                        reason,
+                    })?;
+                pools[client].push(send);
+            }
+        }
+    }
+    let start = Instant::now();
+    let measure_from = start + plan.warmup;
+    let shared = Arc::new(Shared {
+        uris,
+        bodies,
+        measure_from,
+        end: measure_from + plan.duration,
+        budget: plan.max_calls,
+        measured: AtomicU64::new(0),
+    });
+    let cpu = Arc::new(Mutex::new(None::<(Instant, Option<f64>, Option<f64>)>));
+    // The CPU clock starts when the warm-up ends.
+    let sampler = {
+        let cpu = cpu.clone();
+        let pid = plan.server_pid;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            *cpu.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((Instant::now(), cpu_seconds(None), cpu_seconds(pid)));
+        })
+    };
+    let people_n = people.len();
+    let mut total = Tally::new();
+    let (mut late, mut dropped) = (0, 0);
+    match plan.mode {
+        Mode::Closed { callers } => {
+            let mut tasks = Vec::new();
+            for c in 0..callers {
+                let shared = shared.clone();
+                let mut picker = Picker::new(&plan, people_n, c as u64);
+                let mut sends: Vec<Option<SendRequest<Bytes>>> = pools
+                    .iter()
+                    .map(|p| (!p.is_empty()).then(|| p[c % p.len()].clone()))
+                    .collect();
+                tasks.push(tokio::spawn(async move {
+                    let mut tally = Tally::new();
+                    loop {
+                        let t = Instant::now();
+                        if shared.over(t) {
+                            break;
+                        }
+                        let (rpc, person) = picker.next();
+                        let send = sends[rpc.client()].as_mut().expect("pool per client");
+                        let body = shared.bodies[&rpc][person].clone();
+                        let answer = call(send, &shared.uris[&rpc], body, rpc).await;
+                        if shared.measured(t) {
+                            shared.measured.fetch_add(1, Ordering::Relaxed);
+                            tally.count(answer, t.elapsed());
+                        }
+                    }
+                    tally
+                }));
+            }
+            for t in tasks {
+                total.merge(t.await.expect("caller task"));
+            }
+        }
+        Mode::Connect { callers } => {
+            let mut tasks = Vec::new();
+            for c in 0..callers {
+                let shared = shared.clone();
+                let dialers = dialers.clone();
+                let mut picker = Picker::new(&plan, people_n, c as u64);
+                tasks.push(tokio::spawn(async move {
+                    let mut tally = Tally::new();
+                    loop {
+                        let t = Instant::now();
+                        if shared.over(t) {
+                            break;
+                        }
+                        let (rpc, person) = picker.next();
+                        let answer = match dialers[rpc.client()].open().await {
+                            Ok(mut send) => {
+                                let body = shared.bodies[&rpc][person].clone();
+                                Ok(call(&mut send, &shared.uris[&rpc], body, rpc).await)
+                            }
+                            Err(reason) => Err(reason),
+                        };
+                        if shared.measured(t) {
+                            shared.measured.fetch_add(1, Ordering::Relaxed);
+                            match answer {
+                                Ok(a) => tally.count(a, t.elapsed()),
+                                Err(reason) => {
+                                    let stage = reason.split(':').next().unwrap_or("connect");
+                                    tally.error(&format!("connect ({stage})"))
+                                }
+                            }
+                        }
+                    }
+                    tally
+                }));
+            }
+            for t in tasks {
+                total.merge(t.await.expect("caller task"));
+            }
+        }
+        Mode::Open {
+            rate,
+            max_in_flight,
+        } => {
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
+            let shards: Arc<Vec<Mutex<Tally>>> =
+                Arc::new((0..16).map(|_| Mutex::new(Tally::new())).collect());
+            let mut picker = Picker::new(&plan, people_n, 0);
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            let mut i: u64 = 0;
+            let mut next = [0usize; 2];
+            loop {
+                let due = start + interval.mul_f64(i as f64);
+                if shared.over(due) {
+                    break;
+                }
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                i += 1;
+                let measured = shared.measured(due);
+                if measured && due.elapsed() > Duration::from_millis(2) {
+                    late += 1;
+                }
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    if measured {
+                        dropped += 1;
+                    }
+                    continue;
+                };
+                let (rpc, person) = picker.next();
+                let client = rpc.client();
+                let mut send = pools[client][next[client] % pools[client].len()].clone();
+                next[client] += 1;
+                let shared = shared.clone();
+                let shards = shards.clone();
+                tokio::spawn(async move {
+                    let body = shared.bodies[&rpc][person].clone();
+                    let answer = call(&mut send, &shared.uris[&rpc], body, rpc).await;
+                    if measured {
+                        shared.measured.fetch_add(1, Ordering::Relaxed);
+                        shards[(i % 16) as usize]
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .count(answer, due.elapsed());
+                    }
+                    drop(permit);
+                });
+            }
+            // Wait for the calls in flight.
+            let _ = in_flight.acquire_many(max_in_flight as u32).await;
+            for shard in shards.iter() {
+                let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
+                total.merge(std::mem::replace(&mut *s, Tally::new()));
+            }
+        }
+    }
+    let stopped = Instant::now();
+    let generator_end = cpu_seconds(None);
+    let server_end = cpu_seconds(plan.server_pid);
+    sampler.abort();
+    let began = *cpu.lock().unwrap_or_else(|p| p.into_inner());
+    let (seconds, generator_cpu, server_cpu) = match began {
+        Some((t, g, s)) => {
+            let secs = stopped.duration_since(t).as_secs_f64();
+            let share = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / secs);
+            (secs, share(g, generator_end), share(s, server_end))
+        }
+        None => (
+            stopped.duration_since(measure_from).as_secs_f64(),
+            None,
+            None,
+        ),
+    };
+    let h = &total.hist;
+    let us = |ns: u64| ns as f64 / 1000.0;
+    Ok(Report {
+        label: plan.label.clone(),
+        target: plan.addr.to_string(),
+        mode: plan.mode,
+        connections: plan.connections,
+        mix: plan.mix.iter().copied().collect(),
+        ids: match plan.zipf {
+            Some(s) => format!("zipf({s}) over {people_n}"),
+            None => format!("uniform over {people_n}"),
+        },
+        seconds,
+        calls: total.calls,
+        ok: total.ok,
+        not_match: total.not_match,
+        throughput: total.ok as f64 / seconds.max(1e-9),
+        late_sends: late,
+        dropped_sends: dropped,
+        latency_us: Latency {
+            p50: us(h.value_at_quantile(0.5)),
+            p90: us(h.value_at_quantile(0.9)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+            mean: h.mean() / 1000.0,
+        },
+        generator_limited: generator_cpu.is_some_and(|c| c > 0.9),
+        generator_cpu,
+        server_cpu,
+        errors: total.errors,
+    })
+}
+
+impl Report {
+    /// One line for a terminal.
+    pub fn summary(&self) -> String {
+        let cpu = |c: Option<f64>| c.map_or("?".into(), |c| format!("{:.0} %", c * 100.0));
+        format!(
+            "{}: {:.0}/s OK ({} calls in {:.1} s; not MATCH {}; errors {:?}; late {}, dropped {}) \
+             p50 {:.0} µs p90 {:.0} µs p99 {:.0} µs p99.9 {:.0} µs max {:.0} µs; \
+             generator CPU {}{}, server CPU {}",
+            self.label,
+            self.throughput,
+            self.calls,
+            self.seconds,
+            self.not_match,
+            self.errors,
+            self.late_sends,
+            self.dropped_sends,
+            self.latency_us.p50,
+            self.latency_us.p90,
+            self.latency_us.p99,
+            self.latency_us.p999,
+            self.latency_us.max,
+            cpu(self.generator_cpu),
+            if self.generator_limited {
+                " (generator-limited)"
+            } else {
+                ""
+            },
+            cpu(self.server_cpu),
+        )
+    }
+}
