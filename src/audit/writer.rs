@@ -100,6 +100,30 @@ fn lock_folder(dir: &Path) -> Result<File, AuditError> {
     Ok(file)
 }
 
+/// Puts the calling thread (the writer) under Linux's `SCHED_BATCH`: a record arriving
+/// wakes it without preempting the thread that queued it, so on a busy core the runtime
+/// finishes the requests it has in hand and the writer then takes them as one batch.
+/// Measured (issue 17, one core for the gateway): 37 records per fdatasync instead of
+/// 9–12, ~1.3× the answers and a lower p99. Nothing else changes: the writer still gets
+/// its fair share of the CPU and every answer still waits for its record's fdatasync.
+/// Where it cannot be set the writer runs as before.
+fn batch_scheduling() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{
+            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+            ThreadPriority, ThreadPriorityOsValue, ThreadSchedulePolicy,
+        };
+        if let Err(e) = set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Os(ThreadPriorityOsValue::default()),
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch),
+        ) {
+            tracing::debug!(error = ?e, "audit writer: SCHED_BATCH not set");
+        }
+    }
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -151,6 +175,7 @@ impl AuditLog {
         std::thread::Builder::new()
             .name("popgw-audit-writer".into())
             .spawn(move || {
+                batch_scheduling();
                 writer.run(rx);
                 drop(writer);
                 drop(folder_lock);
@@ -782,8 +807,9 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: Vec<(AuditEntry, Reply)>) {
+        let (entries, replies): (Vec<AuditEntry>, Vec<Reply>) = batch.into_iter().unzip();
         if self.failed() {
-            for (_, reply) in batch {
+            for reply in replies {
                 let _ = reply.send(Err(AuditError::Failed));
             }
             return;
@@ -791,7 +817,7 @@ impl Writer {
         let now = now_ms();
         if let Err(e) = self.rotate_if_needed(now) {
             self.fail("segment rotation", &e);
-            for (_, reply) in batch {
+            for reply in replies {
                 let _ = reply.send(Err(io::Error::new(e.kind(), e.to_string()).into()));
             }
             return;
@@ -799,30 +825,37 @@ impl Writer {
         let Some(seg) = self.seg.as_mut() else {
             unreachable!("rotate_if_needed leaves a segment open")
         };
-        let mut buf = Vec::with_capacity(batch.len() * 512);
-        let mut stored = Vec::with_capacity(batch.len());
+        // Records are kept for the broadcast only while someone watches (AuditLog.Watch).
+        // A watcher that subscribes after this check still sees this batch: it reads the
+        // files after its own record is durable, which is after this batch.
+        let live = self.shared.bcast.receiver_count() > 0;
+        let mut buf = Vec::with_capacity(entries.len() * 512);
+        let mut stored = Vec::with_capacity(if live { entries.len() } else { 0 });
+        let mut hashes = Vec::with_capacity(entries.len());
         let mut prev = self.last_hash;
         let mut seq = self.next_seq;
-        let last = self.next_seq + batch.len() as u64 - 1;
-        for (e, _) in &batch {
+        let first = self.next_seq;
+        let last = self.next_seq + entries.len() as u64 - 1;
+        for e in entries {
+            // The entry's fields move into the record: no copy per field.
             let body = RecordBody {
                 seq,
                 time_unix_ms: now,
                 node: self.cfg.node.clone(),
-                request_id: e.request_id.clone(),
-                client: e.client.clone(),
-                rpc: e.rpc.clone(),
-                procedure: e.procedure.clone(),
-                case_id: e.case_id.clone(),
-                subject: e.subject.clone(),
-                related: e.related.clone(),
-                fields: e.fields.clone(),
-                outcome: e.outcome.clone(),
-                code: e.code.clone(),
-                rule: e.rule.clone(),
-                cache: e.cache.clone(),
+                request_id: e.request_id,
+                client: e.client,
+                rpc: e.rpc,
+                procedure: e.procedure,
+                case_id: e.case_id,
+                subject: e.subject,
+                related: e.related,
+                fields: e.fields,
+                outcome: e.outcome,
+                code: e.code,
+                rule: e.rule,
+                cache: e.cache,
                 latency_us: e.latency_us,
-                detail: e.detail.clone(),
+                detail: e.detail,
                 prev: hex::encode(prev),
             };
             let json = serde_json::to_string(&body).expect("record serialises");
@@ -840,12 +873,15 @@ impl Writer {
                 );
             }
             buf.push(b'\n');
-            stored.push(StoredRecord {
-                body,
-                hash: hash_hex,
-                json,
-                file: seg.path.clone(),
-            });
+            if live {
+                stored.push(StoredRecord {
+                    body,
+                    hash: hash_hex.clone(),
+                    json,
+                    file: seg.path.clone(),
+                });
+            }
+            hashes.push(hash_hex);
             prev = hash;
             seq += 1;
         }
@@ -871,13 +907,13 @@ impl Writer {
         };
         if let Err(e) = result {
             self.fail("write", &e);
-            for (_, reply) in batch {
+            for reply in replies {
                 let _ = reply.send(Err(io::Error::new(e.kind(), e.to_string()).into()));
             }
             return;
         }
 
-        let n = batch.len() as u64;
+        let n = replies.len() as u64;
         let metrics = &self.cfg.metrics;
         metrics
             .audit_write_seconds
@@ -892,11 +928,10 @@ impl Writer {
         self.shared.last_seq.store(seq - 1, Ordering::Release);
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
         self.shared.batched_records.fetch_add(n, Ordering::Relaxed);
-        for ((_, reply), rec) in batch.into_iter().zip(stored) {
-            let _ = reply.send(Ok(Committed {
-                seq: rec.body.seq,
-                hash: rec.hash.clone(),
-            }));
+        for ((reply, hash), seq) in replies.into_iter().zip(hashes).zip(first..) {
+            let _ = reply.send(Ok(Committed { seq, hash }));
+        }
+        for rec in stored {
             let _ = self.shared.bcast.send(Arc::new(rec));
         }
     }
