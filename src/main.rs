@@ -186,6 +186,7 @@ enum CertsCommand {
 }
 
 #[derive(Args)]
+#[command(args_override_self = true)]
 struct LoadgenArgs {
     /// The server, host:port on loopback.
     #[arg(long, default_value = "127.0.0.1:50051")]
