@@ -44,9 +44,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-GW=127.0.0.1:57051
-BASE=127.0.0.1:57071
-REG=127.0.0.1:57061
+# Below the ephemeral range (32768+): probing a port there that nothing listens on yet can
+# connect the probe to itself (TCP simultaneous open) and look like a listener.
+GW=127.0.0.1:27051
+BASE=127.0.0.1:27071
+REG=127.0.0.1:27061
 
 wait_port() {
     local port=${1##*:}
@@ -80,7 +82,7 @@ load() {
 }
 
 # The gateway's first start creates the dev PKI, policy and demo population in $WORK.
-start gateway-first "$SERVER_CORE" "$BIN" serve --listen "$GW" --admin-listen 127.0.0.1:57464
+start gateway-first "$SERVER_CORE" "$BIN" serve --listen "$GW" --admin-listen 127.0.0.1:27464
 wait_port "$GW"
 stop "$STARTED"
 
@@ -91,7 +93,7 @@ sed -i 's|^identity = "spiffe://popgw.dev/ministry/justice"$|&\nrate_per_second 
     "$WORK/data/policy.toml"
 [ "$(grep -c '^rate_per_second = 1000000$' "$WORK/data/policy.toml")" -ge 2 ] ||
     { echo "could not lift the demo ministry's rate limit in $WORK/data/policy.toml" >&2; exit 1; }
-start gateway "$SERVER_CORE" "$BIN" serve --listen "$GW" --admin-listen 127.0.0.1:57464
+start gateway "$SERVER_CORE" "$BIN" serve --listen "$GW" --admin-listen 127.0.0.1:27464
 wait_port "$GW"
 G=$STARTED
 # Every one of the 10,000 ids read once, so that the measured runs are cache hits.
@@ -102,7 +104,7 @@ load popgw-mix "$GW" "$G" --mix verify=8,citizen=1,household=1 --zipf 1.1
 load popgw-connect "$GW" "$G" --connect --callers 16
 HALF=$(python3 -c "import json; print(round(json.load(open('$OUT/popgw-closed.json'))['throughput'] / 2))")
 load popgw-open-half "$GW" "$G" --rate "$HALF"
-curl -s http://127.0.0.1:57464/metrics | grep -E '^popgw_audit_batch_records_(sum|count)' >"$OUT/popgw-audit-batches.txt" || true
+curl -s http://127.0.0.1:27464/metrics | grep -E '^popgw_audit_batch_records_(sum|count)' >"$OUT/popgw-audit-batches.txt" || true
 stop "$G"
 
 start baseline "$SERVER_CORE" "$BIN" bench-baseline --dir "$WORK" --listen "$BASE"
@@ -135,7 +137,7 @@ connections = 4
 ttl_ms = 1
 negative_ttl_ms = 1
 [admin]
-listen = "127.0.0.1:57464"
+listen = "127.0.0.1:27464"
 EOF
 start registry "$GEN_CORE" "$BIN" registry serve --store data/registry --listen "$REG" \
     --allow spiffe://popgw.dev/gateway/node-1 --inject-latency-ms 1

@@ -169,7 +169,7 @@ lines += [
     "- One caller, latency popgw adds over the baseline (p50): "
     + ("n/a" if added_one_caller_us is None else f"{added_one_caller_us:,.0f} µs"),
     "- Open loop at half popgw's saturated rate: p99 ≤ 5 ms is the target; baseline-open-half is the same rate "
-    "against the baseline, the generator's own floor (its timers tick in milliseconds, so calls leave in bursts).",
+    "against the baseline, the generator's own floor.",
     f"- Cache miss (1 ms upstream) / cache hit: {fmt_ratio(ratios['miss_over_hit'])}.",
 ]
 if batches.get("popgw_audit_batch_records_count"):
