@@ -50,19 +50,41 @@ GW=127.0.0.1:27051
 BASE=127.0.0.1:27071
 REG=127.0.0.1:27061
 
+# wait_port ADDR: until the server just started ($STARTED) listens on ADDR.
 wait_port() {
     local port=${1##*:}
     for _ in $(seq 600); do
+        # A server that exited (say, its port was taken) must not be measured by proxy.
+        kill -0 "$STARTED" 2>/dev/null || { echo "the server on $1 exited: see $OUT/*.log" >&2; exit 1; }
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
         sleep 0.1
     done
     echo "nothing listens on $1 after 60 s" >&2
     exit 1
 }
+# wait_serving NAME: until the gateway started as NAME says it serves. Its port accepts
+# connections earlier (it is bound before the audit log is opened), and a first start
+# stopped then would leave a signing key without a log.
+wait_serving() {
+    for _ in $(seq 600); do
+        kill -0 "$STARTED" 2>/dev/null || { echo "$1 exited: see $OUT/$1.log" >&2; exit 1; }
+        grep -q '^popgw serving' "$OUT/$1.log" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "$1 does not serve after 60 s: see $OUT/$1.log" >&2
+    exit 1
+}
 # start NAME CORE COMMAND...: starts a server in $WORK pinned to CORE; its pid in $STARTED.
 start() {
     local name=$1 core=$2
     shift 2
+    local port
+    for port in 27051 27071 27061 27464; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && [[ "$*" == *":$port"* ]]; then
+            echo "port $port is already taken: stop what listens there" >&2
+            exit 1
+        fi
+    done
     (cd "$WORK" && exec taskset -c "$core" "$@" >"$OUT/$name.log" 2>&1) &
     STARTED=$!
     PIDS+=("$STARTED")
@@ -70,6 +92,9 @@ start() {
 stop() {
     kill "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
+    local kept=() p
+    for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || kept+=("$p"); done
+    PIDS=("${kept[@]}")
 }
 # load NAME ADDR SERVER_PID [loadgen flags...]
 load() {
@@ -77,13 +102,14 @@ load() {
     shift 3
     taskset -c "$GEN_CORE" "$BIN" loadgen --addr "$addr" --dir "$WORK" --secs "$SECS" \
         --warmup-secs 2 --server-pid "$pid" --label "$name" --json "$OUT/$name.json" "$@" \
-        >/dev/null 2>>"$OUT/loadgen.log"
+        >/dev/null 2>>"$OUT/loadgen.log" ||
+        { echo "loadgen $name failed:" >&2; tail -n 5 "$OUT/loadgen.log" >&2; exit 1; }
     tail -n 1 "$OUT/loadgen.log"
 }
 
 # The gateway's first start creates the dev PKI, policy and demo population in $WORK.
 start gateway-first "$SERVER_CORE" "$BIN" serve --listen "$GW" --admin-listen 127.0.0.1:27464
-wait_port "$GW"
+wait_serving gateway-first
 stop "$STARTED"
 
 
@@ -94,7 +120,7 @@ sed -i 's|^identity = "spiffe://popgw.dev/ministry/justice"$|&\nrate_per_second 
 [ "$(grep -c '^rate_per_second = 1000000$' "$WORK/data/policy.toml")" -ge 2 ] ||
     { echo "could not lift the demo ministry's rate limit in $WORK/data/policy.toml" >&2; exit 1; }
 start gateway "$SERVER_CORE" "$BIN" serve --listen "$GW" --admin-listen 127.0.0.1:27464
-wait_port "$GW"
+wait_serving gateway
 G=$STARTED
 # Every one of the 10,000 ids read once, so that the measured runs are cache hits.
 load popgw-warmup "$GW" "$G" --secs 4
@@ -144,7 +170,7 @@ start registry "$GEN_CORE" "$BIN" registry serve --store data/registry --listen 
 wait_port "$REG"
 R=$STARTED
 start gateway-miss "$SERVER_CORE" "$BIN" serve --config miss.toml
-wait_port "$GW"
+wait_serving gateway-miss
 G=$STARTED
 load popgw-miss "$GW" "$G"
 stop "$G"

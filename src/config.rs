@@ -253,7 +253,8 @@ pub struct AuditSettings {
     pub queue_capacity: usize,
     /// While records arrive concurrently, the writer waits this many microseconds before
     /// each group commit so that one write, fdatasync and seal serve more records (a lone
-    /// request never waits; 0 = never wait; at most 10000).
+    /// caller never waits: only when this batch or the last held more than one record;
+    /// 0 = never wait; at most 10000).
     pub commit_delay_us: u64,
     /// A record not durable within this many milliseconds (a hung disk) fails the log
     /// closed: UNAVAILABLE and health NOT_SERVING until restart.

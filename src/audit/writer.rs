@@ -106,10 +106,23 @@ fn lock_folder(dir: &Path) -> Result<File, AuditError> {
 /// Measured (issue 17, one core for the gateway): 37 records per fdatasync instead of
 /// 9–12, ~1.3× the answers and a lower p99. Nothing else changes: the writer still gets
 /// its fair share of the CPU and every answer still waits for its record's fdatasync.
-/// Where it cannot be set the writer runs as before.
+/// Where it cannot be set the writer runs as before, and also when the process runs
+/// niced: setting the policy resets the thread's nice value, which would move the writer
+/// against the runtime's threads.
 fn batch_scheduling() {
     #[cfg(target_os = "linux")]
     {
+        // Field 19 of /proc/thread-self/stat: this thread's nice value.
+        let nice = std::fs::read_to_string("/proc/thread-self/stat")
+            .ok()
+            .and_then(|stat| {
+                let after = stat.get(stat.rfind(')')? + 1..)?.to_string();
+                after.split_whitespace().nth(16)?.parse::<i64>().ok()
+            });
+        if nice != Some(0) {
+            tracing::debug!(?nice, "audit writer: niced or unknown; SCHED_BATCH not set");
+            return;
+        }
         use thread_priority::{
             set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
             ThreadPriority, ThreadPriorityOsValue, ThreadSchedulePolicy,
@@ -119,7 +132,7 @@ fn batch_scheduling() {
             ThreadPriority::Os(ThreadPriorityOsValue::default()),
             ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch),
         ) {
-            tracing::debug!(error = ?e, "audit writer: SCHED_BATCH not set");
+            tracing::debug!(error = ?e, "audit writer: SCHED_BATCH not (fully) set");
         }
     }
 }

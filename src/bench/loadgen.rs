@@ -560,7 +560,7 @@ struct Shared {
 }
 
 impl Shared {
-    /// Whether a call started at `t` is measured; false once the budget is spent.
+    /// Whether a call started at `t` is measured (after the warm-up).
     fn measured(&self, t: Instant) -> bool {
         t >= self.measure_from
     }
@@ -611,6 +611,33 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
             ))
         }
         _ => {}
+    }
+    if plan
+        .mix
+        .iter()
+        .try_fold(0u32, |sum, (_, w)| sum.checked_add(*w))
+        .is_none()
+    {
+        return Err(LoadError::Plan(
+            "the mix's weights add up to more than 2^32".into(),
+        ));
+    }
+    if let Mode::Open {
+        rate,
+        max_in_flight,
+    } = plan.mode
+    {
+        if !(1e-3..=1e7).contains(&rate) || max_in_flight > 1 << 20 {
+            return Err(LoadError::Plan(
+                "the rate must be 0.001 to 10,000,000 calls a second, max_in_flight at most 1,048,576"
+                    .into(),
+            ));
+        }
+    }
+    if plan.warmup > Duration::from_secs(86_400) || plan.duration > Duration::from_secs(86_400) {
+        return Err(LoadError::Plan(
+            "warm-up and duration: a day at most".into(),
+        ));
     }
     if plan.zipf.is_some_and(|s| !(s > 0.0 && s.is_finite())) {
         return Err(LoadError::Plan("the Zipf exponent must be positive".into()));
