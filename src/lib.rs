@@ -23,6 +23,8 @@
 //! - [`audit`]: the tamper-evident, durable audit log (group commit, hash chain,
 //!   sealed batches, signed checkpoints, verification), its NATS JetStream witness and
 //!   the central audit index in PostgreSQL fed from it.
+//! - [`link`]: the links to PostgreSQL and NATS (TLS, credentials, no plaintext off
+//!   loopback).
 //! - [`service`]: the gRPC services `IdentityGateway`, `AuditLog` and `CitizenAccess`,
 //!   and `PopulationRegistry` for `popgw registry serve`.
 //! - [`error`]: the library's errors and their single mapping to gRPC codes.
@@ -49,6 +51,7 @@ pub mod demo;
 pub mod disclosure;
 pub mod error;
 pub mod limits;
+pub mod link;
 pub mod matching;
 pub mod pki;
 pub mod policy;

@@ -1,0 +1,1 @@
+//! NATS: the audit witness's connection (see [`super`]).

@@ -1,0 +1,1 @@
+//! PostgreSQL: the registry's and the audit index's connections (see [`super`]).
