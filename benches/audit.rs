@@ -86,11 +86,11 @@ fn bench(c: &mut Criterion) {
 /// Appends as fast as 64 tasks can with the shipper running, then reports how far
 /// behind the witness was and how long it took to catch up.
 async fn witness_run(url: String) {
-    use std::sync::atomic::Ordering;
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut cfg = AuditConfig::new(tmp.path(), "bench-witness");
     cfg.durability = Durability::Fsync;
     let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+    let public = key.verifying_key();
     let log = AuditLog::open(cfg, key).unwrap();
     let stream = format!("POPGW_BENCH_{:08x}", rand::random::<u32>());
     let witness = audit::witness::WitnessConfig {
@@ -101,8 +101,8 @@ async fn witness_run(url: String) {
         records: std::env::var("POPGW_BENCH_WITNESS_HEADS_ONLY").is_err(),
     };
     let metrics = std::sync::Arc::new(popgw::telemetry::Metrics::default());
-    let shipper = audit::witness::Shipper::new(witness, log.clone(), metrics.clone());
-    let acked = shipper.acked();
+    let shipper = audit::witness::Shipper::new(witness, log.clone(), public, metrics.clone());
+    let acked = shipper.status();
     let task = tokio::spawn(shipper.run());
     const PER: usize = 3_000;
     let start = Instant::now();
@@ -120,8 +120,8 @@ async fn witness_run(url: String) {
     }
     let appended = start.elapsed();
     let last = log.last_seq();
-    let lag_at_end = last.saturating_sub(acked.load(Ordering::Acquire));
-    while acked.load(Ordering::Acquire) < last {
+    let lag_at_end = last.saturating_sub(acked.acked());
+    while acked.acked() < last {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let caught_up = start.elapsed() - appended;

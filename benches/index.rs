@@ -319,8 +319,9 @@ async fn end_to_end(index: Arc<AuditIndex>) {
         records: true,
     };
     let metrics = Arc::new(popgw::telemetry::Metrics::default());
-    let shipper = popgw::audit::witness::Shipper::new(witness, log.clone(), metrics.clone());
-    let acked = shipper.acked();
+    let shipper =
+        popgw::audit::witness::Shipper::new(witness, log.clone(), key_public, metrics.clone());
+    let acked = shipper.status();
     let shipping = tokio::spawn(shipper.run());
     let started = Instant::now();
     let tasks: Vec<_> = (0..64)
@@ -354,7 +355,7 @@ async fn end_to_end(index: Arc<AuditIndex>) {
         t.await.unwrap();
     }
     let appended = log.last_seq();
-    while acked.load(std::sync::atomic::Ordering::Acquire) < appended {
+    while acked.acked() < appended {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!(

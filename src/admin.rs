@@ -91,8 +91,9 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
         m.cache_entries.set(cache.len() as i64);
         m.cache_bytes.set(cache.weighted_size() as i64);
     }
-    if let Some(acked) = &gw.witnessed {
-        let acked = acked.load(std::sync::atomic::Ordering::Acquire);
+    if let Some(status) = &gw.witnessed {
+        let acked = status.acked();
+        m.witness_alarm.set(i64::from(status.alarm().is_some()));
         m.witness_lag
             .set(gw.audit.last_seq().saturating_sub(acked) as i64);
     }
@@ -108,13 +109,20 @@ async fn ready(State(admin): State<Arc<Admin>>) -> (StatusCode, String) {
     let gw = &admin.gateway;
     let mut not_ready = Vec::new();
     if gw.audit.is_failed() {
-        not_ready.push("audit log not writable");
+        not_ready.push("audit log not writable".to_string());
     }
     if gw.registry.breaker_state() == Some(BreakerState::Open) {
-        not_ready.push("registry circuit breaker open");
+        not_ready.push("registry circuit breaker open".into());
     }
     if *gw.stopping.borrow() {
-        not_ready.push("shutting down");
+        not_ready.push("shutting down".into());
+    }
+    if let Some(status) = &gw.witnessed {
+        if let Some(alarm) = status.alarm() {
+            not_ready.push(format!("audit witness alarm: {alarm}"));
+        } else if !status.compared() {
+            not_ready.push("audit folder not yet compared with its witness".into());
+        }
     }
     if not_ready.is_empty() {
         (StatusCode::OK, "ready\n".into())

@@ -335,6 +335,11 @@ pub struct WitnessSettings {
     /// central index (`[audit.index]`, `popgw audit index`) reads them from the stream.
     #[serde(default = "yes")]
     pub records: bool,
+    /// Refuse to start when the witness cannot be reached to compare the folder with
+    /// (default true). With false the node starts, not ready, and compares as soon as
+    /// it reaches the witness.
+    #[serde(default = "yes")]
+    pub required_at_start: bool,
 }
 
 fn yes() -> bool {

@@ -188,8 +188,9 @@ pub fn index_report(r: &crate::audit::index::IndexReport) -> String {
     if r.not_yet_indexed > 0 {
         let _ = write!(
             out,
-            "\n  {} newest records not indexed yet (the indexer is behind or stopped)",
-            r.not_yet_indexed
+            "\n  {} newest records not indexed yet: the index holds this node up to seq {} \
+             (the indexer is behind by {} records, or stopped)",
+            r.not_yet_indexed, r.indexed_up_to, r.not_yet_indexed
         );
     }
     if r.dropped > 0 {
@@ -258,8 +259,14 @@ pub fn checkpoint(h: &pb::AuditCheckpoint) -> String {
         h.public_key
     ) + &if h.witnessed {
         format!(
-            "\n  witnessed up to seq {} ({} records not yet)",
-            h.witnessed_seq, h.witness_lag
+            "\n  witnessed up to seq {} ({} records not yet){}",
+            h.witnessed_seq,
+            h.witness_lag,
+            if h.witness_alarm.is_empty() {
+                String::new()
+            } else {
+                format!("\n  WITNESS ALARM: {}", h.witness_alarm)
+            }
         )
     } else {
         "\n  no witness configured ([audit.witness])".to_string()

@@ -1142,6 +1142,46 @@ fn print_record(r: &pb::AuditRecord, json: bool) {
     out!("{}", console::audit_record(r, json));
 }
 
+/// `audit verify --witness`: always ends with a verdict. Messages in the node's subject
+/// that it did not send are listed by stream sequence (and fail the run); a tail of
+/// records not yet shipped is waited for (5 s) and then reported as such, not as tamper.
+async fn witness_verdict(
+    dir: &std::path::Path,
+    config: &audit::witness::WitnessConfig,
+    key: &ed25519_dalek::VerifyingKey,
+) -> Result<()> {
+    let c = audit::witness::compare_settled(dir, config, key, std::time::Duration::from_secs(5))
+        .await?;
+    for f in &c.foreign {
+        out!("FOREIGN in the witness: {f}");
+    }
+    match c.verdict {
+        Ok(a) => {
+            out!(
+                "witness agrees: {} batch heads sealed by this node up to seq {}",
+                a.heads,
+                a.witnessed_seq
+            );
+            if let Some((from, to)) = a.unwitnessed {
+                out!(
+                    "not yet witnessed: records {from}..={to} (a running gateway is still \
+                     shipping them; a stopped one ships them at its next start)"
+                );
+            }
+            if !c.foreign.is_empty() {
+                bail!(
+                    "the witness stream holds {} message(s) in node {}'s subject that the node \
+                     did not send (someone else can publish as this node: check NATS permissions)",
+                    c.foreign.len(),
+                    config.node
+                );
+            }
+            Ok(())
+        }
+        Err(d) => bail!("audit log FAILED against the witness: {d}"),
+    }
+}
+
 async fn audit_command(command: AuditCommand) -> Result<()> {
     match command {
         AuditCommand::Verify {
@@ -1181,14 +1221,11 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                             node,
                             records: false,
                         };
-                        match audit::witness::compare(&dir, &config).await? {
-                            Ok(a) => out!(
-                                "witness agrees: {} batch heads up to seq {}",
-                                a.heads,
-                                a.witnessed_seq
-                            ),
-                            Err(d) => bail!("audit log FAILED against the witness: {d}"),
-                        }
+                        let seal_key = match &key {
+                            Some(k) => *k,
+                            None => read_pubkey(&dir.join("audit-signing.pub"))?,
+                        };
+                        witness_verdict(&dir, &config, &seal_key).await?;
                     }
                     if let Some(url) = index {
                         let index =
@@ -1341,6 +1378,13 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                     .unwrap_or(24),
                 node_keys: keys,
             };
+            if feed.node_keys.is_empty() {
+                bail!(
+                    "no node keys: the index takes only records sealed by their node's key; give \
+                     --node-key NODE=HEX for each node (its audit.public_key), or \
+                     [audit.index.node_keys] in --config"
+                );
+            }
             let mut index_config = audit::index::IndexConfig::new(url.clone());
             if let Some(s) = &settings {
                 index_config.timeout = std::time::Duration::from_millis(s.timeout_ms);
@@ -1353,11 +1397,7 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                 redact_url(&url),
                 feed.consumer,
                 feed.retain_months,
-                if feed.node_keys.is_empty() {
-                    "chain checks only: no node keys".to_string()
-                } else {
-                    format!("seals checked for {} node(s)", feed.node_keys.len())
-                }
+                format!("seals checked for {} node(s)", feed.node_keys.len())
             );
             let metrics = std::sync::Arc::new(popgw::telemetry::Metrics::default());
             if let Some(addr) = admin_listen {

@@ -55,6 +55,10 @@ pub enum ServeError {
     /// A key file unusable.
     #[error("{0}: {1}")]
     Key(String, std::io::Error),
+    /// The witness holds more of this node's chain than its folder, or another chain, or
+    /// could not be asked when the configuration requires it.
+    #[error("audit witness: {0}")]
+    Witness(String),
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -268,13 +272,17 @@ impl Server {
         audit_config.expect_existing = key_was_in_use;
         audit_config.retention =
             (a.retention_days > 0).then(|| Duration::from_secs(a.retention_days * 86_400));
+        let verifying_key = key.verifying_key();
         let audit = tokio::task::spawn_blocking(move || AuditLog::open(audit_config, key))
             .await
             .map_err(|e| audit::AuditError::Corrupt(e.to_string()))??;
 
-        let shipper = config
-            .witness_config()
-            .map(|w| audit::witness::Shipper::new(w, audit.clone(), metrics.clone()));
+        let shipper = config.witness_config().map(|w| {
+            audit::witness::Shipper::new(w, audit.clone(), verifying_key, metrics.clone())
+        });
+        if let (Some(shipper), Some(settings)) = (&shipper, &config.audit.witness) {
+            start_check(&config, &audit, &verifying_key, shipper, settings, &metrics).await?;
+        }
         let index = match config.index_config() {
             Some(c) => Some(Arc::new(audit::index::AuditIndex::lazy(&c)?)),
             None => None,
@@ -282,7 +290,13 @@ impl Server {
         let indexer = config
             .feed_config()
             .zip(index.clone())
-            .map(|(feed, index)| audit::index::Indexer::new(index, feed, metrics.clone()));
+            .map(|(mut feed, index)| {
+                // This node's own records are indexed under its own key.
+                feed.node_keys
+                    .entry(config.node_id.clone())
+                    .or_insert(verifying_key);
+                audit::index::Indexer::new(index, feed, metrics.clone())
+            });
         let cache = config
             .cache_options()
             .map(|options| Arc::new(RecordCache::new(registry.clone(), options, metrics.clone())));
@@ -304,7 +318,7 @@ impl Server {
             upstream_timeout: Duration::from_millis(config.registry.timeout_ms),
             audit,
             pseudonyms,
-            witnessed: shipper.as_ref().map(|s| s.acked()),
+            witnessed: shipper.as_ref().map(|s| s.status()),
             index,
             metrics,
             health: tonic_health::server::HealthReporter::new(),
@@ -538,14 +552,12 @@ impl Server {
             f.abort();
         }
         self.gateway.audit.shutdown().await;
-        if let (Some(task), Some(acked)) = (shipper, &self.gateway.witnessed) {
+        if let (Some(task), Some(status)) = (shipper, &self.gateway.witnessed) {
             // Give the witness a moment to take the last heads (a log stopped with
             // everything witnessed verifies with --witness at once).
             let last = self.gateway.audit.last_seq();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-            while acked.load(std::sync::atomic::Ordering::Acquire) < last
-                && tokio::time::Instant::now() < deadline
-            {
+            while status.acked() < last && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             task.abort();
@@ -554,6 +566,69 @@ impl Server {
             i.abort();
         }
         Ok(result?)
+    }
+}
+
+/// Before the node answers anything, its folder is compared with the newest head the
+/// witness holds from it: a witness ahead of the folder (a rolled-back or replaced
+/// folder) or holding another chain refuses the start, as a wiped folder does. A witness
+/// that cannot be reached refuses the start when `required_at_start`; otherwise the node
+/// starts not ready for the witness until its shipper has compared.
+async fn start_check(
+    config: &Config,
+    audit: &AuditLog,
+    key: &ed25519_dalek::VerifyingKey,
+    shipper: &audit::witness::Shipper,
+    settings: &crate::config::WitnessSettings,
+    metrics: &Metrics,
+) -> Result<(), ServeError> {
+    let Some(witness) = config.witness_config() else {
+        return Ok(());
+    };
+    let status = shipper.status();
+    let checked = tokio::time::timeout(
+        Duration::from_secs(10),
+        audit::witness::check_at_start(&witness, audit, key),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(audit::witness::WitnessError::Nats(
+            "read",
+            "no answer within 10 s".into(),
+        ))
+    });
+    match checked {
+        Ok(found) => {
+            for f in &found.foreign {
+                status.raise(
+                    metrics,
+                    format!("a message this node did not send is in its witness subject: {f}"),
+                );
+            }
+            match found.standing {
+                audit::witness::Standing::Empty | audit::witness::Standing::Agrees { .. } => {
+                    status.set_compared();
+                    Ok(())
+                }
+                refused => {
+                    audit.shutdown().await;
+                    Err(ServeError::Witness(format!(
+                        "{refused}; refusing to start (restore the folder, or investigate)"
+                    )))
+                }
+            }
+        }
+        Err(e) if settings.required_at_start => {
+            audit.shutdown().await;
+            Err(ServeError::Witness(format!(
+                "{e}; the folder cannot be compared with the witness, so the node does not \
+                 start (audit.witness.required_at_start = false starts it not ready until it has compared)"
+            )))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "audit witness unreachable at start; not ready until the folder has been compared with it");
+            Ok(())
+        }
     }
 }
 

@@ -100,6 +100,11 @@ pub struct Metrics {
     pub witness_up: Gauge,
     /// Audit witness: batch heads acknowledged.
     pub witness_shipped: Counter,
+    /// Audit witness: alarms raised (a message in this node's subject it did not send,
+    /// a witness that lost acknowledged messages or holds more than the folder).
+    pub witness_alarms: Counter,
+    /// Audit witness: 1 while an alarm stands (until restart; set at each scrape).
+    pub witness_alarm: Gauge,
     /// Central audit index: records newly indexed (by this process's indexer).
     pub index_records: Counter,
     /// Central audit index: one commit of a batch of witness messages.
@@ -170,6 +175,8 @@ impl Default for Metrics {
             audit_write_seconds: seconds_histogram(),
             witness_lag: Gauge::default(),
             witness_up: Gauge::default(),
+            witness_alarms: Counter::default(),
+            witness_alarm: Gauge::default(),
             witness_shipped: Counter::default(),
             index_records: Counter::default(),
             index_commit_seconds: seconds_histogram(),
@@ -205,7 +212,13 @@ impl Metrics {
     /// units their suffix.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("popgw");
-        let counters: [(&str, &str, &Counter); 19] = [
+        let counters: [(&str, &str, &Counter); 20] = [
+            (
+                "audit_witness_alarms",
+                "Audit witness alarms raised: messages in this node's subject it did not send, \
+                 acknowledged messages lost",
+                &self.witness_alarms,
+            ),
             (
                 "audit_witness_shipped",
                 "Batch heads the audit witness acknowledged",
@@ -359,6 +372,11 @@ impl Metrics {
             "audit_witness_lag_records",
             "Records written but not yet acknowledged by the audit witness",
             self.witness_lag.clone(),
+        );
+        r.register(
+            "audit_witness_alarm",
+            "1 while an audit witness alarm stands (see /readyz and AuditLog.Head for why)",
+            self.witness_alarm.clone(),
         );
         r.register(
             "audit_witness_up",

@@ -516,17 +516,17 @@ async fn an_indexer_killed_and_restarted_indexes_every_record_exactly_once() {
     db.drop_db().await;
 }
 
-#[tokio::test]
-async fn retention_drops_whole_months_and_verify_tells_dropped_from_missing() {
-    let db = TempDb::create().await;
-    let index = AuditIndex::open(&IndexConfig::new(&db.url)).await.unwrap();
-    // A node's log, its records indexed directly (the feed is tested above).
-    let dir = tempfile::tempdir().unwrap();
+/// A node's log of `n` records in `dir` (each its own sealed batch, `gap` apart), as the
+/// index takes them.
+async fn node_log(
+    dir: &std::path::Path,
+    node: &str,
+    n: usize,
+    gap: Duration,
+) -> Vec<index::IndexedRecord> {
     let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
-    let log =
-        popgw::audit::AuditLog::open(popgw::audit::AuditConfig::new(dir.path(), "retained"), key)
-            .unwrap();
-    for i in 0..20 {
+    let log = popgw::audit::AuditLog::open(popgw::audit::AuditConfig::new(dir, node), key).unwrap();
+    for i in 0..n {
         log.append(popgw::audit::AuditEntry {
             request_id: format!("r{i}"),
             rpc: "VerifyIdentity".into(),
@@ -537,9 +537,10 @@ async fn retention_drops_whole_months_and_verify_tells_dropped_from_missing() {
         })
         .await
         .unwrap();
+        tokio::time::sleep(gap).await;
     }
     log.shutdown().await;
-    let records: Vec<index::IndexedRecord> = popgw::audit::read_records(dir.path())
+    popgw::audit::read_records(dir)
         .unwrap()
         .into_iter()
         .map(|r| index::IndexedRecord {
@@ -547,7 +548,16 @@ async fn retention_drops_whole_months_and_verify_tells_dropped_from_missing() {
             hash: r.hash,
             json: r.json,
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn retention_drops_whole_months_and_verify_tells_dropped_from_missing() {
+    let db = TempDb::create().await;
+    let index = AuditIndex::open(&IndexConfig::new(&db.url)).await.unwrap();
+    // A node's log, its records indexed directly (the feed is tested above).
+    let dir = tempfile::tempdir().unwrap();
+    let records = node_log(dir.path(), "retained", 20, Duration::ZERO).await;
     assert_eq!(index.insert(&records, &[]).await.unwrap(), 20);
     // Inserting the same records again changes nothing.
     assert_eq!(index.insert(&records, &[]).await.unwrap(), 0);
@@ -640,4 +650,39 @@ async fn an_unreachable_index_answers_could_not_check_and_bad_input_is_refused()
             .count(),
         2
     );
+}
+
+/// A record missing in the middle of a node's indexed chain (a message lost, refused, or
+/// a row deleted before it was counted) is not hidden behind the later ones: an access
+/// report is complete only up to the last record with none missing before it, and moves
+/// on once the gap is filled.
+#[tokio::test]
+async fn the_report_is_complete_only_up_to_the_first_gap() {
+    let db = TempDb::create().await;
+    let index = AuditIndex::open(&IndexConfig::new(&db.url)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let records = node_log(dir.path(), "gap-node", 4, Duration::from_millis(5)).await;
+    let time = |seq: u64| records[seq as usize - 1].body.time_unix_ms;
+    let pick = |seqs: &[u64]| -> Vec<index::IndexedRecord> {
+        seqs.iter()
+            .map(|s| records[*s as usize - 1].clone())
+            .collect()
+    };
+    index.insert(&pick(&[1, 2, 4]), &[]).await.unwrap();
+    assert_eq!(index.indexed_until().await.unwrap(), Some(time(2)));
+    index.insert(&pick(&[3]), &[]).await.unwrap();
+    assert_eq!(index.indexed_until().await.unwrap(), Some(time(4)));
+    // verify --index names the hole at or below the highest indexed seq as MISSING.
+    let (pg, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    pg.execute("DELETE FROM audit_record WHERE seq = 3", &[])
+        .await
+        .unwrap();
+    let report = index::verify_against(dir.path(), &index).await.unwrap();
+    assert_eq!(report.missing, vec![3], "{report:?}");
+    assert_eq!(report.indexed_up_to, 4);
+    drop(index);
+    db.drop_db().await;
 }

@@ -47,10 +47,20 @@ use super::{Filter, RecordBody, StoredRecord};
 use crate::telemetry::Metrics;
 
 /// The index's migrations, in order: (version, SQL).
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    include_str!("../../migrations/audit-index/0001_index.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        include_str!("../../migrations/audit-index/0001_index.sql"),
+    ),
+    (
+        2,
+        include_str!("../../migrations/audit-index/0002_contiguous.sql"),
+    ),
+];
+
+/// Rows read at most, per node and commit, to move the contiguous mark past a gap that
+/// was filled (a gap that stays costs this much a commit, and `verify --index` names it).
+const CONTIGUOUS_SCAN: i64 = 10_000;
 
 /// Record times the index takes: 2000-01-01 to 9999-12-31 (Unix milliseconds).
 pub const MIN_TIME_MS: i64 = 946_684_800_000;
@@ -421,6 +431,9 @@ impl AuditIndex {
             .await
             .map_err(pg)?;
         }
+        for node in heads.keys() {
+            advance_contiguous(&txn, node).await?;
+        }
         for (node, stream_seq, problem) in problems {
             txn.execute(
                 "INSERT INTO audit_index_problem (node, stream_seq, problem) VALUES ($1, $2, $3)",
@@ -475,9 +488,13 @@ impl AuditIndex {
     /// been idle holds it back, so it understates, never overstates.
     pub async fn indexed_until(&self) -> Result<Option<i64>, IndexError> {
         let client = self.client().await?;
+        // Up to each node's last record with none missing before it: a gap (a message
+        // lost or refused) is not hidden behind the records indexed after it.
         let row = client
             .query_one(
-                "SELECT (extract(epoch from min(last_at)) * 1000)::int8 FROM audit_index_node",
+                "SELECT (extract(epoch from min(coalesce(contiguous_at, timestamptz 'epoch')))
+                         * 1000)::int8
+                 FROM audit_index_node",
                 &[],
             )
             .await
@@ -787,8 +804,8 @@ pub fn records_of(head: &Head) -> Result<Vec<IndexedRecord>, String> {
 }
 
 /// The checks a witness message passes before its records are indexed (no NATS, no
-/// PostgreSQL here). With node keys ([`FeedConfig::node_keys`]), records are indexed only
-/// under a seal that verifies with their node's key: the seal signs its batch's last
+/// PostgreSQL here). Records are indexed only under a seal that verifies with their
+/// node's key ([`FeedConfig::node_keys`]; a node without one is refused): the seal signs its batch's last
 /// record, and through the hash chain every record before it, so the unsealed first
 /// parts of a batch sent in several messages are held until a sealed message whose
 /// records chain back to them arrives — in any order, as redeliveries come — or until
@@ -826,7 +843,7 @@ impl Step {
 }
 
 impl Intake {
-    /// Checks with these node keys (none: chain checks only), continuing the chains the
+    /// Checks with these node keys (a node without one is never indexed), continuing the chains the
     /// index already holds (node → newest seq and hash).
     pub fn new(
         keys: HashMap<String, ed25519_dalek::VerifyingKey>,
@@ -873,44 +890,42 @@ impl Intake {
                 return step;
             }
         };
-        let mut ready = Vec::new();
-        if !self.keys.is_empty() {
-            let Some(key) = self.keys.get(&node) else {
-                step.refuse(
-                    &node,
-                    stream_seq,
-                    "no key for this node in the index's node_keys: not indexed".into(),
-                );
-                return step;
-            };
-            if head.seal.is_empty() {
-                if records.is_empty() {
-                    step.settled.push(stream_seq);
-                    return step;
-                }
-                let held = self.held.entry(node.clone()).or_default();
-                // A redelivered part replaces itself.
-                held.insert(records[0].body.seq, (stream_seq, records));
-                while held.len() > MAX_HELD_PARTS {
-                    if let Some((_, (s, _))) = held.pop_first() {
-                        step.refuse(&node, s, "part of a batch whose seal never came".into());
-                    }
-                }
+        // Only what the node sealed is indexed: whoever can publish on the stream could
+        // otherwise put chain-consistent records into citizens' reports.
+        let Some(key) = self.keys.get(&node) else {
+            step.refuse(
+                &node,
+                stream_seq,
+                "no key for this node in the index's node_keys: not indexed".into(),
+            );
+            return step;
+        };
+        if head.seal.is_empty() {
+            if records.is_empty() {
+                step.settled.push(stream_seq);
                 return step;
             }
-            if let Err(e) = super::format::check_seal(key, &node, head.seq, &head.hash, &head.seal)
-            {
-                step.refuse(&node, stream_seq, format!("{e} (not the node's key)"));
-                return step;
+            let held = self.held.entry(node.clone()).or_default();
+            // A redelivered part replaces itself.
+            held.insert(records[0].body.seq, (stream_seq, records));
+            while held.len() > MAX_HELD_PARTS {
+                if let Some((_, (s, _))) = held.pop_first() {
+                    step.refuse(&node, s, "part of a batch whose seal never came".into());
+                }
             }
-            // The seal covers the message's last record (its head) and every record the
-            // chain leads back through: the held parts that end where this one begins.
-            let (seq, hash) = match records.first() {
-                Some(first) => (first.body.seq.saturating_sub(1), first.body.prev.clone()),
-                None => (head.seq, head.hash.clone()),
-            };
-            ready = self.release(&node, seq, &hash, &mut step);
+            return step;
         }
+        if let Err(e) = super::format::check_seal(key, &node, head.seq, &head.hash, &head.seal) {
+            step.refuse(&node, stream_seq, format!("{e} (not the node's key)"));
+            return step;
+        }
+        // The seal covers the message's last record (its head) and every record the
+        // chain leads back through: the held parts that end where this one begins.
+        let (seq, hash) = match records.first() {
+            Some(first) => (first.body.seq.saturating_sub(1), first.body.prev.clone()),
+            None => (head.seq, head.hash.clone()),
+        };
+        let mut ready = self.release(&node, seq, &hash, &mut step);
         ready.extend(records);
         step.settled.push(stream_seq);
         self.advance(&node, stream_seq, ready, &mut step);
@@ -1050,8 +1065,8 @@ pub struct FeedConfig {
     pub consumer: String,
     /// Months of records kept (0: all).
     pub retain_months: u32,
-    /// Each node's checkpoint public key: when any is given, only records under a seal
-    /// made by their node's key are indexed (see [`Intake`]). Empty: chain checks only.
+    /// Each node's checkpoint public key: only records under a seal made by their node's
+    /// key are indexed (see [`Intake`]); a node without a key is never indexed.
     pub node_keys: HashMap<String, ed25519_dalek::VerifyingKey>,
 }
 
@@ -1254,8 +1269,11 @@ pub struct IndexReport {
     pub altered: Vec<(u64, String)>,
     /// Rows of the index no record of the folder has.
     pub invented: Vec<u64>,
-    /// Records after the newest indexed one (the indexer is behind, or stopped).
+    /// Records after the newest indexed one (the indexer is behind, or stopped); every
+    /// record at or below it that the index lacks is in `missing`.
     pub not_yet_indexed: u64,
+    /// The highest seq the index holds for the node.
+    pub indexed_up_to: u64,
     /// Records older than the index's retention, not compared.
     pub dropped: u64,
 }
@@ -1265,6 +1283,60 @@ impl IndexReport {
     pub fn ok(&self) -> bool {
         self.missing.is_empty() && self.altered.is_empty() && self.invented.is_empty()
     }
+}
+
+/// Moves `node`'s contiguous mark (its last record with every one before it indexed,
+/// from the first the index holds) over the rows now in the index.
+async fn advance_contiguous(
+    txn: &tokio_postgres::Transaction<'_>,
+    node: &str,
+) -> Result<(), IndexError> {
+    let row = txn
+        .query_one(
+            "SELECT n.contiguous_seq, (SELECT min(seq) FROM audit_record WHERE node = $1)
+             FROM audit_index_node n WHERE n.node = $1",
+            &[&node],
+        )
+        .await
+        .map_err(pg)?;
+    let (mark, first): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+    let Some(mut mark) = mark.or(first.map(|f| f - 1)) else {
+        return Ok(());
+    };
+    let rows = txn
+        .query(
+            "SELECT seq, (extract(epoch from max(at)) * 1000)::int8 FROM audit_record
+             WHERE node = $1 AND seq > $2 GROUP BY seq ORDER BY seq LIMIT $3",
+            &[&node, &mark, &CONTIGUOUS_SCAN],
+        )
+        .await
+        .map_err(pg)?;
+    let mut at = None;
+    for r in &rows {
+        if r.get::<_, i64>(0) != mark + 1 {
+            break;
+        }
+        mark += 1;
+        at = Some(r.get::<_, i64>(1));
+    }
+    if let Some(at) = at {
+        txn.execute(
+            "UPDATE audit_index_node SET contiguous_seq = $2,
+                 contiguous_at = timestamptz 'epoch' + $3::int8 * interval '1 millisecond'
+             WHERE node = $1",
+            &[&node, &mark, &at],
+        )
+        .await
+        .map_err(pg)?;
+    } else if row.get::<_, Option<i64>>(0).is_none() {
+        txn.execute(
+            "UPDATE audit_index_node SET contiguous_seq = $2 WHERE node = $1",
+            &[&node, &mark],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    Ok(())
 }
 
 /// An index row as [`verify_against`] reads it.
@@ -1315,6 +1387,7 @@ pub async fn verify_against(dir: &Path, index: &AuditIndex) -> Result<IndexRepor
     let (last_indexed, dropped_before) = meta
         .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Option<i64>>(1)))
         .unwrap_or((0, None));
+    report.indexed_up_to = last_indexed;
     // Paged by (seq, at), not seq alone: a second row for one seq (a forked copy with
     // another time) is read, never skipped at a page boundary.
     let page = |after: (i64, i64)| {
@@ -1676,11 +1749,14 @@ mod tests {
         bad.lines = vec![format!("{new_hash} {json}")];
         assert!(records_of(&bad).unwrap_err().contains("time outside"));
 
-        // Without keys, only the chain is checked: a forgery is indexed (verify --index
-        // against the node's folder is then what finds it).
+        // Without keys nothing is indexed: a chain-consistent forgery (issue 24's attack)
+        // is refused, not put into a citizen's report.
         let mut intake = Intake::new(HashMap::new(), HashMap::new());
         let forged = forged_after(&messages[0], "node-a");
-        assert_eq!(intake.take(1, subject, &payload(&forged)).ready.len(), 1);
+        let step = intake.take(1, subject, &payload(&forged));
+        assert!(step.ready.is_empty());
+        assert_eq!(step.settled, vec![1]);
+        assert!(step.problems[0].2.contains("no key for this node"));
     }
 
     #[test]

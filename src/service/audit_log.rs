@@ -289,11 +289,13 @@ impl AuditLog for AuditLogService {
         });
         let cp = self.gw.finish(ctx, result).await?;
         let public_key = self.gw.audit.public_key().to_string();
-        let witnessed_seq = self
+        let witnessed_seq = self.gw.witnessed.as_ref().map(|status| status.acked());
+        let witness_alarm = self
             .gw
             .witnessed
             .as_ref()
-            .map(|a| a.load(std::sync::atomic::Ordering::Acquire));
+            .and_then(|status| status.alarm())
+            .unwrap_or_default();
         let witness_lag = witnessed_seq.map_or(0, |w| self.gw.audit.last_seq().saturating_sub(w));
         Ok(Response::new(pb::AuditCheckpoint {
             seq: cp.seq,
@@ -305,6 +307,7 @@ impl AuditLog for AuditLogService {
             witnessed: witnessed_seq.is_some(),
             witnessed_seq: witnessed_seq.unwrap_or(0),
             witness_lag,
+            witness_alarm,
         }))
     }
 }

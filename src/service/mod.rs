@@ -67,7 +67,7 @@ pub struct Gateway {
     /// Turns personal ids into audit subjects.
     pub pseudonyms: Pseudonymizer,
     /// The newest seq the audit witness acknowledged, when there is one.
-    pub witnessed: Option<Arc<std::sync::atomic::AtomicU64>>,
+    pub witnessed: Option<Arc<crate::audit::witness::WitnessStatus>>,
     /// The central audit index (`[audit.index]`): AuditLog.Query and the citizen's
     /// access report answer from it, across every node.
     pub index: Option<Arc<crate::audit::index::AuditIndex>>,

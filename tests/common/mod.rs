@@ -205,6 +205,13 @@ impl TestGateway {
             .unwrap()
     }
 
+    /// Starts again, stopped, on the same folder with `config` (the test's restart).
+    pub async fn restart(mut self, config: Config) -> TestGateway {
+        self.stop().await;
+        let TestGateway { dir, ca, .. } = self;
+        Self::start_prepared(dir, config, ca, None).await
+    }
+
     /// Stops the server (drains and signs the final checkpoint).
     pub async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -630,13 +637,7 @@ impl TestStream {
         url: &str,
         adjust: impl FnOnce(&mut Config),
     ) -> TestGateway {
-        let settings = popgw::config::WitnessSettings {
-            kind: "nats".into(),
-            url: url.into(),
-            stream: self.name.clone(),
-            replicas: 1,
-            records: true,
-        };
+        let settings = self.settings(url);
         let node = node.to_string();
         TestGateway::start_with(
             move |c| {
@@ -656,6 +657,40 @@ impl TestStream {
             replicas: 1,
             node: self.node.clone(),
             records: true,
+        }
+    }
+
+    /// The configuration of a gateway started by [`TestStream::gateway`] on `dir`.
+    pub fn gateway_config(&self, dir: &Path) -> Config {
+        let mut config = Config::rooted_at(dir);
+        config.node_id = self.node.clone();
+        config.audit.witness = Some(self.settings(&format!("nats://{NATS}")));
+        config
+    }
+
+    /// `popgw audit verify --dir DIR --witness URL` for this stream and node.
+    pub fn verify_command(&self, dir: &Path, url: &str) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_popgw"));
+        command.args(["audit", "verify", "--dir"]).arg(dir).args([
+            "--witness",
+            url,
+            "--stream",
+            &self.name,
+            "--node",
+            &self.node,
+        ]);
+        command
+    }
+
+    /// `[audit.witness]` on this stream through `url`.
+    pub fn settings(&self, url: &str) -> popgw::config::WitnessSettings {
+        popgw::config::WitnessSettings {
+            kind: "nats".into(),
+            url: url.into(),
+            stream: self.name.clone(),
+            replicas: 1,
+            records: true,
+            required_at_start: true,
         }
     }
 
