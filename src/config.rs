@@ -138,8 +138,11 @@ pub struct LimitsSettings {
     pub client_rate_per_second: u32,
     /// Its burst.
     pub client_burst: u32,
-    /// NO_MATCH answers about one citizen (any client) within the window that lock
-    /// the citizen's verification.
+    /// NO_MATCH answers of one client about one citizen (however many it sends at once) within the
+    /// window; beyond, that client's verifications of the citizen are refused.
+    pub client_failures: u32,
+    /// NO_MATCH answers about one citizen from all clients within the window that lock
+    /// the citizen's verification for everyone (only when two clients or more failed).
     pub subject_failures: u32,
     /// The window, in seconds.
     pub subject_window_secs: u64,
@@ -161,6 +164,7 @@ impl Default for LimitsSettings {
         LimitsSettings {
             client_rate_per_second: 1_000,
             client_burst: 2_000,
+            client_failures: 5,
             subject_failures: 10,
             subject_window_secs: 3_600,
             subject_lockout_secs: 3_600,
@@ -663,6 +667,7 @@ impl Config {
         let l = &self.limits;
         if l.client_rate_per_second == 0
             || l.client_burst == 0
+            || l.client_failures == 0
             || l.subject_failures == 0
             || l.subject_window_secs == 0
             || l.subject_lockout_secs == 0
@@ -672,6 +677,13 @@ impl Config {
             || l.max_query_results == 0
         {
             p.push("limits: every setting must be at least 1".into());
+        }
+        if l.subject_failures <= l.client_failures {
+            p.push(
+                "limits.subject_failures must exceed limits.client_failures (one client alone \
+                 must never lock a citizen for everyone)"
+                    .into(),
+            );
         }
         let c = &self.cache;
         if c.enabled {
@@ -778,6 +790,7 @@ impl Config {
         crate::limits::LimitOptions {
             client_rate_per_second: l.client_rate_per_second,
             client_burst: l.client_burst,
+            client_failures: l.client_failures,
             subject_failures: l.subject_failures,
             subject_window: Duration::from_secs(l.subject_window_secs),
             subject_lockout: Duration::from_secs(l.subject_lockout_secs),

@@ -38,6 +38,12 @@ pub enum GatewayError {
     /// Too many failed verifications of this citizen: locked for the time left.
     #[error("too many failed verifications of this citizen; verification locked for {} s", .0.as_secs().max(1))]
     SubjectLocked(std::time::Duration),
+    /// This client's tries about this citizen (or all clients') are used for the window.
+    #[error("too many failed or pending verifications of this citizen; retry in {} s", .0.as_secs().max(1))]
+    SubjectTriesSpent(std::time::Duration),
+    /// The table of citizens under verification is full: no new one can be tried now.
+    #[error("too many citizens under verification; retry shortly")]
+    SubjectTableFull,
     /// A verification stream carried more items than allowed.
     #[error("at most {0} items per VerifyIdentityStream call; open a new one")]
     StreamItems(u64),
@@ -65,6 +71,16 @@ pub enum GatewayError {
     Index(#[from] crate::audit::index::IndexError),
 }
 
+impl From<crate::limits::Refused> for GatewayError {
+    fn from(r: crate::limits::Refused) -> GatewayError {
+        match r {
+            crate::limits::Refused::Locked(left) => GatewayError::SubjectLocked(left),
+            crate::limits::Refused::Spent(left) => GatewayError::SubjectTriesSpent(left),
+            crate::limits::Refused::Full => GatewayError::SubjectTableFull,
+        }
+    }
+}
+
 impl GatewayError {
     /// The gRPC code.
     pub fn code(&self) -> Code {
@@ -78,6 +94,8 @@ impl GatewayError {
             GatewayError::Undecodable(code) => *code,
             GatewayError::RateLimited(_)
             | GatewayError::SubjectLocked(_)
+            | GatewayError::SubjectTriesSpent(_)
+            | GatewayError::SubjectTableFull
             | GatewayError::StreamItems(_)
             | GatewayError::OperatorCalls => Code::ResourceExhausted,
             GatewayError::Upstream(RegistryError::DeadlineExceeded(_)) => Code::DeadlineExceeded,
@@ -94,18 +112,20 @@ impl From<GatewayError> for Status {
         use tonic_types::{ErrorDetails, StatusExt};
         match &e {
             // RetryInfo in the status details: how long to wait, for clients that back off.
-            GatewayError::RateLimited(wait) | GatewayError::SubjectLocked(wait) => {
+            GatewayError::RateLimited(wait)
+            | GatewayError::SubjectLocked(wait)
+            | GatewayError::SubjectTriesSpent(wait) => Status::with_error_details(
+                e.code(),
+                e.to_string(),
+                ErrorDetails::with_retry_info(Some(*wait)),
+            ),
+            GatewayError::Overloaded(_) | GatewayError::SubjectTableFull => {
                 Status::with_error_details(
                     e.code(),
                     e.to_string(),
-                    ErrorDetails::with_retry_info(Some(*wait)),
+                    ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(50))),
                 )
             }
-            GatewayError::Overloaded(_) => Status::with_error_details(
-                e.code(),
-                e.to_string(),
-                ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(50))),
-            ),
             _ => Status::new(e.code(), e.to_string()),
         }
     }

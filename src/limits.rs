@@ -1,5 +1,5 @@
-//! Limits against enumeration: a rate per client, and a cap on failed verifications
-//! per citizen across all clients.
+//! Limits against enumeration: a rate per client, and caps on failed verifications of
+//! one citizen, per client and across clients.
 //!
 //! VerifyIdentity answers yes or no, and the id itself encodes sex and birth year:
 //! without limits a certified portal finds a citizen's full birth date in at most 366
@@ -8,19 +8,31 @@
 //! - [`ClientRates`]: a token bucket per client identity (governor), `rate_per_second`
 //!   and `burst` from the client's policy entry or `[limits]`; beyond it
 //!   RESOURCE_EXHAUSTED with the wait in the status's RetryInfo.
-//! - [`SubjectGuard`]: NO_MATCH answers about one citizen (by pseudonym) are counted
-//!   over a window, whichever client asked; at `subject_failures` the citizen is locked
-//!   for `subject_lockout_secs` — every verification of them is refused
-//!   (RESOURCE_EXHAUSTED) — and the request that locked them says so in its audit
-//!   record. A real dossier, checked at submission, review and decision, with a typo or
-//!   two, never gets near the defaults; a birth-date search always does.
+//! - [`SubjectGuard`]: every verification that will consult the registry first
+//!   *reserves* a try about its citizen (by pseudonym): the client's NO_MATCH answers
+//!   about that citizen are capped at `client_failures` within the
+//!   window, all clients' at `subject_failures`. Each verdict is let out by
+//!   [`Try::finish`] atomically with every other try about the citizen, so a burst —
+//!   365 birth dates over any number of connections — gets at most the allowance of
+//!   verdicts, never one per date (the old check-then-count raced: 25 to 182 verdicts),
+//!   while concurrent true declarations are all answered.
+//!   One client's wrong tries spend only its own allowance, so a portal cannot lock a
+//!   citizen out of everyone's procedures: the citizen is locked for everyone only when
+//!   `subject_failures` NO_MATCH answers came from two clients or more, and the request
+//!   that locked them says so in its audit record, a metric and a warning. A
+//!   declaration the id alone contradicts (sex or birth year) is answered without a
+//!   lookup and costs no try: it learns nothing from the registry.
 //!
-//! Invariant: keyed by pseudonym, never by personal id; bounded memory (at most
-//! [`MAX_SUBJECTS`] citizens tracked, the idlest forgotten first).
+//! Invariants: keyed by pseudonym, never by personal id; bounded memory (at most
+//! [`MAX_SUBJECTS`] citizens tracked); a lock or a count in its window is never
+//! forgotten to make room — when the table is full, tries about untracked citizens are
+//! refused (`Refused::Full`) until entries age out. The counts are this node's: each
+//! node of a deployment keeps its own (a national budget shared through NATS is not
+//! built yet — see ARCHITECTURE.md).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -36,7 +48,11 @@ pub struct LimitOptions {
     pub client_rate_per_second: u32,
     /// Its burst.
     pub client_burst: u32,
-    /// NO_MATCH answers about one citizen, within the window, that lock them.
+    /// NO_MATCH answers of one client about one citizen (however many it sends at once) within
+    /// the window; beyond, that client's tries about them are refused.
+    pub client_failures: u32,
+    /// NO_MATCH answers about one citizen from all clients, within the window, that lock
+    /// them for everyone (only when they came from two clients or more).
     pub subject_failures: u32,
     /// The window.
     pub subject_window: Duration,
@@ -103,95 +119,269 @@ impl ClientRates {
     }
 }
 
+/// One client's tries about one citizen within the window.
+#[derive(Debug, Default)]
+struct ClientTries {
+    failures: u32,
+    in_flight: u32,
+}
+
+/// One citizen's tries within the window, by client.
 #[derive(Debug)]
 struct Tally {
     since: Instant,
     failures: u32,
+    in_flight: u32,
     locked_until: Option<Instant>,
+    clients: HashMap<String, ClientTries>,
 }
 
-/// Failed verifications per citizen, across all clients (see the module documentation).
+impl Tally {
+    fn new(now: Instant) -> Tally {
+        Tally {
+            since: now,
+            failures: 0,
+            in_flight: 0,
+            locked_until: None,
+            clients: HashMap::new(),
+        }
+    }
+
+    /// The time left of a lock for everyone.
+    fn locked(&self, now: Instant) -> Option<Duration> {
+        self.locked_until
+            .and_then(|until| until.checked_duration_since(now))
+            .filter(|left| !left.is_zero())
+    }
+
+    /// Whether nothing about it needs remembering any more.
+    fn idle(&self, now: Instant, window: Duration) -> bool {
+        self.in_flight == 0 && self.locked(now).is_none() && now.duration_since(self.since) > window
+    }
+}
+
+/// Shards of the guard's table (a lock each).
+const SHARDS: usize = 64;
+
+/// Failed verifications per citizen, per client and across clients (see the module
+/// documentation).
 pub struct SubjectGuard {
-    tallies: moka::sync::Cache<String, Arc<Mutex<Tally>>>,
+    shards: Vec<Mutex<HashMap<String, Tally>>>,
     options: LimitOptions,
+    capacity: usize,
 }
 
 impl std::fmt::Debug for SubjectGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SubjectGuard")
-            .field("tracked", &self.tallies.entry_count())
+            .field("tracked", &self.tracked())
             .finish()
     }
 }
 
-/// A citizen just locked: what the audit record of the request that locked them says.
+/// A citizen just locked for everyone: what the audit record of the request that locked
+/// them says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Locked {
     /// NO_MATCH answers counted.
     pub failures: u32,
+    /// Clients they came from.
+    pub clients: usize,
     /// For how long.
     pub lockout: Duration,
 }
 
+/// Why a try about a citizen is refused before any lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Locked for every client, for this long.
+    Locked(Duration),
+    /// The tries about this citizen are used (this client's, or all clients'); the
+    /// window ends in this long.
+    Spent(Duration),
+    /// The table of tracked citizens is full: no new citizen can be tried now.
+    Full,
+}
+
+/// A try about a citizen, reserved before the lookup; its verdict is let out (or not) by
+/// [`Try::finish`], and a try dropped without one (an error, "could not check") is
+/// released.
+#[must_use = "a try is released when dropped; its verdict goes through Try::finish"]
+pub struct Try<'a> {
+    guard: &'a SubjectGuard,
+    subject: String,
+    client: String,
+    open: bool,
+}
+
+impl Try<'_> {
+    /// Decides, atomically with every other try about the citizen, whether this try's
+    /// verdict may be answered: not when the citizen was locked meanwhile, nor when the
+    /// client's (or all clients') NO_MATCH answers already reached the allowance — a
+    /// burst's tries all pass [`SubjectGuard::reserve`] together, and only the first
+    /// verdicts within the allowance come out. A NO_MATCH let out is counted; `Some`
+    /// when it locks the citizen for everyone.
+    pub fn finish(mut self, matched: bool) -> Result<Option<Locked>, Refused> {
+        self.open = false;
+        let guard = self.guard;
+        let o = &guard.options;
+        let mut shard = guard.shard(&self.subject);
+        let Some(tally) = shard.get_mut(&self.subject) else {
+            return Err(Refused::Full);
+        };
+        let now = Instant::now();
+        tally.in_flight = tally.in_flight.saturating_sub(1);
+        let left = o
+            .subject_window
+            .saturating_sub(now.duration_since(tally.since))
+            .max(Duration::from_secs(1));
+        let mine = tally.clients.entry(self.client.clone()).or_default();
+        mine.in_flight = mine.in_flight.saturating_sub(1);
+        if let Some(locked) = tally.locked(now) {
+            return Err(Refused::Locked(locked));
+        }
+        let mine = tally.clients.entry(self.client.clone()).or_default();
+        if mine.failures >= o.client_failures.max(1) || tally.failures >= o.subject_failures.max(1)
+        {
+            return Err(Refused::Spent(left));
+        }
+        if matched {
+            return Ok(None);
+        }
+        mine.failures += 1;
+        tally.failures += 1;
+        let failing_clients = tally.clients.values().filter(|c| c.failures > 0).count();
+        if tally.failures >= o.subject_failures.max(1)
+            && failing_clients >= 2
+            && tally.locked(now).is_none()
+        {
+            tally.locked_until = Some(now + o.subject_lockout);
+            return Ok(Some(Locked {
+                failures: tally.failures,
+                clients: failing_clients,
+                lockout: o.subject_lockout,
+            }));
+        }
+        Ok(None)
+    }
+}
+
+impl Drop for Try<'_> {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let mut shard = self.guard.shard(&self.subject);
+        if let Some(tally) = shard.get_mut(&self.subject) {
+            tally.in_flight = tally.in_flight.saturating_sub(1);
+            if let Some(c) = tally.clients.get_mut(&self.client) {
+                c.in_flight = c.in_flight.saturating_sub(1);
+            }
+        }
+    }
+}
+
 impl SubjectGuard {
-    /// A guard with these limits.
+    /// A guard with these limits, tracking at most [`MAX_SUBJECTS`] citizens.
     pub fn new(options: LimitOptions) -> SubjectGuard {
-        let idle = options.subject_window.max(options.subject_lockout);
+        Self::with_capacity(options, MAX_SUBJECTS as usize)
+    }
+
+    /// A guard tracking at most `capacity` citizens (rounded to its shards).
+    pub fn with_capacity(options: LimitOptions, capacity: usize) -> SubjectGuard {
         SubjectGuard {
-            tallies: moka::sync::Cache::builder()
-                .max_capacity(MAX_SUBJECTS)
-                .time_to_idle(idle)
-                .build(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             options,
+            capacity: capacity.div_ceil(SHARDS).max(1),
         }
     }
 
-    /// `Err` with the time left when the citizen `subject` is locked.
+    fn shard(&self, subject: &str) -> std::sync::MutexGuard<'_, HashMap<String, Tally>> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(subject) as usize;
+        self.shards[h % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Citizens tracked now.
+    pub fn tracked(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    /// `Err` with the time left when the citizen `subject` is locked for everyone.
     pub fn check(&self, subject: &str) -> Result<(), Duration> {
-        let Some(tally) = self.tallies.get(subject) else {
-            return Ok(());
-        };
-        let tally = tally.lock().unwrap_or_else(|p| p.into_inner());
-        match tally.locked_until {
-            Some(until) => match until.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => Err(left),
-                _ => Ok(()),
-            },
+        match self
+            .shard(subject)
+            .get(subject)
+            .and_then(|t| t.locked(Instant::now()))
+        {
+            Some(left) => Err(left),
             None => Ok(()),
         }
     }
 
-    /// Counts a NO_MATCH about `subject`; `Some` when this one locks them.
-    pub fn failed(&self, subject: &str) -> Option<Locked> {
-        if subject.is_empty() {
-            return None;
-        }
+    /// Reserves a try by `client` about `subject` before its lookup: refused when the
+    /// citizen is locked, or when this client's NO_MATCH answers about them reached
+    /// `client_failures` (all clients': `subject_failures`). Tries in flight are not
+    /// refused here — concurrent true declarations are fine — but their verdicts pass
+    /// [`Try::finish`] one at a time, so no burst, however spread over connections, gets
+    /// more verdicts than the allowance. Locks are never forgotten to make room: a full
+    /// table refuses.
+    pub fn reserve(&self, client: &str, subject: &str) -> Result<Try<'_>, Refused> {
+        let o = &self.options;
         let now = Instant::now();
-        let tally = self.tallies.get_with(subject.to_string(), || {
-            Arc::new(Mutex::new(Tally {
-                since: now,
-                failures: 0,
-                locked_until: None,
-            }))
-        });
-        let mut tally = tally.lock().unwrap_or_else(|p| p.into_inner());
-        let lock_over = tally.locked_until.is_some_and(|until| until <= now);
-        if lock_over || now.duration_since(tally.since) > self.options.subject_window {
-            *tally = Tally {
-                since: now,
-                failures: 0,
-                locked_until: None,
-            };
+        let mut shard = self.shard(subject);
+        if !shard.contains_key(subject) && shard.len() >= self.capacity {
+            shard.retain(|_, t| !t.idle(now, o.subject_window));
+            if shard.len() >= self.capacity {
+                return Err(Refused::Full);
+            }
         }
-        tally.failures += 1;
-        if tally.failures >= self.options.subject_failures.max(1) && tally.locked_until.is_none() {
-            tally.locked_until = Some(now + self.options.subject_lockout);
-            return Some(Locked {
-                failures: tally.failures,
-                lockout: self.options.subject_lockout,
-            });
+        let tally = shard
+            .entry(subject.to_string())
+            .or_insert_with(|| Tally::new(now));
+        if let Some(left) = tally.locked(now) {
+            return Err(Refused::Locked(left));
         }
-        None
+        if tally.locked_until.is_some() || now.duration_since(tally.since) > o.subject_window {
+            // The window (or the lock) is over: a fresh count, tries in flight kept.
+            let in_flight = tally.in_flight;
+            let mut fresh = Tally::new(now);
+            fresh.in_flight = in_flight;
+            for (c, t) in std::mem::take(&mut tally.clients) {
+                if t.in_flight > 0 {
+                    fresh.clients.insert(
+                        c,
+                        ClientTries {
+                            failures: 0,
+                            in_flight: t.in_flight,
+                        },
+                    );
+                }
+            }
+            *tally = fresh;
+        }
+        let left = o
+            .subject_window
+            .saturating_sub(now.duration_since(tally.since));
+        let mine = tally.clients.entry(client.to_string()).or_default();
+        if mine.failures >= o.client_failures.max(1) || tally.failures >= o.subject_failures.max(1)
+        {
+            return Err(Refused::Spent(left.max(Duration::from_secs(1))));
+        }
+        mine.in_flight += 1;
+        tally.in_flight += 1;
+        Ok(Try {
+            guard: self,
+            subject: subject.to_string(),
+            client: client.to_string(),
+            open: true,
+        })
     }
 }
 
@@ -203,6 +393,7 @@ mod tests {
         LimitOptions {
             client_rate_per_second: 5,
             client_burst: 5,
+            client_failures: 2,
             subject_failures: 3,
             subject_window: Duration::from_secs(60),
             subject_lockout: Duration::from_secs(60),
@@ -225,15 +416,94 @@ mod tests {
     }
 
     #[test]
-    fn the_third_failure_locks_the_citizen_for_everyone() {
+    fn a_burst_gets_only_the_allowance_of_verdicts() {
         let guard = SubjectGuard::new(options());
-        assert_eq!(guard.failed("s1"), None);
-        assert_eq!(guard.failed("s1"), None);
+        // A burst: four tries pass the reservation together, before any answer.
+        let tries: Vec<_> = (0..4)
+            .map(|_| guard.reserve("portal", "s1").unwrap())
+            .collect();
+        let mut tries = tries.into_iter();
+        assert_eq!(tries.next().unwrap().finish(false), Ok(None));
+        assert_eq!(tries.next().unwrap().finish(false), Ok(None));
+        // The allowance (2) is spent: the third NO_MATCH, and even a MATCH found late
+        // (the true date), is not let out.
+        assert!(matches!(
+            tries.next().unwrap().finish(false),
+            Err(Refused::Spent(_))
+        ));
+        assert!(matches!(
+            tries.next().unwrap().finish(true),
+            Err(Refused::Spent(_))
+        ));
+        assert!(matches!(
+            guard.reserve("portal", "s1"),
+            Err(Refused::Spent(_))
+        ));
+        // Another client is not affected by the first one's failures...
         assert!(guard.check("s1").is_ok());
-        let locked = guard.failed("s1").expect("locked by the third");
-        assert_eq!(locked.failures, 3);
+        let concurrent: Vec<_> = (0..8)
+            .map(|_| guard.reserve("ministry", "s1").unwrap())
+            .collect();
+        for t in concurrent {
+            assert_eq!(
+                t.finish(true),
+                Ok(None),
+                "concurrent true declarations all answered"
+            );
+        }
+        // ...until failures from two clients reach subject_failures: locked for all.
+        let locked = guard
+            .reserve("ministry", "s1")
+            .unwrap()
+            .finish(false)
+            .unwrap()
+            .expect("the third failure, from a second client");
+        assert_eq!((locked.failures, locked.clients), (3, 2));
         assert!(guard.check("s1").is_err());
-        assert!(guard.check("s2").is_ok(), "only that citizen");
-        assert_eq!(guard.failed("s1"), None, "locked once, not again");
+        assert!(matches!(
+            guard.reserve("third", "s1"),
+            Err(Refused::Locked(_))
+        ));
+        assert!(guard.reserve("portal", "s2").is_ok(), "only that citizen");
+    }
+
+    #[test]
+    fn one_client_alone_never_locks_a_citizen_for_others() {
+        let mut o = options();
+        o.client_failures = 10;
+        o.subject_failures = 3;
+        let guard = SubjectGuard::new(o);
+        for _ in 0..3 {
+            assert_eq!(
+                guard.reserve("portal", "s1").unwrap().finish(false),
+                Ok(None)
+            );
+        }
+        assert!(guard.check("s1").is_ok(), "three failures, one client");
+        assert!(matches!(
+            guard.reserve("portal", "s1"),
+            Err(Refused::Spent(_))
+        ));
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_citizens_and_forgets_no_lock() {
+        let guard = SubjectGuard::with_capacity(options(), 1);
+        // One slot per shard: fill every shard with a citizen whose count is live.
+        let mut n = 0;
+        while guard.tracked() < SHARDS {
+            let _ = guard
+                .reserve("portal", &format!("s{n}"))
+                .map(|t| t.finish(false));
+            n += 1;
+        }
+        let refused = (n..n + 200)
+            .filter(|i| {
+                guard
+                    .reserve("portal", &format!("s{i}"))
+                    .is_err_and(|e| e == Refused::Full)
+            })
+            .count();
+        assert_eq!(refused, 200, "no live count is evicted to make room");
     }
 }

@@ -100,6 +100,8 @@ pub struct Metrics {
     pub witness_up: Gauge,
     /// Audit witness: batch heads acknowledged.
     pub witness_shipped: Counter,
+    /// Citizens locked for every client after NO_MATCH answers from several clients.
+    pub subject_locks: Counter,
     /// Audit witness: alarms raised (a message in this node's subject it did not send,
     /// a witness that lost acknowledged messages or holds more than the folder).
     pub witness_alarms: Counter,
@@ -176,6 +178,7 @@ impl Default for Metrics {
             witness_lag: Gauge::default(),
             witness_up: Gauge::default(),
             witness_alarms: Counter::default(),
+            subject_locks: Counter::default(),
             witness_alarm: Gauge::default(),
             witness_shipped: Counter::default(),
             index_records: Counter::default(),
@@ -212,7 +215,13 @@ impl Metrics {
     /// units their suffix.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("popgw");
-        let counters: [(&str, &str, &Counter); 20] = [
+        let counters: [(&str, &str, &Counter); 21] = [
+            (
+                "subject_locks",
+                "Citizens locked for every client after NO_MATCH answers from several clients \
+                 (an operator should look: an enumeration, or a citizen being locked out)",
+                &self.subject_locks,
+            ),
             (
                 "audit_witness_alarms",
                 "Audit witness alarms raised: messages in this node's subject it did not send, \

@@ -181,16 +181,19 @@ impl Gateway {
             },
             DeclaredId::Old(_) => None,
         };
+        // A declaration that will consult the registry reserves its try first; its verdict
+        // comes out only within the allowance, so a burst gets no more verdicts than that.
+        let client = grant.identity.clone();
+        let mut tries = Vec::with_capacity(2);
         let verification = match verification {
             Some(v) => v,
             None => {
+                tries.push(self.subjects.reserve(&client, &ctx.subject)?);
                 let record = self.lookup(&permit, ctx, &key).await?;
                 self.found_subject(ctx, &id, record.as_deref());
                 if let DeclaredId::Old(_) = id {
-                    // Now named by the 12-digit id: the same lock applies.
-                    self.subjects
-                        .check(&ctx.subject)
-                        .map_err(GatewayError::SubjectLocked)?;
+                    // Now named by the 12-digit id: the same allowance applies.
+                    tries.push(self.subjects.reserve(&client, &ctx.subject)?);
                 }
                 let declared = Declaration {
                     full_name: &req.full_name,
@@ -210,15 +213,18 @@ impl Gateway {
             Some((name, _)) => format!("{name}; {compared}"),
             None => compared.to_string(),
         };
-        if !verification.is_match() {
-            if let Some(locked) = self.subjects.failed(&ctx.subject) {
+        for attempt in tries {
+            // The verdict comes out only within the allowance (see limits::Try::finish).
+            if let Some(locked) = attempt.finish(verification.is_match())? {
                 // The lock-out is audited, by the request that caused it.
                 detail.push_str(&format!(
-                    "; subject locked for {} s after {} NO_MATCH answers",
+                    "; subject locked for {} s after {} NO_MATCH answers from {} clients",
                     locked.lockout.as_secs(),
-                    locked.failures
+                    locked.failures,
+                    locked.clients
                 ));
-                tracing::warn!(request_id = %ctx.request_id, "a citizen's verification locked after repeated NO_MATCH");
+                self.metrics.subject_locks.inc();
+                tracing::warn!(request_id = %ctx.request_id, "a citizen's verification locked for every client after NO_MATCH answers from several clients");
             }
         }
         let details = grant.details.then(|| pb::VerificationDetails {

@@ -401,7 +401,8 @@ pub async fn setup_remote(faults: Faults, adjust: impl FnOnce(&mut Config)) -> S
     config.registry.cert = Some(certs.join("gateway.pem"));
     config.registry.key = Some(certs.join("gateway.key"));
     // These tests poll with a declaration until the registry's change shows: every
-    // NO_MATCH meanwhile would count towards the per-citizen lock.
+    // NO_MATCH meanwhile would count towards the client's tries about the citizen.
+    config.limits.client_failures = u32::MAX - 1;
     config.limits.subject_failures = u32::MAX;
     adjust(&mut config);
     let gw = TestGateway::start_prepared(dir, config, ca, None).await;
