@@ -913,6 +913,35 @@ mod tests {
     }
 
     #[test]
+    fn the_registry_identity_is_a_uri_and_only_for_remote() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(
+            &path,
+            "[registry]\nkind = \"disk\"\nidentity = \"spiffe://popgw.dev/server/popgw\"\n",
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("registry.identity: only with kind"), "{e}");
+        let mut c = Config::default();
+        c.registry.kind = "remote".into();
+        c.registry.endpoint = Some("https://registry.example:50061".into());
+        c.registry.cert = Some("gateway.pem".into());
+        c.registry.key = Some("gateway.key".into());
+        for bad in ["registry", "://x", "spiffe://", "spiffe://a b"] {
+            c.registry.identity = Some(bad.into());
+            let p = c.problems();
+            assert!(
+                p.iter()
+                    .any(|p| p.contains("registry.identity") && p.contains("not a URI")),
+                "{bad}: {p:?}"
+            );
+        }
+        c.registry.identity = Some("spiffe://registry.example/registry".into());
+        assert!(!c.problems().iter().any(|p| p.contains("registry.identity")));
+    }
+
+    #[test]
     fn every_problem_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
