@@ -103,7 +103,8 @@ pub struct RegistrySettings {
     pub kind: String,
     /// disk: the store folder; default `<data_dir>/registry`.
     pub path: Option<PathBuf>,
-    /// postgres: the database URL (`postgres://user@host:port/db`).
+    /// postgres: the database URL (`postgres://user@host:port/db`), libpq-style: `sslmode`,
+    /// `sslrootcert`, `sslcert`, `sslkey`, `passfile` ([`crate::link::postgres`]).
     pub url: Option<String>,
     /// embedded: the JSON Lines population; default `<data_dir>/population.jsonl`.
     pub population_file: Option<PathBuf>,
@@ -288,7 +289,8 @@ pub struct AuditSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IndexSettings {
-    /// `postgres://user@host/db`.
+    /// `postgres://user@host/db`, libpq-style like `registry.url`
+    /// ([`crate::link::postgres`]).
     pub url: String,
     /// The durable JetStream consumer the indexer reads with: one per index database.
     #[serde(default = "default_index_consumer")]

@@ -63,7 +63,7 @@ const LOCK_KEY: i64 = 0x706f_7067_7761_7564; // "popgwaud"
 /// Where the index is (`[audit.index]`).
 #[derive(Clone)]
 pub struct IndexConfig {
-    /// `postgres://user@host/db`.
+    /// `postgres://user@host/db`, libpq-style ([`crate::link::postgres::PgLink`]).
     pub url: String,
     /// Every call (pool wait, connect, statement) ends within this.
     pub timeout: Duration,

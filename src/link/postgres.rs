@@ -999,6 +999,10 @@ mod tests {
             };
             assert!(!shown.contains("s3cr3t"), "{shown}");
             assert!(!redact(url).contains("s3cr3t"), "{url}");
+            let location = crate::registry::StoreLocation::parse(url);
+            if matches!(location, crate::registry::StoreLocation::Postgres(_)) {
+                assert!(!format!("{location:?}").contains("s3cr3t"), "{url}");
+            }
         }
         let env = |k: &str| (k == "PGPASSWORD").then(|| "from-env".to_string());
         let link = PgLink::parse_with("postgres://popgw@127.0.0.1/popgw", env).unwrap();
