@@ -44,7 +44,8 @@ fn run(what: &str, command: &mut Command) {
 
 fn as_postgres(program: &str) -> Command {
     let mut c = Command::new("runuser");
-    c.args(["-u", "postgres", "--", &format!("{BIN}/{program}")]);
+    c.args(["-u", "postgres", "--", &format!("{BIN}/{program}")])
+        .current_dir("/");
     c
 }
 
@@ -108,22 +109,6 @@ impl PgServer {
                 "--no-instructions",
             ]),
         );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = format!(
-            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n\
-             ssl = on\nssl_cert_file = '{root}/server.crt'\nssl_key_file = '{root}/server.key'\n\
-             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n",
-            root = root.display()
-        );
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .unwrap();
-        std::io::Write::write_all(&mut file, conf.as_bytes()).unwrap();
         std::fs::write(
             data.join("pg_hba.conf"),
             "local all postgres trust\n\
@@ -132,15 +117,46 @@ impl PgServer {
              hostnossl all all 0.0.0.0/0 reject\n",
         )
         .unwrap();
-        run(
-            "pg_ctl start",
-            as_postgres("pg_ctl")
+        // A free port, taken again by the time the server binds only by bad luck: then
+        // another (the last `port` line of postgresql.conf wins).
+        let mut attempt = 0;
+        let port = loop {
+            attempt += 1;
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let conf = format!(
+                "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n\
+                 ssl = on\nssl_cert_file = '{root}/server.crt'\nssl_key_file = '{root}/server.key'\n\
+                 fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n",
+                root = root.display()
+            );
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))
+                .unwrap();
+            std::io::Write::write_all(&mut file, conf.as_bytes()).unwrap();
+            let started = as_postgres("pg_ctl")
                 .arg("-D")
                 .arg(&data)
                 .arg("-l")
                 .arg(root.join("log"))
-                .args(["-w", "start"]),
-        );
+                .args(["-w", "start"])
+                .output()
+                .unwrap();
+            if started.status.success() {
+                break port;
+            }
+            assert!(
+                attempt < 3,
+                "pg_ctl start failed: {}{}\n{}",
+                String::from_utf8_lossy(&started.stdout),
+                String::from_utf8_lossy(&started.stderr),
+                std::fs::read_to_string(root.join("log")).unwrap_or_default()
+            );
+        };
         let server = PgServer {
             port,
             ca: root.join("ca.pem"),
@@ -149,8 +165,8 @@ impl PgServer {
         };
         run(
             "create roles",
-            Command::new("runuser")
-                .args(["-u", "postgres", "--", &format!("{BIN}/psql"), "-q"])
+            as_postgres("psql")
+                .arg("-q")
                 .args(["-h", &root.display().to_string(), "-p", &port.to_string()])
                 .args(["-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1"])
                 .args([
