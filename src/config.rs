@@ -86,6 +86,13 @@ impl TlsSettings {
     }
 }
 
+/// A PostgreSQL URL that parses, whose password file, CA, certificate and key files
+/// exist and parse (the error never holds the password).
+fn check_pg_link(url: &str) -> Result<(), crate::link::postgres::LinkError> {
+    crate::link::postgres::PgLink::parse(url)?.client_config()?;
+    Ok(())
+}
+
 /// Registry settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -96,7 +103,8 @@ pub struct RegistrySettings {
     pub kind: String,
     /// disk: the store folder; default `<data_dir>/registry`.
     pub path: Option<PathBuf>,
-    /// postgres: the database URL (`postgres://user@host:port/db`).
+    /// postgres: the database URL (`postgres://user@host:port/db`), libpq-style: `sslmode`,
+    /// `sslrootcert`, `sslcert`, `sslkey`, `passfile` ([`crate::link::postgres`]).
     pub url: Option<String>,
     /// embedded: the JSON Lines population; default `<data_dir>/population.jsonl`.
     pub population_file: Option<PathBuf>,
@@ -120,6 +128,10 @@ pub struct RegistrySettings {
     pub cert: Option<PathBuf>,
     /// remote: its key.
     pub key: Option<PathBuf>,
+    /// remote: the URI SAN the registry's certificate must carry (`spiffe://…`), besides
+    /// chaining to `ca` and naming the endpoint's host. Strongly recommended: without it
+    /// any server certificate of `ca` for that host is taken for the registry.
+    pub identity: Option<String>,
     /// remote: HTTP/2 connections in the pool.
     pub connections: usize,
     /// remote: retries of an UNAVAILABLE answer (inside the caller's deadline).
@@ -281,7 +293,8 @@ pub struct AuditSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IndexSettings {
-    /// `postgres://user@host/db`.
+    /// `postgres://user@host/db`, libpq-style like `registry.url`
+    /// ([`crate::link::postgres`]).
     pub url: String,
     /// The durable JetStream consumer the indexer reads with: one per index database.
     #[serde(default = "default_index_consumer")]
@@ -411,6 +424,7 @@ impl Default for RegistrySettings {
             ca: None,
             cert: None,
             key: None,
+            identity: None,
             connections: 2,
             retries: 2,
             breaker_failures: 5,
@@ -591,6 +605,8 @@ impl Config {
         if let Some(i) = &self.audit.index {
             if !i.url.starts_with("postgres://") && !i.url.starts_with("postgresql://") {
                 p.push("audit.index.url: a postgres:// URL".into());
+            } else if let Err(e) = check_pg_link(&i.url) {
+                p.push(format!("audit.index.url: {e}"));
             }
             if i.consumer.is_empty()
                 || !i
@@ -637,6 +653,27 @@ impl Config {
         if self.admin.enabled && self.admin.listen == self.listen && self.listen.port() != 0 {
             p.push("admin.listen: the same address as listen".into());
         }
+        if let Some(identity) = &self.registry.identity {
+            if self.registry.kind != "remote" {
+                p.push(
+                    "registry.identity: only with kind \"remote\" (the registry's URI SAN)".into(),
+                );
+            }
+            let uri = identity.split_once("://");
+            if !uri.is_some_and(|(scheme, rest)| {
+                !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                    && !rest.is_empty()
+            }) || !identity.chars().all(|c| c.is_ascii_graphic())
+            {
+                p.push(format!(
+                    "registry.identity: {:?} is not a URI (spiffe://domain/path)",
+                    identity.escape_debug().to_string()
+                ));
+            }
+        }
         match self.registry.kind.as_str() {
             "disk" | "embedded" => {}
             "remote" => {
@@ -655,6 +692,8 @@ impl Config {
                 let url = self.registry.url.as_deref().unwrap_or_default();
                 if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                     p.push("registry.url: kind \"postgres\" needs a postgres:// URL".into());
+                } else if let Err(e) = check_pg_link(url) {
+                    p.push(format!("registry.url: {e}"));
                 }
             }
             other => p.push(format!(
@@ -776,6 +815,7 @@ impl Config {
             ca: r.ca.clone().unwrap_or_else(|| self.tls.client_ca.clone()),
             cert: r.cert.clone().unwrap_or_default(),
             key: r.key.clone().unwrap_or_default(),
+            identity: r.identity.clone(),
             connections: r.connections,
             timeout: Duration::from_millis(r.timeout_ms),
             retries: r.retries,
@@ -890,6 +930,35 @@ mod tests {
         let example = Config::load(&path).unwrap();
         let default = Config::default();
         assert_eq!(format!("{example:?}"), format!("{default:?}"));
+    }
+
+    #[test]
+    fn the_registry_identity_is_a_uri_and_only_for_remote() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(
+            &path,
+            "[registry]\nkind = \"disk\"\nidentity = \"spiffe://popgw.dev/server/popgw\"\n",
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("registry.identity: only with kind"), "{e}");
+        let mut c = Config::default();
+        c.registry.kind = "remote".into();
+        c.registry.endpoint = Some("https://registry.example:50061".into());
+        c.registry.cert = Some("gateway.pem".into());
+        c.registry.key = Some("gateway.key".into());
+        for bad in ["registry", "://x", "spiffe://", "spiffe://a b"] {
+            c.registry.identity = Some(bad.into());
+            let p = c.problems();
+            assert!(
+                p.iter()
+                    .any(|p| p.contains("registry.identity") && p.contains("not a URI")),
+                "{bad}: {p:?}"
+            );
+        }
+        c.registry.identity = Some("spiffe://registry.example/registry".into());
+        assert!(!c.problems().iter().any(|p| p.contains("registry.identity")));
     }
 
     #[test]

@@ -918,7 +918,9 @@ impl Summary {
     fn of(config: &Config) -> Summary {
         let registry = match config.registry.kind.as_str() {
             "remote" => config.registry.endpoint.clone().unwrap_or_default(),
-            "postgres" => redact_url(config.registry.url.as_deref().unwrap_or_default()),
+            "postgres" => {
+                popgw::link::postgres::redact(config.registry.url.as_deref().unwrap_or_default())
+            }
             "embedded" => config.population_path().display().to_string(),
             _ => config.registry_path().display().to_string(),
         };
@@ -1394,7 +1396,7 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                 "popgw audit index: stream {} on {} into {} (consumer {}, {} months kept, {})",
                 feed.stream,
                 redact_url(&feed.url),
-                redact_url(&url),
+                popgw::link::postgres::redact(&url),
                 feed.consumer,
                 feed.retain_months,
                 format!("seals checked for {} node(s)", feed.node_keys.len())

@@ -24,6 +24,9 @@ pub const MINISTRY_ID: &str = "spiffe://popgw.dev/ministry/justice";
 pub const OPERATOR_ID: &str = "spiffe://popgw.dev/operator/c06";
 /// URI SAN of the development citizen portal (the citizen's access report).
 pub const CITIZEN_ID: &str = "spiffe://popgw.dev/citizen/vneid";
+/// The development server certificate's URI SAN (the gateway's and `popgw registry
+/// serve`'s): what `[registry] identity` pins in the development setup.
+pub const SERVER_ID: &str = "spiffe://popgw.dev/server/popgw";
 /// The gateway's own identity towards the registry (`popgw registry serve --allow`).
 pub const GATEWAY_ID: &str = "spiffe://popgw.dev/gateway/node-1";
 /// URI SAN of the client signed by a foreign CA.
@@ -148,11 +151,19 @@ impl DevCa {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
-    /// Issues the server certificate for `localhost` and `127.0.0.1`.
+    /// Issues the server certificate for `localhost` and `127.0.0.1`, named
+    /// [`SERVER_ID`].
     pub fn issue_server(&self) -> Result<(String, String), PkiError> {
+        self.issue_server_as(SERVER_ID)
+    }
+
+    /// Issues a server certificate for `localhost` and `127.0.0.1` named by the URI SAN
+    /// `uri` (tests: a server of the same CA that is not the one pinned).
+    pub fn issue_server_as(&self, uri: &str) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate()?;
         let mut params =
             CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        params.subject_alt_names.push(SanType::URI(uri.try_into()?));
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "popgw");
         params.distinguished_name = dn;

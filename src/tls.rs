@@ -452,3 +452,149 @@ pub fn client_tls(
         .identity(tonic::transport::Identity::from_pem(cert, key))
         .domain_name(domain))
 }
+
+/// The rustls configuration of the gateway's link to the registry (`kind = "remote"`):
+/// the registry's certificate must chain to `ca` and name the host the endpoint names,
+/// and with `identity` also carry exactly that URI SAN ([`PinnedIdentity`]); the
+/// gateway presents `cert`/`key`. ALPN h2, ring.
+pub fn registry_client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    identity: Option<&str>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c).map_err(|e| TlsError::Pem {
+            path: ca.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| TlsError::Config(e.to_string()))?;
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match identity {
+        Some(identity) => Arc::new(PinnedIdentity {
+            inner: webpki,
+            identity: identity.to_string(),
+        }),
+        None => webpki,
+    };
+    let certs = load_certs(cert)?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
+        path: key.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(certs, key_der)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A server certificate that chains and names the host but is not the pinned identity.
+#[derive(thiserror::Error)]
+#[error("the server's certificate is not {expected} (its URI SANs: {presented})")]
+pub struct WrongIdentity {
+    /// The pinned URI.
+    pub expected: String,
+    /// What the certificate carries (`none` when no URI SAN).
+    pub presented: String,
+}
+
+// rustls prints a certificate error of its `Other` kind with `{:?}`: make that readable.
+impl std::fmt::Debug for WrongIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// A server-certificate check that pins the server's identity: webpki's (chain to the
+/// CA, validity, host name) and then a URI SAN equal to `identity` — another server of
+/// the same CA naming the same host is refused.
+#[derive(Debug)]
+pub struct PinnedIdentity {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    identity: String,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedIdentity {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let uris = X509Certificate::from_der(end_entity.as_ref())
+            .ok()
+            .and_then(|(_, c)| {
+                c.subject_alternative_name().ok().flatten().map(|san| {
+                    san.value
+                        .general_names
+                        .iter()
+                        .filter_map(|n| match n {
+                            GeneralName::URI(u) => Some(u.to_string()),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .unwrap_or_default();
+        if uris.contains(&self.identity) {
+            return Ok(verified);
+        }
+        let presented = if uris.is_empty() {
+            "none".to_string()
+        } else {
+            uris.iter()
+                .map(|u| u.escape_debug().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(rustls::OtherError(Arc::new(WrongIdentity {
+                expected: self.identity.clone(),
+                presented,
+            }))),
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

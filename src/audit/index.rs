@@ -35,15 +35,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, AckKind};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::NoTls;
 
 use super::format::{decode_hash, parse_line, record_hash};
 use super::witness::Head;
 use super::{Filter, RecordBody, StoredRecord};
+use crate::link::postgres::PgLink;
 use crate::telemetry::Metrics;
 
 /// The index's migrations, in order: (version, SQL).
@@ -71,14 +71,24 @@ pub const MAX_TIME_MS: i64 = 253_402_300_799_000;
 const LOCK_KEY: i64 = 0x706f_7067_7761_7564; // "popgwaud"
 
 /// Where the index is (`[audit.index]`).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct IndexConfig {
-    /// `postgres://user@host/db`.
+    /// `postgres://user@host/db`, libpq-style ([`crate::link::postgres::PgLink`]).
     pub url: String,
     /// Every call (pool wait, connect, statement) ends within this.
     pub timeout: Duration,
     /// Connections at most.
     pub pool_size: usize,
+}
+
+impl std::fmt::Debug for IndexConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexConfig")
+            .field("url", &crate::link::postgres::redact(&self.url))
+            .field("timeout", &self.timeout)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
 }
 
 impl IndexConfig {
@@ -182,6 +192,7 @@ fn partition_month(name: &str) -> Option<i32> {
 /// The index in PostgreSQL (see the module documentation).
 pub struct AuditIndex {
     pool: Pool,
+    link: PgLink,
     timeout: Duration,
     months: Mutex<HashSet<i32>>,
 }
@@ -189,6 +200,7 @@ pub struct AuditIndex {
 impl std::fmt::Debug for AuditIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditIndex")
+            .field("link", &self.link)
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -200,37 +212,27 @@ impl AuditIndex {
     /// A pool on the index; connects on first use (a gateway starts while PostgreSQL is
     /// down, and answers UNAVAILABLE from the index until it is back).
     pub fn lazy(config: &IndexConfig) -> Result<AuditIndex, IndexError> {
-        let mut pg_config: tokio_postgres::Config = config
-            .url
-            .parse()
-            .map_err(|e| IndexError::Unavailable(format!("PostgreSQL URL: {e}")))?;
-        pg_config.connect_timeout(config.timeout);
-        pg_config.application_name("popgw-audit-index");
+        let link =
+            PgLink::parse(&config.url).map_err(|e| IndexError::Unavailable(e.to_string()))?;
         // Point queries: no parallel workers (launching them cost more than the query at
         // 10 M records, measured), and one generic plan per prepared statement, pruned at
         // run time (planning 25 monthly partitions of two tables took 6–8 ms a call).
-        pg_config.options(format!(
+        let options = format!(
             "-c statement_timeout={} -c max_parallel_workers_per_gather=0 \
              -c plan_cache_mode=force_generic_plan",
             config.timeout.as_millis().max(1)
-        ));
-        let manager = Manager::from_config(
-            pg_config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
         );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(config.timeout))
-            .create_timeout(Some(config.timeout))
-            .recycle_timeout(Some(config.timeout))
-            .build()
-            .map_err(|e| IndexError::Unavailable(format!("PostgreSQL pool: {e}")))?;
+        let pool = link
+            .pool(
+                "popgw-audit-index",
+                &options,
+                config.pool_size,
+                config.timeout,
+            )
+            .map_err(|e| IndexError::Unavailable(e.to_string()))?;
         Ok(AuditIndex {
             pool,
+            link,
             timeout: config.timeout,
             months: Mutex::new(HashSet::new()),
         })
@@ -245,7 +247,9 @@ impl AuditIndex {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, IndexError> {
         self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) => pg(e),
+            deadpool_postgres::PoolError::Backend(e) => {
+                IndexError::Unavailable(self.link.explain(&e))
+            }
             deadpool_postgres::PoolError::Timeout(_) => IndexError::Unavailable(format!(
                 "PostgreSQL did not answer within {} ms",
                 self.timeout.as_millis()

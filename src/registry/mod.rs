@@ -417,13 +417,26 @@ pub fn check_resume(after: u64, v: Versions) -> Result<(), RegistryError> {
     Ok(())
 }
 
-/// Where a store lives: a folder (disk) or a `postgres://` URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where a store lives: a folder (disk) or a `postgres://` URL (its `Debug` shows no
+/// password).
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreLocation {
     /// An on-disk store folder.
     Disk(PathBuf),
     /// A PostgreSQL database.
     Postgres(String),
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Disk(dir) => f.debug_tuple("Disk").field(dir).finish(),
+            StoreLocation::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&crate::link::postgres::redact(url))
+                .finish(),
+        }
+    }
 }
 
 impl StoreLocation {

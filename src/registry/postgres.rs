@@ -23,11 +23,10 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use prost::Message;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::NoTls;
 
 use std::sync::Arc;
 
@@ -37,6 +36,7 @@ use super::{
     check_resume, import_version_base, polled_feed, Change, ChangeStream, Deadline, LookupKey,
     Registry, RegistryError, Store, StoreOptions, Versions,
 };
+use crate::link::postgres::PgLink;
 use crate::proto::registry::{CitizenRecord, Household};
 
 /// The migrations, in order: (version, SQL).
@@ -60,9 +60,9 @@ fn pg_err(e: tokio_postgres::Error) -> RegistryError {
     }
 }
 
-fn pool_err(e: deadpool_postgres::PoolError, timeout: Duration) -> RegistryError {
+fn pool_err(e: deadpool_postgres::PoolError, link: &PgLink, timeout: Duration) -> RegistryError {
     match e {
-        deadpool_postgres::PoolError::Backend(e) => pg_err(e),
+        deadpool_postgres::PoolError::Backend(e) => RegistryError::Unavailable(link.explain(&e)),
         deadpool_postgres::PoolError::Timeout(_) => too_slow(timeout),
         other => RegistryError::Unavailable(format!("PostgreSQL pool: {other}")),
     }
@@ -80,19 +80,8 @@ fn decode(bytes: &[u8]) -> Result<CitizenRecord, RegistryError> {
         .map_err(|e| RegistryError::Invalid(format!("stored record does not decode: {e}")))
 }
 
-fn config(url: &str, timeout: Duration) -> Result<tokio_postgres::Config, RegistryError> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| RegistryError::Unavailable(format!("PostgreSQL URL: {e}")))?;
-    config.connect_timeout(timeout);
-    config.application_name("popgw");
-    let statement_timeout = format!("-c statement_timeout={}", timeout.as_millis().max(1));
-    let options = match config.get_options() {
-        Some(o) if !o.is_empty() => format!("{o} {statement_timeout}"),
-        _ => statement_timeout,
-    };
-    config.options(&options);
-    Ok(config)
+fn link(url: &str) -> Result<PgLink, RegistryError> {
+    PgLink::parse(url).map_err(|e| RegistryError::Unavailable(e.to_string()))
 }
 
 /// Applies the migrations this database lacks, in order, each in its own transaction.
@@ -132,23 +121,11 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), Registry
     Ok(())
 }
 
-async fn connect_one(
-    url: &str,
-    timeout: Duration,
-) -> Result<tokio_postgres::Client, RegistryError> {
-    let (client, connection) = config(url, timeout)?.connect(NoTls).await.map_err(pg_err)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "PostgreSQL connection ended");
-        }
-    });
-    Ok(client)
-}
-
 /// A population in PostgreSQL (see the module documentation).
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    link: Arc<PgLink>,
     timeout: Duration,
     changes_kept: u64,
 }
@@ -156,6 +133,7 @@ pub struct PgStore {
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
+            .field("link", &self.link)
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -165,23 +143,22 @@ impl PgStore {
     /// A pool on `url`. Checks at once that the database answers and holds an imported
     /// registry schema (the pool itself connects lazily).
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<PgStore, RegistryError> {
-        let manager = Manager::from_config(
-            config(url, options.timeout)?,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
+        let link = Arc::new(link(url)?);
+        let statement_timeout = format!(
+            "-c statement_timeout={}",
+            options.timeout.as_millis().max(1)
         );
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(options.timeout))
-            .create_timeout(Some(options.timeout))
-            .recycle_timeout(Some(options.timeout))
-            .build()
-            .map_err(|e| RegistryError::Unavailable(format!("PostgreSQL pool: {e}")))?;
+        let pool = link
+            .pool(
+                "popgw",
+                &statement_timeout,
+                options.pool_size,
+                options.timeout,
+            )
+            .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         let store = PgStore {
             pool,
+            link,
             timeout: options.timeout,
             changes_kept: options.changes_kept.max(1),
         };
@@ -236,7 +213,7 @@ impl PgStore {
                     .pool
                     .get()
                     .await
-                    .map_err(|e| pool_err(e, self.timeout))?;
+                    .map_err(|e| pool_err(e, &self.link, self.timeout))?;
                 f(client).await
             })
             .await
@@ -266,9 +243,11 @@ impl PgStore {
     ) -> Result<ImportSummary, ImportError> {
         let store_err = |e: RegistryError| ImportError::Store(e.to_string());
         let sql_err = |e: tokio_postgres::Error| ImportError::Store(pg_err(e).to_string());
-        let mut client = connect_one(url, Duration::from_secs(30))
+        let mut client = link(url)
+            .map_err(store_err)?
+            .connect("popgw", Duration::from_secs(30))
             .await
-            .map_err(store_err)?;
+            .map_err(ImportError::Store)?;
         // No statement timeout for the bulk work of an import.
         client
             .batch_execute("SET statement_timeout = 0")

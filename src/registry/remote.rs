@@ -45,6 +45,8 @@ pub struct RemoteOptions {
     pub cert: PathBuf,
     /// Its key.
     pub key: PathBuf,
+    /// The URI SAN the registry's certificate must carry (`registry.identity`).
+    pub identity: Option<String>,
     /// HTTP/2 connections in the pool.
     pub connections: usize,
     /// Cap of every call (the caller's deadline may be shorter).
@@ -55,6 +57,56 @@ pub struct RemoteOptions {
     pub breaker_failures: u32,
     /// How long the breaker stays open before a probe.
     pub breaker_open: Duration,
+}
+
+/// Opens the registry's connections: TCP, then the TLS handshake with
+/// [`crate::tls::registry_client_config`] (chain, host name, pinned identity). A failed
+/// handshake is logged with its reason (at most once a second): the calls only see
+/// "transport error".
+#[derive(Clone)]
+struct Connector {
+    tls: tokio_rustls::TlsConnector,
+    server_name: rustls_pki_types::ServerName<'static>,
+    /// `HOST:PORT`.
+    authority: String,
+    warned: Arc<Mutex<Option<Instant>>>,
+}
+
+impl tower::Service<http::Uri> for Connector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(this.authority.as_str()).await?;
+            tcp.set_nodelay(true)?;
+            match this.tls.connect(this.server_name.clone(), tcp).await {
+                Ok(tls) => Ok(hyper_util::rt::TokioIo::new(tls)),
+                Err(e) => {
+                    let now = Instant::now();
+                    let mut warned = this.warned.lock().unwrap_or_else(|p| p.into_inner());
+                    if warned.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+                        *warned = Some(now);
+                        tracing::warn!(
+                            registry = %this.authority,
+                            error = %e,
+                            "TLS handshake with the registry failed"
+                        );
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
 }
 
 /// The circuit breaker's state, as the metrics and readiness report it.
@@ -209,31 +261,55 @@ impl RemoteRegistry {
                 "must be https://HOST:PORT (the registry is reached over mutual TLS only)".into(),
             ));
         };
-        let host = rest
-            .trim_end_matches('/')
+        let authority = rest.trim_end_matches('/');
+        let host = authority
             .rsplit_once(':')
             .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
             .ok_or_else(|| bad("must name a port".into()))?;
-        let tls = crate::tls::client_tls(&options.ca, &options.cert, &options.key, &host).map_err(
-            |e| {
-                RegistryError::Unavailable(format!(
-                    "registry client certificate (registry.ca, registry.cert, registry.key): {e}"
-                ))
-            },
-        )?;
-        let endpoint = Endpoint::from_shared(options.endpoint.clone())
-            .map_err(|e| bad(e.to_string()))?
-            .tls_config(tls)
+        let tls = crate::tls::registry_client_config(
+            &options.ca,
+            &options.cert,
+            &options.key,
+            options.identity.as_deref(),
+        )
+        .map_err(|e| {
+            RegistryError::Unavailable(format!(
+                "registry client certificate (registry.ca, registry.cert, registry.key): {e}"
+            ))
+        })?;
+        let server_name = rustls_pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| bad(format!("{host:?}: {e}")))?;
+        match &options.identity {
+            Some(identity) => tracing::info!(
+                registry = %options.endpoint,
+                identity = %identity,
+                "the registry's certificate must carry this URI SAN (registry.identity)"
+            ),
+            None => tracing::warn!(
+                registry = %options.endpoint,
+                "registry.identity is not set: any certificate of registry.ca naming the host \
+                 is taken for the registry; set it to the registry's URI SAN (spiffe://…)"
+            ),
+        }
+        let connector = Connector {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            server_name,
+            authority: authority.to_string(),
+            warned: Arc::new(Mutex::new(None)),
+        };
+        // TLS is ours (the connector: the identity check), so tonic sees plain HTTP/2.
+        let endpoint = Endpoint::from_shared(format!("http://{authority}"))
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(options.timeout)
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
         let clients = (0..options.connections.max(1))
             .map(|_| {
-                PopulationRegistryClient::new(endpoint.connect_lazy())
-                    .max_decoding_message_size(MAX_MESSAGE)
+                PopulationRegistryClient::new(
+                    endpoint.connect_with_connector_lazy(connector.clone()),
+                )
+                .max_decoding_message_size(MAX_MESSAGE)
             })
             .collect();
         Ok(RemoteRegistry {

@@ -2,6 +2,8 @@
 //! population generated into a temporary folder, called over real mutual TLS.
 #![allow(dead_code)]
 
+pub mod postgres_server;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -400,6 +402,7 @@ pub async fn setup_remote(faults: Faults, adjust: impl FnOnce(&mut Config)) -> S
     config.registry.endpoint = Some(format!("https://localhost:{}", upstream.addr.port()));
     config.registry.cert = Some(certs.join("gateway.pem"));
     config.registry.key = Some(certs.join("gateway.key"));
+    config.registry.identity = Some(pki::SERVER_ID.into());
     // These tests poll with a declaration until the registry's change shows: every
     // NO_MATCH meanwhile would count towards the client's tries about the citizen.
     config.limits.client_failures = u32::MAX - 1;
