@@ -1280,20 +1280,27 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                 cache: cache.unwrap_or_default(),
             };
             if let Some(dir) = dir {
+                let pseudonyms = || {
+                    audit::Pseudonymizer::load(&pseudonym_key)
+                        .with_context(|| format!("pseudonym key {}", pseudonym_key.display()))
+                };
                 let subject = if req.personal_id.is_empty() {
                     String::new()
                 } else {
                     let id = popgw::validation::parse_declared_id(&req.personal_id, true)?;
-                    audit::Pseudonymizer::load(&pseudonym_key)
-                        .with_context(|| format!("pseudonym key {}", pseudonym_key.display()))?
-                        .pseudonym(id.digits())
+                    pseudonyms()?.pseudonym(id.digits())
+                };
+                let case_id = if req.case_id.trim().is_empty() {
+                    String::new()
+                } else {
+                    pseudonyms()?.case_pseudonym(&req.case_id)
                 };
                 let filter = service::audit_log::Filter {
                     from_ms: req.from_unix_ms,
                     to_ms: req.to_unix_ms,
                     client: req.client,
                     procedure: req.procedure,
-                    case_id: req.case_id,
+                    case_id,
                     subject,
                     outcome: req.outcome,
                     cache: req.cache,

@@ -114,7 +114,7 @@ async fn every_outcome_leaves_exactly_one_record() {
         "the record names the fields disclosed"
     );
     assert_eq!(get.procedure, "P16");
-    assert_eq!(get.case_id, "HS-9");
+    assert_eq!(get.case_id, gw.gateway.pseudonyms.case_pseudonym("HS-9"));
     assert_eq!(get.client, popgw::pki::MINISTRY_ID);
     assert_eq!(get.rule, "EXACT");
     let no_match = records
@@ -649,15 +649,21 @@ async fn a_refused_request_keeps_the_claimed_procedure_and_dossier() {
     let about: Vec<_> = records
         .iter()
         .filter(|x| x.rpc == "VerifyIdentity" || x.rpc == "GetCitizen")
-        .map(|x| (x.procedure.as_str(), x.case_id.as_str(), x.code.as_str()))
+        .map(|x| (x.procedure.clone(), x.case_id.clone(), x.code.clone()))
         .collect();
+    let case = |c: &str| gw.gateway.pseudonyms.case_pseudonym(c);
+    let s = |x: &str| x.to_string();
     assert_eq!(
         about,
         [
-            ("?P99", "HS-UNKNOWN-1", "INVALID_ARGUMENT"),
-            ("P16", "HS-UNGRANTED-2", "PERMISSION_DENIED"),
-            ("P03", "?", "INVALID_ARGUMENT"),
-            ("?", "HS-2026-000123", "INVALID_ARGUMENT"),
+            (s("?P99"), case("HS-UNKNOWN-1"), s("INVALID_ARGUMENT")),
+            (s("P16"), case("HS-UNGRANTED-2"), s("PERMISSION_DENIED")),
+            (
+                s("P03"),
+                case(&format!("HS-{}", r.personal_id)),
+                s("INVALID_ARGUMENT")
+            ),
+            (s("?"), case("HS-2026-000123"), s("INVALID_ARGUMENT")),
         ]
     );
     assert!(
@@ -816,4 +822,65 @@ async fn a_request_whose_task_panics_answers_internal_and_leaves_its_record() {
         .list_procedures(pb::ListProceduresRequest {})
         .await;
     assert!(listed.is_ok());
+}
+
+/// Issue 25: dossier numbers are free text, and portals put personal data in them — the
+/// subject's id in any spacing or in full-width digits, another person's id, a name with
+/// a birth date. None reaches the log (nor so the witness or the index) in clear: the
+/// record holds the dossier's keyed pseudonym, and a query by the exact number finds it.
+#[tokio::test]
+async fn no_dossier_number_reaches_the_log_in_clear() {
+    let gw = TestGateway::start().await;
+    let r = gw.living().clone();
+    let other = gw
+        .find(|c| c.personal_id != r.personal_id && c.personal_id.len() == 12)
+        .personal_id
+        .clone();
+    let id = &r.personal_id;
+    let spaced = format!("{} {} {}", &id[..4], &id[4..8], &id[8..]);
+    let dashed = format!("{}-{}-{}", &id[..4], &id[4..8], &id[8..]);
+    let full_width: String = id
+        .chars()
+        .map(|c| char::from_u32(c as u32 - '0' as u32 + 0xFF10).unwrap())
+        .collect();
+    let dossiers = [
+        dashed.clone(),
+        spaced.clone(),
+        format!("HS-{full_width}"),
+        format!("HS-{other}"),
+        "NGUYỄN VĂN AN 1990-01-01".to_string(),
+    ];
+    let mut portal = gw.client("portal").await;
+    for dossier in &dossiers {
+        let mut req = declare(&r, "P03");
+        req.case_id = dossier.clone();
+        // Answered or refused (a dossier holding the subject's own id is refused): either
+        // way recorded.
+        let _ = portal.verify_identity(req).await;
+    }
+    let records = all_records(&gw).await;
+    for x in &records {
+        for clear in [
+            id.as_str(),
+            other.as_str(),
+            "NGUY",
+            "1990-01-01",
+            &dashed,
+            &spaced,
+        ] {
+            assert!(!x.json.contains(clear), "{clear} in {}", x.json);
+        }
+        assert!(!x.json.contains(&full_width), "{}", x.json);
+    }
+    // Each dossier is found by its exact number (full-width digits as their ASCII form).
+    for dossier in [format!("HS-{other}"), format!("HS-{id}"), dashed] {
+        let found = gw
+            .audit_records(pb::AuditQueryRequest {
+                case_id: dossier.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(found.len(), 1, "{dossier}: {found:?}");
+        assert_eq!(found[0].case_id.len(), 32);
+    }
 }

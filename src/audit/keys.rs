@@ -173,6 +173,22 @@ impl Pseudonymizer {
         }
     }
 
+    /// A dossier number's pseudonym, 32 lowercase hex characters: HMAC-SHA-256 under the
+    /// same key, domain-separated, over the number trimmed and NFKC-normalised (so
+    /// full-width digits and their ASCII form are one dossier). A dossier number is free
+    /// text a portal fills in — seen holding ids in any spacing, another person's id, a
+    /// name with a birth date — so the log keeps only this, and a query by the exact
+    /// number finds it (the gateway pseudonymises the query's value the same way).
+    pub fn case_pseudonym(&self, case_id: &str) -> String {
+        use unicode_normalization::UnicodeNormalization;
+        let normal: String = case_id.trim().nfkc().collect();
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .expect("HMAC accepts keys of any length");
+        mac.update(b"popgw-case-v1\n");
+        mac.update(normal.as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+
     /// 64 lowercase hex characters.
     pub fn pseudonym(&self, personal_id: &str) -> String {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)

@@ -82,7 +82,12 @@ impl Gateway {
             to_ms: req.to_unix_ms,
             client: req.client.clone(),
             procedure: req.procedure.clone(),
-            case_id: req.case_id.clone(),
+            // Dossier numbers are recorded as pseudonyms: the query's is made the same way.
+            case_id: if req.case_id.trim().is_empty() {
+                String::new()
+            } else {
+                self.pseudonyms.case_pseudonym(&req.case_id)
+            },
             subject,
             outcome: req.outcome.clone(),
         })

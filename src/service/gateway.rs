@@ -69,10 +69,9 @@ fn reason_name(r: NoMatchReason) -> (&'static str, pb::NoMatchReason) {
 impl Gateway {
     /// Records what a request claims — its subject, procedure and dossier — before any
     /// policy check, so that a refused attempt is found by a query on the citizen's id
-    /// and still says which procedure and dossier it was for. What fails validation is
-    /// recorded only as `?` (marked unvalidated; it could hold anything), an unknown
-    /// procedure code of a safe shape as `?CODE`, and a dossier number holding the
-    /// personal id not at all (the request is refused for it later).
+    /// and still says which procedure and dossier it was for. An unknown procedure code
+    /// is recorded as `?CODE` when of a safe shape, else `?`; the dossier number only as
+    /// its keyed pseudonym (`Pseudonymizer::case_pseudonym`), whatever it holds.
     fn claim(&self, ctx: &mut RequestCtx, raw_id: &str, procedure_code: &str, case_id: &str) {
         let id = validation::parse_declared_id(raw_id, true).ok();
         if let Some(id) = &id {
@@ -82,11 +81,10 @@ impl Gateway {
             Some(p) => p.code.clone(),
             None => validation::claimed_procedure(procedure_code),
         };
-        let digits = id.as_ref().map_or("", |id| id.digits());
-        ctx.case_id = match validation::check_case_id(case_id) {
-            Ok(case) if validation::check_case_not_id(&case, digits).is_ok() => case,
-            _ if case_id.trim().is_empty() => String::new(),
-            _ => "?".into(),
+        ctx.case_id = if case_id.trim().is_empty() {
+            String::new()
+        } else {
+            self.pseudonyms.case_pseudonym(case_id)
         };
     }
 
