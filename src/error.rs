@@ -48,7 +48,7 @@ pub enum GatewayError {
     #[error("at most {0} items per VerifyIdentityStream call; open a new one")]
     StreamItems(u64),
     /// A content-type other than application/grpc.
-    #[error("content-type must be application/grpc")]
+    #[error("content-type must be application/grpc or application/grpc+proto")]
     ContentType,
     /// tonic refused the request before its handler (undecodable, too large...): the
     /// code tonic answered; the body is never recorded.

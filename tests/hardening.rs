@@ -293,22 +293,41 @@ async fn requests_refused_before_their_handler_leave_a_record() {
     // A compressed-flag frame nobody negotiated.
     let status = raw_call(&gw, path, "application/grpc", vec![1, 0, 0, 0, 1, 0]).await;
     assert!(status.is_some_and(|s| s != "0"), "refused");
-    // Not gRPC at all.
+    // Not gRPC at all, and a content-type that only starts like gRPC's.
     let status = raw_call(&gw, path, "text/plain", b"hello".to_vec()).await;
     assert_eq!(status.as_deref(), Some("3"), "INVALID_ARGUMENT");
+    let status = raw_call(&gw, path, "application/grpcX", vec![0, 0, 0, 0, 0]).await;
+    assert_eq!(status.as_deref(), Some("3"), "INVALID_ARGUMENT");
+    // A service popgw does not serve: UNIMPLEMENTED, and recorded (not its path).
+    let status = raw_call(
+        &gw,
+        "/x.Secret001038047646/Probe",
+        "application/grpc",
+        vec![0, 0, 0, 0, 0],
+    )
+    .await;
+    assert_eq!(status.as_deref(), Some("12"), "UNIMPLEMENTED");
     let records = gw.audit_records(pb::AuditQueryRequest::default()).await;
     let early: Vec<_> = records
         .iter()
         .filter(|x| x.rpc == "VerifyIdentity" && x.client.ends_with("/portal/dvcqg"))
         .map(|x| (x.code.as_str(), x.detail.as_str()))
         .collect();
-    assert_eq!(early.len(), 3, "{early:?}");
+    assert_eq!(early.len(), 4, "{early:?}");
     assert!(early[..2]
         .iter()
         .all(|(_, d)| d.starts_with("request refused before its handler")));
-    assert_eq!(
-        early[2],
-        ("INVALID_ARGUMENT", "content-type must be application/grpc")
+    let content_type = (
+        "INVALID_ARGUMENT",
+        "content-type must be application/grpc or application/grpc+proto",
+    );
+    assert_eq!(early[2..], [content_type, content_type]);
+    let unknown: Vec<_> = records.iter().filter(|x| x.rpc == "unknown").collect();
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    assert_eq!(unknown[0].code, "UNIMPLEMENTED");
+    assert!(
+        !unknown[0].json.contains("Secret"),
+        "the path is not recorded"
     );
 }
 

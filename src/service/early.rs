@@ -7,8 +7,11 @@
 //! so no audit record — ever sees it. This layer marks each request of popgw's own
 //! services ([`reached`] is called by every handler as it starts) and, for one that
 //! ends without reaching its handler, writes the record: the RPC (when it names one),
-//! the client, the code; never the body. A content-type that is not
-//! `application/grpc…` is refused here (INVALID_ARGUMENT), recorded the same way; and
+//! the client, the code; never the body. A content-type other than exactly
+//! `application/grpc` or `application/grpc+proto` is refused here (INVALID_ARGUMENT),
+//! recorded the same way; a call to a service popgw does not serve (anything but its
+//! own, health and reflection) is answered UNIMPLEMENTED here and recorded as an
+//! `unknown` RPC (never its path, which could hold anything); and
 //! a unary call carrying more than one message (tonic would answer the first and drop
 //! the rest) is refused with INTERNAL, as gRPC implementations do. A call still
 //! unanswered half a margin (1–25 ms) before the caller's grpc-timeout is answered
@@ -79,6 +82,13 @@ pub struct Early<S> {
     inner: S,
     gw: Arc<Gateway>,
 }
+
+/// Services on the gateway's port that are not popgw's own, passed through untouched.
+const SERVED_ELSEWHERE: [&str; 3] = [
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
 
 /// The policy's name of the RPC a path names, if it is one of popgw's (no allocation:
 /// this runs for every request).
@@ -208,7 +218,7 @@ where
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let path = request.uri().path();
         let ours = path.starts_with("/popgw.v1.");
-        if !ours {
+        if !ours && SERVED_ELSEWHERE.iter().any(|s| path.starts_with(s)) {
             return Box::pin(self.inner.call(request));
         }
         let rpc = rpc_of(path).unwrap_or("unknown");
@@ -222,11 +232,25 @@ where
             )
         };
         let gw = self.gw.clone();
+        if !ours {
+            return Box::pin(
+                async move {
+                    let ctx = gw.begin(rpc, identity(), None);
+                    let unknown = GatewayError::Undecodable(Code::Unimplemented);
+                    let refused = match gw.finish::<()>(ctx, Err(unknown)).await {
+                        Err(status) => status,
+                        Ok(()) => tonic::Status::unimplemented("unknown service"),
+                    };
+                    Ok(refused.into_http())
+                }
+                .instrument(span),
+            );
+        }
         let grpc = request
             .headers()
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
+            .is_some_and(|v| v == "application/grpc" || v == "application/grpc+proto");
         if !grpc {
             return Box::pin(
                 async move {
