@@ -167,6 +167,8 @@ pub struct LimitsSettings {
     pub max_in_flight: usize,
     /// Operator calls (AuditLog.Query and Watch) running at once.
     pub max_operator_calls: usize,
+    /// Citizens' access reports running at once (a pool of their own).
+    pub max_report_calls: usize,
     /// Results of one AuditLog.Query at most (its `limit` is capped to this).
     pub max_query_results: usize,
 }
@@ -183,6 +185,7 @@ impl Default for LimitsSettings {
             max_stream_items: 10_000,
             max_in_flight: 4_096,
             max_operator_calls: 8,
+            max_report_calls: 4,
             max_query_results: 100_000,
         }
     }
@@ -713,6 +716,7 @@ impl Config {
             || l.max_stream_items == 0
             || l.max_in_flight == 0
             || l.max_operator_calls == 0
+            || l.max_report_calls == 0
             || l.max_query_results == 0
         {
             p.push("limits: every setting must be at least 1".into());

@@ -60,6 +60,9 @@ pub enum GatewayError {
     /// Too many audit queries and watches running.
     #[error("too many audit queries and watches running; retry when one has ended")]
     OperatorCalls,
+    /// Too many access reports running.
+    #[error("too many access reports running; retry shortly")]
+    ReportCalls,
     /// Too many requests running: this one is shed, to be retried.
     #[error("gateway overloaded ({0} requests running); retry shortly")]
     Overloaded(usize),
@@ -97,7 +100,8 @@ impl GatewayError {
             | GatewayError::SubjectTriesSpent(_)
             | GatewayError::SubjectTableFull
             | GatewayError::StreamItems(_)
-            | GatewayError::OperatorCalls => Code::ResourceExhausted,
+            | GatewayError::OperatorCalls
+            | GatewayError::ReportCalls => Code::ResourceExhausted,
             GatewayError::Upstream(RegistryError::DeadlineExceeded(_)) => Code::DeadlineExceeded,
             GatewayError::Upstream(_)
             | GatewayError::Audit(_)
@@ -119,13 +123,13 @@ impl From<GatewayError> for Status {
                 e.to_string(),
                 ErrorDetails::with_retry_info(Some(*wait)),
             ),
-            GatewayError::Overloaded(_) | GatewayError::SubjectTableFull => {
-                Status::with_error_details(
-                    e.code(),
-                    e.to_string(),
-                    ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(50))),
-                )
-            }
+            GatewayError::Overloaded(_)
+            | GatewayError::SubjectTableFull
+            | GatewayError::ReportCalls => Status::with_error_details(
+                e.code(),
+                e.to_string(),
+                ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(50))),
+            ),
             _ => Status::new(e.code(), e.to_string()),
         }
     }

@@ -884,3 +884,49 @@ async fn no_dossier_number_reaches_the_log_in_clear() {
         assert_eq!(found[0].case_id.len(), 32);
     }
 }
+
+/// Issue 25: without an index, access reports took the operators' permits — 16 report
+/// loops left operators one Query in ten. Reports now have a pool of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_reports_never_take_an_operators_slot() {
+    use popgw::proto::gateway::citizen_access_client::CitizenAccessClient;
+    let gw = TestGateway::start_with(|c| c.limits.max_operator_calls = 1, None).await;
+    let r = gw.living().clone();
+    let mut channels = Vec::new();
+    for _ in 0..6 {
+        channels.push(gw.channel("citizen").await);
+    }
+    let reports: Vec<_> = channels
+        .into_iter()
+        .map(|channel| {
+            let id = r.personal_id.clone();
+            async move {
+                let mut citizen = CitizenAccessClient::new(channel);
+                for _ in 0..15 {
+                    let answer = citizen
+                        .access_report(pb::AccessReportRequest {
+                            personal_id: id.clone(),
+                            ..Default::default()
+                        })
+                        .await;
+                    if let Err(e) = answer {
+                        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                    }
+                }
+            }
+        })
+        .collect();
+    let reports = tokio::spawn(futures::future::join_all(reports));
+    let mut operator = gw.audit_client("operator").await;
+    for _ in 0..15 {
+        let stream = operator
+            .query(pb::AuditQueryRequest {
+                limit: 5,
+                ..Default::default()
+            })
+            .await;
+        assert!(stream.is_ok(), "{stream:?}");
+        let _: Vec<_> = stream.unwrap().into_inner().collect().await;
+    }
+    reports.await.unwrap();
+}

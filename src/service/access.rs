@@ -7,8 +7,11 @@
 //! procedure (its Vietnamese and English names), verified or disclosed, the outcome, and
 //! whether they were disclosed as someone's relative or household member. Never the
 //! officer, the dossier number, the client's identity, the fields of other people, or
-//! refused attempts (they disclosed nothing; operators still see them). The call is
-//! audited like any other, its subject the citizen.
+//! refused attempts (they disclosed nothing; operators still see them). An event where
+//! the citizen was only a relative or household member shows the day (in Vietnam), not
+//! the millisecond. Reports take a permit pool of their own (`limits.max_report_calls`)
+//! and the citizen portal's rate, never the operators' slots. The call is audited like
+//! any other, its subject the citizen.
 
 use std::sync::Arc;
 
@@ -61,6 +64,9 @@ impl Gateway {
         to_ms: i64,
         limit: usize,
     ) -> Result<(Vec<Event>, &'static str, i64), GatewayError> {
+        // Reports have a pool of their own: a busy citizen portal cannot take the
+        // operators' slots, nor hog the disk or the index.
+        let permit = self.report_call()?;
         if let Some(index) = &self.index {
             // Read first: whatever the history then shows is at least as new.
             let complete_until = index.indexed_until().await?.unwrap_or(0);
@@ -76,9 +82,8 @@ impl Gateway {
                 .collect();
             return Ok((events, "index", complete_until));
         }
-        // Without an index each report reads this node's whole log: as many at once as
-        // operator queries (RESOURCE_EXHAUSTED beyond), so a busy portal cannot hog the disk.
-        let permit = self.operator_call()?;
+        // Without an index each report reads this node's whole log (production answers
+        // from the index).
         let filter = Filter {
             from_ms,
             to_ms,
@@ -127,7 +132,13 @@ impl Gateway {
             pb::AccessAction::Disclosed
         };
         pb::AccessEvent {
-            time_unix_ms: r.time_unix_ms,
+            // As a relative, the day only: the citizen learns that their data was
+            // disclosed, not the timeline of the relative's own case.
+            time_unix_ms: if e.related {
+                day_in_vietnam(r.time_unix_ms)
+            } else {
+                r.time_unix_ms
+            },
             agency,
             procedure_code: r.procedure,
             procedure_name_vi: name_vi,
@@ -139,6 +150,14 @@ impl Gateway {
             fields: if e.related { Vec::new() } else { r.fields },
         }
     }
+}
+
+/// The start (Unix milliseconds) of the day in Vietnam (UTC+7, no daylight saving) that
+/// holds `ms`.
+fn day_in_vietnam(ms: i64) -> i64 {
+    const DAY: i64 = 86_400_000;
+    const OFFSET: i64 = 7 * 3_600_000;
+    (ms + OFFSET).div_euclid(DAY) * DAY - OFFSET
 }
 
 fn check_period(from: i64, to: i64) -> Result<(), InvalidField> {
@@ -155,6 +174,17 @@ fn check_period(from: i64, to: i64) -> Result<(), InvalidField> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_relatives_event_shows_the_day_in_vietnam() {
+        // 2026-11-26T14:02:11.532Z is 21:02 in Hanoi: the day began at 2026-11-25T17:00Z.
+        assert_eq!(super::day_in_vietnam(1_795_701_731_532), 1_795_626_000_000);
+        // 2026-11-26T18:30Z is already the 27th in Hanoi.
+        assert_eq!(super::day_in_vietnam(1_795_717_800_000), 1_795_712_400_000);
+    }
 }
 
 #[tonic::async_trait]

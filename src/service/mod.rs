@@ -60,6 +60,9 @@ pub struct Gateway {
     pub in_flight_max: usize,
     /// Operator calls (AuditLog.Query, AuditLog.Watch) running at once.
     pub operator_calls: Arc<tokio::sync::Semaphore>,
+    /// Permits for citizens' access reports, apart from the operators' (a busy citizen
+    /// portal never takes an operator's slot).
+    pub report_calls: Arc<tokio::sync::Semaphore>,
     /// Results of one AuditLog.Query at most.
     pub max_query_results: usize,
     /// The tamper-evident audit log.
@@ -279,6 +282,15 @@ impl Gateway {
             .clone()
             .try_acquire_owned()
             .map_err(|_| GatewayError::OperatorCalls)
+    }
+
+    /// A permit for one access report; refused (RESOURCE_EXHAUSTED) when
+    /// `limits.max_report_calls` are running.
+    pub fn report_call(&self) -> Result<tokio::sync::OwnedSemaphorePermit, GatewayError> {
+        self.report_calls
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| GatewayError::ReportCalls)
     }
 
     /// The audit subject for a personal id.
