@@ -176,17 +176,6 @@ fn check_period(from: i64, to: i64) -> Result<(), InvalidField> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_relatives_event_shows_the_day_in_vietnam() {
-        // 2026-11-26T14:02:11.532Z is 21:02 in Hanoi: the day began at 2026-11-25T17:00Z.
-        assert_eq!(super::day_in_vietnam(1_795_701_731_532), 1_795_626_000_000);
-        // 2026-11-26T18:30Z is already the 27th in Hanoi.
-        assert_eq!(super::day_in_vietnam(1_795_717_800_000), 1_795_712_400_000);
-    }
-}
-
 #[tonic::async_trait]
 impl CitizenAccess for CitizenAccessService {
     async fn access_report(
@@ -244,5 +233,16 @@ impl CitizenAccess for CitizenAccessService {
         )
         .await?;
         Ok(Response::new(report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_relatives_event_shows_the_day_in_vietnam() {
+        // 2026-11-26T14:02:11.532Z is 21:02 in Hanoi: the day began at 2026-11-25T17:00Z.
+        assert_eq!(super::day_in_vietnam(1_795_701_731_532), 1_795_626_000_000);
+        // 2026-11-26T18:30Z is already the 27th in Hanoi.
+        assert_eq!(super::day_in_vietnam(1_795_717_800_000), 1_795_712_400_000);
     }
 }
