@@ -319,12 +319,14 @@ fn default_index_timeout_ms() -> u64 {
 
 /// `[audit.witness]`: the NATS JetStream stream that witnesses this node's log.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WitnessSettings {
     /// "nats" (the only kind).
     pub kind: String,
-    /// The NATS server, `nats://127.0.0.1:4222`.
-    pub url: String,
+    /// The connection (`url`, `ca_file`, `cert_file`, `key_file`, `user`,
+    /// `password_file`, `nkey_seed_file`, `credentials_file`, `inbox_prefix`,
+    /// `allow_plaintext`), its keys in this table.
+    #[serde(flatten)]
+    pub link: crate::link::nats::NatsLink,
     /// The JetStream stream (created when missing; subjects `popgw.audit.>`).
     #[serde(default = "default_witness_stream")]
     pub stream: String,
@@ -335,6 +337,10 @@ pub struct WitnessSettings {
     /// central index (`[audit.index]`, `popgw audit index`) reads them from the stream.
     #[serde(default = "yes")]
     pub records: bool,
+    /// Keys no field takes (reported as problems: `flatten` rules out
+    /// `deny_unknown_fields`).
+    #[serde(flatten)]
+    pub unknown: std::collections::BTreeMap<String, toml::Value>,
 }
 
 fn yes() -> bool {
@@ -558,9 +564,10 @@ impl Config {
             if w.kind != "nats" {
                 p.push(format!("audit.witness.kind: {:?} is not \"nats\"", w.kind));
             }
-            if !w.url.starts_with("nats://") && !w.url.starts_with("tls://") {
-                p.push("audit.witness.url: a nats:// or tls:// URL".into());
+            for key in w.unknown.keys() {
+                p.push(format!("audit.witness.{key}: unknown field"));
             }
+            p.extend(w.link.problems("audit.witness"));
             let token = |s: &str| {
                 !s.is_empty()
                     && s.chars()
@@ -799,7 +806,7 @@ impl Config {
             .witness
             .as_ref()
             .map(|w| crate::audit::witness::WitnessConfig {
-                url: w.url.clone(),
+                link: w.link.clone(),
                 stream: w.stream.clone(),
                 replicas: w.replicas,
                 node: self.node_id.clone(),
@@ -823,7 +830,7 @@ impl Config {
     pub fn feed_config(&self) -> Option<crate::audit::index::FeedConfig> {
         let (i, w) = (self.audit.index.as_ref()?, self.audit.witness.as_ref()?);
         i.run.then(|| crate::audit::index::FeedConfig {
-            url: w.url.clone(),
+            link: w.link.clone(),
             stream: w.stream.clone(),
             consumer: i.consumer.clone(),
             retain_months: i.retain_months,

@@ -37,8 +37,8 @@ use crate::telemetry::Metrics;
 /// Where the heads go (`[audit.witness]`).
 #[derive(Clone, Debug)]
 pub struct WitnessConfig {
-    /// NATS server (`nats://127.0.0.1:4222`).
-    pub url: String,
+    /// The connection to NATS (URL, TLS, credentials).
+    pub link: crate::link::nats::NatsLink,
     /// The JetStream stream (created when missing, subjects `popgw.audit.>`).
     pub stream: String,
     /// Its replicas (1 on one server; 3 in production).
@@ -108,9 +108,9 @@ async fn open(
     config: &WitnessConfig,
     create: bool,
 ) -> Result<(jetstream::Context, stream::Stream), WitnessError> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(2))
-        .connect(config.url.as_str())
+    let client = config
+        .link
+        .connect(&format!("popgw {} witness", config.node))
         .await
         .map_err(|e| nats("connect")(e.to_string()))?;
     let js = jetstream::new(client);
@@ -121,31 +121,20 @@ async fn open(
             .map_err(|e| nats("stream")(format!("{}: {e}", config.stream)))?;
         return Ok((js, stream));
     }
-    // Each node adds its own subject to the shared stream (a wildcard would collide
-    // with any other stream on `popgw.audit.>`).
+    // Used as it is when it takes this node's subject (a node allowed no more than
+    // publishing and reading cannot change it; `popgw audit witness init` creates it for
+    // every node). Missing (a development server): created hardened, with this node's
+    // subject only (a wildcard would collide with any other stream on `popgw.audit.*`).
     let ours = subject(&config.node);
-    let mut stream = js
-        .get_or_create_stream(stream::Config {
-            name: config.stream.clone(),
-            subjects: vec![ours.clone()],
-            num_replicas: config.replicas,
-            duplicate_window: Duration::from_secs(120),
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
+    let plan = crate::link::nats::StreamPlan {
+        name: config.stream.clone(),
+        subjects: vec![ours.clone()],
+        replicas: config.replicas,
+        max_age: Duration::ZERO,
+    };
+    let stream = crate::link::nats::ensure_stream(&js, &plan, &ours)
         .await
         .map_err(|e| nats("stream")(e.to_string()))?;
-    let info = stream
-        .info()
-        .await
-        .map_err(|e| nats("stream")(e.to_string()))?;
-    if !info.config.subjects.contains(&ours) {
-        let mut wider = info.config.clone();
-        wider.subjects.push(ours);
-        js.update_stream(wider)
-            .await
-            .map_err(|e| nats("stream")(e.to_string()))?;
-    }
     Ok((js, stream))
 }
 

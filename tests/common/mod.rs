@@ -632,10 +632,11 @@ impl TestStream {
     ) -> TestGateway {
         let settings = popgw::config::WitnessSettings {
             kind: "nats".into(),
-            url: url.into(),
+            link: popgw::link::nats::NatsLink::new(url),
             stream: self.name.clone(),
             replicas: 1,
             records: true,
+            unknown: Default::default(),
         };
         let node = node.to_string();
         TestGateway::start_with(
@@ -651,7 +652,7 @@ impl TestStream {
 
     pub fn config(&self) -> popgw::audit::witness::WitnessConfig {
         popgw::audit::witness::WitnessConfig {
-            url: format!("nats://{NATS}"),
+            link: popgw::link::nats::NatsLink::new(format!("nats://{NATS}")),
             stream: self.name.clone(),
             replicas: 1,
             node: self.node.clone(),
