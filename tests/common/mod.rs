@@ -2,6 +2,8 @@
 //! population generated into a temporary folder, called over real mutual TLS.
 #![allow(dead_code)]
 
+pub mod nats_server;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
