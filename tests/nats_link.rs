@@ -197,6 +197,40 @@ async fn gateways_ship_over_tls_with_their_credentials_and_the_indexer_indexes_e
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The same with the link, stream and pinned key taken from a configuration file.
+    let config = popgw::config::Config::rooted_at(one.dir.path());
+    let auditor = server.link("indexer");
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().unwrap().display().to_string();
+    let file = common::write_config(
+        one.dir.path(),
+        &config,
+        &format!(
+            "[audit]\npublic_key = \"{}\"\n[audit.witness]\nkind = \"nats\"\nurl = \"{}\"\n\
+             ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nnkey_seed_file = \"{}\"\n\
+             inbox_prefix = \"_INBOX_indexer\"\n",
+            one.gateway.audit.public_key(),
+            auditor.url,
+            path(&auditor.ca_file),
+            path(&auditor.cert_file),
+            path(&auditor.key_file),
+            path(&auditor.nkey_seed_file),
+        ),
+    );
+    let out = popgw(&args(&[
+        "audit",
+        "verify",
+        "--config",
+        file.to_str().unwrap(),
+        "--witness",
+        "--node",
+        "node-1",
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("witness agrees"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(index);
     db.drop_db().await;
 }
@@ -300,6 +334,27 @@ async fn a_node_publishes_only_as_itself_and_nobody_deletes_what_was_witnessed()
         .unwrap_err()
         .to_string();
     assert!(e.contains("popgw audit witness init"), "{e}");
+    // A stream that does not take node-1's subject: node-1 may not widen it.
+    let admin = js(&server, "admin").await;
+    admin
+        .create_stream(
+            StreamPlan {
+                subjects: vec!["popgw.audit.node-2".into()],
+                ..plan.clone()
+            }
+            .config(),
+        )
+        .await
+        .unwrap();
+    let e = popgw::link::nats::ensure_stream(&node, &plan, "popgw.audit.node-1")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("does not take popgw.audit.node-1") && e.contains("popgw audit witness init"),
+        "{e}"
+    );
+    admin.delete_stream(STREAM).await.unwrap();
     assert!(init(&server, STREAM, 0).status.success());
     // Now it exists and takes every node's subject: used as it is.
     popgw::link::nats::ensure_stream(&node, &plan, "popgw.audit.node-1")
@@ -318,7 +373,6 @@ async fn a_node_publishes_only_as_itself_and_nobody_deletes_what_was_witnessed()
         Err(_) => false,
     };
     assert!(!forged, "node-1 published as node-2");
-    let admin = js(&server, "admin").await;
     let mut stream = admin.get_stream(STREAM).await.unwrap();
     assert!(
         stream
@@ -364,6 +418,16 @@ async fn a_node_publishes_only_as_itself_and_nobody_deletes_what_was_witnessed()
         "the admin purged a deny_purge stream"
     );
     assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    // Nor can the administrator switch the protections off.
+    for weaken in [
+        |c: &mut jetstream::stream::Config| c.deny_delete = false,
+        |c: &mut jetstream::stream::Config| c.deny_purge = false,
+    ] {
+        let mut weaker = stream.cached_info().config.clone();
+        weaken(&mut weaker);
+        let e = admin.update_stream(weaker).await.unwrap_err();
+        assert!(e.to_string().contains("can not cancel"), "{e}");
+    }
 }
 
 #[tokio::test]

@@ -90,7 +90,7 @@ pub(crate) async fn run(command: WitnessCommand) -> Result<()> {
                 Init::Exists(problems) => bail!(
                     "stream {} exists but is not as it must be:\n  {}\nchange it as the NATS \
                      administrator, or create a new one (--stream NAME) and point the nodes \
-                     at it",
+                     at it (once on, deny_delete and deny_purge cannot be switched off)",
                     plan.name,
                     problems.join("\n  ")
                 ),
