@@ -337,10 +337,10 @@ pub struct WitnessSettings {
     /// central index (`[audit.index]`, `popgw audit index`) reads them from the stream.
     #[serde(default = "yes")]
     pub records: bool,
-    /// Keys no field takes (reported as problems: `flatten` rules out
-    /// `deny_unknown_fields`).
+    /// Keys no field takes, their values dropped unread (reported as problems:
+    /// `flatten` rules out `deny_unknown_fields`).
     #[serde(flatten)]
-    pub unknown: std::collections::BTreeMap<String, toml::Value>,
+    pub unknown: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
 }
 
 fn yes() -> bool {
@@ -565,7 +565,14 @@ impl Config {
                 p.push(format!("audit.witness.kind: {:?} is not \"nats\"", w.kind));
             }
             for key in w.unknown.keys() {
-                p.push(format!("audit.witness.{key}: unknown field"));
+                let hint = match key.as_str() {
+                    "password" | "token" | "nkey" | "seed" | "nkey_seed" => {
+                        " (secrets are read from files: password_file, nkey_seed_file or \
+                         credentials_file)"
+                    }
+                    _ => "",
+                };
+                p.push(format!("audit.witness.{key}: unknown field{hint}"));
             }
             p.extend(w.link.problems("audit.witness"));
             let token = |s: &str| {

@@ -389,6 +389,12 @@ async fn a_node_publishes_only_as_itself_and_nobody_deletes_what_was_witnessed()
     assert_eq!(two, 1);
 
     // A node and the indexer may not delete the stream, purge it or delete a message.
+    let indexer = js(&server, "indexer").await;
+    let published = match indexer.publish("popgw.audit.node-1", "forged".into()).await {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!published, "the indexer published a record");
     for who in ["node-1", "node-2", "indexer"] {
         let js = js(&server, who).await;
         assert!(
@@ -492,6 +498,15 @@ fn plain_nats_off_loopback_is_refused_by_the_configuration_unless_allowed() {
     assert_eq!(code, Some(0), "{out}");
     let (code, out) = check(&format!("url = \"nats://127.0.0.1:4222\"\n{creds}"));
     assert_eq!(code, Some(0), "{out}");
+    // A password written into the configuration: refused, never repeated.
+    let (code, out) =
+        check("url = \"nats://127.0.0.1:4222\"\nuser = \"node-1\"\npassword = \"hunter2\"\n");
+    assert_eq!(code, Some(64), "{out}");
+    assert!(
+        out.contains("audit.witness.password: unknown field") && out.contains("password_file"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "{out}");
     // A user without a password file, a mistyped key: refused, each named.
     let (code, out) =
         check("url = \"nats://127.0.0.1:4222\"\nuser = \"node-1\"\npasword_file = \"x\"\n");
