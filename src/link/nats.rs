@@ -335,7 +335,11 @@ impl NatsLink {
     /// credentials as configured. A plain link first reads the server's greeting and
     /// refuses a server that requires TLS rather than upgrading without a CA.
     pub async fn connect(&self, name: &str) -> Result<async_nats::Client, LinkError> {
-        let problems = self.problems("nats");
+        let problems: Vec<String> = self
+            .problems("nats")
+            .into_iter()
+            .map(|p| p.strip_prefix("nats.").map(str::to_string).unwrap_or(p))
+            .collect();
         if !problems.is_empty() {
             return Err(LinkError::Settings(problems));
         }
