@@ -327,6 +327,10 @@ pub struct WitnessSettings {
     /// `allow_plaintext`), its keys in this table.
     #[serde(flatten)]
     pub link: crate::link::nats::NatsLink,
+    /// Keys no field takes, their values dropped unread (reported as problems:
+    /// `flatten` rules out `deny_unknown_fields`).
+    #[serde(flatten)]
+    pub unknown: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
     /// The JetStream stream (created when missing; subjects `popgw.audit.>`).
     #[serde(default = "default_witness_stream")]
     pub stream: String,
@@ -337,10 +341,6 @@ pub struct WitnessSettings {
     /// central index (`[audit.index]`, `popgw audit index`) reads them from the stream.
     #[serde(default = "yes")]
     pub records: bool,
-    /// Keys no field takes, their values dropped unread (reported as problems:
-    /// `flatten` rules out `deny_unknown_fields`).
-    #[serde(flatten)]
-    pub unknown: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
 }
 
 fn yes() -> bool {

@@ -632,14 +632,7 @@ impl TestStream {
         url: &str,
         adjust: impl FnOnce(&mut Config),
     ) -> TestGateway {
-        let settings = popgw::config::WitnessSettings {
-            kind: "nats".into(),
-            link: popgw::link::nats::NatsLink::new(url),
-            stream: self.name.clone(),
-            replicas: 1,
-            records: true,
-            unknown: Default::default(),
-        };
+        let settings = self.settings(url);
         let node = node.to_string();
         TestGateway::start_with(
             move |c| {
@@ -658,6 +651,18 @@ impl TestStream {
             stream: self.name.clone(),
             replicas: 1,
             node: self.node.clone(),
+            records: true,
+        }
+    }
+
+    /// `[audit.witness]` on this stream through `url`.
+    pub fn settings(&self, url: &str) -> popgw::config::WitnessSettings {
+        popgw::config::WitnessSettings {
+            kind: "nats".into(),
+            link: popgw::link::nats::NatsLink::new(url),
+            unknown: Default::default(),
+            stream: self.name.clone(),
+            replicas: 1,
             records: true,
         }
     }
