@@ -2,8 +2,6 @@
 //! population generated into a temporary folder, called over real mutual TLS.
 #![allow(dead_code)]
 
-pub mod nats_server;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -584,6 +582,9 @@ impl Relay {
         self.cut.send_replace(false);
     }
 }
+
+/// A private nats-server with the shipped configuration (tests/nats_link.rs).
+pub mod nats_server;
 
 /// NATS JetStream on this machine (the audit witness and the central index's feed).
 pub const NATS: &str = "127.0.0.1:4222";
