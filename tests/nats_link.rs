@@ -388,6 +388,57 @@ async fn a_node_publishes_only_as_itself_and_nobody_deletes_what_was_witnessed()
     assert_eq!(&one.payload[..], b"mine");
     assert_eq!(two, 1);
 
+    // node-1 reads its subject back one message at a time (the first at or after a
+    // sequence, the last, one by sequence: STREAM.MSG.GET)…
+    let ours = node.get_stream(STREAM).await.unwrap();
+    let first = ours
+        .get_first_raw_message_by_subject("popgw.audit.node-1", 1)
+        .await
+        .unwrap();
+    assert_eq!(&first.payload[..], b"mine");
+    // …but may create no consumer: an ephemeral create names its consumer in the request,
+    // so it could rewrite the indexer's (its filter narrowed to one node, say).
+    let indexer_js = js(&server, "indexer").await;
+    indexer_js
+        .get_stream(STREAM)
+        .await
+        .unwrap()
+        .get_or_create_consumer(
+            "popgw-index",
+            jetstream::consumer::pull::Config {
+                durable_name: Some("popgw-index".into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let hijack: Result<serde_json::Value, _> = node
+        .request(
+            "CONSUMER.CREATE.POPGW_AUDIT".to_string(),
+            &serde_json::json!({
+                "stream_name": STREAM,
+                "config": {"name": "popgw-index", "ack_policy": "explicit",
+                           "filter_subject": "popgw.audit.node-1"}
+            }),
+        )
+        .await;
+    assert!(hijack.is_err(), "{hijack:?}");
+    assert!(ours
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: "popgw.audit.node-1".into(),
+            ..Default::default()
+        })
+        .await
+        .is_err());
+    let indexed: jetstream::consumer::PullConsumer = indexer_js
+        .get_stream(STREAM)
+        .await
+        .unwrap()
+        .get_consumer("popgw-index")
+        .await
+        .unwrap();
+    assert_eq!(indexed.cached_info().config.filter_subject, "");
     // A node and the indexer may not delete the stream, purge it or delete a message.
     let indexer = js(&server, "indexer").await;
     let published = match indexer.publish("popgw.audit.node-1", "forged".into()).await {
