@@ -9,7 +9,6 @@
 mod common;
 
 use std::process::Command;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -59,41 +58,49 @@ async fn js(server: &NatsServer, who: &str) -> jetstream::Context {
     js
 }
 
+/// `[audit.witness]` on `STREAM` over `link` (read from TOML, so that every other key
+/// takes its default).
+fn witness_settings(link: NatsLink) -> popgw::config::WitnessSettings {
+    let mut settings: popgw::config::WitnessSettings = toml::from_str(&format!(
+        "kind = \"nats\"\nurl = \"{}\"\nstream = \"{STREAM}\"\n",
+        link.url
+    ))
+    .unwrap();
+    settings.link = link;
+    settings
+}
+
 /// A gateway witnessed in `STREAM` as `node` over `link`.
 async fn gateway(node: &str, link: NatsLink) -> TestGateway {
     let node = node.to_string();
+    let settings = witness_settings(link);
     TestGateway::start_with(
         move |c| {
             c.node_id = node;
-            c.audit.witness = Some(popgw::config::WitnessSettings {
-                kind: "nats".into(),
-                link,
-                stream: STREAM.into(),
-                replicas: 1,
-                records: true,
-                unknown: Default::default(),
-            });
+            c.audit.witness = Some(settings);
         },
         None,
     )
     .await
 }
 
-async fn wait_witnessed(gw: &TestGateway) {
-    let acked = gw
-        .gateway
-        .witnessed
-        .clone()
-        .expect("a witness is configured");
+/// Waits until the stream holds the gateway's last record (read as the administrator).
+async fn wait_witnessed(server: &NatsServer, gw: &TestGateway) {
+    let stream = js(server, "admin").await.get_stream(STREAM).await.unwrap();
+    let subject = format!("popgw.audit.{}", gw.gateway.audit.node());
+    let mut witnessed = 0;
     for _ in 0..400 {
-        if acked.load(Ordering::Acquire) >= gw.gateway.audit.last_seq() {
-            return;
+        if let Ok(m) = stream.get_last_raw_message_by_subject(&subject).await {
+            let head: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            witnessed = head["seq"].as_u64().unwrap();
+            if witnessed >= gw.gateway.audit.last_seq() {
+                return;
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!(
-        "the witness did not catch up: {} of {}",
-        acked.load(Ordering::Acquire),
+        "the witness did not catch up: {witnessed} of {}",
         gw.gateway.audit.last_seq()
     );
 }
@@ -142,8 +149,8 @@ async fn gateways_ship_over_tls_with_their_credentials_and_the_indexer_indexes_e
             portal.verify_identity(declare(&r, "P03")).await.unwrap();
         }
     }
-    wait_witnessed(&one).await;
-    wait_witnessed(&two).await;
+    wait_witnessed(&server, &one).await;
+    wait_witnessed(&server, &two).await;
 
     // `popgw audit index` with the indexer's read-only credentials indexes both nodes.
     let mut a = args(&[
