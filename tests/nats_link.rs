@@ -161,6 +161,10 @@ async fn gateways_ship_over_tls_with_their_credentials_and_the_indexer_indexes_e
         "--nats",
         &server.url(),
     ]);
+    for (node, gw) in [("node-1", &one), ("node-2", &two)] {
+        a.push("--node-key".into());
+        a.push(format!("{node}={}", gw.gateway.audit.public_key()));
+    }
     a.extend(server.flags("indexer"));
     let mut indexer = Command::new(env!("CARGO_BIN_EXE_popgw"))
         .args(&a)
