@@ -94,7 +94,7 @@ async fn witness_run(url: String) {
     let log = AuditLog::open(cfg, key).unwrap();
     let stream = format!("POPGW_BENCH_{:08x}", rand::random::<u32>());
     let witness = audit::witness::WitnessConfig {
-        url: url.clone(),
+        link: popgw::link::nats::NatsLink::new(url.clone()),
         stream: stream.clone(),
         replicas: 1,
         node: "bench-witness".into(),

@@ -312,7 +312,7 @@ async fn end_to_end(index: Arc<AuditIndex>) {
     let log = AuditLog::open(AuditConfig::new(tmp.path(), node.clone()), key).unwrap();
     let stream = format!("POPGW_BENCH_{:08x}", rand::random::<u32>());
     let witness = popgw::audit::witness::WitnessConfig {
-        url: NATS.into(),
+        link: popgw::link::nats::NatsLink::new(NATS),
         stream: stream.clone(),
         replicas: 1,
         node: node.clone(),
@@ -366,7 +366,7 @@ async fn end_to_end(index: Arc<AuditIndex>) {
     let indexer = Indexer::new(
         index.clone(),
         FeedConfig {
-            url: NATS.into(),
+            link: popgw::link::nats::NatsLink::new(NATS),
             stream: stream.clone(),
             consumer: "bench".into(),
             retain_months: 0,

@@ -339,12 +339,18 @@ fn default_index_timeout_ms() -> u64 {
 
 /// `[audit.witness]`: the NATS JetStream stream that witnesses this node's log.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WitnessSettings {
     /// "nats" (the only kind).
     pub kind: String,
-    /// The NATS server, `nats://127.0.0.1:4222`.
-    pub url: String,
+    /// The connection (`url`, `ca_file`, `cert_file`, `key_file`, `user`,
+    /// `password_file`, `nkey_seed_file`, `credentials_file`, `inbox_prefix`,
+    /// `allow_plaintext`), its keys in this table.
+    #[serde(flatten)]
+    pub link: crate::link::nats::NatsLink,
+    /// Keys no field takes, their values dropped unread (reported as problems:
+    /// `flatten` rules out `deny_unknown_fields`).
+    #[serde(flatten)]
+    pub unknown: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
     /// The JetStream stream (created when missing; subjects `popgw.audit.>`).
     #[serde(default = "default_witness_stream")]
     pub stream: String,
@@ -584,9 +590,17 @@ impl Config {
             if w.kind != "nats" {
                 p.push(format!("audit.witness.kind: {:?} is not \"nats\"", w.kind));
             }
-            if !w.url.starts_with("nats://") && !w.url.starts_with("tls://") {
-                p.push("audit.witness.url: a nats:// or tls:// URL".into());
+            for key in w.unknown.keys() {
+                let hint = match key.as_str() {
+                    "password" | "token" | "nkey" | "seed" | "nkey_seed" => {
+                        " (secrets are read from files: password_file, nkey_seed_file or \
+                         credentials_file)"
+                    }
+                    _ => "",
+                };
+                p.push(format!("audit.witness.{key}: unknown field{hint}"));
             }
+            p.extend(w.link.problems("audit.witness"));
             let token = |s: &str| {
                 !s.is_empty()
                     && s.chars()
@@ -861,7 +875,7 @@ impl Config {
             .witness
             .as_ref()
             .map(|w| crate::audit::witness::WitnessConfig {
-                url: w.url.clone(),
+                link: w.link.clone(),
                 stream: w.stream.clone(),
                 replicas: w.replicas,
                 node: self.node_id.clone(),
@@ -885,7 +899,7 @@ impl Config {
     pub fn feed_config(&self) -> Option<crate::audit::index::FeedConfig> {
         let (i, w) = (self.audit.index.as_ref()?, self.audit.witness.as_ref()?);
         i.run.then(|| crate::audit::index::FeedConfig {
-            url: w.url.clone(),
+            link: w.link.clone(),
             stream: w.stream.clone(),
             consumer: i.consumer.clone(),
             retain_months: i.retain_months,

@@ -27,6 +27,12 @@ macro_rules! out {
     }};
 }
 
+/// One file per command where practical.
+mod cli {
+    pub(crate) mod nats_flags;
+    pub(crate) mod witness;
+}
+
 #[derive(Parser)]
 #[command(
     name = "popgw",
@@ -336,15 +342,18 @@ enum AuditCommand {
         #[arg(long, conflicts_with = "pubkey")]
         config: Option<PathBuf>,
         /// Also compare the folder with the heads witnessed in NATS JetStream
-        /// (nats://HOST:PORT): a wiped, rolled-back or extended log fails.
-        #[arg(long)]
+        /// (tls://HOST:PORT; without a value, [audit.witness] of --config): a wiped,
+        /// rolled-back or extended log fails.
+        #[arg(long, num_args = 0..=1, default_missing_value = "")]
         witness: Option<String>,
-        /// The witness stream.
-        #[arg(long, default_value = "POPGW_AUDIT")]
-        stream: String,
-        /// The node whose heads to compare.
-        #[arg(long, default_value = "node-1")]
-        node: String,
+        #[command(flatten)]
+        nats: cli::nats_flags::NatsFlags,
+        /// The witness stream (default: --config's, else POPGW_AUDIT).
+        #[arg(long)]
+        stream: Option<String>,
+        /// The node whose heads to compare (default: --config's node_id, else node-1).
+        #[arg(long)]
+        node: Option<String>,
         /// Also compare the folder with the central audit index (postgres://…): a record
         /// missing, altered or invented in the index fails.
         #[arg(long)]
@@ -359,9 +368,11 @@ enum AuditCommand {
         /// The index database (postgres://…; overrides the configuration).
         #[arg(long)]
         postgres: Option<String>,
-        /// The NATS server of the witness stream (overrides the configuration).
+        /// The NATS server of the witness stream (overrides the configuration's url).
         #[arg(long)]
         nats: Option<String>,
+        #[command(flatten)]
+        nats_flags: cli::nats_flags::NatsFlags,
         /// The witness stream.
         #[arg(long)]
         stream: Option<String>,
@@ -378,6 +389,11 @@ enum AuditCommand {
         /// Serve /metrics and /healthz (plain HTTP) on this address, e.g. 127.0.0.1:9465.
         #[arg(long)]
         admin_listen: Option<String>,
+    },
+    /// The witness stream: create it hardened, make nkeys for its users.
+    Witness {
+        #[command(subcommand)]
+        command: cli::witness::WitnessCommand,
     },
     /// Records matching filters, from the files (--dir) or a running gateway.
     Query {
@@ -932,20 +948,6 @@ impl Summary {
     }
 }
 
-/// A database URL without its password.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// The input of an import: a file or standard input.
 fn input(from: &str) -> Result<Box<dyn std::io::BufRead + Send>> {
     Ok(if from == "-" {
@@ -1191,14 +1193,16 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             pubkey,
             config,
             witness,
+            nats,
             stream,
             node,
             index,
         } => {
+            let loaded = config.as_ref().map(|p| Config::load(p)).transpose()?;
             let key = match (pubkey, config) {
                 (Some(path), _) => Some(read_pubkey(&path)?),
                 (None, Some(path)) => {
-                    let config = Config::load(&path)?;
+                    let config = loaded.as_ref().expect("loaded above");
                     dir = config.audit_dir();
                     match &config.audit.public_key {
                         Some(hex) => Some(parse_pubkey(hex)?),
@@ -1216,11 +1220,20 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                 Ok(r) => {
                     out!("{}", console::verify_report(&r));
                     if let Some(url) = witness {
+                        let configured = loaded.as_ref().and_then(|c| c.audit.witness.as_ref());
+                        let url = Some(url).filter(|u| !u.is_empty());
+                        let Some(link) = nats.link(url, configured.map(|w| w.link.clone())) else {
+                            bail!("--witness: a URL (tls://HOST:4222), or --config with [audit.witness]");
+                        };
                         let config = audit::witness::WitnessConfig {
-                            url,
-                            stream,
+                            link,
+                            stream: stream
+                                .or(configured.map(|w| w.stream.clone()))
+                                .unwrap_or_else(|| "POPGW_AUDIT".into()),
                             replicas: 1,
-                            node,
+                            node: node
+                                .or(loaded.as_ref().map(|c| c.node_id.clone()))
+                                .unwrap_or_else(|| "node-1".into()),
                             records: false,
                         };
                         let seal_key = match &key {
@@ -1336,6 +1349,7 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             config,
             postgres,
             nats,
+            nats_flags,
             stream,
             consumer,
             retain_months,
@@ -1371,11 +1385,11 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                     "no index database: --postgres postgres://… or [audit.index] url in --config"
                 );
             };
-            let Some(nats) = nats.or(witness.as_ref().map(|w| w.url.clone())) else {
-                bail!("no witness stream: --nats nats://… or [audit.witness] url in --config");
+            let Some(link) = nats_flags.link(nats, witness.as_ref().map(|w| w.link.clone())) else {
+                bail!("no witness stream: --nats tls://… or [audit.witness] url in --config");
             };
             let feed = audit::index::FeedConfig {
-                url: nats,
+                link,
                 stream: stream
                     .or(witness.map(|w| w.stream))
                     .unwrap_or_else(|| "POPGW_AUDIT".into()),
@@ -1402,7 +1416,7 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             out!(
                 "popgw audit index: stream {} on {} into {} (consumer {}, {} months kept, {})",
                 feed.stream,
-                redact_url(&feed.url),
+                feed.link.redacted_url(),
                 popgw::link::postgres::redact(&url),
                 feed.consumer,
                 feed.retain_months,
@@ -1445,6 +1459,7 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                 .await;
             Ok(())
         }
+        AuditCommand::Witness { command } => cli::witness::run(command).await,
         AuditCommand::Head { conn } => {
             let head = conn
                 .audit()

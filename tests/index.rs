@@ -106,7 +106,7 @@ async fn two_nodes_indexed_queried_reported_and_verified() {
         Indexer::new(
             index.clone(),
             FeedConfig {
-                url: url.clone(),
+                link: popgw::link::nats::NatsLink::new(url.clone()),
                 stream: stream.name.clone(),
                 consumer: "test-index".into(),
                 retain_months: 24,

@@ -1046,8 +1046,8 @@ impl Intake {
 /// Feeds the index from the witness stream (see the module documentation).
 pub struct Indexer {
     index: Arc<AuditIndex>,
-    /// NATS server.
-    url: String,
+    /// The connection to NATS.
+    link: crate::link::nats::NatsLink,
     /// The witness stream.
     stream: String,
     /// The durable consumer's name (one per index database).
@@ -1061,8 +1061,8 @@ pub struct Indexer {
 /// The witness stream and consumer an [`Indexer`] reads.
 #[derive(Clone, Debug)]
 pub struct FeedConfig {
-    /// NATS server, `nats://127.0.0.1:4222`.
-    pub url: String,
+    /// The connection to NATS (URL, TLS, credentials).
+    pub link: crate::link::nats::NatsLink,
     /// The witness stream (`POPGW_AUDIT`).
     pub stream: String,
     /// The durable consumer (`popgw-index`): one per index database.
@@ -1082,7 +1082,7 @@ impl Indexer {
     pub fn new(index: Arc<AuditIndex>, feed: FeedConfig, metrics: Arc<Metrics>) -> Indexer {
         Indexer {
             index,
-            url: feed.url,
+            link: feed.link,
             stream: feed.stream,
             consumer: feed.consumer,
             retain_months: feed.retain_months,
@@ -1136,9 +1136,9 @@ impl Indexer {
 
     async fn session(&self, warned: &mut bool) -> Result<std::convert::Infallible, IndexError> {
         self.index.migrate().await?;
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(2))
-            .connect(self.url.as_str())
+        let client = self
+            .link
+            .connect(&format!("popgw indexer {}", self.consumer))
             .await
             .map_err(|e| feed("connect")(e.to_string()))?;
         let js = jetstream::new(client);

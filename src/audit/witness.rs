@@ -57,8 +57,8 @@ use crate::telemetry::Metrics;
 /// Where the heads go (`[audit.witness]`).
 #[derive(Clone, Debug)]
 pub struct WitnessConfig {
-    /// NATS server (`nats://127.0.0.1:4222`).
-    pub url: String,
+    /// The connection to NATS (URL, TLS, credentials).
+    pub link: crate::link::nats::NatsLink,
     /// The JetStream stream (created when missing, subjects `popgw.audit.>`).
     pub stream: String,
     /// Its replicas (1 on one server; 3 in production).
@@ -128,9 +128,9 @@ async fn open(
     config: &WitnessConfig,
     create: bool,
 ) -> Result<(jetstream::Context, stream::Stream), WitnessError> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(2))
-        .connect(config.url.as_str())
+    let client = config
+        .link
+        .connect(&format!("popgw {} witness", config.node))
         .await
         .map_err(|e| nats("connect")(e.to_string()))?;
     let js = jetstream::new(client);
@@ -141,31 +141,20 @@ async fn open(
             .map_err(|e| nats("stream")(format!("{}: {e}", config.stream)))?;
         return Ok((js, stream));
     }
-    // Each node adds its own subject to the shared stream (a wildcard would collide
-    // with any other stream on `popgw.audit.>`).
+    // Used as it is when it takes this node's subject (a node allowed no more than
+    // publishing and reading cannot change it; `popgw audit witness init` creates it for
+    // every node). Missing (a development server): created hardened, with this node's
+    // subject only (a wildcard would collide with any other stream on `popgw.audit.*`).
     let ours = subject(&config.node);
-    let mut stream = js
-        .get_or_create_stream(stream::Config {
-            name: config.stream.clone(),
-            subjects: vec![ours.clone()],
-            num_replicas: config.replicas,
-            duplicate_window: Duration::from_secs(120),
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
+    let plan = crate::link::nats::StreamPlan {
+        name: config.stream.clone(),
+        subjects: vec![ours.clone()],
+        replicas: config.replicas,
+        max_age: Duration::ZERO,
+    };
+    let stream = crate::link::nats::ensure_stream(&js, &plan, &ours)
         .await
         .map_err(|e| nats("stream")(e.to_string()))?;
-    let info = stream
-        .info()
-        .await
-        .map_err(|e| nats("stream")(e.to_string()))?;
-    if !info.config.subjects.contains(&ours) {
-        let mut wider = info.config.clone();
-        wider.subjects.push(ours);
-        js.update_stream(wider)
-            .await
-            .map_err(|e| nats("stream")(e.to_string()))?;
-    }
     Ok((js, stream))
 }
 
@@ -241,50 +230,37 @@ async fn last_message(
     }
 }
 
-/// Every message of `node`'s subject from stream sequence `from` on, judged, oldest
-/// first (the record lines are dropped as they are read: only heads are kept).
+/// Every message of `node`'s subject with a stream sequence in `from..until`, judged,
+/// oldest first (the record lines are dropped as they are read: only heads are kept).
+/// One STREAM.MSG.GET per message (`next_by_subj`): what a node's least-privilege user
+/// may do (no consumer: on nats-server 2.9 a consumer create can rewrite another's).
 async fn read_subject(
     stream: &stream::Stream,
     node: &str,
     key: &VerifyingKey,
     from: u64,
+    until: u64,
 ) -> Result<Vec<Received>, WitnessError> {
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subject(node),
-            deliver_policy: if from <= 1 {
-                jetstream::consumer::DeliverPolicy::All
-            } else {
-                jetstream::consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from,
-                }
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| nats("read")(e.to_string()))?;
+    let subject = subject(node);
     let mut out = Vec::new();
-    if consumer.cached_info().num_pending == 0 {
-        return Ok(out);
-    }
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| nats("read")(e.to_string()))?;
-    loop {
-        // An empty range delivers nothing: the wait ends it.
-        let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
-        let Ok(Some(message)) = next else { break };
-        let message = message.map_err(|e| nats("read")(e.to_string()))?;
-        let info = message.info().map_err(|e| nats("read")(e.to_string()))?;
-        let (stream_seq, pending) = (info.stream_sequence, info.pending);
-        out.push(Received {
-            stream_seq,
-            judged: judge(&message.payload, node, key),
-        });
-        if pending == 0 {
+    let mut next = from.max(1);
+    while next < until {
+        let message = match stream
+            .get_first_raw_message_by_subject(&subject, next)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => break,
+            Err(e) => return Err(nats("read")(e.to_string())),
+        };
+        if message.sequence >= until {
             break;
         }
+        next = message.sequence + 1;
+        out.push(Received {
+            stream_seq: message.sequence,
+            judged: judge(&message.payload, node, key),
+        });
     }
     Ok(out)
 }
@@ -459,11 +435,7 @@ async fn newest_in(
             });
         }
         let start = from.saturating_sub(window).max(1);
-        reads = read_subject(stream, node, key, start)
-            .await?
-            .into_iter()
-            .filter(|r| r.stream_seq < from)
-            .collect();
+        reads = read_subject(stream, node, key, start, from).await?;
         from = start;
         window = window.saturating_mul(8);
     }
@@ -513,7 +485,7 @@ pub async fn compare(
     key: &VerifyingKey,
 ) -> Result<Comparison, WitnessError> {
     let (_, stream) = open(config, false).await?;
-    let reads = read_subject(&stream, &config.node, key, 1).await?;
+    let reads = read_subject(&stream, &config.node, key, 1, u64::MAX).await?;
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || compare_reads(&dir, reads))
         .await
@@ -640,7 +612,7 @@ fn compare_reads(dir: &Path, reads: Vec<Received>) -> Result<Comparison, Witness
 /// left out; see [`compare`] for them).
 pub async fn heads(config: &WitnessConfig, key: &VerifyingKey) -> Result<Vec<Head>, WitnessError> {
     let (_, stream) = open(config, false).await?;
-    Ok(read_subject(&stream, &config.node, key, 1)
+    Ok(read_subject(&stream, &config.node, key, 1, u64::MAX)
         .await?
         .into_iter()
         .filter_map(|r| match r.judged {
@@ -1036,7 +1008,7 @@ impl Shipper {
                 last_check = tokio::time::Instant::now();
                 let (count, last_stream_seq) = subject_state(&stream, node).await?;
                 if count > expected {
-                    for r in read_subject(&stream, node, &self.key, checked_from).await? {
+                    for r in read_subject(&stream, node, &self.key, checked_from, u64::MAX).await? {
                         if !ours.contains(&r.stream_seq) {
                             let reason = match r.judged {
                                 Judged::Foreign(reason) => reason,

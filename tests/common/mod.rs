@@ -594,6 +594,9 @@ impl Relay {
     }
 }
 
+/// A private nats-server with the shipped configuration (tests/nats_link.rs).
+pub mod nats_server;
+
 /// NATS JetStream on this machine (the audit witness and the central index's feed).
 pub const NATS: &str = "127.0.0.1:4222";
 
@@ -656,7 +659,7 @@ impl TestStream {
 
     pub fn config(&self) -> popgw::audit::witness::WitnessConfig {
         popgw::audit::witness::WitnessConfig {
-            url: format!("nats://{NATS}"),
+            link: popgw::link::nats::NatsLink::new(format!("nats://{NATS}")),
             stream: self.name.clone(),
             replicas: 1,
             node: self.node.clone(),
@@ -690,7 +693,8 @@ impl TestStream {
     pub fn settings(&self, url: &str) -> popgw::config::WitnessSettings {
         popgw::config::WitnessSettings {
             kind: "nats".into(),
-            url: url.into(),
+            link: popgw::link::nats::NatsLink::new(url),
+            unknown: Default::default(),
             stream: self.name.clone(),
             replicas: 1,
             records: true,
