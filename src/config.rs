@@ -169,6 +169,9 @@ pub struct LimitsSettings {
     pub max_operator_calls: usize,
     /// Citizens' access reports running at once (a pool of their own).
     pub max_report_calls: usize,
+    /// Refusals per client identity and second recorded one by one (a tenth of it for
+    /// an identity the policy does not know); beyond, counted into one summary record.
+    pub refusals_recorded_per_second: u32,
     /// Results of one AuditLog.Query at most (its `limit` is capped to this).
     pub max_query_results: usize,
 }
@@ -186,6 +189,7 @@ impl Default for LimitsSettings {
             max_in_flight: 4_096,
             max_operator_calls: 8,
             max_report_calls: 4,
+            refusals_recorded_per_second: 20,
             max_query_results: 100_000,
         }
     }

@@ -308,6 +308,9 @@ impl Server {
             max_stream_items: config.limits.max_stream_items,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
             in_flight_max: config.limits.max_in_flight,
+            refusals: crate::service::refusals::Refusals::new(
+                config.limits.refusals_recorded_per_second,
+            ),
             report_calls: Arc::new(tokio::sync::Semaphore::new(config.limits.max_report_calls)),
             operator_calls: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.max_operator_calls,
@@ -458,6 +461,17 @@ impl Server {
                 }
             })
         });
+        // Refusals counted beyond their allowance are summarised once their second is over.
+        let refusals = {
+            let gw = self.gateway.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tick.tick().await;
+                    gw.flush_refusals(chrono::Utc::now().timestamp()).await;
+                }
+            })
+        };
         // Sealed batches are witnessed off the answer's path.
         let shipper = self.shipper.take().map(|s| tokio::spawn(s.run()));
         // The central index, when this gateway also feeds it (`[audit.index] run`).
@@ -552,6 +566,8 @@ impl Server {
         if let Some(f) = follower {
             f.abort();
         }
+        refusals.abort();
+        self.gateway.flush_refusals(i64::MAX).await;
         self.gateway.audit.shutdown().await;
         if let (Some(task), Some(status)) = (shipper, &self.gateway.witnessed) {
             // Give the witness a moment to take the last heads (a log stopped with

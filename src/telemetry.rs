@@ -100,6 +100,8 @@ pub struct Metrics {
     pub witness_up: Gauge,
     /// Audit witness: batch heads acknowledged.
     pub witness_shipped: Counter,
+    /// Refusals counted into a per-second summary record instead of written one by one.
+    pub refusals_counted: Counter,
     /// Citizens locked for every client after NO_MATCH answers from several clients.
     pub subject_locks: Counter,
     /// Audit witness: alarms raised (a message in this node's subject it did not send,
@@ -179,6 +181,7 @@ impl Default for Metrics {
             witness_up: Gauge::default(),
             witness_alarms: Counter::default(),
             subject_locks: Counter::default(),
+            refusals_counted: Counter::default(),
             witness_alarm: Gauge::default(),
             witness_shipped: Counter::default(),
             index_records: Counter::default(),
@@ -215,7 +218,13 @@ impl Metrics {
     /// units their suffix.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("popgw");
-        let counters: [(&str, &str, &Counter); 21] = [
+        let counters: [(&str, &str, &Counter); 22] = [
+            (
+                "refusals_counted",
+                "Refusals beyond their identity's allowance per second, counted into a summary \
+                 audit record instead of written one by one",
+                &self.refusals_counted,
+            ),
             (
                 "subject_locks",
                 "Citizens locked for every client after NO_MATCH answers from several clients \

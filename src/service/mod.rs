@@ -5,14 +5,17 @@
 //! Every request that reaches a service goes through [`Gateway::begin`] and
 //! [`Gateway::finish`]: the first names the client from its certificate, the second
 //! writes exactly one audit record (allowed or refused) and releases the answer only
-//! once that record is durable. Invariant: fail closed on audit — if the record cannot
-//! be written the caller gets UNAVAILABLE and nothing else.
+//! once that record is durable — except a refusal beyond its identity's allowance per
+//! second, which disclosed nothing and is counted into that second's summary record
+//! ([`refusals`]). Invariant: fail closed on audit — if the record cannot be written
+//! the caller gets UNAVAILABLE and nothing else.
 
 pub mod access;
 mod admission;
 pub mod audit_log;
 pub mod early;
 pub mod gateway;
+pub mod refusals;
 pub mod registry;
 
 use std::sync::Arc;
@@ -63,6 +66,8 @@ pub struct Gateway {
     /// Permits for citizens' access reports, apart from the operators' (a busy citizen
     /// portal never takes an operator's slot).
     pub report_calls: Arc<tokio::sync::Semaphore>,
+    /// Refusals beyond a rate per identity and second, counted into one summary record.
+    pub refusals: refusals::Refusals,
     /// Results of one AuditLog.Query at most.
     pub max_query_results: usize,
     /// The tamper-evident audit log.
@@ -293,6 +298,16 @@ impl Gateway {
             .map_err(|_| GatewayError::ReportCalls)
     }
 
+    /// Writes the summary records of the refusals counted in seconds before `second`
+    /// (every second: a task of `Server::serve`; all of them at shutdown).
+    pub async fn flush_refusals(&self, second: i64) {
+        for summary in self.refusals.flush(second) {
+            if let Err(e) = self.audit.append(summary.entry()).await {
+                tracing::error!(error = %e, count = summary.count, "audit write failed: a refusal summary is lost");
+            }
+        }
+    }
+
     /// The audit subject for a personal id.
     pub fn subject(&self, personal_id: &str) -> String {
         self.pseudonyms.pseudonym(personal_id)
@@ -326,6 +341,22 @@ impl Gateway {
             Err(e) => format!("unauthenticated: {e}"),
         };
         self.count(&ctx, code);
+        // A refusal beyond its identity's allowance this second is counted into the
+        // second's summary record instead of written one by one (see `refusals`).
+        if let Err(e) = &result {
+            if refusals::aggregable(e) {
+                let known = matches!(&ctx.identity, Ok(id) if self.access.load().policy.knows(id));
+                let second = chrono::Utc::now().timestamp();
+                let recording =
+                    self.refusals
+                        .admit(&client, known, ctx.rpc, code_name(code), second);
+                if recording == refusals::Recording::Count {
+                    self.metrics.refusals_counted.inc();
+                    let request_id = ctx.request_id;
+                    return result.map_err(|e| with_request_id(e.into(), &request_id));
+                }
+            }
+        }
         let span = tracing::Span::current();
         span.record("outcome", outcome.as_str());
         span.record("code", code_name(code));

@@ -733,3 +733,31 @@ pub async fn verify_load(
         c.await.unwrap();
     }
 }
+
+/// Refusals of `client` with `code` in `records`: recorded one by one, or counted in a
+/// per-second summary record (outcome AGGREGATED, detail "N refusals … CODE×n, …").
+pub fn refusals_accounted(
+    records: &[popgw::audit::StoredRecord],
+    client: &str,
+    code: &str,
+) -> usize {
+    let one_by_one = records
+        .iter()
+        .filter(|x| {
+            x.body.client == client && x.body.code == code && x.body.outcome != "AGGREGATED"
+        })
+        .count();
+    let counted: usize = records
+        .iter()
+        .filter(|x| x.body.client == client && x.body.outcome == "AGGREGATED")
+        .filter_map(|x| {
+            let (_, after) = x.body.detail.split_once(&format!("{code}×"))?;
+            after
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    one_by_one + counted
+}
