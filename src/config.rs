@@ -67,6 +67,8 @@ pub struct TlsSettings {
     pub max_connections: usize,
     /// Handshakes in progress at once; more are closed at once.
     pub max_handshakes: usize,
+    /// Established connections of one client identity at once; more are closed at once.
+    pub max_connections_per_identity: usize,
     /// Also offer TLS 1.2 (off: TLS 1.3 only; with 1.2 the client certificate, and so
     /// the agency's identity, crosses the wire in clear).
     pub allow_tls12: bool,
@@ -82,6 +84,7 @@ impl TlsSettings {
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             max_handshakes: self.max_handshakes,
             max_connections: self.max_connections,
+            max_per_identity: self.max_connections_per_identity,
         }
     }
 }
@@ -172,6 +175,14 @@ pub struct LimitsSettings {
     /// Refusals per client identity and second recorded one by one (a tenth of it for
     /// an identity the policy does not know); beyond, counted into one summary record.
     pub refusals_recorded_per_second: u32,
+    /// A unary request's message not complete within this many milliseconds is refused
+    /// (DEADLINE_EXCEEDED): popgw's requests are a few hundred bytes.
+    pub body_timeout_ms: u64,
+    /// Bytes of unfinished request messages one client may hold in flight (a sixteenth
+    /// for a client missing from the policy); beyond, RESOURCE_EXHAUSTED.
+    pub unfinished_body_bytes_per_client: usize,
+    /// Bytes of unfinished request messages in flight in all.
+    pub unfinished_body_bytes: usize,
     /// Results of one AuditLog.Query at most (its `limit` is capped to this).
     pub max_query_results: usize,
 }
@@ -190,6 +201,9 @@ impl Default for LimitsSettings {
             max_operator_calls: 8,
             max_report_calls: 4,
             refusals_recorded_per_second: 20,
+            body_timeout_ms: 5_000,
+            unfinished_body_bytes_per_client: 16 << 20,
+            unfinished_body_bytes: 64 << 20,
             max_query_results: 100_000,
         }
     }
@@ -415,6 +429,7 @@ impl Default for TlsSettings {
             handshake_timeout_ms: 5_000,
             max_connections: 10_000,
             max_handshakes: 4_096,
+            max_connections_per_identity: 64,
             allow_tls12: false,
             client_crls: Vec::new(),
         }
@@ -735,6 +750,9 @@ impl Config {
             || l.max_in_flight == 0
             || l.max_operator_calls == 0
             || l.max_report_calls == 0
+            || l.body_timeout_ms == 0
+            || l.unfinished_body_bytes_per_client == 0
+            || l.unfinished_body_bytes == 0
             || l.max_query_results == 0
         {
             p.push("limits: every setting must be at least 1".into());
@@ -769,6 +787,7 @@ impl Config {
         }
         if self.tls.max_connections == 0
             || self.tls.max_handshakes == 0
+            || self.tls.max_connections_per_identity == 0
             || self.tls.handshake_timeout_ms == 0
         {
             p.push("tls.max_connections, tls.max_handshakes and tls.handshake_timeout_ms must be at least 1".into());
@@ -856,6 +875,9 @@ impl Config {
             subject_failures: l.subject_failures,
             subject_window: Duration::from_secs(l.subject_window_secs),
             subject_lockout: Duration::from_secs(l.subject_lockout_secs),
+            body_timeout: Duration::from_millis(l.body_timeout_ms),
+            body_bytes_per_client: l.unfinished_body_bytes_per_client,
+            body_bytes_total: l.unfinished_body_bytes,
         }
     }
 

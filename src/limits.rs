@@ -58,6 +58,13 @@ pub struct LimitOptions {
     pub subject_window: Duration,
     /// How long a citizen stays locked.
     pub subject_lockout: Duration,
+    /// A unary request's message not complete within this is refused.
+    pub body_timeout: Duration,
+    /// Bytes of unfinished request messages one client may have in flight (a client
+    /// missing from the policy: a sixteenth).
+    pub body_bytes_per_client: usize,
+    /// Bytes of unfinished request messages in flight in all.
+    pub body_bytes_total: usize,
 }
 
 /// One token bucket per client identity.
@@ -397,6 +404,9 @@ mod tests {
             subject_failures: 3,
             subject_window: Duration::from_secs(60),
             subject_lockout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(5),
+            body_bytes_per_client: 1 << 20,
+            body_bytes_total: 1 << 24,
         }
     }
 

@@ -308,6 +308,7 @@ impl Server {
             max_stream_items: config.limits.max_stream_items,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
             in_flight_max: config.limits.max_in_flight,
+            body_budget: Default::default(),
             refusals: crate::service::refusals::Refusals::new(
                 config.limits.refusals_recorded_per_second,
             ),

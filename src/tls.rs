@@ -196,6 +196,46 @@ pub struct ConnectionLimits {
     /// Connections open at once (handshaking or established, each holding its permit
     /// for its whole life); a connection beyond is closed at once.
     pub max_connections: usize,
+    /// Established connections of one client identity at once; one beyond is closed
+    /// right after its handshake.
+    pub max_per_identity: usize,
+}
+
+/// Established connections by client identity.
+type PerIdentity = Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
+
+/// One established connection counted against its identity, for its life.
+struct IdentitySlot {
+    map: PerIdentity,
+    identity: String,
+}
+
+impl IdentitySlot {
+    /// Takes a slot for `identity`; `None` when it has `max` connections already.
+    fn take(map: &PerIdentity, identity: &str, max: usize) -> Option<IdentitySlot> {
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(identity.to_string()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IdentitySlot {
+            map: map.clone(),
+            identity: identity.to_string(),
+        })
+    }
+}
+
+impl Drop for IdentitySlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.identity) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.identity);
+            }
+        }
+    }
 }
 
 /// An established mutual-TLS connection holding its connection permit (given back
@@ -205,6 +245,7 @@ pub struct Admitted {
     peer: Peer,
     _permit: OwnedSemaphorePermit,
     _open: OpenConnection,
+    _slot: Option<IdentitySlot>,
 }
 
 /// Counts an established connection in `popgw_connections_open` for its life.
@@ -332,6 +373,7 @@ pub fn incoming(
     let (tx, rx) = mpsc::channel(256);
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let handshakes = Arc::new(Semaphore::new(limits.max_handshakes.max(1)));
+    let per_identity = PerIdentity::default();
     let log = Arc::new(RefusalLog {
         last: std::sync::Mutex::new(None),
         quiet: Default::default(),
@@ -373,6 +415,7 @@ pub fn incoming(
             let tx = tx.clone();
             let metrics = metrics.clone();
             let log = log.clone();
+            let per_identity = per_identity.clone();
             tokio::spawn(async move {
                 let result =
                     tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
@@ -390,12 +433,30 @@ pub fn incoming(
                             );
                             return;
                         }
+                        let slot = match &identity {
+                            Ok(id) => {
+                                let slot =
+                                    IdentitySlot::take(&per_identity, id, limits.max_per_identity);
+                                if slot.is_none() {
+                                    log.refused(
+                                        &metrics,
+                                        peer,
+                                        "too_many_connections_per_identity",
+                                        "too many open connections of this client identity",
+                                    );
+                                    return;
+                                }
+                                slot
+                            }
+                            Err(_) => None,
+                        };
                         metrics.handshakes_ok.inc();
                         let admitted = Admitted {
                             stream,
                             peer: Peer(Arc::new(identity)),
                             _permit: permit,
                             _open: OpenConnection::new(&metrics.connections_open),
+                            _slot: slot,
                         };
                         let _ = tx.send(Ok(admitted)).await;
                     }

@@ -441,3 +441,127 @@ async fn a_refusal_flood_is_counted_not_written_one_by_one() {
         CALLS
     );
 }
+
+/// Issue 25: a message declaring 65,000 bytes and sending 60,000 was held forever — 40
+/// connections × 256 streams from a certificate missing from the policy grew the gateway
+/// by 681 MiB. Unfinished bytes now have a budget per client (a sixteenth for one the
+/// policy does not know) and in all, and an unfinished message times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_unfinished_small_bodies_are_bounded_and_time_out() {
+    let gw = TestGateway::start_with(|c| c.limits.body_timeout_ms = 2_000, None).await;
+    let r = gw.living().clone();
+    let before = rss();
+    let mut chunk = vec![0u8; 5 + 60_000];
+    chunk[1..5].copy_from_slice(&65_000u32.to_be_bytes());
+    let chunk = Bytes::from(chunk);
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let mut attacker = raw_h2(gw.addr, &gw.certs, "stranger").await;
+        for _ in 0..250 {
+            attacker = attacker.ready().await.unwrap();
+            let request = http::Request::post(format!(
+                "https://localhost:{}/popgw.v1.IdentityGateway/VerifyIdentity",
+                gw.addr.port()
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+            let (response, mut stream) = attacker.send_request(request, false).unwrap();
+            let _ = stream.send_data(chunk.clone(), false);
+            held.push((response, stream));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = rss().saturating_sub(before);
+    eprintln!(
+        "10,000 unfinished 60 KB bodies: memory grew by {} MiB",
+        grown >> 20
+    );
+    assert!(grown < 256 << 20, "grew by {} MiB", grown >> 20);
+    // Everyone else is served meanwhile.
+    let answer = gw
+        .client("portal")
+        .await
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.verdict(), pb::Verdict::Match);
+    // Every stream is answered — refused over budget or timed out — none held.
+    let statuses = futures::future::join_all(held.into_iter().map(|(response, _stream)| async {
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("answered within the body timeout")
+            .unwrap();
+        if let Some(s) = response.headers().get("grpc-status") {
+            return s.to_str().unwrap().to_string();
+        }
+        let mut body = response.into_body();
+        while body.data().await.is_some() {}
+        body.trailers()
+            .await
+            .ok()
+            .flatten()
+            .and_then(|t| {
+                t.get("grpc-status")
+                    .map(|v| v.to_str().unwrap().to_string())
+            })
+            .unwrap_or_default()
+    }))
+    .await;
+    let refused = statuses.iter().filter(|s| *s == "8").count();
+    let timed_out = statuses.iter().filter(|s| *s == "4").count();
+    eprintln!("{refused} refused over budget, {timed_out} timed out");
+    assert_eq!(refused + timed_out, statuses.len(), "{:?}", &statuses[..10]);
+    assert!(
+        refused > 9_000,
+        "the stranger's budget is one MiB: {refused}"
+    );
+}
+
+/// Issue 25: nothing limited the connections of one identity. Beyond
+/// `tls.max_connections_per_identity` a connection is closed right after its handshake,
+/// and the refusal is counted; another identity is not affected, and a slot comes back
+/// when a connection ends.
+#[tokio::test]
+async fn connections_per_identity_are_capped() {
+    let gw = TestGateway::start_with(|c| c.tls.max_connections_per_identity = 3, None).await;
+    let r = gw.living().clone();
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut c = gw.client("portal").await;
+        c.verify_identity(declare(&r, "P03")).await.unwrap();
+        open.push(c);
+    }
+    let fourth = gw
+        .verify_with(popgw::client::ClientCerts::dev(&gw.certs, "portal"))
+        .await;
+    assert!(
+        fourth.is_err(),
+        "a fourth connection of the portal is served"
+    );
+    let ministry = gw
+        .verify_with(popgw::client::ClientCerts::dev(&gw.certs, "ministry"))
+        .await;
+    assert!(ministry.is_ok(), "{ministry:?}");
+    let (_, scrape) = gw.admin_get("/metrics").await;
+    assert!(
+        scrape.contains("reason=\"too_many_connections_per_identity\""),
+        "{scrape}"
+    );
+    drop(open.pop());
+    let mut served = false;
+    for _ in 0..50 {
+        if gw
+            .verify_with(popgw::client::ClientCerts::dev(&gw.certs, "portal"))
+            .await
+            .is_ok()
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "the slot came back when a connection ended");
+}

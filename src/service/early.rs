@@ -111,24 +111,102 @@ fn rpc_of(path: &str) -> Option<&'static str> {
         })
 }
 
-/// A request body that fails at the start of a second gRPC message: for unary calls.
+/// The bytes of request bodies not yet finished, by client identity and in all: an
+/// unfinished body is held by tonic's decoder, so a client opening many streams and
+/// never finishing their messages would otherwise hold 64 KiB a stream (issue 25: 681
+/// MiB from 40 connections of a certificate missing from the policy).
+#[derive(Debug, Default)]
+pub struct BodyBudget {
+    total: std::sync::atomic::AtomicUsize,
+    by_identity: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// Bytes a body in flight has taken from the [`BodyBudget`]; given back when the
+/// message is complete or the body is dropped.
+struct Charge {
+    budget: Arc<BodyBudget>,
+    identity: String,
+    bytes: usize,
+    identity_limit: usize,
+    total_limit: usize,
+}
+
+impl Charge {
+    /// Takes `n` more bytes; `false` (nothing taken) when a limit would be passed.
+    fn take(&mut self, n: usize) -> bool {
+        let mut by = self
+            .budget
+            .by_identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mine = by.entry(self.identity.clone()).or_default();
+        let total = self.budget.total.load(Ordering::Acquire);
+        if *mine + n > self.identity_limit || total + n > self.total_limit {
+            return false;
+        }
+        *mine += n;
+        self.budget.total.fetch_add(n, Ordering::AcqRel);
+        self.bytes += n;
+        true
+    }
+
+    fn release(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
+        let mut by = self
+            .budget
+            .by_identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(mine) = by.get_mut(&self.identity) {
+            *mine = mine.saturating_sub(self.bytes);
+            if *mine == 0 {
+                by.remove(&self.identity);
+            }
+        }
+        self.budget.total.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.bytes = 0;
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A unary call's request body: fails at the start of a second gRPC message, when the
+/// message is not complete within the body timeout, or when its unfinished bytes would
+/// pass the client's or the process's budget.
 struct OneMessage {
     inner: Body,
     header: [u8; 5],
     header_len: usize,
     payload_left: usize,
     messages: u32,
+    charge: Charge,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    done: bool,
 }
 
 impl OneMessage {
-    fn new(inner: Body) -> Self {
+    fn new(inner: Body, charge: Charge, timeout: std::time::Duration) -> Self {
         OneMessage {
             inner,
             header: [0; 5],
             header_len: 0,
             payload_left: 0,
             messages: 0,
+            charge,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            done: false,
         }
+    }
+
+    /// Whether the one message has arrived whole.
+    fn complete(&self) -> bool {
+        self.messages == 1 && self.payload_left == 0 && self.header_len == 0
     }
 
     /// Follows the framing through `data`; `false` when a second message starts.
@@ -170,16 +248,43 @@ impl http_body::Body for OneMessage {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                let data = data.clone();
-                if !self.follow(&data) {
-                    return Poll::Ready(Some(Err(tonic::Status::internal(
-                        "more than one request message for a unary call",
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let data = data.clone();
+                    if !self.follow(&data) {
+                        self.done = true;
+                        return Poll::Ready(Some(Err(tonic::Status::internal(
+                            "more than one request message for a unary call",
+                        ))));
+                    }
+                    if self.complete() {
+                        self.charge.release();
+                    } else if !self.charge.take(data.len()) {
+                        self.done = true;
+                        self.charge.release();
+                        return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
+                            "too many unfinished request bytes from this client; finish or \
+                             cancel the requests in flight",
+                        ))));
+                    }
+                }
+            }
+            Poll::Ready(_) => self.charge.release(),
+            Poll::Pending if !self.complete() => {
+                if std::future::Future::poll(self.deadline.as_mut(), cx).is_ready() {
+                    self.done = true;
+                    self.charge.release();
+                    return Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(
+                        "the request message was not finished in time",
                     ))));
                 }
             }
+            Poll::Pending => {}
         }
         polled
     }
@@ -225,6 +330,7 @@ where
         let span = crate::telemetry::request_span(rpc);
         // The client is named only if a record must be written (an Arc clone until then).
         let peer = request.extensions().get::<Peer>().cloned();
+        let peer_identity = peer.as_ref().and_then(|p| p.identity().ok());
         let identity = move || {
             peer.as_ref().map_or(
                 Err(crate::tls::IdentityError::NoCertificate),
@@ -268,7 +374,25 @@ where
         request.extensions_mut().insert(reached.clone());
         if rpc != "VerifyIdentityStream" {
             let request_body = std::mem::take(request.body_mut());
-            *request.body_mut() = Body::new(OneMessage::new(request_body));
+            let identity_limit = match &peer_identity {
+                Some(id) if gw.access.load().policy.knows(id) => {
+                    gw.limit_options.body_bytes_per_client
+                }
+                // A client missing from the policy gets the tightest budget.
+                _ => gw.limit_options.body_bytes_per_client / 16,
+            };
+            let charge = Charge {
+                budget: gw.body_budget.clone(),
+                identity: peer_identity.unwrap_or_default(),
+                bytes: 0,
+                identity_limit,
+                total_limit: gw.limit_options.body_bytes_total,
+            };
+            *request.body_mut() = Body::new(OneMessage::new(
+                request_body,
+                charge,
+                gw.limit_options.body_timeout,
+            ));
         }
         let timeout = request
             .headers()

@@ -45,6 +45,8 @@ pub struct Gateway {
     pub access: ArcSwap<Access>,
     /// What rates are built from when the policy is reloaded.
     pub limit_options: crate::limits::LimitOptions,
+    /// Bytes of unfinished unary request messages in flight, by client and in all.
+    pub body_budget: Arc<early::BodyBudget>,
     /// The procedures and their field profiles.
     pub catalogue: Arc<Catalogue>,
     /// The upstream population registry.
