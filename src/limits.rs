@@ -32,7 +32,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -67,9 +67,9 @@ pub struct LimitOptions {
     pub body_bytes_total: usize,
 }
 
-/// One token bucket per client identity.
+/// One token bucket per client identity, with the (rate, burst) it was made for.
 pub struct ClientRates {
-    buckets: HashMap<String, DefaultDirectRateLimiter>,
+    buckets: HashMap<String, ((u32, u32), Arc<DefaultDirectRateLimiter>)>,
     clock: DefaultClock,
 }
 
@@ -94,6 +94,17 @@ impl ClientRates {
         clients: impl Iterator<Item = (&'a str, Option<u32>, Option<u32>)>,
         options: &LimitOptions,
     ) -> ClientRates {
+        Self::carried_over(clients, options, None)
+    }
+
+    /// The same after a reload: a client whose rate and burst did not change keeps its
+    /// bucket as it is (an exhausted one stays exhausted — a reload must not refill
+    /// every client's allowance); the others get a fresh one.
+    pub fn carried_over<'a>(
+        clients: impl Iterator<Item = (&'a str, Option<u32>, Option<u32>)>,
+        options: &LimitOptions,
+        previous: Option<&ClientRates>,
+    ) -> ClientRates {
         let buckets = clients
             .map(|(identity, rate, burst)| {
                 let rate = rate.unwrap_or(options.client_rate_per_second);
@@ -102,10 +113,12 @@ impl ClientRates {
                 } else {
                     rate.saturating_mul(2)
                 });
-                (
-                    identity.to_string(),
-                    RateLimiter::direct(quota(rate, burst)),
-                )
+                let bucket = previous
+                    .and_then(|p| p.buckets.get(identity))
+                    .filter(|(made_for, _)| *made_for == (rate, burst))
+                    .map(|(_, bucket)| bucket.clone())
+                    .unwrap_or_else(|| Arc::new(RateLimiter::direct(quota(rate, burst))));
+                (identity.to_string(), ((rate, burst), bucket))
             })
             .collect();
         ClientRates {
@@ -118,7 +131,7 @@ impl ClientRates {
     /// identity without a bucket (not in the policy) is refused by the policy anyway.
     pub fn take(&self, identity: &str) -> Result<(), Duration> {
         match self.buckets.get(identity) {
-            Some(bucket) => bucket
+            Some((_, bucket)) => bucket
                 .check()
                 .map_err(|not_until| not_until.wait_time_from(self.clock.now())),
             None => Ok(()),
@@ -423,6 +436,24 @@ mod tests {
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(200));
         assert!(rates.take("spiffe://b").is_ok());
         assert!(rates.take("spiffe://b").is_err(), "its own, smaller bucket");
+    }
+
+    #[test]
+    fn a_reload_keeps_an_exhausted_bucket_empty() {
+        let clients = [("spiffe://a", None, None), ("spiffe://b", Some(1), Some(1))];
+        let rates = ClientRates::new(clients.into_iter(), &options());
+        for _ in 0..5 {
+            assert!(rates.take("spiffe://a").is_ok());
+        }
+        assert!(rates.take("spiffe://b").is_ok());
+        // The same policy again: both stay exhausted. b's rate changed: a fresh bucket.
+        let again = ClientRates::carried_over(clients.into_iter(), &options(), Some(&rates));
+        assert!(again.take("spiffe://a").is_err());
+        assert!(again.take("spiffe://b").is_err());
+        let changed = [("spiffe://a", None, None), ("spiffe://b", Some(2), Some(2))];
+        let changed = ClientRates::carried_over(changed.into_iter(), &options(), Some(&again));
+        assert!(changed.take("spiffe://a").is_err());
+        assert!(changed.take("spiffe://b").is_ok());
     }
 
     #[test]

@@ -264,3 +264,34 @@ async fn a_stream_beyond_its_item_limit_is_ended() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Issue 25: every reload refilled every client's rate bucket (a client could reload its
+/// way past its rate by touching any watched file). A client whose rate did not change
+/// keeps its bucket as it was.
+#[tokio::test]
+async fn a_reload_keeps_an_exhausted_bucket_empty() {
+    let gw = TestGateway::start_with(
+        |c| {
+            c.limits.client_rate_per_second = 1;
+            c.limits.client_burst = 3;
+        },
+        None,
+    )
+    .await;
+    let r = gw.living().clone();
+    let mut ministry = gw.client("ministry").await;
+    let mut answered = 0;
+    while ministry.verify_identity(declare(&r, "P03")).await.is_ok() {
+        answered += 1;
+        assert!(answered <= 4, "the bucket never ran dry");
+    }
+    let policy =
+        popgw::policy::Policy::load(&popgw::Config::rooted_at(gw.dir.path()).policy_path())
+            .unwrap();
+    gw.gateway.replace_policy(policy);
+    let e = ministry
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "refilled by the reload");
+}

@@ -103,11 +103,22 @@ pub struct Access {
 impl Access {
     /// The policy with fresh buckets for its clients.
     pub fn new(policy: Policy, options: &crate::limits::LimitOptions) -> Access {
-        let rates = crate::limits::ClientRates::new(
+        Self::reloaded(policy, options, None)
+    }
+
+    /// The policy, keeping from `previous` the buckets of clients whose rate did not
+    /// change (a reload refills nobody's allowance).
+    pub fn reloaded(
+        policy: Policy,
+        options: &crate::limits::LimitOptions,
+        previous: Option<&Access>,
+    ) -> Access {
+        let rates = crate::limits::ClientRates::carried_over(
             policy
                 .grants()
                 .map(|g| (g.identity.as_str(), g.rate_per_second, g.burst)),
             options,
+            previous.map(|p| &p.rates),
         );
         Access { policy, rates }
     }
@@ -425,11 +436,15 @@ impl Gateway {
             .observe(ctx.started.elapsed().as_secs_f64());
     }
 
-    /// Replaces the policy (a reload): the next request is admitted by the new one;
-    /// every client's rate bucket starts full again.
+    /// Replaces the policy (a reload): the next request is admitted by the new one; a
+    /// client whose rate did not change keeps its bucket as it was.
     pub fn replace_policy(&self, policy: Policy) {
-        self.access
-            .store(Arc::new(Access::new(policy, &self.limit_options)));
+        let previous = self.access.load_full();
+        self.access.store(Arc::new(Access::reloaded(
+            policy,
+            &self.limit_options,
+            Some(&previous),
+        )));
     }
 
     /// Marks every service NOT_SERVING (the audit log can no longer be written).
