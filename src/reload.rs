@@ -51,6 +51,7 @@ pub struct Reloaded {
 pub struct Reloader {
     config: Config,
     tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    live: Arc<tls::LiveConnections>,
     gateway: Arc<Gateway>,
     /// Digests of the files as last seen (applied or refused), per part.
     seen: Mutex<Seen>,
@@ -68,11 +69,13 @@ impl Reloader {
     pub fn new(
         config: Config,
         tls: Arc<ArcSwap<rustls::ServerConfig>>,
+        live: Arc<tls::LiveConnections>,
         gateway: Arc<Gateway>,
     ) -> Reloader {
         let reloader = Reloader {
             config,
             tls,
+            live,
             gateway,
             seen: Mutex::default(),
         };
@@ -102,9 +105,17 @@ impl Reloader {
         let tls_digest = digest(&self.tls_files());
         if force || seen.tls != Some(tls_digest) {
             seen.tls = Some(tls_digest);
-            match tls::server_config(&self.config.tls) {
-                Ok(config) => {
+            match tls::server_config(&self.config.tls)
+                .and_then(|c| tls::client_verifier(&self.config.tls).map(|v| (c, v)))
+            {
+                Ok((config, verifier)) => {
                     self.tls.store(config);
+                    // Open connections of a certificate now revoked (or no longer of
+                    // the CA) end now, not at their age.
+                    let closed = self.live.close_unverified(verifier.as_ref());
+                    if closed > 0 {
+                        tracing::warn!(closed, "closed connections whose client certificate the reloaded CA or CRLs refuse");
+                    }
                     crate::server::certificate_expiry(&self.gateway.metrics, &self.config);
                     done.tls = true;
                 }
@@ -117,6 +128,16 @@ impl Reloader {
             seen.policy = Some(policy_digest);
             match Policy::load(&policy_path) {
                 Ok(policy) => {
+                    // Open connections of a client no longer in the policy end now.
+                    let closed = self
+                        .live
+                        .close_where(|identity, _| !identity.is_some_and(|id| policy.knows(id)));
+                    if closed > 0 {
+                        tracing::warn!(
+                            closed,
+                            "closed connections of clients the reloaded policy no longer lists"
+                        );
+                    }
                     self.gateway.replace_policy(policy);
                     done.policy = true;
                 }

@@ -129,6 +129,7 @@ pub struct Server {
     config: Config,
     gateway: Arc<Gateway>,
     tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    live: Arc<tls::LiveConnections>,
     examples: Vec<CitizenRecord>,
     population: u64,
     store: Option<Arc<dyn Store>>,
@@ -331,15 +332,18 @@ impl Server {
             tasks: tokio_util::task::TaskTracker::new(),
         });
         let tls = Arc::new(ArcSwap::new(tls));
+        let live = Arc::new(tls::LiveConnections::default());
         let reloader = Arc::new(crate::reload::Reloader::new(
             config.clone(),
             tls.clone(),
+            live.clone(),
             gateway.clone(),
         ));
         Ok(Server {
             config,
             gateway,
             tls,
+            live,
             examples,
             population,
             store,
@@ -436,6 +440,7 @@ impl Server {
             self.tls.clone(),
             self.config.tls.connection_limits(),
             self.gateway.metrics.clone(),
+            self.live.clone(),
         );
         // The audit log can also fail between requests (a checkpoint or retention write on
         // its timer): health follows it within a second, not only at the next request.
@@ -685,6 +690,7 @@ pub async fn serve_registry(
         Arc::new(ArcSwap::new(tls)),
         options.tls.connection_limits(),
         options.metrics.clone(),
+        Default::default(),
     );
     let versions = store.versions().await?;
     let (heads_tx, heads_rx) = tokio::sync::watch::channel(versions.head);

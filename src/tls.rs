@@ -145,6 +145,32 @@ pub fn not_after(path: &Path) -> Result<std::time::SystemTime, TlsError> {
     Ok(std::time::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
 }
 
+/// The client-certificate verifier of `[tls]` (its CA and CRLs, read again): what a
+/// reload re-checks the open connections with.
+pub fn client_verifier(
+    settings: &crate::config::TlsSettings,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in load_certs(&settings.client_ca)? {
+        roots.add(ca).map_err(|e| TlsError::Pem {
+            path: settings.client_ca.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    client_verifier_from(roots, &settings.client_crls)
+}
+
+fn client_verifier_from(
+    roots: RootCertStore,
+    crls: &[PathBuf],
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let crls = load_crls(crls)?;
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .with_crls(crls)
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))
+}
+
 /// Builds the server's rustls configuration from `[tls]`: server certificate and key,
 /// client certificates required, verified against `client_ca` and, when
 /// `client_crls` lists any, not revoked (a certificate whose issuer has no CRL among
@@ -161,11 +187,7 @@ pub fn server_config(settings: &crate::config::TlsSettings) -> Result<Arc<Server
         })?;
     }
     let provider = provider();
-    let crls = load_crls(&settings.client_crls)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .with_crls(crls)
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let verifier = client_verifier_from(roots, &settings.client_crls)?;
     let certs = load_certs(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
         path: key.display().to_string(),
@@ -246,6 +268,101 @@ pub struct Admitted {
     _permit: OwnedSemaphorePermit,
     _open: OpenConnection,
     _slot: Option<IdentitySlot>,
+    _live: LiveGuard,
+    /// Ready when a reload revoked the certificate or removed the client from the
+    /// policy: the connection then reads as closed.
+    closing: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+/// One established connection as a reload re-checks it.
+struct Live {
+    identity: Option<String>,
+    chain: Vec<CertificateDer<'static>>,
+    close: tokio_util::sync::CancellationToken,
+}
+
+/// The established connections, so that a reload can close those whose certificate it
+/// revoked or whose client it removed from the policy (otherwise served until the
+/// connection's age, up to an hour).
+#[derive(Default)]
+pub struct LiveConnections {
+    next: std::sync::atomic::AtomicU64,
+    live: std::sync::Mutex<std::collections::HashMap<u64, Live>>,
+}
+
+impl std::fmt::Debug for LiveConnections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveConnections").finish_non_exhaustive()
+    }
+}
+
+impl LiveConnections {
+    /// Closes every connection `refused` says no to (given its identity and certificate
+    /// chain, leaf first); returns how many.
+    pub fn close_where(
+        &self,
+        refused: impl Fn(Option<&str>, &[CertificateDer<'static>]) -> bool,
+    ) -> usize {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut closed = 0;
+        for conn in live.values() {
+            if !conn.close.is_cancelled() && refused(conn.identity.as_deref(), &conn.chain) {
+                conn.close.cancel();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Closes the connections whose client certificate `verifier` (a reloaded CA and
+    /// CRLs) no longer accepts.
+    pub fn close_unverified(
+        &self,
+        verifier: &dyn rustls::server::danger::ClientCertVerifier,
+    ) -> usize {
+        let now = rustls_pki_types::UnixTime::now();
+        self.close_where(|_, chain| match chain.split_first() {
+            Some((leaf, intermediates)) => verifier
+                .verify_client_cert(leaf, intermediates, now)
+                .is_err(),
+            None => true,
+        })
+    }
+
+    fn register(
+        &self,
+        identity: Option<String>,
+        chain: Vec<CertificateDer<'static>>,
+    ) -> (LiveGuard, tokio_util::sync::CancellationToken) {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let close = tokio_util::sync::CancellationToken::new();
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id,
+            Live {
+                identity,
+                chain,
+                close: close.clone(),
+            },
+        );
+        (LiveGuard { id, live: None }, close)
+    }
+}
+
+/// Removes its connection from [`LiveConnections`] when the connection ends.
+struct LiveGuard {
+    id: u64,
+    live: Option<Arc<LiveConnections>>,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if let Some(live) = &self.live {
+            live.live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.id);
+        }
+    }
 }
 
 /// Counts an established connection in `popgw_connections_open` for its life.
@@ -301,6 +418,9 @@ impl AsyncRead for Admitted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if std::future::Future::poll(self.closing.as_mut(), cx).is_ready() {
+            return Poll::Ready(Ok(())); // reads as closed: the connection ends
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -311,6 +431,9 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if std::future::Future::poll(self.closing.as_mut(), cx).is_ready() {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -369,6 +492,7 @@ pub fn incoming(
     config: Arc<ArcSwap<ServerConfig>>,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
+    live: Arc<LiveConnections>,
 ) -> ReceiverStream<io::Result<Admitted>> {
     let (tx, rx) = mpsc::channel(256);
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -416,6 +540,7 @@ pub fn incoming(
             let metrics = metrics.clone();
             let log = log.clone();
             let per_identity = per_identity.clone();
+            let live = live.clone();
             tokio::spawn(async move {
                 let result =
                     tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
@@ -451,12 +576,22 @@ pub fn incoming(
                             Err(_) => None,
                         };
                         metrics.handshakes_ok.inc();
+                        let chain = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                            .unwrap_or_default();
+                        let (mut guard, close) = live.register(identity.clone().ok(), chain);
+                        guard.live = Some(live.clone());
                         let admitted = Admitted {
                             stream,
                             peer: Peer(Arc::new(identity)),
                             _permit: permit,
                             _open: OpenConnection::new(&metrics.connections_open),
                             _slot: slot,
+                            _live: guard,
+                            closing: Box::pin(close.cancelled_owned()),
                         };
                         let _ = tx.send(Ok(admitted)).await;
                     }

@@ -262,12 +262,29 @@ async fn a_revoked_certificate_cannot_open_a_new_connection() {
     popgw::pki::issue(&gw.certs, "portal2", popgw::pki::PORTAL_ID, 30).unwrap();
     let as_portal2 = || gw.verify_with(ClientCerts::dev(&gw.certs, "portal2"));
     assert!(as_portal2().await.is_ok());
+    // A connection of portal2 open before the revocation (issue 25: it used to be
+    // served until its age, up to an hour).
+    let channel = popgw::client::connect(
+        &format!("localhost:{}", gw.addr.port()),
+        &ClientCerts::dev(&gw.certs, "portal2"),
+    )
+    .await
+    .unwrap();
+    let mut open =
+        popgw::proto::gateway::identity_gateway_client::IdentityGatewayClient::new(channel);
+    let r = gw.living().clone();
+    assert!(open.verify_identity(declare(&r, "P03")).await.is_ok());
 
     popgw::pki::revoke(&gw.certs, "portal2").unwrap();
     eventually("portal2 is refused", || async {
         as_portal2().await.is_err()
     })
     .await;
+    // The open connection is closed by the reload that took the CRL in.
+    assert!(
+        open.verify_identity(declare(&r, "P03")).await.is_err(),
+        "the revoked certificate's open connection is still served"
+    );
     let (_, scrape) = gw.admin_get("/metrics").await;
     assert!(
         sample(
