@@ -820,6 +820,60 @@ impl Config {
         c
     }
 
+    /// What `serve` would refuse in the files this configuration names, each read (never
+    /// created): the TLS certificate, key, client CA and CRLs (and that they make a
+    /// server configuration — a key of another certificate is refused), the policy, the
+    /// catalogue, and what the registry's kind needs. `check-config` and `serve --config`
+    /// report these with the file's other problems (exit 64) before anything is bound or
+    /// written. Zero-config (`serve` without a file) creates its demo material instead.
+    pub fn file_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Err(e) = crate::tls::server_config(&self.tls) {
+            p.push(format!("tls: {e}"));
+        }
+        if let Err(e) = crate::policy::Policy::load(&self.policy_path()) {
+            p.push(format!("policy_file: {e}"));
+        }
+        if let Some(path) = &self.catalogue_file {
+            if let Err(e) = crate::catalogue::Catalogue::load(path) {
+                p.push(format!("catalogue_file: {e}"));
+            }
+        }
+        let readable = |key: &str, path: &Path, p: &mut Vec<String>| {
+            if let Err(e) = std::fs::metadata(path) {
+                p.push(format!("{key}: {}: {e}", path.display()));
+            }
+        };
+        match self.registry.kind.as_str() {
+            "disk" => readable(
+                "registry.path",
+                &self.registry_path().join("CURRENT"),
+                &mut p,
+            ),
+            "embedded" => readable("registry.population_file", &self.population_path(), &mut p),
+            "remote" => {
+                for (key, path) in [
+                    (
+                        "registry.ca",
+                        self.registry.ca.as_ref().unwrap_or(&self.tls.client_ca),
+                    ),
+                    (
+                        "registry.cert",
+                        self.registry.cert.as_ref().unwrap_or(&self.tls.cert),
+                    ),
+                    (
+                        "registry.key",
+                        self.registry.key.as_ref().unwrap_or(&self.tls.key),
+                    ),
+                ] {
+                    readable(key, path, &mut p);
+                }
+            }
+            _ => {}
+        }
+        p
+    }
+
     /// The policy file in use.
     pub fn policy_path(&self) -> PathBuf {
         self.policy_file

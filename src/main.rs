@@ -555,6 +555,7 @@ async fn run(cli: Cli) -> Result<()> {
         } => serve(config, listen, admin_listen).await,
         Command::CheckConfig { config } => {
             let loaded = Config::load(&config)?;
+            refuse_file_problems(&config, &loaded)?;
             out!(
                 "{}: OK (listen {}, registry kind {}, audit in {})",
                 config.display(),
@@ -801,13 +802,31 @@ fn raise_open_files(tls: &popgw::config::TlsSettings) {
     }
 }
 
+/// The files a configuration names, checked as `serve` would use them: any problem is a
+/// configuration problem (exit 64), before anything is bound or written.
+fn refuse_file_problems(path: &Path, config: &Config) -> Result<()> {
+    let problems = config.file_problems();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(popgw::config::ConfigError::Invalid {
+        path: path.to_path_buf(),
+        problems,
+    }
+    .into())
+}
+
 async fn serve(
     config: Option<PathBuf>,
     listen: Option<String>,
     admin_listen: Option<String>,
 ) -> Result<()> {
     let mut config = match &config {
-        Some(path) => Config::load(path)?,
+        Some(path) => {
+            let loaded = Config::load(path)?;
+            refuse_file_problems(path, &loaded)?;
+            loaded
+        }
         None => Config::zero_config(),
     };
     if let Some(listen) = listen {

@@ -236,11 +236,38 @@ fn check_config_names_every_problem_and_exits_64() {
             assert!(stderr.contains(key), "{command:?} names {key}: {stderr}");
         }
     }
+    // A file that parses but names a CA, a policy and a registry that do not exist
+    // (issue 25: check-config said OK and serve then failed with exit 1, so the systemd
+    // unit restart-looped): both exit 64 naming each, and serve writes nothing.
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "listen = \"127.0.0.1:50099\"\n").unwrap();
+    for command in [
+        &["check-config", "--config"][..],
+        &["serve", "--config"][..],
+    ] {
+        let out = Command::new(BIN)
+            .args(command)
+            .arg(&good)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{command:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for key in ["tls: ", "certs/ca.pem", "policy_file: ", "registry.path: "] {
+            assert!(stderr.contains(key), "{command:?} names {key}: {stderr}");
+        }
+    }
+    assert!(
+        !dir.path().join("data").exists(),
+        "a refused start wrote nothing"
+    );
+    // The same file beside the material it names: OK.
+    let (config, _ca) = common::prepare(dir.path());
+    let prepared = common::write_config(dir.path(), &config, "");
     let out = Command::new(BIN)
         .args(["check-config", "--config"])
-        .arg(&good)
+        .arg(&prepared)
+        .current_dir(dir.path())
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
