@@ -125,10 +125,13 @@ fn shown(value: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// One audit record: its exact JSON line, or a readable summary (subject shortened).
+/// One audit record: its proto3 JSON (the chained line in its `json` field), or a
+/// readable summary (subject shortened).
 pub fn audit_record(r: &pb::AuditRecord, json: bool) -> String {
     if json {
-        return r.json.clone();
+        // The proto3 JSON mapping like every other --json (the chained line is its
+        // `json` field); serialising a generated message cannot fail.
+        return serde_json::to_string(r).unwrap_or_default();
     }
     let time = chrono::DateTime::from_timestamp_millis(r.time_unix_ms)
         .map(|t| t.to_rfc3339())

@@ -209,6 +209,12 @@ fn first_start_then_verify_citizen_and_audit_from_the_terminal() {
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines.len() >= 3, "{out}");
     assert!(!out.contains(&id), "the log holds pseudonyms, not ids");
+    // The proto3 JSON mapping, as every --json (issue 25: the on-disk names were printed).
+    let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert!(
+        first["requestId"].is_string() && first["timeUnixMs"].is_string(),
+        "{first}"
+    );
 
     // Stop it cleanly (SIGTERM: drain, sign the final checkpoint); the files verify.
     let mut gw = gw;
