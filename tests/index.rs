@@ -453,8 +453,10 @@ async fn an_indexer_killed_and_restarted_indexes_every_record_exactly_once() {
     let admin = metrics_addr(&mut indexer);
     wait_indexed(&index, &[&gw]).await;
     // Its /metrics: connected, records indexed, and nothing left pending once caught up.
+    // Messages the killed indexer committed but never acknowledged are redelivered after
+    // the consumer's ack wait (10 s), then acknowledged as already indexed.
     let mut scrape = String::new();
-    for _ in 0..50 {
+    for _ in 0..200 {
         scrape = common::http_get(admin, "/metrics").await.1;
         if scrape.contains("popgw_audit_index_pending_messages 0\n") {
             break;
