@@ -836,6 +836,12 @@ async fn serve(
         config.admin.listen = admin.parse().context("--admin-listen")?;
     }
     popgw::telemetry::init(config.log.format == "json");
+    if !config.zero_config && config.tls.client_crls.is_empty() {
+        tracing::warn!(
+            "tls.client_crls is empty: revocation is OFF — a revoked client certificate is \
+             served until it expires; list your CA's CRL"
+        );
+    }
     for note in demo::prepare(&config)? {
         out!("{note}");
     }

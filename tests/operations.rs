@@ -336,6 +336,8 @@ async fn json_logs_carry_the_request_span_and_no_personal_data() {
     child.wait().unwrap();
 
     let text = std::fs::read_to_string(&log_path).unwrap();
+    // This configuration lists no CRL: the start says so, loudly (issue 25).
+    assert!(text.contains("revocation is OFF"), "{text}");
     let lines: Vec<serde_json::Value> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
