@@ -91,7 +91,9 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// Every certificate of a PEM file (at least one), for the server, the links to
+/// PostgreSQL and NATS, and the registry's client.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |reason: String| TlsError::Pem {
         path: path.display().to_string(),
         reason,
@@ -101,7 +103,7 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err(e.to_string()))?;
     if certs.is_empty() {
-        return Err(err("no certificate found".into()));
+        return Err(err("no certificate found (PEM)".into()));
     }
     Ok(certs)
 }

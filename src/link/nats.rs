@@ -556,15 +556,7 @@ fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
 }
 
 fn load_chain(path: &Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
-    use rustls_pki_types::pem::PemObject;
-    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
-    }
-    Ok(certs)
+    crate::tls::load_certs(path).map_err(|e| e.to_string())
 }
 
 fn load_key(path: &Path) -> Result<rustls_pki_types::PrivateKeyDer<'static>, String> {

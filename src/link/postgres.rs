@@ -753,19 +753,14 @@ fn rustls_error(e: &tokio_postgres::Error) -> Option<&rustls::Error> {
 }
 
 fn load_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, LinkError> {
-    let err = |reason: String| LinkError::File {
+    crate::tls::load_certs(path).map_err(|e| LinkError::File {
         key,
         path: path.display().to_string(),
-        reason,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("no certificate found (PEM)".into()));
-    }
-    Ok(certs)
+        reason: match e {
+            crate::tls::TlsError::Pem { reason, .. } => reason,
+            other => other.to_string(),
+        },
+    })
 }
 
 /// The password for `config`'s first host, port, database and user in a pgpass file
