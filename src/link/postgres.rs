@@ -36,7 +36,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use tokio_postgres::config::{Host, SslMode as PgSslMode};
-use tokio_postgres::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How a link protects itself (libpq's `sslmode`).
@@ -434,10 +433,19 @@ impl PgLink {
         };
         // PostgreSQL speaks no TLS over a Unix socket; libpq ignores sslmode there.
         let mode = if only_unix { SslMode::Disable } else { mode };
+        // Citizen records and audit pseudonyms never cross a network in clear: `disable`,
+        // and `prefer` (which falls back to clear when the server offers no TLS), only
+        // to loopback and Unix sockets.
+        if !all_local && matches!(mode, SslMode::Disable | SslMode::Prefer) {
+            return Err(bad(format!(
+                "sslmode={} would send citizen data in clear to {endpoint}, which is not \
+                 loopback: use sslmode=verify-full with sslrootcert",
+                mode.as_str()
+            )));
+        }
         if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && root_cert.is_none() {
             return Err(bad(format!(
-                "sslmode={}{} needs sslrootcert=FILE, the CA that signed the server's certificate \
-                 (or sslmode=disable to speak in clear)",
+                "sslmode={}{} needs sslrootcert=FILE, the CA that signed the server's certificate",
                 mode.as_str(),
                 if mode_given {
                     String::new()
@@ -589,13 +597,7 @@ impl PgLink {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = match self.client_config()? {
-            None => Manager::from_config(config, NoTls, manager_config),
-            Some(tls) => {
-                self.warn_unverified();
-                Manager::from_config(config, MakeRustlsConnect::new(tls), manager_config)
-            }
-        };
+        let manager = Manager::from_config(config, self.connector()?, manager_config);
         Pool::builder(manager)
             .max_size(size.max(1))
             .runtime(Runtime::Tokio1)
@@ -636,25 +638,34 @@ impl PgLink {
         timeout: Duration,
     ) -> Result<tokio_postgres::Client, String> {
         let config = self.tuned(application_name, "", timeout);
-        let tls = self.client_config().map_err(|e| e.to_string())?;
-        let client = match tls {
-            None => {
-                let (client, connection) =
-                    config.connect(NoTls).await.map_err(|e| self.explain(&e))?;
-                tokio::spawn(drive(connection));
-                client
-            }
+        let connector = self.connector().map_err(|e| e.to_string())?;
+        let (client, connection) = config
+            .connect(connector)
+            .await
+            .map_err(|e| self.explain(&e))?;
+        tokio::spawn(drive(connection));
+        Ok(client)
+    }
+
+    /// The one connector every connection uses: rustls with this link's configuration.
+    /// With `disable` (loopback and Unix sockets only) tokio-postgres never starts TLS;
+    /// the connector then trusts no root at all, so it could verify nothing anyway.
+    fn connector(&self) -> Result<MakeRustlsConnect, LinkError> {
+        let tls = match self.client_config()? {
             Some(tls) => {
                 self.warn_unverified();
-                let (client, connection) = config
-                    .connect(MakeRustlsConnect::new(tls))
-                    .await
-                    .map_err(|e| self.explain(&e))?;
-                tokio::spawn(drive(connection));
-                client
+                tls
             }
+            None => rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| LinkError::Url {
+                    url: self.redacted.clone(),
+                    reason: e.to_string(),
+                })?
+                .with_root_certificates(RootCertStore::empty())
+                .with_no_client_auth(),
         };
-        Ok(client)
+        Ok(MakeRustlsConnect::new(tls))
     }
 
     /// What went wrong with a connection, said plainly: whose certificate was not
@@ -969,6 +980,20 @@ mod tests {
         assert_eq!(link.mode(), SslMode::VerifyCa);
         assert_eq!(link.config().get_application_name(), Some("x"));
         assert!(PgLink::parse_with("postgres://u@h/d?sslmode=allow", no_env).is_err());
+        // In clear only to loopback: disable and prefer (which falls back to clear) to
+        // another host are refused, saying why.
+        for mode in ["disable", "prefer"] {
+            let e =
+                PgLink::parse_with(&format!("postgres://u@db.example/d?sslmode={mode}"), no_env)
+                    .unwrap_err()
+                    .to_string();
+            assert!(e.contains("in clear") && e.contains("verify-full"), "{e}");
+            assert!(PgLink::parse_with(
+                &format!("postgres://u@127.0.0.1/d?sslmode={mode}"),
+                no_env
+            )
+            .is_ok());
+        }
         assert!(PgLink::parse_with("postgres://u@h/d?sslcert=/c.pem", no_env).is_err());
     }
 
