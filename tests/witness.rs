@@ -379,3 +379,45 @@ async fn no_stale_test_stream_claims_every_subject() {
         js.delete_stream(&name).await.unwrap();
     }
 }
+
+/// A witness that cannot be reached at start: refused by default (the folder cannot be
+/// compared); with `required_at_start = false` the node starts, answers, and says it is
+/// not ready until it has compared.
+#[tokio::test]
+async fn an_unreachable_witness_at_start_refuses_or_starts_not_ready() {
+    let stream = TestStream::new();
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _ca) = common::prepare(dir.path());
+    config.node_id = stream.node.clone();
+    config.audit.witness = Some(stream.settings(&url));
+    let Err(e) = popgw::Server::load(config).await else {
+        panic!("started without comparing its folder with the witness");
+    };
+    assert!(e.to_string().contains("required_at_start"), "{e}");
+
+    let mut gw = stream
+        .gateway_as(&stream.node, &url, |c| {
+            if let Some(w) = c.audit.witness.as_mut() {
+                w.required_at_start = false;
+            }
+        })
+        .await;
+    let r = gw.living().clone();
+    assert!(gw
+        .client("portal")
+        .await
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .is_ok());
+    let (code, ready) = gw.admin_get("/readyz").await;
+    assert_eq!(code, 503, "{ready}");
+    assert!(
+        ready.contains("not yet compared with its witness"),
+        "{ready}"
+    );
+    gw.stop().await;
+}
