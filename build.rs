@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/popgw/v1/gateway.proto",
         "proto/popgw/v1/audit.proto",
         "proto/popgw/v1/access.proto",
+        "proto/popgw/v1/limits.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);

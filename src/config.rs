@@ -185,6 +185,25 @@ pub struct LimitsSettings {
     pub unfinished_body_bytes: usize,
     /// Results of one AuditLog.Query at most (its `limit` is capped to this).
     pub max_query_results: usize,
+    /// Where the tries about a citizen are counted: `off` (each node alone) or `nats`
+    /// (one national count, in a key-value bucket on `[audit.witness]`'s link).
+    pub national: NationalKind,
+    /// The national count's key-value bucket.
+    pub national_bucket: String,
+    /// How long a verdict waits on the national count before this node's own count
+    /// stands (the documented fallback).
+    pub national_timeout_ms: u64,
+}
+
+/// Where the tries about a citizen are counted (`limits.national`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NationalKind {
+    /// Each node counts alone.
+    #[default]
+    Off,
+    /// One count for the deployment, in NATS JetStream's key-value store.
+    Nats,
 }
 
 impl Default for LimitsSettings {
@@ -205,6 +224,9 @@ impl Default for LimitsSettings {
             unfinished_body_bytes_per_client: 16 << 20,
             unfinished_body_bytes: 64 << 20,
             max_query_results: 100_000,
+            national: NationalKind::Off,
+            national_bucket: "POPGW_TRIES".into(),
+            national_timeout_ms: 250,
         }
     }
 }
@@ -638,6 +660,25 @@ impl Config {
                 );
             }
         }
+        if self.limits.national == NationalKind::Nats {
+            if self.audit.witness.is_none() {
+                p.push(
+                    "limits.national: \"nats\" counts on [audit.witness]'s link; configure it"
+                        .into(),
+                );
+            }
+            let b = &self.limits.national_bucket;
+            if b.is_empty()
+                || !b
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                p.push("limits.national_bucket: letters, digits, - and _".into());
+            }
+            if self.limits.national_timeout_ms == 0 {
+                p.push("limits.national_timeout_ms: at least 1".into());
+            }
+        }
         if let Some(i) = &self.audit.index {
             if !i.url.starts_with("postgres://") && !i.url.starts_with("postgresql://") {
                 p.push("audit.index.url: a postgres:// URL".into());
@@ -825,8 +866,20 @@ impl Config {
     /// server configuration — a key of another certificate is refused), the policy, the
     /// catalogue, and what the registry's kind needs. `check-config` and `serve --config`
     /// report these with the file's other problems (exit 64) before anything is bound or
-    /// written. Zero-config (`serve` without a file) creates its demo material instead.
+    /// written; with the node's keys and audit folder ([`Config::node_folder`]), which only
+    /// `popgw init` makes. Zero-config (`serve` without a file) creates its demo material
+    /// and keys instead.
     pub fn file_problems(&self) -> Vec<String> {
+        let mut p = self.input_problems();
+        if !self.zero_config {
+            p.extend(self.node_folder().missing());
+        }
+        p
+    }
+
+    /// [`Config::file_problems`] but the node's own keys and audit folder: what `popgw
+    /// init` checks before it makes them.
+    pub fn input_problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if let Err(e) = crate::tls::server_config(&self.tls) {
             p.push(format!("tls: {e}"));
@@ -963,6 +1016,19 @@ impl Config {
             })
     }
 
+    /// The national try budget, when `limits.national = "nats"` (on the witness's link).
+    pub fn national_config(&self) -> Option<crate::limits::national::NationalConfig> {
+        let w = self.audit.witness.as_ref()?;
+        (self.limits.national == NationalKind::Nats).then(|| {
+            crate::limits::national::NationalConfig {
+                link: w.link.clone(),
+                bucket: self.limits.national_bucket.clone(),
+                timeout: Duration::from_millis(self.limits.national_timeout_ms),
+                node: self.node_id.clone(),
+            }
+        })
+    }
+
     /// The central audit index, when `[audit.index]` names one.
     pub fn index_config(&self) -> Option<crate::audit::index::IndexConfig> {
         self.audit
@@ -1004,6 +1070,14 @@ impl Config {
             .signing_key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("audit-signing.key"))
+    }
+    /// The node's keys and audit folder, which `popgw init` makes once.
+    pub fn node_folder(&self) -> crate::audit::NodeFolder {
+        crate::audit::NodeFolder {
+            signing_key: self.signing_key_path(),
+            pseudonym_key: self.pseudonym_key_path(),
+            audit_dir: self.audit_dir(),
+        }
     }
     /// The pseudonym key in use.
     pub fn pseudonym_key_path(&self) -> PathBuf {

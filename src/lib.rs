@@ -8,7 +8,7 @@
 //! - [`policy`]: deny by default; which client may call which RPC for which procedure,
 //!   and whether it sees per-field details.
 //! - [`limits`]: against enumeration — a rate per client, a lock on a citizen after
-//!   too many failed verifications.
+//!   too many failed verifications, counted per node or nationally (NATS key-value).
 //! - [`catalogue`]: the 25 procedures, each with its matching rule and field profile.
 //! - [`validation`]: every request field checked before any lookup (ids, names,
 //!   dates, case ids).
@@ -25,8 +25,8 @@
 //!   the central audit index in PostgreSQL fed from it.
 //! - [`link`]: the links to PostgreSQL and NATS (TLS, credentials, no plaintext off
 //!   loopback).
-//! - [`service`]: the gRPC services `IdentityGateway`, `AuditLog` and `CitizenAccess`,
-//!   and `PopulationRegistry` for `popgw registry serve`.
+//! - [`service`]: the gRPC services `IdentityGateway`, `AuditLog`, `CitizenAccess` and
+//!   `Limits`, and `PopulationRegistry` for `popgw registry serve`.
 //! - [`error`]: the library's errors and their single mapping to gRPC codes.
 //! - [`server`]: assembly; `serve(listener, config, shutdown)` and `serve_registry`.
 //! - [`reload`]: certificates, CRLs and policy read again on SIGHUP or when a file

@@ -26,9 +26,12 @@
 //! Invariants: keyed by pseudonym, never by personal id; bounded memory (at most
 //! [`MAX_SUBJECTS`] citizens tracked); a lock or a count in its window is never
 //! forgotten to make room — when the table is full, tries about untracked citizens are
-//! refused (`Refused::Full`) until entries age out. The counts are this node's: each
-//! node of a deployment keeps its own (a national budget shared through NATS is not
-//! built yet — see ARCHITECTURE.md).
+//! refused (`Refused::Full`) until entries age out. The counts are this node's; with
+//! `[limits] national = "nats"` each verdict is then settled in the deployment's shared
+//! count too ([`national`]), with this node's count as the fallback when it is
+//! unreachable.
+
+pub mod national;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -174,6 +177,24 @@ impl Tally {
             .filter(|left| !left.is_zero())
     }
 
+    /// A fresh window from `now`: no failures, no lock; tries in flight kept.
+    fn start_over(&mut self, now: Instant) {
+        let mut fresh = Tally::new(now);
+        fresh.in_flight = self.in_flight;
+        for (c, t) in std::mem::take(&mut self.clients) {
+            if t.in_flight > 0 {
+                fresh.clients.insert(
+                    c,
+                    ClientTries {
+                        failures: 0,
+                        in_flight: t.in_flight,
+                    },
+                );
+            }
+        }
+        *self = fresh;
+    }
+
     /// Whether nothing about it needs remembering any more.
     fn idle(&self, now: Instant, window: Duration) -> bool {
         self.in_flight == 0 && self.locked(now).is_none() && now.duration_since(self.since) > window
@@ -209,6 +230,15 @@ pub struct Locked {
     pub clients: usize,
     /// For how long.
     pub lockout: Duration,
+}
+
+/// What an operator's unlock lifted ([`SubjectGuard::unlock`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lifted {
+    /// The citizen was locked for everyone.
+    pub was_locked: bool,
+    /// NO_MATCH answers about them forgotten, all clients'.
+    pub failures: u32,
 }
 
 /// Why a try about a citizen is refused before any lookup.
@@ -345,6 +375,22 @@ impl SubjectGuard {
         }
     }
 
+    /// Lifts the lock on `subject` and forgets the NO_MATCH answers counted about them
+    /// (an operator's `Limits.Unlock`): a fresh window; tries in flight are kept.
+    pub fn unlock(&self, subject: &str) -> Lifted {
+        let now = Instant::now();
+        let mut shard = self.shard(subject);
+        let Some(tally) = shard.get_mut(subject) else {
+            return Lifted::default();
+        };
+        let lifted = Lifted {
+            was_locked: tally.locked(now).is_some(),
+            failures: tally.failures,
+        };
+        tally.start_over(now);
+        lifted
+    }
+
     /// Reserves a try by `client` about `subject` before its lookup: refused when the
     /// citizen is locked, or when this client's NO_MATCH answers about them reached
     /// `client_failures` (all clients': `subject_failures`). Tries in flight are not
@@ -353,6 +399,18 @@ impl SubjectGuard {
     /// more verdicts than the allowance. Locks are never forgotten to make room: a full
     /// table refuses.
     pub fn reserve(&self, client: &str, subject: &str) -> Result<Try<'_>, Refused> {
+        self.reserve_with(client, subject, true)
+    }
+
+    /// Like [`SubjectGuard::reserve`] but never refused by this node's counts or lock (a
+    /// full table still refuses): while the national count decides ([`national`]), this
+    /// node only holds the try in flight; [`Try::finish`] still counts its verdict here,
+    /// for when the node must count alone again.
+    pub fn hold(&self, client: &str, subject: &str) -> Result<Try<'_>, Refused> {
+        self.reserve_with(client, subject, false)
+    }
+
+    fn reserve_with(&self, client: &str, subject: &str, enforce: bool) -> Result<Try<'_>, Refused> {
         let o = &self.options;
         let now = Instant::now();
         let mut shard = self.shard(subject);
@@ -365,32 +423,22 @@ impl SubjectGuard {
         let tally = shard
             .entry(subject.to_string())
             .or_insert_with(|| Tally::new(now));
-        if let Some(left) = tally.locked(now) {
+        if let Some(left) = tally.locked(now).filter(|_| enforce) {
             return Err(Refused::Locked(left));
         }
-        if tally.locked_until.is_some() || now.duration_since(tally.since) > o.subject_window {
+        if tally.locked(now).is_none()
+            && (tally.locked_until.is_some() || now.duration_since(tally.since) > o.subject_window)
+        {
             // The window (or the lock) is over: a fresh count, tries in flight kept.
-            let in_flight = tally.in_flight;
-            let mut fresh = Tally::new(now);
-            fresh.in_flight = in_flight;
-            for (c, t) in std::mem::take(&mut tally.clients) {
-                if t.in_flight > 0 {
-                    fresh.clients.insert(
-                        c,
-                        ClientTries {
-                            failures: 0,
-                            in_flight: t.in_flight,
-                        },
-                    );
-                }
-            }
-            *tally = fresh;
+            tally.start_over(now);
         }
         let left = o
             .subject_window
             .saturating_sub(now.duration_since(tally.since));
         let mine = tally.clients.entry(client.to_string()).or_default();
-        if mine.failures >= o.client_failures.max(1) || tally.failures >= o.subject_failures.max(1)
+        if enforce
+            && (mine.failures >= o.client_failures.max(1)
+                || tally.failures >= o.subject_failures.max(1))
         {
             return Err(Refused::Spent(left.max(Duration::from_secs(1))));
         }

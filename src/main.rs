@@ -29,6 +29,8 @@ macro_rules! out {
 
 /// One file per command where practical.
 mod cli {
+    pub(crate) mod init;
+    pub(crate) mod limits;
     pub(crate) mod nats_flags;
     pub(crate) mod witness;
 }
@@ -57,6 +59,13 @@ enum Command {
         /// Override the admin listener's address (`[admin] listen`).
         #[arg(long)]
         admin_listen: Option<String>,
+    },
+    /// Make a node's signing and pseudonym keys and its audit folder, once, from its
+    /// configuration file (`serve --config` never makes them); run again, it makes nothing.
+    Init {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Check a configuration file: every problem at once, each with its key; exit 64
     /// when there is any (serve checks the same before binding).
@@ -139,6 +148,11 @@ enum Command {
         /// A folder where `popgw serve` has run (its certs/).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+    },
+    /// The limits against enumeration: lift a citizen's lock (operators).
+    Limits {
+        #[command(subcommand)]
+        command: cli::limits::LimitsCommand,
     },
     /// A citizen's access report: who verified or saw their data, when, for which
     /// procedure (as the citizen portal; `--as citizen` by default).
@@ -553,6 +567,7 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             admin_listen,
         } => serve(config, listen, admin_listen).await,
+        Command::Init { config } => cli::init::run(&config).await,
         Command::CheckConfig { config } => {
             let loaded = Config::load(&config)?;
             refuse_file_problems(&config, &loaded)?;
@@ -701,6 +716,7 @@ async fn run(cli: Cli) -> Result<()> {
             .await?;
             Ok(())
         }
+        Command::Limits { command } => cli::limits::run(command).await,
         Command::AccessReport {
             mut conn,
             id,
@@ -817,11 +833,11 @@ fn refuse_file_problems(path: &Path, config: &Config) -> Result<()> {
 }
 
 async fn serve(
-    config: Option<PathBuf>,
+    file: Option<PathBuf>,
     listen: Option<String>,
     admin_listen: Option<String>,
 ) -> Result<()> {
-    let mut config = match &config {
+    let mut config = match &file {
         Some(path) => {
             let loaded = Config::load(path)?;
             refuse_file_problems(path, &loaded)?;
@@ -829,12 +845,17 @@ async fn serve(
         }
         None => Config::zero_config(),
     };
-    if let Some(listen) = listen {
-        config.listen = listen.parse().context("--listen")?;
-    }
-    if let Some(admin) = admin_listen {
-        config.admin.listen = admin.parse().context("--admin-listen")?;
-    }
+    // The command line's addresses override the file's, now and when it is read again.
+    let overrides = move |config: &mut Config| -> Result<()> {
+        if let Some(listen) = &listen {
+            config.listen = listen.parse().context("--listen")?;
+        }
+        if let Some(admin) = &admin_listen {
+            config.admin.listen = admin.parse().context("--admin-listen")?;
+        }
+        Ok(())
+    };
+    overrides(&mut config)?;
     popgw::telemetry::init(config.log.format == "json");
     if !config.zero_config && config.tls.client_crls.is_empty() {
         tracing::warn!(
@@ -915,8 +936,8 @@ async fn serve(
             if r.sex == Sex::Female as i32 { "female" } else { "male" }
         );
     }
-    // SIGHUP: read certificates, CRLs and policy again (the file watch does the same
-    // within a second of a change; SIGHUP forces it).
+    // SIGHUP: read the configuration file, certificates, CRLs and policy again (the
+    // file watch reads the latter within a second of a change; SIGHUP forces it).
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -925,7 +946,25 @@ async fn serve(
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 let reloader = reloader.clone();
-                let _ = tokio::task::spawn_blocking(move || reloader.reload(true)).await;
+                let file = file.clone();
+                let overrides = overrides.clone();
+                let _ = tokio::task::spawn_blocking(move || match file {
+                    None => {
+                        reloader.reload(true);
+                    }
+                    Some(path) => match Config::load(&path) {
+                        Ok(mut config) => {
+                            if overrides(&mut config).is_ok() {
+                                reloader.apply_config(config);
+                            }
+                        }
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "configuration file not read again; the running configuration stays"
+                        ),
+                    },
+                })
+                .await;
             }
         });
     }
@@ -1436,6 +1475,15 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             let mut index_config = audit::index::IndexConfig::new(url.clone());
             if let Some(s) = &settings {
                 index_config.timeout = std::time::Duration::from_millis(s.timeout_ms);
+            }
+            // Its database is made like its schema, when missing.
+            let link = popgw::link::postgres::PgLink::parse(&url)?;
+            if let Some(name) = link
+                .create_database_if_missing(index_config.timeout)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?
+            {
+                out!("created the index's database {name}");
             }
             let index = std::sync::Arc::new(audit::index::AuditIndex::open(&index_config).await?);
             out!(

@@ -23,6 +23,7 @@ pub const RPCS: &[&str] = &[
     "AuditLog.Watch",
     "AuditLog.Head",
     "CitizenAccess.AccessReport",
+    "Limits.Unlock",
 ];
 
 /// What a client is.
@@ -33,7 +34,7 @@ pub enum Role {
     Portal,
     /// A ministry system: verification and minimised records.
     Ministry,
-    /// An operator: the audit log.
+    /// An operator: the audit log, and lifting a citizen's lock.
     Operator,
     /// The citizen portal: a citizen's own access report, nothing else.
     #[serde(rename = "citizen_portal")]
@@ -48,8 +49,16 @@ impl Role {
                 rpc,
                 "VerifyIdentity" | "VerifyIdentityStream" | "ListProcedures"
             ),
-            Role::Ministry => !rpc.starts_with("AuditLog.") && !rpc.starts_with("CitizenAccess."),
-            Role::Operator => rpc.starts_with("AuditLog.") || rpc == "ListProcedures",
+            Role::Ministry => {
+                !rpc.starts_with("AuditLog.")
+                    && !rpc.starts_with("CitizenAccess.")
+                    && !rpc.starts_with("Limits.")
+            }
+            Role::Operator => {
+                rpc.starts_with("AuditLog.")
+                    || rpc.starts_with("Limits.")
+                    || rpc == "ListProcedures"
+            }
             Role::CitizenPortal => rpc == "CitizenAccess.AccessReport" || rpc == "ListProcedures",
         }
     }

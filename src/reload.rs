@@ -2,7 +2,11 @@
 //! and the policy are read again on SIGHUP ([`Reloader::reload`], wired by `popgw
 //! serve`) and whenever one of the files changes ([`Reloader::watch`], which reads
 //! them every second and compares digests: it follows editors that replace a file,
-//! symlink swaps such as Kubernetes secrets, and `popgw certs revoke`).
+//! symlink swaps such as Kubernetes secrets, and `popgw certs revoke`). On SIGHUP
+//! `popgw serve --config FILE` reads the configuration file itself again too
+//! ([`Reloader::apply_config`]): what can change live — which certificate, key, CA,
+//! CRLs and policy files are used — changes; every other changed key is named in one
+//! log line as applied only at restart.
 //!
 //! Invariants: a new file that does not load is refused with one log line naming it,
 //! and the running configuration stays (TLS material and policy are separate parts: a
@@ -49,7 +53,7 @@ pub struct Reloaded {
 
 /// Reloads the parts of a running gateway that may change without restart.
 pub struct Reloader {
-    config: Config,
+    config: ArcSwap<Config>,
     tls: Arc<ArcSwap<rustls::ServerConfig>>,
     live: Arc<tls::LiveConnections>,
     gateway: Arc<Gateway>,
@@ -73,7 +77,7 @@ impl Reloader {
         gateway: Arc<Gateway>,
     ) -> Reloader {
         let reloader = Reloader {
-            config,
+            config: ArcSwap::from_pointee(config),
             tls,
             live,
             gateway,
@@ -81,14 +85,15 @@ impl Reloader {
         };
         let seen = Seen {
             tls: Some(digest(&reloader.tls_files())),
-            policy: Some(digest(&[reloader.config.policy_path()])),
+            policy: Some(digest(&[reloader.config.load().policy_path()])),
         };
         *reloader.seen.lock().unwrap_or_else(|p| p.into_inner()) = seen;
         reloader
     }
 
     fn tls_files(&self) -> Vec<PathBuf> {
-        let t = &self.config.tls;
+        let config = self.config.load();
+        let t = &config.tls;
         let mut files = vec![t.cert.clone(), t.key.clone(), t.client_ca.clone()];
         files.extend(t.client_crls.iter().cloned());
         files
@@ -98,6 +103,7 @@ impl Reloader {
     /// seen (`force`: whether or not they did — SIGHUP). Each refusal is logged,
     /// counted and returned; the other part is still applied.
     pub fn reload(&self, force: bool) -> (Reloaded, Vec<ReloadError>) {
+        let config = self.config.load_full();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let mut done = Reloaded::default();
         let mut errors = Vec::new();
@@ -105,24 +111,24 @@ impl Reloader {
         let tls_digest = digest(&self.tls_files());
         if force || seen.tls != Some(tls_digest) {
             seen.tls = Some(tls_digest);
-            match tls::server_config(&self.config.tls)
-                .and_then(|c| tls::client_verifier(&self.config.tls).map(|v| (c, v)))
+            match tls::server_config(&config.tls)
+                .and_then(|c| tls::client_verifier(&config.tls).map(|v| (c, v)))
             {
-                Ok((config, verifier)) => {
-                    self.tls.store(config);
+                Ok((server, verifier)) => {
+                    self.tls.store(server);
                     // Open connections of a certificate now revoked (or no longer of
                     // the CA) end now, not at their age.
                     let closed = self.live.close_unverified(verifier.as_ref());
                     if closed > 0 {
                         tracing::warn!(closed, "closed connections whose client certificate the reloaded CA or CRLs refuse");
                     }
-                    crate::server::certificate_expiry(&self.gateway.metrics, &self.config);
+                    crate::server::certificate_expiry(&self.gateway.metrics, &config);
                     done.tls = true;
                 }
                 Err(e) => errors.push(ReloadError::Tls(e)),
             }
         }
-        let policy_path = self.config.policy_path();
+        let policy_path = config.policy_path();
         let policy_digest = digest(std::slice::from_ref(&policy_path));
         if force || seen.policy != Some(policy_digest) {
             seen.policy = Some(policy_digest);
@@ -168,6 +174,30 @@ impl Reloader {
         (done, errors)
     }
 
+    /// Takes a configuration file read again (SIGHUP with `serve --config`): the
+    /// files it names for TLS and the policy are used from now on (read at once, as by
+    /// [`Reloader::reload`]); every other key that differs from the running
+    /// configuration is returned, and logged as applied only at restart.
+    pub fn apply_config(&self, new: Config) -> (Reloaded, Vec<ReloadError>, Vec<&'static str>) {
+        let old = self.config.load_full();
+        let at_restart = restart_only_changes(&old, &new);
+        let mut running = (*old).clone();
+        running.tls.cert = new.tls.cert;
+        running.tls.key = new.tls.key;
+        running.tls.client_ca = new.tls.client_ca;
+        running.tls.client_crls = new.tls.client_crls;
+        running.policy_file = new.policy_file;
+        self.config.store(Arc::new(running));
+        if !at_restart.is_empty() {
+            tracing::warn!(
+                keys = at_restart.join(", "),
+                "configuration file read again: these changes apply only at restart"
+            );
+        }
+        let (done, errors) = self.reload(true);
+        (done, errors, at_restart)
+    }
+
     /// Reloads whenever a file changes, until `stopping` turns true.
     pub async fn watch(self: Arc<Self>, mut stopping: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
@@ -182,6 +212,48 @@ impl Reloader {
             let _ = tokio::task::spawn_blocking(move || reloader.reload(false)).await;
         }
     }
+}
+
+/// The keys of `new` that differ from `old` and cannot change in a running gateway.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    fn differ(a: &impl std::fmt::Debug, b: &impl std::fmt::Debug) -> bool {
+        format!("{a:?}") != format!("{b:?}")
+    }
+    // TLS settings but the files, which change live.
+    let settings = |c: &Config| {
+        let mut t = c.tls.clone();
+        t.cert = PathBuf::new();
+        t.key = PathBuf::new();
+        t.client_ca = PathBuf::new();
+        t.client_crls = Vec::new();
+        t
+    };
+    let mut keys = Vec::new();
+    for (key, changed) in [
+        ("listen", differ(&old.listen, &new.listen)),
+        ("node_id", differ(&old.node_id, &new.node_id)),
+        (
+            "shutdown_grace_ms",
+            differ(&old.shutdown_grace_ms, &new.shutdown_grace_ms),
+        ),
+        ("data_dir", differ(&old.data_dir, &new.data_dir)),
+        (
+            "catalogue_file",
+            differ(&old.catalogue_file, &new.catalogue_file),
+        ),
+        ("tls", differ(&settings(old), &settings(new))),
+        ("registry", differ(&old.registry, &new.registry)),
+        ("cache", differ(&old.cache, &new.cache)),
+        ("limits", differ(&old.limits, &new.limits)),
+        ("audit", differ(&old.audit, &new.audit)),
+        ("admin", differ(&old.admin, &new.admin)),
+        ("log", differ(&old.log, &new.log)),
+    ] {
+        if changed {
+            keys.push(key);
+        }
+    }
+    keys
 }
 
 /// A digest of the files' contents (a missing or unreadable file counts as its error,

@@ -18,6 +18,7 @@ use crate::policy::{Policy, PolicyError};
 use crate::proto::gateway::audit_log_server::AuditLogServer;
 use crate::proto::gateway::citizen_access_server::CitizenAccessServer;
 use crate::proto::gateway::identity_gateway_server::IdentityGatewayServer;
+use crate::proto::gateway::limits_server::LimitsServer;
 use crate::proto::registry::population_registry_server::PopulationRegistryServer;
 use crate::proto::registry::CitizenRecord;
 use crate::registry::embedded::EmbeddedRegistry;
@@ -26,6 +27,7 @@ use crate::registry::{self, Registry, RegistryError, Store, StoreLocation};
 use crate::service::access::CitizenAccessService;
 use crate::service::audit_log::AuditLogService;
 use crate::service::gateway::GatewayService;
+use crate::service::limits::LimitsService;
 use crate::service::registry::{follow_head, Faults, RegistryService};
 use crate::service::Gateway;
 use crate::telemetry::Metrics;
@@ -305,7 +307,10 @@ impl Server {
         let gateway = Arc::new(Gateway {
             access: ArcSwap::from_pointee(crate::service::Access::new(policy, &limits)),
             limit_options: limits.clone(),
-            subjects: crate::limits::SubjectGuard::new(limits),
+            subjects: crate::limits::SubjectGuard::new(limits.clone()),
+            national: config.national_config().map(|national| {
+                crate::limits::national::NationalBudget::start(national, limits, metrics.clone())
+            }),
             max_stream_items: config.limits.max_stream_items,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
             in_flight_max: config.limits.max_in_flight,
@@ -524,6 +529,10 @@ impl Server {
             )
             .add_service(
                 CitizenAccessServer::new(CitizenAccessService::new(self.gateway.clone()))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                LimitsServer::new(LimitsService::new(self.gateway.clone()))
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
             )
             .serve_with_incoming_shutdown(incoming, async {

@@ -98,6 +98,9 @@ pub struct Metrics {
     pub witness_lag: Gauge,
     /// Audit witness: 1 while connected.
     pub witness_up: Gauge,
+    /// The national try budget: 1 while its key-value bucket answers, 0 while this node
+    /// counts alone (unset when the deployment has none).
+    pub national_up: Gauge,
     /// Audit witness: batch heads acknowledged.
     pub witness_shipped: Counter,
     /// Refusals counted into a per-second summary record instead of written one by one.
@@ -179,6 +182,7 @@ impl Default for Metrics {
             audit_write_seconds: seconds_histogram(),
             witness_lag: Gauge::default(),
             witness_up: Gauge::default(),
+            national_up: Gauge::default(),
             witness_alarms: Counter::default(),
             subject_locks: Counter::default(),
             refusals_counted: Counter::default(),
@@ -400,6 +404,12 @@ impl Metrics {
             "audit_witness_up",
             "1 while the audit witness is connected",
             self.witness_up.clone(),
+        );
+        r.register(
+            "limits_national_up",
+            "1 while the national try budget (a NATS key-value bucket shared by the \
+             deployment's nodes) answers; 0 while this node counts tries alone",
+            self.national_up.clone(),
         );
         r.register(
             "audit_index_pending_messages",

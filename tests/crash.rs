@@ -20,6 +20,7 @@ async fn kill_9_under_load_loses_no_answered_request() {
         &config,
         "[audit]\ncheckpoint_every_records = 50\n",
     );
+    common::init_node(&cfg_path);
 
     let (mut child, port) = common::spawn_serve(&cfg_path, "info", Stdio::null());
     let certs = ClientCerts::dev(&dir.path().join("certs"), "portal");

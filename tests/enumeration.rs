@@ -295,3 +295,259 @@ async fn a_reload_keeps_an_exhausted_bucket_empty() {
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "refilled by the reload");
 }
+
+/// Issue 25: a lock caught a citizen's own procedures; an operator lifts it (`popgw limits
+/// unlock`, the `Limits.Unlock` RPC), the lifting is audited with the operator and the
+/// ticket's pseudonym, and no other role may lift one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_lifts_a_lock_and_the_lifting_is_audited() {
+    use popgw::proto::gateway::limits_client::LimitsClient;
+    let gw = TestGateway::start().await;
+    let r = gw.living().clone();
+    let wrong = &search_of(&r)[..5];
+    try_dates(&mut gw.client("portal").await, &r, wrong).await;
+    try_dates(&mut gw.client("ministry").await, &r, wrong).await;
+    let e = gw
+        .client("portal")
+        .await
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("verification locked"), "{e:?}");
+
+    let unlock = pb::UnlockRequest {
+        personal_id: r.personal_id.clone(),
+        case_id: "TICKET-7".into(),
+    };
+    for who in ["portal", "ministry"] {
+        let e = LimitsClient::new(gw.channel(who).await)
+            .unlock(unlock.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{who}: {e:?}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_popgw"))
+        .args(["limits", "unlock", "--addr"])
+        .arg(format!("localhost:{}", gw.addr.port()))
+        .arg("--certs")
+        .arg(&gw.certs)
+        .args(["--id", &r.personal_id, "--case", "TICKET-7"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("lock lifted; 10 NO_MATCH answer(s) forgotten"),
+        "{stdout}"
+    );
+    let a = gw
+        .client("portal")
+        .await
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .unwrap();
+    assert_eq!(a.get_ref().verdict(), pb::Verdict::Match, "answered again");
+    // Lifting an unlocked citizen says so.
+    let a = LimitsClient::new(gw.channel("operator").await)
+        .unlock(unlock)
+        .await
+        .unwrap();
+    assert!(!a.get_ref().was_locked);
+
+    let records: Vec<_> = gw
+        .audit_records(pb::AuditQueryRequest {
+            personal_id: r.personal_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .into_iter()
+        .filter(|x| x.rpc == "Limits.Unlock")
+        .collect();
+    assert_eq!(records.len(), 4, "two refusals, two unlocks: {records:?}");
+    let lifted: Vec<_> = records.iter().filter(|x| x.outcome == "UNLOCKED").collect();
+    assert_eq!(lifted.len(), 2);
+    assert_eq!(lifted[0].client, popgw::pki::OPERATOR_ID);
+    assert!(lifted[0].detail.contains("lock lifted"), "{:?}", lifted[0]);
+    for x in &records {
+        assert!(
+            !x.case_id.contains("TICKET"),
+            "the ticket only as a pseudonym"
+        );
+        assert_eq!(x.case_id.len(), 32, "{x:?}");
+    }
+}
+
+/// Two gateway nodes of one deployment counting tries in one national bucket.
+async fn national_pair(
+    stream: &common::TestStream,
+    bucket: &str,
+) -> (TestGateway, TestGateway, tempfile::TempDir) {
+    let url = format!("nats://{}", common::NATS);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("pseudonym.key");
+    std::fs::write(
+        &key,
+        format!("{}\n", hex::encode(rand::random::<[u8; 32]>())),
+    )
+    .unwrap();
+    let mut nodes = Vec::new();
+    for side in ["a", "b"] {
+        let (key, bucket) = (key.clone(), bucket.to_string());
+        nodes.push(
+            stream
+                .gateway_as(&format!("{}-{side}", stream.node), &url, move |c| {
+                    c.audit.pseudonym_key_file = Some(key);
+                    c.limits.national = popgw::config::NationalKind::Nats;
+                    c.limits.national_bucket = bucket;
+                })
+                .await,
+        );
+    }
+    // Each node connects to the bucket in the background.
+    for node in &nodes {
+        let mut up = false;
+        for _ in 0..100 {
+            let (_, scrape) = node.admin_get("/metrics").await;
+            if scrape.lines().any(|l| l == "popgw_limits_national_up 1") {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(up, "the national count connected");
+    }
+    let b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    (a, b, keys)
+}
+
+/// Issue 25: the budget is national. A year's dates sent at once to two gateway nodes of
+/// one deployment (each node counting alone would answer twice the allowance) get at most
+/// one allowance of verdicts, and the true date is refused on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_two_gateway_nodes_gets_only_one_allowance() {
+    common::require_nats().await;
+    let stream = common::TestStream::new();
+    let bucket = format!("{}_TRIES", stream.name);
+    let (a, b, _keys) = national_pair(&stream, &bucket).await;
+    let r = a.living().clone();
+    let mut dates = search_of(&r);
+    let truth = dates.pop().unwrap();
+    let mut clients = Vec::new();
+    for node in [&a, &b] {
+        for _ in 0..2 {
+            clients.push(node.client("portal").await);
+        }
+    }
+    let calls = dates.iter().enumerate().map(|(i, date)| {
+        let mut client = clients[i % clients.len()].clone();
+        let mut req = declare(&r, "P03");
+        req.date_of_birth = date.clone();
+        async move { client.verify_identity(req).await }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let verdicts = answers.iter().filter(|a| a.is_ok()).count();
+    assert!(
+        (1..=5).contains(&verdicts),
+        "{verdicts} verdicts from a burst of {} over two nodes",
+        dates.len()
+    );
+    for a in &answers {
+        if let Err(e) = a {
+            assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        }
+    }
+    for i in [0, 2] {
+        let client = &mut clients[i];
+        let mut req = declare(&r, "P03");
+        req.date_of_birth = truth.clone();
+        let e = client.verify_identity(req).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Code::ResourceExhausted,
+            "the true date is refused"
+        );
+    }
+    // The ministry's wrong tries on node b add to the portal's on node a: ten NO_MATCH
+    // answers from two clients lock the citizen on every node.
+    let wrong = &search_of(&r)[..5];
+    assert_eq!(
+        try_dates(&mut b.client("ministry").await, &r, wrong).await,
+        (5, 0, 0)
+    );
+    let e = a
+        .client("ministry")
+        .await
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("verification locked"), "{e:?}");
+    // An operator on node a lifts it for the whole deployment.
+    let lifted =
+        popgw::proto::gateway::limits_client::LimitsClient::new(a.channel("operator").await)
+            .unlock(pb::UnlockRequest {
+                personal_id: r.personal_id.clone(),
+                case_id: "TICKET-9".into(),
+            })
+            .await
+            .unwrap();
+    assert!(lifted.get_ref().national);
+    let ok = b
+        .client("portal")
+        .await
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .unwrap();
+    assert_eq!(ok.get_ref().verdict(), pb::Verdict::Match);
+
+    let client = async_nats::connect(common::NATS).await.unwrap();
+    let _ = async_nats::jetstream::new(client)
+        .delete_key_value(&bucket)
+        .await;
+    stream.remove().await;
+}
+
+/// The documented fallback: a national count that cannot be reached leaves each node
+/// counting alone — answers go on, the record says so, the metric shows 0.
+#[tokio::test]
+async fn an_unreachable_national_count_leaves_the_node_counting_alone() {
+    let stream = common::TestStream::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let gw = stream
+        .gateway_as(&stream.node, &url, |c| {
+            c.limits.national = popgw::config::NationalKind::Nats;
+            if let Some(w) = &mut c.audit.witness {
+                w.required_at_start = false;
+            }
+        })
+        .await;
+    let r = gw.living().clone();
+    let dates = search_of(&r);
+    let (no_match, refused, _) = try_dates(&mut gw.client("portal").await, &r, &dates[..7]).await;
+    assert_eq!(
+        (no_match, refused),
+        (5, 2),
+        "this node's allowance still holds"
+    );
+    let (_, scrape) = gw.admin_get("/metrics").await;
+    assert!(
+        scrape.lines().any(|l| l == "popgw_limits_national_up 0"),
+        "{scrape}"
+    );
+    let records = gw
+        .audit_records(pb::AuditQueryRequest {
+            personal_id: r.personal_id.clone(),
+            outcome: "NO_MATCH".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(records.len(), 5);
+    assert!(
+        records
+            .iter()
+            .all(|x| x.detail.contains("counted on this node only")),
+        "{records:?}"
+    );
+}

@@ -527,6 +527,7 @@ fn plain_nats_off_loopback_is_refused_by_the_configuration_unless_allowed() {
     std::fs::write(&secret, "s3cret-value\n").unwrap();
     #[cfg(unix)]
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    common::init_node(&common::write_config(dir.path(), &config, ""));
     let check = |witness: &str| {
         let path = common::write_config(
             dir.path(),

@@ -311,6 +311,7 @@ async fn json_logs_carry_the_request_span_and_no_personal_data() {
         .unwrap()
         .clone();
     let cfg = common::write_config(dir.path(), &config, "[log]\nformat = \"json\"\n");
+    common::init_node(&cfg);
     let log_path = dir.path().join("stderr.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let (mut child, port) = common::spawn_serve(&cfg, "popgw=debug,info", log.into());
@@ -401,4 +402,107 @@ async fn a_deadline_that_passes_during_the_audit_write_is_deadline_exceeded_and_
         verifications().await == 2
     })
     .await;
+}
+
+/// Issue 25: SIGHUP re-read the files a configuration names but never the configuration
+/// file itself. Now what can change live (the policy and TLS files it names) changes, a
+/// changed key that needs a restart is named in the log, and a broken file is refused
+/// with the running configuration kept.
+#[tokio::test]
+async fn sighup_reads_the_configuration_file_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _ca) = common::prepare(dir.path());
+    let population = common::population_records(&config.population_path());
+    let r = population
+        .iter()
+        .find(|r| r.date_of_death.is_empty() && r.date_of_birth.len() == 10)
+        .unwrap()
+        .clone();
+    let cfg = common::write_config(dir.path(), &config, "");
+    common::init_node(&cfg);
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (mut child, port) = common::spawn_serve(&cfg, "info", log.into());
+    let verify = |who: &'static str| {
+        let certs = ClientCerts::dev(&dir.path().join("certs"), who);
+        let req = declare(&r, "P03");
+        async move {
+            let channel = popgw::client::connect(&format!("localhost:{port}"), &certs)
+                .await
+                .unwrap();
+            popgw::proto::gateway::identity_gateway_client::IdentityGatewayClient::new(channel)
+                .verify_identity(req)
+                .await
+        }
+    };
+    let hangup = || {
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    assert!(verify("portal").await.is_ok());
+
+    // Another policy file (the ministry only) and another cache size, by SIGHUP.
+    let ministry_only = dir.path().join("ministry-only.toml");
+    std::fs::write(
+        &ministry_only,
+        "[[client]]\nidentity = \"spiffe://popgw.dev/ministry/justice\"\nrole = \"ministry\"\n\
+         rpcs = [\"VerifyIdentity\"]\nprocedures = [\"*\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "policy_file = \"{}\"\n{original}[cache]\nmax_bytes = 1234567\n",
+            ministry_only.display()
+        ),
+    )
+    .unwrap();
+    hangup();
+    let mut refused = None;
+    for _ in 0..50 {
+        match verify("portal").await {
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    let e = refused.expect("the new policy file is in force");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(verify("ministry").await.is_ok());
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        text.contains("apply only at restart") && text.contains("cache"),
+        "{text}"
+    );
+
+    // A broken file is refused; the running configuration stays.
+    std::fs::write(&cfg, "listen = \"nowhere\"\n").unwrap();
+    hangup();
+    let mut said = false;
+    for _ in 0..50 {
+        if std::fs::read_to_string(&log_path)
+            .unwrap()
+            .contains("not read again")
+        {
+            said = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(said, "the refusal is logged");
+    assert!(verify("ministry").await.is_ok());
+    assert_eq!(
+        verify("portal").await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().unwrap();
 }

@@ -194,21 +194,111 @@ fn examples_are_printed_only_from_the_generated_demo_population() {
     );
 }
 
-#[tokio::test]
-async fn a_first_start_from_a_configuration_file_creates_its_data_folder() {
-    // A deployment's first start: certificates and policy provided, nothing else yet.
+/// Runs the binary in `dir`.
+fn popgw(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// Issue 25: a mistyped `data_dir` in a configuration file started normally, with new
+/// signing and pseudonym keys and a new chain; a mistyped key path left a new key behind.
+/// With a file, `serve` makes neither: it exits 64 naming `popgw init`, and writes nothing;
+/// `popgw init` makes the folder once, starting a chain that verifies.
+#[test]
+fn serve_with_a_file_never_makes_keys_and_init_makes_them_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut config, _ca) = common::prepare(dir.path());
-    let policy = dir.path().join("policy.toml");
-    std::fs::copy(config.policy_path(), &policy).unwrap();
-    let registry = config.registry_path();
-    config.policy_file = Some(policy);
-    config.registry.path = Some(registry);
-    config.data_dir = dir.path().join("fresh/data");
-    config.zero_config = false;
-    let server = Server::load(config.clone()).await.unwrap();
-    drop(server);
-    assert!(config.data_dir.join("audit-signing.key").is_file());
+    let (config, _ca) = common::prepare(dir.path());
+    let certs = dir.path().join("certs");
+    let file = dir.path().join("popgw.toml");
+    let write = |audit: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"{d}/data-typo\"\npolicy_file = \"{p}\"\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\n[tls]\nclient_ca = \"{c}/ca.pem\"\n\
+                 cert = \"{c}/server.pem\"\nkey = \"{c}/server.key\"\ncreate_dev_pki = false\n\
+                 [registry]\npath = \"{r}\"\ncreate_demo = false\n{audit}",
+                d = dir.path().display(),
+                p = config.policy_path().display(),
+                c = certs.display(),
+                r = config.registry_path().display(),
+            ),
+        )
+        .unwrap()
+    };
+    write("");
+    let file = file.to_str().unwrap();
+    let before = snapshot(dir.path());
+    for command in ["serve", "check-config"] {
+        let out = popgw(dir.path(), &[command, "--config", file]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{command}: {stderr}");
+        for word in [
+            "audit.signing_key_file",
+            "audit.pseudonym_key_file",
+            "popgw init --config",
+        ] {
+            assert!(stderr.contains(word), "{command} names {word}: {stderr}");
+        }
+    }
+    assert_eq!(
+        snapshot(dir.path()),
+        before,
+        "a refused start wrote nothing"
+    );
+    assert!(!dir.path().join("data-typo").exists());
+
+    // On purpose: init makes the keys and starts the chain.
+    let out = popgw(dir.path(), &["init", "--config", file]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.contains("audit-signing.key"), "{stdout}");
+    assert!(stdout.contains("audit public key: "), "{stdout}");
+    let data = dir.path().join("data-typo");
+    assert!(data.join("audit-signing.key").is_file());
+    assert!(data.join("audit-pseudonym.key").is_file());
+    let verify = popgw(
+        dir.path(),
+        &[
+            "audit",
+            "verify",
+            "--dir",
+            data.join("audit").to_str().unwrap(),
+        ],
+    );
+    assert!(verify.status.success(), "{verify:?}");
+    // Again: nothing made, nothing changed.
+    let initialised = snapshot(&data);
+    let out = popgw(dir.path(), &["init", "--config", file]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing made"),
+        "{out:?}"
+    );
+    assert_eq!(snapshot(&data), initialised);
+    let out = popgw(dir.path(), &["check-config", "--config", file]);
+    assert!(out.status.success(), "{out:?}");
+
+    // A mistyped key path is refused too, and leaves no key behind.
+    let typo = dir.path().join("data-typo/audit-signin.key");
+    write(&format!(
+        "[audit]\nsigning_key_file = \"{}\"\n",
+        typo.display()
+    ));
+    let out = popgw(dir.path(), &["serve", "--config", file]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(!typo.exists(), "no key file left behind");
+    assert_eq!(snapshot(&data), initialised);
+
+    // The initialised folder serves.
+    write("");
+    let (mut child, port) = common::spawn_serve(Path::new(file), "warn", Stdio::null());
+    assert_ne!(port, 0);
+    child.kill().unwrap();
+    let _ = child.wait();
 }
 
 #[test]
@@ -264,6 +354,7 @@ fn check_config_names_every_problem_and_exits_64() {
     // The same file beside the material it names: OK.
     let (config, _ca) = common::prepare(dir.path());
     let prepared = common::write_config(dir.path(), &config, "");
+    common::init_node(&prepared);
     let out = Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(&prepared)

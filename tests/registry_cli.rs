@@ -381,3 +381,26 @@ async fn a_postgres_import_killed_midway_leaves_the_previous_table_serving() {
     drop(admin);
     db.drop_db().await;
 }
+
+/// Issue 25: `registry import --to postgres://…/DB` failed on a database that did not
+/// exist, and the README never said to create it. The import makes it, as it makes the
+/// schema.
+#[tokio::test]
+async fn a_postgres_import_creates_its_database_when_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::TempDb::not_created();
+    let (mut g, i) = pipe_import(dir.path(), 100, 1, &db.url);
+    let out = i.wait_with_output().unwrap();
+    g.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = popgw::registry::postgres::PgStore::connect(&db.url, &StoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(store.count().await.unwrap(), 100);
+    drop(store);
+    db.drop_db().await;
+}

@@ -127,15 +127,7 @@ impl Pseudonymizer {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
         };
-        let has_records = std::fs::read_dir(audit_dir)
-            .map(|entries| {
-                entries.flatten().any(|e| {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    name.starts_with("audit-") && name.ends_with(".log")
-                })
-            })
-            .unwrap_or(false);
+        let has_records = holds_records(audit_dir);
         let key = if recorded.is_some() || has_records {
             match Self::load(path) {
                 Ok(key) => key,
@@ -195,5 +187,129 @@ impl Pseudonymizer {
             .expect("HMAC accepts keys of any length");
         mac.update(personal_id.as_bytes());
         hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+/// Where a gateway node keeps what `popgw init` makes once: the checkpoint signing key,
+/// the pseudonym key and the audit folder (holding the pseudonym key's fingerprint).
+#[derive(Debug, Clone)]
+pub struct NodeFolder {
+    /// The ed25519 checkpoint signing key.
+    pub signing_key: std::path::PathBuf,
+    /// The pseudonym key.
+    pub pseudonym_key: std::path::PathBuf,
+    /// The audit folder.
+    pub audit_dir: std::path::PathBuf,
+}
+
+impl NodeFolder {
+    /// What is missing for a gateway started from a configuration file: it never
+    /// creates keys or a new chain itself (a mistyped `data_dir` would otherwise start
+    /// a second history with new keys), so each missing part is named with the command
+    /// that makes it on purpose. Empty when the folder was initialised.
+    pub fn missing(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let run_init = "`popgw init --config FILE` makes it for a new node; for an existing \
+                        one the path (or data_dir) is wrong";
+        for (key, path) in [
+            ("audit.signing_key_file", &self.signing_key),
+            ("audit.pseudonym_key_file", &self.pseudonym_key),
+        ] {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    if let Err(e) = decode_secret(path, &text) {
+                        problems.push(format!("{key}: {e}"));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => problems.push(format!(
+                    "{key}: {} does not exist: {run_init}",
+                    path.display()
+                )),
+                Err(e) => problems.push(format!("{key}: {}: {e}", path.display())),
+            }
+        }
+        let fingerprint = self.audit_dir.join(FINGERPRINT_FILE);
+        if !fingerprint.is_file() {
+            problems.push(format!(
+                "audit.dir: {} is not an initialised audit folder (no {FINGERPRINT_FILE}): \
+                 {run_init}",
+                self.audit_dir.display()
+            ));
+        }
+        problems
+    }
+
+    /// Makes what is missing, once, on purpose (`popgw init`): the folders, the pseudonym
+    /// key and the audit folder's record of it, and the signing key (keys mode 0600,
+    /// fsynced). Nothing that exists is replaced. A signing key whose audit folder is not
+    /// initialised is refused (the log was wiped or moved, or a path is mistyped: a new
+    /// chain under it would hide that), and a log that holds records never gets a new
+    /// key. Returns the paths it created; the caller starts the chain when the signing
+    /// key is among them.
+    pub fn initialise(&self) -> Result<Vec<std::path::PathBuf>, super::AuditError> {
+        let mut created = Vec::new();
+        let fingerprint = self.audit_dir.join(FINGERPRINT_FILE);
+        let fingerprint_existed = fingerprint.exists();
+        if self.signing_key.exists() && !fingerprint_existed {
+            return Err(super::AuditError::Corrupt(format!(
+                "the signing key {} exists but {} is not its audit folder (no {FINGERPRINT_FILE}): \
+                 the log was wiped or moved, or a path is wrong. Restore it; to start a new log \
+                 on purpose, move the keys away first",
+                self.signing_key.display(),
+                self.audit_dir.display()
+            )));
+        }
+        let has_records = holds_records(&self.audit_dir);
+        if has_records && !self.signing_key.exists() {
+            return Err(super::AuditError::Corrupt(format!(
+                "{} holds records but the signing key {} is missing: restore it (a new key \
+                 would not verify the log's history)",
+                self.audit_dir.display(),
+                self.signing_key.display()
+            )));
+        }
+        for dir in [
+            self.audit_dir.as_path(),
+            parent_of(&self.signing_key),
+            parent_of(&self.pseudonym_key),
+        ] {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir)?;
+                created.push(dir.to_path_buf());
+            }
+        }
+        let key_existed = self.pseudonym_key.exists();
+        Pseudonymizer::open_for_log(&self.pseudonym_key, &self.audit_dir)?;
+        if !key_existed {
+            created.push(self.pseudonym_key.clone());
+        }
+        if !fingerprint_existed {
+            created.push(fingerprint);
+        }
+        if !self.signing_key.exists() {
+            load_or_create_secret(&self.signing_key)?;
+            created.push(self.signing_key.clone());
+        }
+        Ok(created)
+    }
+}
+
+/// Whether the audit folder holds a segment of records.
+fn holds_records(audit_dir: &Path) -> bool {
+    std::fs::read_dir(audit_dir)
+        .map(|entries| {
+            entries.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("audit-") && name.ends_with(".log")
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use format::{RemovedSegment, RetentionNote};
-pub use keys::{load_or_create_signing_key, Pseudonymizer};
+pub use keys::{load_or_create_signing_key, NodeFolder, Pseudonymizer};
 pub use verify::{
     read_checkpoints, read_records, scan_records, verify_dir, VerifyFailure, VerifyReport,
 };

@@ -17,8 +17,9 @@ use super::nats_flags::NatsFlags;
 pub(crate) enum WitnessCommand {
     /// Create the witness stream hardened (subjects popgw.audit.*, file storage,
     /// deny_delete, deny_purge, no rollup, a duplicate window, max_age no shorter than the
-    /// audit log's retention), or check an existing one and say what is wrong with it.
-    /// Run it with the NATS administrator's credentials.
+    /// audit log's retention), or check an existing one and say what is wrong with it;
+    /// with a --config counting tries nationally, its key-value bucket too. Run it with
+    /// the NATS administrator's credentials.
     Init {
         /// Take the link, stream, replicas and retention from this gateway configuration
         /// ([audit.witness], [audit] retention_days).
@@ -94,6 +95,23 @@ pub(crate) async fn run(command: WitnessCommand) -> Result<()> {
                     plan.name,
                     problems.join("\n  ")
                 ),
+            }
+            // The national try budget's bucket, when the configuration counts tries
+            // nationally: the nodes may use it, not create it.
+            if let Some(c) = config
+                .as_ref()
+                .filter(|c| c.limits.national == popgw::config::NationalKind::Nats)
+            {
+                let bucket = &c.limits.national_bucket;
+                if js.get_key_value(bucket).await.is_ok() {
+                    out!("key-value bucket {bucket} (national try budget) exists");
+                } else {
+                    let options = c.limit_options();
+                    js.create_stream(popgw::limits::national::bucket_stream(bucket, &options))
+                        .await
+                        .with_context(|| format!("creating the key-value bucket {bucket}"))?;
+                    out!("created key-value bucket {bucket} (national try budget)");
+                }
             }
             Ok(())
         }

@@ -647,6 +647,53 @@ impl PgLink {
         Ok(client)
     }
 
+    /// Creates the database this link names when it does not exist yet — `registry
+    /// import --to` and `audit index` make their database as they make their schema —
+    /// through the `postgres` maintenance database, with the same user, credentials and
+    /// TLS. `Ok(Some(name))` when it was created. The role needs CREATEDB for that; else
+    /// the error says what PostgreSQL said.
+    pub async fn create_database_if_missing(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<String>, String> {
+        let config = self.tuned("popgw", "", timeout);
+        match config
+            .connect(self.connector().map_err(|e| e.to_string())?)
+            .await
+        {
+            Ok((_client, connection)) => {
+                tokio::spawn(drive(connection));
+                return Ok(None);
+            }
+            Err(e)
+                if e.as_db_error().map(|d| d.code())
+                    == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {}
+            Err(e) => return Err(self.explain(&e)),
+        }
+        let Some(name) = config.get_dbname().map(str::to_string) else {
+            return Ok(None);
+        };
+        let mut maintenance = config.clone();
+        maintenance.dbname("postgres");
+        let (client, connection) = maintenance
+            .connect(self.connector().map_err(|e| e.to_string())?)
+            .await
+            .map_err(|e| self.explain(&e))?;
+        tokio::spawn(drive(connection));
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match client
+            .batch_execute(&format!("CREATE DATABASE {quoted}"))
+            .await
+        {
+            Ok(()) => Ok(Some(name)),
+            // Another process made it meanwhile.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {
+                Ok(None)
+            }
+            Err(e) => Err(self.explain(&e)),
+        }
+    }
+
     /// The one connector every connection uses: rustls with this link's configuration.
     /// With `disable` (loopback and Unix sockets only) tokio-postgres never starts TLS;
     /// the connector then trusts no root at all, so it could verify nothing anyway.

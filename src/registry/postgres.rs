@@ -243,8 +243,15 @@ impl PgStore {
     ) -> Result<ImportSummary, ImportError> {
         let store_err = |e: RegistryError| ImportError::Store(e.to_string());
         let sql_err = |e: tokio_postgres::Error| ImportError::Store(pg_err(e).to_string());
-        let mut client = link(url)
-            .map_err(store_err)?
+        let link = link(url).map_err(store_err)?;
+        if let Some(name) = link
+            .create_database_if_missing(Duration::from_secs(30))
+            .await
+            .map_err(ImportError::Store)?
+        {
+            tracing::info!(database = %name, "created the registry's database");
+        }
+        let mut client = link
             .connect("popgw", Duration::from_secs(30))
             .await
             .map_err(ImportError::Store)?;

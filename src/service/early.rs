@@ -99,6 +99,7 @@ fn rpc_of(path: &str) -> Option<&'static str> {
         "popgw.v1.IdentityGateway" => None,
         "popgw.v1.AuditLog" => Some("AuditLog"),
         "popgw.v1.CitizenAccess" => Some("CitizenAccess"),
+        "popgw.v1.Limits" => Some("Limits"),
         _ => return None,
     };
     crate::policy::RPCS

@@ -20,6 +20,8 @@ use super::{Disclosure, Gateway, Outcome, RequestCtx};
 use crate::catalogue::MatchingRule;
 use crate::disclosure;
 use crate::error::GatewayError;
+use crate::limits::national::Settled;
+use crate::limits::{Locked, Refused};
 use crate::matching::{self, Declaration, FieldResult, NoMatchReason, Verification};
 use crate::proto::gateway as pb;
 use crate::proto::gateway::identity_gateway_server::IdentityGateway;
@@ -164,10 +166,19 @@ impl Gateway {
             "compared=id,name,dob"
         };
 
+        // While the deployment's national count answers, it decides (limits::national);
+        // else this node's count does.
+        let national = self.national.as_ref().filter(|n| n.is_up());
         // A citizen locked after too many failed verifications is not checked at all.
-        self.subjects
-            .check(&ctx.subject)
-            .map_err(GatewayError::SubjectLocked)?;
+        if national.is_none() {
+            self.subjects
+                .check(&ctx.subject)
+                .map_err(GatewayError::SubjectLocked)?;
+        }
+        let reserve = |client: &str, subject: &str| match national {
+            Some(_) => self.subjects.hold(client, subject),
+            None => self.subjects.reserve(client, subject),
+        };
         let verification = match &id {
             DeclaredId::Personal(p) => match validation::id_consistency(p, sex, dob) {
                 Err(field) => Some(Verification::id_inconsistent(
@@ -186,12 +197,12 @@ impl Gateway {
         let verification = match verification {
             Some(v) => v,
             None => {
-                tries.push(self.subjects.reserve(&client, &ctx.subject)?);
+                tries.push(reserve(&client, &ctx.subject)?);
                 let record = self.lookup(&permit, ctx, &key).await?;
                 self.found_subject(ctx, &id, record.as_deref());
                 if let DeclaredId::Old(_) = id {
                     // Now named by the 12-digit id: the same allowance applies.
-                    tries.push(self.subjects.reserve(&client, &ctx.subject)?);
+                    tries.push(reserve(&client, &ctx.subject)?);
                 }
                 let declared = Declaration {
                     full_name: &req.full_name,
@@ -211,19 +222,44 @@ impl Gateway {
             Some((name, _)) => format!("{name}; {compared}"),
             None => compared.to_string(),
         };
+        let consulted = !tries.is_empty();
+        // The verdict comes out only within the allowance (see limits::Try::finish):
+        // this node's, then the deployment's when it has a national count.
+        let mut here: Result<Option<Locked>, Refused> = Ok(None);
         for attempt in tries {
-            // The verdict comes out only within the allowance (see limits::Try::finish).
-            if let Some(locked) = attempt.finish(verification.is_match())? {
-                // The lock-out is audited, by the request that caused it.
-                detail.push_str(&format!(
-                    "; subject locked for {} s after {} NO_MATCH answers from {} clients",
-                    locked.lockout.as_secs(),
-                    locked.failures,
-                    locked.clients
-                ));
-                self.metrics.subject_locks.inc();
-                tracing::warn!(request_id = %ctx.request_id, "a citizen's verification locked for every client after NO_MATCH answers from several clients");
+            here = match (attempt.finish(verification.is_match()), here) {
+                (Err(refused), _) | (_, Err(refused)) => Err(refused),
+                (Ok(a), Ok(b)) => Ok(a.or(b)),
+            };
+        }
+        let locked = match (&self.national, consulted) {
+            (Some(national), true) => {
+                match national
+                    .settle(&client, &ctx.subject, verification.is_match())
+                    .await
+                {
+                    Settled::Answer(locked) => locked,
+                    Settled::Refused(refused) => return Err(refused.into()),
+                    Settled::Alone => {
+                        detail.push_str(
+                            "; tries counted on this node only (national count unreachable)",
+                        );
+                        here?
+                    }
+                }
             }
+            _ => here?,
+        };
+        if let Some(locked) = locked {
+            // The lock-out is audited, by the request that caused it.
+            detail.push_str(&format!(
+                "; subject locked for {} s after {} NO_MATCH answers from {} clients",
+                locked.lockout.as_secs(),
+                locked.failures,
+                locked.clients
+            ));
+            self.metrics.subject_locks.inc();
+            tracing::warn!(request_id = %ctx.request_id, "a citizen's verification locked for every client after NO_MATCH answers from several clients");
         }
         let details = grant.details.then(|| pb::VerificationDetails {
             personal_id: pb_field(verification.personal_id),

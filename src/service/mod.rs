@@ -1,6 +1,6 @@
 //! The gRPC services: `popgw.v1.IdentityGateway` (gateway.rs), `popgw.v1.AuditLog`
-//! (audit_log.rs) and `popgw.v1.CitizenAccess` (access.rs), over one shared [`Gateway`]
-//! state.
+//! (audit_log.rs), `popgw.v1.CitizenAccess` (access.rs) and `popgw.v1.Limits`
+//! (limits.rs), over one shared [`Gateway`] state.
 //!
 //! Every request that reaches a service goes through [`Gateway::begin`] and
 //! [`Gateway::finish`]: the first names the client from its certificate, the second
@@ -15,6 +15,7 @@ mod admission;
 pub mod audit_log;
 pub mod early;
 pub mod gateway;
+pub mod limits;
 pub mod refusals;
 pub mod registry;
 
@@ -57,6 +58,8 @@ pub struct Gateway {
     pub upstream_timeout: Duration,
     /// Failed verifications per citizen, and locks.
     pub subjects: crate::limits::SubjectGuard,
+    /// The deployment's shared count of them, when `limits.national = "nats"`.
+    pub national: Option<Arc<crate::limits::national::NationalBudget>>,
     /// Items in one VerifyIdentityStream call at most.
     pub max_stream_items: u64,
     /// Permits of requests running at once (see `detached`).
@@ -169,6 +172,8 @@ pub enum Outcome {
     Read,
     /// CitizenAccess.AccessReport.
     Reported,
+    /// Limits.Unlock.
+    Unlocked,
 }
 
 impl Outcome {
@@ -183,6 +188,7 @@ impl Outcome {
             Outcome::Watching => "WATCHING",
             Outcome::Read => "READ",
             Outcome::Reported => "REPORTED",
+            Outcome::Unlocked => "UNLOCKED",
         }
     }
 }
@@ -522,6 +528,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     "popgw.v1.IdentityGateway",
     "popgw.v1.AuditLog",
     "popgw.v1.CitizenAccess",
+    "popgw.v1.Limits",
 ];
 
 /// Attaches the request id to an error status (metadata `x-request-id`).

@@ -79,7 +79,15 @@ pub fn prepare(dir: &Path) -> (Config, DevCa) {
     std::fs::create_dir_all(&config.data_dir).unwrap();
     std::fs::write(
         config.policy_path(),
-        format!("{}\n{}", popgw::policy::DEMO_POLICY, TEST_POLICY),
+        format!(
+            "{}\n{}",
+            // The demo portal also drives the load tests: no practical rate limit here.
+            popgw::policy::DEMO_POLICY.replace(
+                "identity = \"spiffe://popgw.dev/portal/dvcqg\"\n",
+                "identity = \"spiffe://popgw.dev/portal/dvcqg\"\nrate_per_second = 1000000\nburst = 1000000\n",
+            ),
+            TEST_POLICY
+        ),
     )
     .unwrap();
     popgw::registry::generate::generate_to_file(2_000, 7, &config.population_path()).unwrap();
@@ -269,6 +277,16 @@ impl TempDb {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .unwrap();
+        TempDb {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        }
+    }
+
+    /// A name and URL for a database not created yet (one that a command under test
+    /// should create); [`TempDb::drop_db`] drops it if it exists.
+    pub fn not_created() -> TempDb {
+        let name = format!("popgw_test_{:016x}", rand::random::<u64>());
         TempDb {
             url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
             name,
@@ -512,6 +530,17 @@ create_demo = false
     )
     .unwrap();
     path
+}
+
+/// Runs `popgw init --config FILE` (a node's keys and audit folder, which `serve
+/// --config` never makes) and checks it succeeded.
+pub fn init_node(config: &Path) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_popgw"))
+        .args(["init", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "popgw init: {out:?}");
 }
 
 /// Starts the `popgw serve` binary on `config` with `RUST_LOG=log_filter`; returns it

@@ -1,0 +1,93 @@
+//! `popgw.v1.Limits`: the operators' control over the limits against enumeration
+//! (`operator` role only).
+//!
+//! `Unlock` lifts a citizen's lock for everyone and forgets the NO_MATCH answers counted
+//! about them in the window: for when a lock caught a citizen's own procedures. It is
+//! audited like any other call — the operator, the citizen's pseudonym, the ticket's
+//! pseudonym, and what was lifted (never the id). On this node, and in the shared
+//! national budget when the deployment has one.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{Disclosure, Gateway, Outcome, RequestCtx};
+use crate::proto::gateway as pb;
+use crate::proto::gateway::limits_server::Limits;
+use crate::validation;
+
+/// The Limits service.
+#[derive(Clone)]
+pub struct LimitsService {
+    gw: Arc<Gateway>,
+}
+
+impl LimitsService {
+    /// A service over the shared gateway state.
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        Self { gw }
+    }
+}
+
+#[tonic::async_trait]
+impl Limits for LimitsService {
+    async fn unlock(
+        &self,
+        request: Request<pb::UnlockRequest>,
+    ) -> Result<Response<pb::UnlockResponse>, Status> {
+        let gw = self.gw.clone();
+        let identity = super::early::reached(&request);
+        let timeout = super::caller_timeout(request.metadata());
+        let request = request.into_inner();
+        let personal_id = request.personal_id.clone();
+        // Runs to its record even if the operator's client gives up.
+        let answer = super::detached(
+            &self.gw,
+            "Limits.Unlock",
+            identity.clone(),
+            personal_id,
+            async move {
+                let mut ctx: RequestCtx = gw.begin("Limits.Unlock", identity, timeout);
+                if let Ok(id) = validation::parse_declared_id(&request.personal_id, false) {
+                    ctx.subject = gw.subject(id.digits());
+                }
+                if !request.case_id.trim().is_empty() {
+                    ctx.case_id = gw.pseudonyms.case_pseudonym(&request.case_id);
+                }
+                let result = async {
+                    gw.admit(&ctx)?;
+                    validation::parse_declared_id(&request.personal_id, false)?;
+                    validation::check_case_id(&request.case_id)?;
+                    let lifted = gw.subjects.unlock(&ctx.subject);
+                    let national = match &gw.national {
+                        Some(national) => national.unlock(&ctx.subject).await,
+                        None => false,
+                    };
+                    let mut disclosure = Disclosure::of(Outcome::Unlocked, &[]);
+                    disclosure.detail = format!(
+                        "lock {}; {} NO_MATCH answers forgotten{}",
+                        if lifted.was_locked { "lifted" } else { "none" },
+                        lifted.failures,
+                        if national {
+                            "; national budget reset"
+                        } else {
+                            ""
+                        }
+                    );
+                    Ok((
+                        pb::UnlockResponse {
+                            was_locked: lifted.was_locked,
+                            failures_forgotten: lifted.failures,
+                            national,
+                        },
+                        disclosure,
+                    ))
+                }
+                .await;
+                gw.finish(ctx, result).await
+            },
+        )
+        .await?;
+        Ok(Response::new(answer))
+    }
+}
