@@ -579,3 +579,80 @@ fn plain_nats_off_loopback_is_refused_by_the_configuration_unless_allowed() {
         "{out}"
     );
 }
+
+/// The national try budget under the shipped configuration: the administrator creates
+/// its bucket; node-1 (nkey) and node-2 (password) count one citizen's tries together in
+/// it and may not create a bucket of their own; the indexer may not write it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_the_national_try_budget_and_only_the_administrator_creates_it() {
+    use popgw::limits::national::{bucket_stream, NationalBudget, NationalConfig, Settled};
+    use popgw::limits::Refused;
+    let server = NatsServer::start();
+    let options = popgw::config::Config::default().limit_options();
+    let config = |who: &str, bucket: &str| NationalConfig {
+        link: server.link(who),
+        bucket: bucket.into(),
+        timeout: Duration::from_secs(2),
+        node: who.into(),
+    };
+    let metrics = || std::sync::Arc::new(popgw::telemetry::Metrics::default());
+    // A node may not create it.
+    let node = js(&server, "node-1").await;
+    assert!(node
+        .create_stream(bucket_stream("POPGW_TRIES", &options))
+        .await
+        .is_err());
+    js(&server, "admin")
+        .await
+        .create_stream(bucket_stream("POPGW_TRIES", &options))
+        .await
+        .unwrap();
+    let one = NationalBudget::start(config("node-1", "POPGW_TRIES"), options.clone(), metrics());
+    let two = NationalBudget::start(config("node-2", "POPGW_TRIES"), options.clone(), metrics());
+    for _ in 0..100 {
+        if one.is_up() && two.is_up() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(one.is_up() && two.is_up(), "both nodes use the bucket");
+    let subject = "a".repeat(64);
+    for i in 0..5 {
+        let node = if i % 2 == 0 { &one } else { &two };
+        assert_eq!(
+            node.settle("spiffe://t/portal", &subject, false).await,
+            Settled::Answer(None),
+            "NO_MATCH {i}"
+        );
+    }
+    for (node, matched) in [(&one, false), (&two, true)] {
+        assert!(
+            matches!(
+                node.settle("spiffe://t/portal", &subject, matched).await,
+                Settled::Refused(Refused::Spent(_))
+            ),
+            "the allowance is spent on both nodes"
+        );
+    }
+    assert_eq!(
+        one.settle("spiffe://t/ministry", &subject, true).await,
+        Settled::Answer(None),
+        "another client is still answered"
+    );
+    // The indexer may not write an entry (the server does not deliver it: no ack).
+    let indexer = js(&server, "indexer").await;
+    let ack = match indexer
+        .publish(format!("$KV.POPGW_TRIES.{subject}"), "{}".into())
+        .await
+    {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!ack, "the indexer wrote the budget");
+    assert!(two.unlock(&subject).await);
+    assert_eq!(
+        one.settle("spiffe://t/portal", &subject, true).await,
+        Settled::Answer(None),
+        "lifted for every node"
+    );
+}
