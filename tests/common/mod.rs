@@ -623,7 +623,7 @@ impl Relay {
     }
 }
 
-/// A private nats-server with the shipped configuration (tests/nats_link.rs).
+/// A private nats-server with the shipped configuration (tests/it/nats_link.rs).
 pub mod nats_server;
 
 /// NATS JetStream on this machine (the audit witness and the central index's feed).

@@ -6,7 +6,7 @@
 //! refuses a registry whose certificate is of the same CA and names the same host but
 //! carries another URI SAN.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -4,7 +4,7 @@
 //! access report, `verify --index` naming what was removed or altered, and an indexer
 //! killed and restarted indexing every record exactly once.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

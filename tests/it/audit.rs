@@ -1,7 +1,7 @@
 //! The audit log seen from outside: one record per request whatever its outcome,
 //! pseudonymous subjects, operator-only access, fail closed on write failure.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! serve` with its switches, an update from another process reaching a live feed, and
 //! an import killed with SIGKILL leaving the previous store serving.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

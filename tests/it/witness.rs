@@ -4,7 +4,7 @@
 //! the attacks of issue 24 by anyone who can publish on the node's subject: forged,
 //! garbage and far-ahead heads, pre-empted message ids.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Running it in production: the admin listener's metrics and health over real HTTP,
 //! reloads of certificates, CRLs and policy without restart, revocation.
 
-mod common;
+use crate::common;
 
 use common::{declare, TestGateway};
 use popgw::client::ClientCerts;

@@ -3,7 +3,7 @@
 //! clients (audited, counted), the per-client rate (RESOURCE_EXHAUSTED with RetryInfo),
 //! the items of a stream.
 
-mod common;
+use crate::common;
 
 use common::{declare, TestGateway};
 use popgw::proto::gateway as pb;

@@ -1,7 +1,7 @@
 //! The benchmark instruments (issue 17) against real servers on loopback: the load
 //! generator counts what the gateway and the baseline answer, and only that.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

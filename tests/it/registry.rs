@@ -2,7 +2,7 @@
 //! PostgreSQL, served by `registry serve` over real mutual TLS, its change feed, and
 //! the gateway on each store — including PostgreSQL going away.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! the change feed, its resumption and the OUT_OF_RANGE drop, stale serving), and the
 //! cache outcome each request leaves in its audit record.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! error; a node unable to publish as another or to create the stream; nobody able to
 //! delete or purge what was witnessed.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! missing or different pseudonym key is refused; examples are printed only from the
 //! generated demo population.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -1,7 +1,7 @@
 //! kill -9 under concurrent load, then restart: no answer a client received is
 //! missing from the audit log, and the log verifies.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};

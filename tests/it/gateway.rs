@@ -1,7 +1,7 @@
 //! The IdentityGateway over real mutual TLS: verdicts, details, minimisation,
 //! deny-by-default, TLS refusals, bad input, the stream.
 
-mod common;
+use crate::common;
 
 use common::{declare, TestGateway};
 use popgw::client::ClientCerts;
