@@ -100,10 +100,8 @@ fn check_pg_link(url: &str) -> Result<(), crate::link::postgres::LinkError> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrySettings {
-    /// "disk" (default: the on-disk store), "postgres", "remote" (`popgw registry
-    /// serve` or another PopulationRegistry over mutual TLS), or "embedded" (in memory,
-    /// from a JSON Lines file; for tests).
-    pub kind: String,
+    /// Where the records come from.
+    pub kind: RegistryKind,
     /// disk: the store folder; default `<data_dir>/registry`.
     pub path: Option<PathBuf>,
     /// postgres: the database URL (`postgres://user@host:port/db`), libpq-style: `sslmode`,
@@ -143,6 +141,40 @@ pub struct RegistrySettings {
     pub breaker_failures: u32,
     /// remote: how long the breaker stays open before one probe call.
     pub breaker_open_ms: u64,
+}
+
+/// Where the gateway's records come from (`registry.kind`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryKind {
+    /// The on-disk store (`path`; the default).
+    #[default]
+    Disk,
+    /// A PostgreSQL database (`url`).
+    Postgres,
+    /// `popgw registry serve`, or another PopulationRegistry, over mutual TLS
+    /// (`endpoint`).
+    Remote,
+    /// In memory, from a JSON Lines file (`population_file`; for tests).
+    Embedded,
+}
+
+impl RegistryKind {
+    /// The word in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistryKind::Disk => "disk",
+            RegistryKind::Postgres => "postgres",
+            RegistryKind::Remote => "remote",
+            RegistryKind::Embedded => "embedded",
+        }
+    }
+}
+
+impl std::fmt::Display for RegistryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Limits against enumeration and floods.
@@ -294,9 +326,9 @@ impl Default for LogSettings {
 pub struct AuditSettings {
     /// Folder of the segments and checkpoints; default `<data_dir>/audit`.
     pub dir: Option<PathBuf>,
-    /// "fsync" (default: an answer leaves only after its record is on disk) or
-    /// "buffered" (written, not fsynced: a power loss can lose the last records).
-    pub durability: String,
+    /// `fsync` (default: an answer leaves only after its record is on disk) or
+    /// `buffered` (written, not fsynced: a power loss can lose the last records).
+    pub durability: crate::audit::Durability,
     /// Rotate a segment past this size.
     pub segment_max_bytes: u64,
     /// Rotate a segment older than this.
@@ -461,7 +493,7 @@ impl Default for TlsSettings {
 impl Default for RegistrySettings {
     fn default() -> Self {
         RegistrySettings {
-            kind: "disk".into(),
+            kind: RegistryKind::Disk,
             path: None,
             url: None,
             population_file: None,
@@ -501,7 +533,7 @@ impl Default for AuditSettings {
     fn default() -> Self {
         AuditSettings {
             dir: None,
-            durability: "fsync".into(),
+            durability: crate::audit::Durability::Fsync,
             segment_max_bytes: 64 << 20,
             segment_max_age_secs: 3600,
             checkpoint_every_records: 1000,
@@ -731,7 +763,7 @@ impl Config {
             p.push("admin.listen: the same address as listen".into());
         }
         if let Some(identity) = &self.registry.identity {
-            if self.registry.kind != "remote" {
+            if self.registry.kind != RegistryKind::Remote {
                 p.push(
                     "registry.identity: only with kind \"remote\" (the registry's URI SAN)".into(),
                 );
@@ -751,12 +783,15 @@ impl Config {
                 ));
             }
         }
-        match self.registry.kind.as_str() {
-            "disk" | "embedded" => {}
-            "remote" => {
+        match self.registry.kind {
+            RegistryKind::Disk | RegistryKind::Embedded => {}
+            RegistryKind::Remote => {
                 let endpoint = self.registry.endpoint.as_deref().unwrap_or_default();
                 if !endpoint.starts_with("https://") {
-                    p.push("registry.endpoint: kind \"remote\" needs an https://HOST:PORT address".into());
+                    p.push(
+                        "registry.endpoint: kind \"remote\" needs an https://HOST:PORT address"
+                            .into(),
+                    );
                 }
                 if self.registry.cert.is_none() || self.registry.key.is_none() {
                     p.push("registry.cert and registry.key: kind \"remote\" needs the gateway's client certificate".into());
@@ -765,7 +800,7 @@ impl Config {
                     p.push("registry.connections must be at least 1".into());
                 }
             }
-            "postgres" => {
+            RegistryKind::Postgres => {
                 let url = self.registry.url.as_deref().unwrap_or_default();
                 if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                     p.push("registry.url: kind \"postgres\" needs a postgres:// URL".into());
@@ -773,9 +808,6 @@ impl Config {
                     p.push(format!("registry.url: {e}"));
                 }
             }
-            other => p.push(format!(
-                "registry.kind {other:?}: must be \"disk\", \"postgres\", \"remote\" or \"embedded\""
-            )),
         }
         if self.registry.timeout_ms == 0 || self.registry.timeout_ms > 60_000 {
             p.push("registry.timeout_ms must be between 1 and 60000".into());
@@ -822,9 +854,6 @@ impl Config {
         }
         if self.audit.queue_capacity == 0 || self.audit.append_timeout_ms == 0 {
             p.push("audit.queue_capacity and audit.append_timeout_ms must be at least 1".into());
-        }
-        if !matches!(self.audit.durability.as_str(), "fsync" | "buffered") {
-            p.push("audit.durability must be \"fsync\" or \"buffered\"".into());
         }
         if self.tls.max_connections == 0
             || self.tls.max_handshakes == 0
@@ -897,14 +926,16 @@ impl Config {
                 p.push(format!("{key}: {}: {e}", path.display()));
             }
         };
-        match self.registry.kind.as_str() {
-            "disk" => readable(
+        match self.registry.kind {
+            RegistryKind::Disk => readable(
                 "registry.path",
                 &self.registry_path().join("CURRENT"),
                 &mut p,
             ),
-            "embedded" => readable("registry.population_file", &self.population_path(), &mut p),
-            "remote" => {
+            RegistryKind::Embedded => {
+                readable("registry.population_file", &self.population_path(), &mut p)
+            }
+            RegistryKind::Remote => {
                 for (key, path) in [
                     (
                         "registry.ca",
@@ -922,7 +953,7 @@ impl Config {
                     readable(key, path, &mut p);
                 }
             }
-            _ => {}
+            RegistryKind::Postgres => {}
         }
         p
     }
@@ -1116,7 +1147,7 @@ mod tests {
         let e = Config::load(&path).unwrap_err().to_string();
         assert!(e.contains("registry.identity: only with kind"), "{e}");
         let mut c = Config::default();
-        c.registry.kind = "remote".into();
+        c.registry.kind = RegistryKind::Remote;
         c.registry.endpoint = Some("https://registry.example:50061".into());
         c.registry.cert = Some("gateway.pem".into());
         c.registry.key = Some("gateway.key".into());

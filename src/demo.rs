@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use crate::config::Config;
+use crate::config::{Config, RegistryKind};
 use crate::pki::{self, PkiError};
 use crate::policy::DEMO_POLICY;
 use crate::registry::disk::DiskStore;
@@ -70,8 +70,8 @@ pub fn prepare(config: &Config) -> Result<Vec<String>, DemoError> {
         std::fs::write(&policy, DEMO_POLICY).map_err(io(&policy))?;
         notes.push(format!("wrote the demo policy to {}", policy.display()));
     }
-    match config.registry.kind.as_str() {
-        "embedded" => {
+    match config.registry.kind {
+        RegistryKind::Embedded => {
             let population = config.population_path();
             if config.registry.create_demo && !population.exists() {
                 let summary = generate::generate_to_file(
@@ -88,7 +88,7 @@ pub fn prepare(config: &Config) -> Result<Vec<String>, DemoError> {
                 ));
             }
         }
-        "disk" => {
+        RegistryKind::Disk => {
             let dir = config.registry_path();
             if config.registry.create_demo && !DiskStore::exists(&dir) {
                 let summary = import_demo(config, &dir)?;

@@ -996,13 +996,14 @@ struct Summary {
 
 impl Summary {
     fn of(config: &Config) -> Summary {
-        let registry = match config.registry.kind.as_str() {
-            "remote" => config.registry.endpoint.clone().unwrap_or_default(),
-            "postgres" => {
+        use popgw::config::RegistryKind;
+        let registry = match config.registry.kind {
+            RegistryKind::Remote => config.registry.endpoint.clone().unwrap_or_default(),
+            RegistryKind::Postgres => {
                 popgw::link::postgres::redact(config.registry.url.as_deref().unwrap_or_default())
             }
-            "embedded" => config.population_path().display().to_string(),
-            _ => config.registry_path().display().to_string(),
+            RegistryKind::Embedded => config.population_path().display().to_string(),
+            RegistryKind::Disk => config.registry_path().display().to_string(),
         };
         Summary {
             registry,

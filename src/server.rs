@@ -10,10 +10,10 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tonic::transport::Server as TonicServer;
 
-use crate::audit::{self, AuditConfig, AuditLog, Durability, Pseudonymizer};
+use crate::audit::{self, AuditConfig, AuditLog, Pseudonymizer};
 use crate::cache::RecordCache;
 use crate::catalogue::{Catalogue, CatalogueError};
-use crate::config::Config;
+use crate::config::{Config, RegistryKind};
 use crate::policy::{Policy, PolicyError};
 use crate::proto::gateway::audit_log_server::AuditLogServer;
 use crate::proto::gateway::citizen_access_server::CitizenAccessServer;
@@ -98,7 +98,7 @@ pub fn certificate_expiry(metrics: &Metrics, config: &Config) {
         ("server", config.tls.cert.clone()),
         ("client_ca", config.tls.client_ca.clone()),
     ];
-    if config.registry.kind == "remote" {
+    if config.registry.kind == RegistryKind::Remote {
         if let Some(cert) = &config.registry.cert {
             named.push(("registry_client", cert.clone()));
         }
@@ -150,7 +150,7 @@ impl Server {
         let tls = tls::server_config(&config.tls)?;
         let metrics = Arc::new(Metrics::default());
         certificate_expiry(&metrics, &config);
-        if config.registry.kind == "remote" {
+        if config.registry.kind == RegistryKind::Remote {
             let registry = RemoteRegistry::connect(config.remote_options(), metrics.clone())?;
             let parts = Parts {
                 registry: Arc::new(registry),
@@ -160,7 +160,7 @@ impl Server {
             };
             return Self::assemble(config, tls, parts, metrics).await;
         }
-        if config.registry.kind == "embedded" {
+        if config.registry.kind == RegistryKind::Embedded {
             let population = config.population_path();
             let registry =
                 tokio::task::spawn_blocking(move || EmbeddedRegistry::load_jsonl(&population))
@@ -180,8 +180,10 @@ impl Server {
             };
             return Self::assemble(config, tls, parts, metrics).await;
         }
-        let location = match config.registry.kind.as_str() {
-            "postgres" => StoreLocation::Postgres(config.registry.url.clone().unwrap_or_default()),
+        let location = match config.registry.kind {
+            RegistryKind::Postgres => {
+                StoreLocation::Postgres(config.registry.url.clone().unwrap_or_default())
+            }
             _ => StoreLocation::Disk(config.registry_path()),
         };
         let store = registry::open_store(&location, &config.store_options()).await?;
@@ -259,11 +261,7 @@ impl Server {
         let pseudonyms = Pseudonymizer::open_for_log(&pseudonym_path, &config.audit_dir())?;
         let a = &config.audit;
         let mut audit_config = AuditConfig::new(config.audit_dir(), config.node_id.clone());
-        audit_config.durability = if a.durability == "buffered" {
-            Durability::Buffered
-        } else {
-            Durability::Fsync
-        };
+        audit_config.durability = a.durability;
         audit_config.segment_max_bytes = a.segment_max_bytes;
         audit_config.segment_max_age = Duration::from_secs(a.segment_max_age_secs);
         audit_config.checkpoint_every_records = a.checkpoint_every_records;

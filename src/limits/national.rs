@@ -11,10 +11,12 @@
 //! key is the citizen's pseudonym (the nodes share the pseudonym key); its value holds
 //! client identities and counts, never personal data.
 //!
-//! Fallback, documented and measured: when the bucket cannot be reached within
-//! `national_timeout_ms`, the node's own count stands (per-node budgets, as without a
-//! national one), `popgw_limits_national_up` is 0 and a warning is logged; the shared
-//! count resumes when the bucket answers again. A compare-and-set that keeps losing
+//! Fallback, documented: when the bucket does not answer within `national_timeout_ms`,
+//! the verdict being settled is refused (RESOURCE_EXHAUSTED, retry in a second: it may be
+//! one that a burst over the other nodes has already spent), `popgw_limits_national_up`
+//! turns 0 and a warning is logged; from then on each node counts alone (per-node
+//! budgets, as without a national one; the audit record says so), without waiting on the
+//! bucket, and one try a second probes it until it answers again. A compare-and-set that keeps losing
 //! (more than [`MAX_ROUNDS`] concurrent writers) refuses the try: under contention the
 //! answer errs towards refusing, never towards an extra verdict.
 
@@ -81,8 +83,10 @@ pub enum Settled {
     Answer(Option<Locked>),
     /// Refused by the shared count.
     Refused(Refused),
-    /// The bucket did not answer: the node's own count stands.
-    Alone,
+    /// The bucket did not answer in time: this verdict is refused (it may be one a
+    /// burst over other nodes already used up), and the node counts alone from now on
+    /// until the bucket answers a probe again.
+    Unsettled,
 }
 
 /// The shared budget (see the module documentation).
@@ -92,6 +96,8 @@ pub struct NationalBudget {
     store: ArcSwapOption<kv::Store>,
     /// Whether the last settlement (or the connection) succeeded.
     up: std::sync::atomic::AtomicBool,
+    /// When a try last probed the bucket while it was down (ms since the epoch).
+    last_probe_ms: std::sync::atomic::AtomicI64,
     metrics: Arc<Metrics>,
 }
 
@@ -127,6 +133,7 @@ impl NationalBudget {
             options,
             store: ArcSwapOption::empty(),
             up: std::sync::atomic::AtomicBool::new(false),
+            last_probe_ms: std::sync::atomic::AtomicI64::new(0),
             metrics,
         });
         let weak = Arc::downgrade(&budget);
@@ -157,6 +164,23 @@ impl NationalBudget {
     /// answered): then a node's own count and lock do not refuse a try before it.
     pub fn is_up(&self) -> bool {
         self.up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// While the bucket is down, one try a second probes it (and is refused if it still
+    /// does not answer); every other try counts on this node alone, without waiting.
+    pub fn probe_due(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.store.load().is_none() {
+            // Not connected yet: the background task connects.
+            return false;
+        }
+        let now = now_ms();
+        let last = self.last_probe_ms.load(Ordering::Acquire);
+        now - last >= 1_000
+            && self
+                .last_probe_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 
     fn set_up(&self, up: bool) {
@@ -193,10 +217,12 @@ impl NationalBudget {
     }
 
     /// Settles a verdict about `subject` by `client` in the shared count (see the module
-    /// documentation); [`Settled::Alone`] when the bucket does not answer in time.
+    /// documentation); [`Settled::Unsettled`] when the bucket does not answer in time.
+    /// Call it only for a try reserved while [`NationalBudget::is_up`] (or
+    /// [`NationalBudget::probe_due`]) said so.
     pub async fn settle(&self, client: &str, subject: &str, matched: bool) -> Settled {
         let Some(store) = self.store.load_full() else {
-            return Settled::Alone;
+            return Settled::Unsettled;
         };
         match tokio::time::timeout(
             self.config.timeout,
@@ -210,16 +236,16 @@ impl NationalBudget {
             }
             Ok(Err(e)) => {
                 self.set_up(false);
-                tracing::warn!(error = %e, "national try budget failed: this node's count stands");
-                Settled::Alone
+                tracing::warn!(error = %e, "national try budget failed: try refused; this node counts alone until it answers");
+                Settled::Unsettled
             }
             Err(_) => {
                 self.set_up(false);
                 tracing::warn!(
                     timeout_ms = self.config.timeout.as_millis() as u64,
-                    "national try budget did not answer in time: this node's count stands"
+                    "national try budget did not answer in time: try refused; this node counts alone until it answers"
                 );
-                Settled::Alone
+                Settled::Unsettled
             }
         }
     }

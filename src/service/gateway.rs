@@ -168,7 +168,10 @@ impl Gateway {
 
         // While the deployment's national count answers, it decides (limits::national);
         // else this node's count does.
-        let national = self.national.as_ref().filter(|n| n.is_up());
+        let national = self
+            .national
+            .as_ref()
+            .filter(|n| n.is_up() || n.probe_due());
         // A citizen locked after too many failed verifications is not checked at all.
         if national.is_none() {
             self.subjects
@@ -232,7 +235,7 @@ impl Gateway {
                 (Ok(a), Ok(b)) => Ok(a.or(b)),
             };
         }
-        let locked = match (&self.national, consulted) {
+        let locked = match (national, consulted) {
             (Some(national), true) => {
                 match national
                     .settle(&client, &ctx.subject, verification.is_match())
@@ -240,13 +243,15 @@ impl Gateway {
                 {
                     Settled::Answer(locked) => locked,
                     Settled::Refused(refused) => return Err(refused.into()),
-                    Settled::Alone => {
-                        detail.push_str(
-                            "; tries counted on this node only (national count unreachable)",
-                        );
-                        here?
+                    // Fail closed: this verdict may be one the other nodes already spent.
+                    Settled::Unsettled => {
+                        return Err(Refused::Spent(std::time::Duration::from_secs(1)).into())
                     }
                 }
+            }
+            (None, true) if self.national.is_some() => {
+                detail.push_str("; tries counted on this node only (national count unreachable)");
+                here?
             }
             _ => here?,
         };
@@ -330,26 +335,12 @@ impl Gateway {
     ) -> Result<(pb::GetHouseholdResponse, Disclosure), GatewayError> {
         self.claim(ctx, &req.personal_id, &req.procedure_code, &req.case_id);
         let permit = self.admit_procedure(ctx, &req.procedure_code)?;
-        let (grant, procedure) = (permit.grant(), permit.procedure());
+        let procedure = permit.procedure();
         let case_id = validation::check_case_id(&req.case_id)?;
         let id = validation::parse_declared_id(&req.personal_id, procedure.old_id_accepted)?;
         validation::check_case_not_id(&case_id, id.digits())?;
-        if !procedure.household_readable {
-            return Err(GatewayError::NotInProfile(format!(
-                "procedure {} does not allow household data",
-                procedure.code
-            )));
-        }
-        // The client's field allow-list narrows household access like any field.
-        if !grant
-            .readable_fields(&procedure.readable_fields)
-            .iter()
-            .any(|f| f == "household")
-        {
-            return Err(GatewayError::NotInProfile(
-                "household data is not granted to this client".into(),
-            ));
-        }
+        // Checked before the citizen is looked up (and again where the household is).
+        super::household_allowed(&permit)?;
         let key = Self::lookup_key(&id);
         let record = self
             .lookup(&permit, ctx, &key)
@@ -367,8 +358,7 @@ impl Gateway {
             ));
         }
         let household = self
-            .registry
-            .household(&household_id, ctx.deadline)
+            .household_of(&permit, ctx, &household_id)
             .await?
             .ok_or(GatewayError::NotFound(
                 "the citizen belongs to no household",

@@ -281,10 +281,12 @@ impl Gateway {
     /// the registry. `Err` is "could not check", never "not found".
     pub async fn lookup(
         &self,
-        _permit: &ProcedurePermit<'_>,
+        permit: &ProcedurePermit<'_>,
         ctx: &mut RequestCtx,
         key: &LookupKey,
     ) -> Result<Option<Arc<CitizenRecord>>, GatewayError> {
+        // What is looked up is recorded under the procedure it was admitted for.
+        ctx.procedure.clone_from(&permit.procedure().code);
         let (result, cache) = match &self.cache {
             Some(cache) => cache.citizen(key, ctx.deadline).await,
             None => (
@@ -297,6 +299,19 @@ impl Gateway {
         };
         ctx.cache = cache;
         Ok(result?)
+    }
+
+    /// A household, for a procedure whose profile allows household data and a client
+    /// granted it (the permit says both), from the registry — never through a cache, as
+    /// households are not cached. `Err` is "could not check".
+    pub async fn household_of(
+        &self,
+        permit: &ProcedurePermit<'_>,
+        ctx: &RequestCtx,
+        household_id: &str,
+    ) -> Result<Option<crate::proto::registry::Household>, GatewayError> {
+        household_allowed(permit)?;
+        Ok(self.registry.household(household_id, ctx.deadline).await?)
     }
 
     /// A permit for one operator call (Query or Watch), held while it streams; refused
@@ -521,6 +536,29 @@ pub(crate) async fn detached<T: Send + 'static>(
                 .await
         }
     }
+}
+
+/// Whether the permit's procedure allows household data and its client is granted it.
+pub fn household_allowed(permit: &ProcedurePermit<'_>) -> Result<(), GatewayError> {
+    let procedure = permit.procedure();
+    if !procedure.household_readable {
+        return Err(GatewayError::NotInProfile(format!(
+            "procedure {} does not allow household data",
+            procedure.code
+        )));
+    }
+    // The client's field allow-list narrows household access like any field.
+    if !permit
+        .grant()
+        .readable_fields(&procedure.readable_fields)
+        .iter()
+        .any(|f| f == "household")
+    {
+        return Err(GatewayError::NotInProfile(
+            "household data is not granted to this client".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The fully qualified names of the gateway's own services, as health reports them.

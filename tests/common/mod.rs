@@ -416,7 +416,7 @@ pub async fn setup_remote(faults: Faults, adjust: impl FnOnce(&mut Config)) -> S
     .unwrap();
     let upstream = RegistryServer::start(&config, store.clone(), faults).await;
     let certs = dir.path().join("certs");
-    config.registry.kind = "remote".into();
+    config.registry.kind = popgw::config::RegistryKind::Remote;
     config.registry.endpoint = Some(format!("https://localhost:{}", upstream.addr.port()));
     config.registry.cert = Some(certs.join("gateway.pem"));
     config.registry.key = Some(certs.join("gateway.key"));

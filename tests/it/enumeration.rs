@@ -399,6 +399,9 @@ async fn national_pair(
                     c.audit.pseudonym_key_file = Some(key);
                     c.limits.national = popgw::config::NationalKind::Nats;
                     c.limits.national_bucket = bucket;
+                    // Exactness is what is tested here, not the fallback: a loaded test
+                    // machine must not turn a slow answer into "unreachable".
+                    c.limits.national_timeout_ms = 5_000;
                 })
                 .await,
         );

@@ -97,7 +97,7 @@ async fn registry_import_and_the_gateway_over_verify_full() {
 
     let gw = TestGateway::start_with(
         |c| {
-            c.registry.kind = "postgres".into();
+            c.registry.kind = popgw::config::RegistryKind::Postgres;
             c.registry.url = Some(url.clone());
         },
         None,
@@ -301,7 +301,7 @@ async fn the_registry_identity_is_pinned() {
         .unwrap()
         .success());
     let remote = |mut c: popgw::config::Config, port: u16, certs: &std::path::Path| {
-        c.registry.kind = "remote".into();
+        c.registry.kind = popgw::config::RegistryKind::Remote;
         c.registry.endpoint = Some(format!("https://localhost:{port}"));
         c.registry.cert = Some(certs.join("gateway.pem"));
         c.registry.key = Some(certs.join("gateway.key"));

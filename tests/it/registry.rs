@@ -444,7 +444,7 @@ async fn gateway_verifies_on_postgres() {
     drop(dir);
     let gw = TestGateway::start_with(
         move |c| {
-            c.registry.kind = "postgres".into();
+            c.registry.kind = popgw::config::RegistryKind::Postgres;
             c.registry.url = Some(url);
         },
         None,
@@ -486,7 +486,7 @@ async fn postgres_gone_answers_could_not_check() {
     let url = db.url.replace("127.0.0.1:5432", &relay.addr.to_string());
     let gw = TestGateway::start_with(
         move |c| {
-            c.registry.kind = "postgres".into();
+            c.registry.kind = popgw::config::RegistryKind::Postgres;
             c.registry.url = Some(url);
             c.registry.timeout_ms = 500;
             // The store itself is under test: no cache to answer in its place.
