@@ -122,7 +122,7 @@ impl Reloader {
                     if closed > 0 {
                         tracing::warn!(closed, "closed connections whose client certificate the reloaded CA or CRLs refuse");
                     }
-                    crate::server::certificate_expiry(&self.gateway.metrics, &config);
+                    certificate_expiry(&self.gateway.metrics, &config);
                     done.tls = true;
                 }
                 Err(e) => errors.push(ReloadError::Tls(e)),
@@ -270,4 +270,31 @@ fn digest(files: &[PathBuf]) -> [u8; 32] {
         }
     }
     h.finalize().into()
+}
+
+/// Sets `popgw_certificate_expiry_seconds` for the certificates `config` names (at load
+/// and at each reload). A file that cannot be read is skipped: loading it fails louder.
+pub fn certificate_expiry(metrics: &crate::telemetry::Metrics, config: &Config) {
+    let mut named = vec![
+        ("server", config.tls.cert.clone()),
+        ("client_ca", config.tls.client_ca.clone()),
+    ];
+    if config.registry.kind == crate::config::RegistryKind::Remote {
+        if let Some(cert) = &config.registry.cert {
+            named.push(("registry_client", cert.clone()));
+        }
+    }
+    let now = std::time::SystemTime::now();
+    for (certificate, path) in named {
+        if let Ok(at) = tls::not_after(&path) {
+            let left = match at.duration_since(now) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            };
+            metrics
+                .certificate_expiry
+                .get_or_create(&crate::telemetry::CertificateLabels { certificate })
+                .set(left);
+        }
+    }
 }

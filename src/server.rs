@@ -91,33 +91,6 @@ fn hardened() -> TonicServer {
         .max_connection_age_grace(Duration::from_secs(30))
 }
 
-/// Sets `popgw_certificate_expiry_seconds` for the certificates `config` names (at load
-/// and at each reload). A file that cannot be read is skipped: loading it fails louder.
-pub fn certificate_expiry(metrics: &Metrics, config: &Config) {
-    let mut named = vec![
-        ("server", config.tls.cert.clone()),
-        ("client_ca", config.tls.client_ca.clone()),
-    ];
-    if config.registry.kind == RegistryKind::Remote {
-        if let Some(cert) = &config.registry.cert {
-            named.push(("registry_client", cert.clone()));
-        }
-    }
-    let now = std::time::SystemTime::now();
-    for (certificate, path) in named {
-        if let Ok(at) = tls::not_after(&path) {
-            let left = match at.duration_since(now) {
-                Ok(d) => d.as_secs_f64(),
-                Err(e) => -e.duration().as_secs_f64(),
-            };
-            metrics
-                .certificate_expiry
-                .get_or_create(&crate::telemetry::CertificateLabels { certificate })
-                .set(left);
-        }
-    }
-}
-
 /// What `load` found for the registry, handed to `assemble`.
 struct Parts {
     registry: Arc<dyn Registry>,
@@ -149,7 +122,7 @@ impl Server {
         // clearest error, before any store is opened.
         let tls = tls::server_config(&config.tls)?;
         let metrics = Arc::new(Metrics::default());
-        certificate_expiry(&metrics, &config);
+        crate::reload::certificate_expiry(&metrics, &config);
         if config.registry.kind == RegistryKind::Remote {
             let registry = RemoteRegistry::connect(config.remote_options(), metrics.clone())?;
             let parts = Parts {
@@ -219,7 +192,7 @@ impl Server {
             store: None,
         };
         let metrics = Arc::new(Metrics::default());
-        certificate_expiry(&metrics, &config);
+        crate::reload::certificate_expiry(&metrics, &config);
         Self::assemble(config, tls, parts, metrics).await
     }
 

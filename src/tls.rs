@@ -32,6 +32,53 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::telemetry::Metrics;
 
+/// Mutual TLS settings.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// CA that client certificates must chain to.
+    pub client_ca: PathBuf,
+    /// The server's certificate chain.
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+    /// Zero-config only (`popgw serve` without `--config`): create a development PKI in
+    /// the certificate's folder when `client_ca` is absent. With a configuration file a
+    /// missing CA stops the gateway, naming the file: it is never invented.
+    pub create_dev_pki: bool,
+    /// A handshake not finished within this many milliseconds is dropped.
+    pub handshake_timeout_ms: u64,
+    /// Connections open at once (handshaking or established); more are closed at once.
+    pub max_connections: usize,
+    /// Handshakes in progress at once; more are closed at once.
+    pub max_handshakes: usize,
+    /// Established connections of one client identity at once; more are closed at once.
+    pub max_connections_per_identity: usize,
+    /// Also offer TLS 1.2 (off: TLS 1.3 only; with 1.2 the client certificate, and so
+    /// the agency's identity, crosses the wire in clear).
+    pub allow_tls12: bool,
+    /// Certificate revocation lists (PEM or DER files) checked at every handshake; a
+    /// client whose certificate one of them revokes is refused. Re-read on reload.
+    pub client_crls: Vec<PathBuf>,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            client_ca: "certs/ca.pem".into(),
+            cert: "certs/server.pem".into(),
+            key: "certs/server.key".into(),
+            create_dev_pki: true,
+            handshake_timeout_ms: 5_000,
+            max_connections: 10_000,
+            max_handshakes: 4_096,
+            max_connections_per_identity: 64,
+            allow_tls12: false,
+            client_crls: Vec::new(),
+        }
+    }
+}
+
 /// Errors while loading TLS material.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -150,7 +197,7 @@ pub fn not_after(path: &Path) -> Result<std::time::SystemTime, TlsError> {
 /// The client-certificate verifier of `[tls]` (its CA and CRLs, read again): what a
 /// reload re-checks the open connections with.
 pub fn client_verifier(
-    settings: &crate::config::TlsSettings,
+    settings: &TlsSettings,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
     let mut roots = RootCertStore::empty();
     for ca in load_certs(&settings.client_ca)? {
@@ -179,7 +226,7 @@ fn client_verifier_from(
 /// them is refused too: revocation status unknown). ALPN h2. TLS 1.3 only unless
 /// `allow_tls12`: with 1.2 the client certificate — and so the agency's identity —
 /// crosses the wire in clear. Every file is read again: a reload calls this.
-pub fn server_config(settings: &crate::config::TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     let (client_ca, cert, key) = (&settings.client_ca, &settings.cert, &settings.key);
     let mut roots = RootCertStore::empty();
     for ca in load_certs(client_ca)? {

@@ -229,7 +229,7 @@ pub trait Registry: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// The circuit breaker's state, for a registry that has one (remote): `/readyz`
     /// answers not ready while it is open. Local stores have none.
-    fn breaker_state(&self) -> Option<remote::BreakerState> {
+    fn breaker_state(&self) -> Option<BreakerState> {
         None
     }
 }
@@ -497,4 +497,15 @@ pub(crate) fn import_version_base(previous_head: u64) -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     now.max(previous_head + 1).max(1)
+}
+
+/// The circuit breaker's state, as the metrics and readiness report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// Calls fail at once.
+    Open,
+    /// One probe call is in flight.
+    HalfOpen,
 }

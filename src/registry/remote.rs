@@ -34,6 +34,8 @@ use crate::proto::registry::{CitizenRecord, Household};
 use crate::telemetry::Metrics;
 use crate::validation;
 
+pub use super::BreakerState;
+
 /// How the gateway reaches the registry.
 #[derive(Clone, Debug)]
 pub struct RemoteOptions {
@@ -107,17 +109,6 @@ impl tower::Service<http::Uri> for Connector {
             }
         })
     }
-}
-
-/// The circuit breaker's state, as the metrics and readiness report it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BreakerState {
-    /// Calls go through.
-    Closed,
-    /// Calls fail at once.
-    Open,
-    /// One probe call is in flight.
-    HalfOpen,
 }
 
 #[derive(Debug)]
@@ -441,7 +432,7 @@ fn backoff(attempt: u32) -> Duration {
 /// verdict. Only the code is kept: the registry's own message is free text that may
 /// name the citizen, and it would reach the caller and the audit log.
 fn refused(rpc: &str, code: Code) -> RegistryError {
-    let name = crate::error::code_name(code);
+    let name = crate::telemetry::code_name(code);
     match code {
         Code::Internal | Code::DataLoss | Code::Unknown => {
             RegistryError::Invalid(format!("the registry failed ({rpc}: {name})"))
