@@ -1,0 +1,127 @@
+//! `popgw loadgen`: the load generator run as its own process (see benches/compare.sh).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use popgw::config::Config;
+
+#[derive(Args)]
+#[command(args_override_self = true)]
+pub(crate) struct LoadgenArgs {
+    /// The server, host:port on loopback.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    addr: String,
+    /// A folder where `popgw serve` has run on its defaults: its certs/ (the portal's
+    /// and the ministry's certificates); the declarations are its demo population.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Declarations from this JSON Lines population instead of the demo population.
+    #[arg(long)]
+    population: Option<PathBuf>,
+    /// Closed loop: concurrent callers (each waits for its answer).
+    #[arg(long, default_value_t = 64)]
+    callers: usize,
+    /// HTTP/2 connections per client certificate.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Open loop at this many calls a second (latency from each call's due time).
+    #[arg(long, conflicts_with = "connect")]
+    rate: Option<f64>,
+    /// Open loop: calls outstanding at most (a call due beyond is dropped and counted).
+    #[arg(long, default_value_t = 4096)]
+    max_in_flight: usize,
+    /// Each call on a new connection (TCP, full mutual-TLS handshake, HTTP/2).
+    #[arg(long)]
+    connect: bool,
+    /// RPCs and weights, e.g. verify=8,citizen=1,household=1.
+    #[arg(long, default_value = "verify=1")]
+    mix: String,
+    /// Draw ids by a Zipf law of this exponent (default: uniformly).
+    #[arg(long)]
+    zipf: Option<f64>,
+    /// Living people of the population used, at most.
+    #[arg(long, default_value_t = 10_000)]
+    people: usize,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_secs: f64,
+    /// Stop after this many measured calls.
+    #[arg(long)]
+    max_calls: Option<u64>,
+    /// The server's process id: its CPU over the measured part goes in the report.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// A name for the report.
+    #[arg(long, default_value = "run")]
+    label: String,
+    /// Write the JSON report here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub(crate) async fn run(args: LoadgenArgs) -> Result<()> {
+    use popgw::bench::loadgen::{self, Mode, Plan, Population, Rpc};
+    let addr = tokio::net::lookup_host(&args.addr)
+        .await
+        .with_context(|| format!("cannot resolve {}", args.addr))?
+        .next()
+        .with_context(|| format!("{} resolves to no address", args.addr))?;
+    let mut mix = Vec::new();
+    for part in args.mix.split(',') {
+        let (name, weight) = part.split_once('=').unwrap_or((part, "1"));
+        let rpc = Rpc::parse(name.trim())
+            .with_context(|| format!("--mix: unknown RPC {name:?} (verify, citizen, household)"))?;
+        let weight: u32 = weight
+            .trim()
+            .parse()
+            .with_context(|| format!("--mix: weight of {name} is not a whole number"))?;
+        mix.push((rpc, weight));
+    }
+    let mode = match (args.rate, args.connect) {
+        (Some(rate), _) => Mode::Open {
+            rate,
+            max_in_flight: args.max_in_flight,
+        },
+        (None, true) => Mode::Connect {
+            callers: args.callers,
+        },
+        (None, false) => Mode::Closed {
+            callers: args.callers,
+        },
+    };
+    let secs = |s: f64, flag: &str| {
+        std::time::Duration::try_from_secs_f64(s)
+            .with_context(|| format!("{flag}: not a duration in seconds"))
+    };
+    let defaults = Config::default().registry;
+    let population = match &args.population {
+        Some(file) => Population::load(file, args.people)?,
+        None => Population::demo(defaults.demo_count, defaults.demo_seed, args.people)?,
+    };
+    let plan = Plan {
+        addr,
+        server_name: "localhost".into(),
+        certs: args.dir.join("certs"),
+        connections: args.connections,
+        mode,
+        mix,
+        zipf: args.zipf,
+        warmup: secs(args.warmup_secs, "--warmup-secs")?,
+        duration: secs(args.secs, "--secs")?,
+        max_calls: args.max_calls,
+        server_pid: args.server_pid,
+        label: args.label,
+    };
+    let report = loadgen::run(plan, population).await?;
+    eprintln!("{}", report.summary());
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, &json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("{json}");
+    Ok(())
+}
