@@ -4,11 +4,11 @@
 #   benches/compare.sh
 #
 # Builds the release binary, then runs every server pinned to core 0 and the load
-# generator (`popgw loadgen`, its own process) pinned to core 1:
+# generator (`popgw-bench loadgen`, its own process) pinned to core 1:
 #   1. popgw on its zero-config defaults (fsynced, sealed audit; cache hits after a
 #      warm-up pass) — closed loop (64 callers on 4 connections), one caller, the Zipf
 #      mix, new connections per second, an open loop at half its saturated rate;
-#   2. the baseline (`popgw bench-baseline`: bare tonic + rustls with popgw's TLS
+#   2. the baseline (`popgw-bench baseline`: bare tonic + rustls with popgw's TLS
 #      configuration, fixed replies) — the same five (the open loop at popgw's rate:
 #      the generator's own floor);
 #   3. popgw with every lookup a cache miss through `popgw registry serve` with 1 ms
@@ -31,8 +31,9 @@ if [ "$(nproc)" -lt 2 ]; then
 fi
 command -v taskset >/dev/null || { echo "compare.sh needs taskset (util-linux)" >&2; exit 1; }
 
-cargo build --release --quiet
+cargo build --release --quiet --bin popgw --bin popgw-bench
 BIN=$ROOT/target/release/popgw
+BENCH=$ROOT/target/release/popgw-bench
 rm -rf "$OUT"
 mkdir -p "$OUT"
 WORK=$(mktemp -d "$ROOT/target/bench-work.XXXXXX")
@@ -100,7 +101,7 @@ stop() {
 load() {
     local name=$1 addr=$2 pid=$3
     shift 3
-    taskset -c "$GEN_CORE" "$BIN" loadgen --addr "$addr" --dir "$WORK" --secs "$SECS" \
+    taskset -c "$GEN_CORE" "$BENCH" loadgen --addr "$addr" --dir "$WORK" --secs "$SECS" \
         --warmup-secs 2 --server-pid "$pid" --label "$name" --json "$OUT/$name.json" "$@" \
         >/dev/null 2>>"$OUT/loadgen.log" ||
         { echo "loadgen $name failed:" >&2; tail -n 5 "$OUT/loadgen.log" >&2; exit 1; }
@@ -133,7 +134,7 @@ load popgw-open-half "$GW" "$G" --rate "$HALF"
 curl -s http://127.0.0.1:27464/metrics | grep -E '^popgw_audit_batch_records_(sum|count)' >"$OUT/popgw-audit-batches.txt" || true
 stop "$G"
 
-start baseline "$SERVER_CORE" "$BIN" bench-baseline --dir "$WORK" --listen "$BASE"
+start baseline "$SERVER_CORE" "$BENCH" baseline --dir "$WORK" --listen "$BASE"
 wait_port "$BASE"
 B=$STARTED
 load baseline-closed "$BASE" "$B"

@@ -34,14 +34,13 @@
 //! - [`admin`]: the admin HTTP listener (Prometheus `/metrics`, `/healthz`, `/readyz`).
 //! - [`config`], [`telemetry`], [`pki`] (development certificates), [`demo`] (first
 //!   start), [`client`] (the command-line client's connection), [`console`] (its output),
-//!   [`proto`] (generated), [`bench`] (the load generator and the baseline server of the
-//!   benchmarks, `popgw loadgen` and `popgw bench-baseline`).
+//!   [`proto`] (generated). The benchmarks' load generator and baseline server are a
+//!   crate of their own, `crates/popgw-bench`: no deployment links them.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 
 pub mod admin;
 pub mod audit;
-pub mod bench;
 pub mod cache;
 pub mod catalogue;
 pub mod client;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use popgw::client::{connect, ClientCerts};
 use popgw::proto::gateway as pb;
@@ -31,7 +31,6 @@ mod cli {
     pub(crate) mod audit;
     pub(crate) mod init;
     pub(crate) mod limits;
-    pub(crate) mod loadgen;
     pub(crate) mod nats_flags;
     pub(crate) mod registry;
     pub(crate) mod serve;
@@ -138,19 +137,6 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: cli::audit::AuditCommand,
-    },
-    /// Benchmarks: drive load at a gateway or the baseline on loopback and print a JSON
-    /// report (benches/compare.sh runs it on its own core).
-    Loadgen(cli::loadgen::LoadgenArgs),
-    /// Benchmarks: a bare tonic + rustls server with popgw's TLS configuration answering
-    /// fixed replies — the limit of the stack that gateway figures are quoted against.
-    BenchBaseline {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:50071")]
-        listen: String,
-        /// A folder where `popgw serve` has run (its certs/).
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
     },
     /// The limits against enumeration: lift a citizen's lock (operators).
     Limits {
@@ -446,26 +432,6 @@ async fn run(cli: Cli) -> Result<()> {
             show(conn.json, &answer, console::procedures)
         }
         Command::Audit { command } => cli::audit::run(command).await,
-        Command::Loadgen(args) => cli::loadgen::run(args).await,
-        Command::BenchBaseline { listen, dir } => {
-            let config = Config::rooted_at(&dir);
-            let tls = popgw::tls::server_config(&config.tls)?;
-            let defaults = &config.registry;
-            let population = popgw::bench::loadgen::Population::demo(
-                defaults.demo_count,
-                defaults.demo_seed,
-                1,
-            )?;
-            let listener = tokio::net::TcpListener::bind(&listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
-            eprintln!("baseline listening on {}", listener.local_addr()?);
-            popgw::bench::baseline::serve(listener, tls, population.people()[0].clone(), async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
-            Ok(())
-        }
         Command::Limits { command } => cli::limits::run(command).await,
         Command::AccessReport {
             mut conn,

@@ -6,7 +6,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::TestGateway;
-use popgw::bench::loadgen::{self, LoadError, Mode, Plan, Population, Rpc};
+use popgw_bench::loadgen::{self, LoadError, Mode, Plan, Population, Rpc};
 
 fn plan(addr: std::net::SocketAddr, certs: &std::path::Path, mode: Mode) -> Plan {
     Plan {
@@ -108,7 +108,7 @@ async fn the_baseline_answers_over_popgws_tls_and_the_open_loop_and_new_connecti
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(popgw::bench::baseline::serve(
+    let served = tokio::spawn(popgw_bench::baseline::serve(
         listener,
         tls,
         people[0].clone(),

@@ -1,5 +1,5 @@
-//! The baseline (`popgw bench-baseline`): tonic 0.14 and rustls with popgw's TLS
-//! configuration ([`crate::tls::server_config`]: the same certificate, client CA, CRL
+//! The baseline (`popgw-bench baseline`): tonic 0.14 and rustls with popgw's TLS
+//! configuration ([`popgw::tls::server_config`]: the same certificate, client CA, CRL
 //! check, TLS 1.3, ALPN h2), `TCP_NODELAY` on each connection, and an `IdentityGateway`
 //! that answers fixed replies without looking at the request beyond decoding it. No
 //! policy, validation, registry, cache, matching or audit: the limit of the stack on
@@ -13,9 +13,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::proto::gateway as pb;
-use crate::proto::gateway::identity_gateway_server::{IdentityGateway, IdentityGatewayServer};
-use crate::proto::registry::{CitizenRecord, HouseholdMember};
+use popgw::proto::gateway as pb;
+use popgw::proto::gateway::identity_gateway_server::{IdentityGateway, IdentityGatewayServer};
+use popgw::proto::registry::{CitizenRecord, HouseholdMember};
 
 /// The fixed answers.
 #[derive(Clone)]

@@ -1,14 +1,75 @@
-//! `popgw loadgen`: the load generator run as its own process (see benches/compare.sh).
+//! `popgw-bench`: the load generator (`loadgen`) and the baseline server (`baseline`), each
+//! started as its own process and pinned to its own core by `benches/compare.sh`.
+
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::{Args, Parser, Subcommand};
 use popgw::config::Config;
+
+#[derive(Parser)]
+#[command(name = "popgw-bench", version, about = "popgw's benchmark instruments")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once per run: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum Command {
+    /// A load generator: mutual TLS, raw HTTP/2, closed or open loop or new connections,
+    /// a JSON report (run it on its own core).
+    Loadgen(LoadgenArgs),
+    /// A bare tonic + rustls server with popgw's TLS configuration answering fixed
+    /// replies — the limit of the stack that gateway figures are quoted against.
+    Baseline {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:50071")]
+        listen: String,
+        /// A folder where `popgw serve` has run (its certs/).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
+        Command::Loadgen(args) => loadgen(args).await,
+        Command::Baseline { listen, dir } => baseline(listen, dir).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn baseline(listen: String, dir: PathBuf) -> Result<()> {
+    let config = Config::rooted_at(&dir);
+    let tls = popgw::tls::server_config(&config.tls)?;
+    let defaults = &config.registry;
+    let population =
+        popgw_bench::loadgen::Population::demo(defaults.demo_count, defaults.demo_seed, 1)?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("baseline listening on {}", listener.local_addr()?);
+    popgw_bench::baseline::serve(listener, tls, population.people()[0].clone(), async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}
 
 #[derive(Args)]
 #[command(args_override_self = true)]
-pub(crate) struct LoadgenArgs {
+struct LoadgenArgs {
     /// The server, host:port on loopback.
     #[arg(long, default_value = "127.0.0.1:50051")]
     addr: String,
@@ -63,8 +124,8 @@ pub(crate) struct LoadgenArgs {
     json: Option<PathBuf>,
 }
 
-pub(crate) async fn run(args: LoadgenArgs) -> Result<()> {
-    use popgw::bench::loadgen::{self, Mode, Plan, Population, Rpc};
+async fn loadgen(args: LoadgenArgs) -> Result<()> {
+    use popgw_bench::loadgen::{self, Mode, Plan, Population, Rpc};
     let addr = tokio::net::lookup_host(&args.addr)
         .await
         .with_context(|| format!("cannot resolve {}", args.addr))?

@@ -1,4 +1,4 @@
-//! A load generator for popgw and the baseline (`popgw loadgen`).
+//! A load generator for popgw and the baseline (`popgw-bench loadgen`).
 //!
 //! Raw HTTP/2 (h2) over tokio-rustls, requests encoded once before the run: per call the
 //! generator builds a header block, sends the pre-encoded body and reads the answer's
@@ -35,8 +35,8 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::proto::gateway as pb;
-use crate::proto::registry::CitizenRecord;
+use popgw::proto::gateway as pb;
+use popgw::proto::registry::CitizenRecord;
 
 /// Why a load run could not start.
 #[derive(Debug, thiserror::Error)]
@@ -266,7 +266,7 @@ impl Population {
     /// demo_count`, `demo_seed`): the same deterministic generator, in memory.
     pub fn demo(count: u64, seed: u64, take: usize) -> Result<Population, LoadError> {
         let mut out = Vec::new();
-        crate::registry::generate::generate(count, seed, &mut out)
+        popgw::registry::generate::generate(count, seed, &mut out)
             .map_err(|e| LoadError::Plan(format!("generating the demo population: {e}")))?;
         Population::parse(&String::from_utf8_lossy(&out), "the demo population", take)
     }
@@ -343,7 +343,7 @@ pub fn client_config(dir: &Path, name: &str) -> Result<Arc<rustls::ClientConfig>
         .map_err(|e| err(&cert, e.to_string()))?;
     let key_path = file(format!("{name}.key"));
     let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| err(&key_path, e.to_string()))?;
-    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(popgw::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| LoadError::Plan(e.to_string()))?
         .with_root_certificates(roots)

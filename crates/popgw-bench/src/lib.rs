@@ -1,6 +1,7 @@
-//! The instruments of the performance work (issue 17): a load generator and a baseline
-//! server, both in the `popgw` binary so that one release build runs either on its own
-//! core (`popgw loadgen`, `popgw bench-baseline`; `benches/compare.sh` drives both).
+//! The instruments of popgw's performance work (issue 17), apart from the serving library
+//! that every deployment links: a load generator and a baseline server, each run as a
+//! process of its own on its own core (`popgw-bench loadgen`, `popgw-bench baseline`;
+//! `benches/compare.sh` drives both).
 //!
 //! - [`loadgen`]: mutual TLS, a pool of raw HTTP/2 connections (no tonic client stack:
 //!   the generator must cost less per call than the servers it measures), closed loop,
@@ -10,6 +11,8 @@
 //! - [`baseline`]: a bare tonic server with popgw's TLS configuration answering fixed
 //!   `IdentityGateway` replies — the limit of the stack on this machine, against which
 //!   every gateway figure is quoted.
+
+#![forbid(unsafe_code)]
 
 pub mod baseline;
 pub mod loadgen;
