@@ -400,3 +400,26 @@ async fn a_pinned_public_key_refuses_another_signing_key() {
     // AuditLog.Head answers the key in memory, not the folder's copy.
     assert_eq!(server.gateway().audit.public_key(), ours.trim());
 }
+
+/// Issue 25: `check-config` runs what `serve` checks before binding, among it that the
+/// key is the certificate's: a server key of another certificate is refused, exit 64,
+/// by both.
+#[test]
+fn a_key_of_another_certificate_is_refused_by_check_config_and_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _ca) = common::prepare(dir.path());
+    let file = common::write_config(dir.path(), &config, "");
+    common::init_node(&file);
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("certs/server.key\"", "certs/portal.key\"");
+    assert!(text.contains("certs/portal.key"), "{text}");
+    std::fs::write(&file, text).unwrap();
+    let file = file.to_str().unwrap();
+    for command in ["check-config", "serve"] {
+        let out = popgw(dir.path(), &[command, "--config", file]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{command}: {stderr}");
+        assert!(stderr.contains("tls: "), "{command}: {stderr}");
+    }
+}
