@@ -12,19 +12,96 @@ use serde::Deserialize;
 
 use crate::disclosure;
 
-/// The RPCs a policy can grant, by name.
-pub const RPCS: &[&str] = &[
-    "VerifyIdentity",
-    "VerifyIdentityStream",
-    "GetCitizen",
-    "GetHousehold",
-    "ListProcedures",
-    "AuditLog.Query",
-    "AuditLog.Watch",
-    "AuditLog.Head",
-    "CitizenAccess.AccessReport",
-    "Limits.Unlock",
-];
+/// An RPC of popgw's own services, as the policy and the audit log name it
+/// (`VerifyIdentity`, `AuditLog.Query`, …), or a call to a method popgw does not serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rpc {
+    /// `IdentityGateway/VerifyIdentity`.
+    VerifyIdentity,
+    /// `IdentityGateway/VerifyIdentityStream`.
+    VerifyIdentityStream,
+    /// `IdentityGateway/GetCitizen`.
+    GetCitizen,
+    /// `IdentityGateway/GetHousehold`.
+    GetHousehold,
+    /// `IdentityGateway/ListProcedures`.
+    ListProcedures,
+    /// `AuditLog/Query`.
+    AuditQuery,
+    /// `AuditLog/Watch`.
+    AuditWatch,
+    /// `AuditLog/Head`.
+    AuditHead,
+    /// `CitizenAccess/AccessReport`.
+    AccessReport,
+    /// `Limits/Unlock`.
+    LimitsUnlock,
+    /// A method of popgw's services that does not exist, or another service: recorded,
+    /// never granted.
+    Unknown,
+}
+
+impl Rpc {
+    /// Every RPC a policy can grant.
+    pub const GRANTABLE: [Rpc; 10] = [
+        Rpc::VerifyIdentity,
+        Rpc::VerifyIdentityStream,
+        Rpc::GetCitizen,
+        Rpc::GetHousehold,
+        Rpc::ListProcedures,
+        Rpc::AuditQuery,
+        Rpc::AuditWatch,
+        Rpc::AuditHead,
+        Rpc::AccessReport,
+        Rpc::LimitsUnlock,
+    ];
+
+    /// Its name in the policy file, the audit log and the metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rpc::VerifyIdentity => "VerifyIdentity",
+            Rpc::VerifyIdentityStream => "VerifyIdentityStream",
+            Rpc::GetCitizen => "GetCitizen",
+            Rpc::GetHousehold => "GetHousehold",
+            Rpc::ListProcedures => "ListProcedures",
+            Rpc::AuditQuery => "AuditLog.Query",
+            Rpc::AuditWatch => "AuditLog.Watch",
+            Rpc::AuditHead => "AuditLog.Head",
+            Rpc::AccessReport => "CitizenAccess.AccessReport",
+            Rpc::LimitsUnlock => "Limits.Unlock",
+            Rpc::Unknown => "unknown",
+        }
+    }
+
+    /// The grantable RPC a policy names.
+    pub fn parse(name: &str) -> Option<Rpc> {
+        Rpc::GRANTABLE.into_iter().find(|rpc| rpc.name() == name)
+    }
+
+    /// The RPC a gRPC path names, `None` outside popgw's services (one match on the
+    /// path, no allocation: this runs for every request).
+    pub fn of_path(path: &str) -> Option<Rpc> {
+        Some(match path {
+            "/popgw.v1.IdentityGateway/VerifyIdentity" => Rpc::VerifyIdentity,
+            "/popgw.v1.IdentityGateway/VerifyIdentityStream" => Rpc::VerifyIdentityStream,
+            "/popgw.v1.IdentityGateway/GetCitizen" => Rpc::GetCitizen,
+            "/popgw.v1.IdentityGateway/GetHousehold" => Rpc::GetHousehold,
+            "/popgw.v1.IdentityGateway/ListProcedures" => Rpc::ListProcedures,
+            "/popgw.v1.AuditLog/Query" => Rpc::AuditQuery,
+            "/popgw.v1.AuditLog/Watch" => Rpc::AuditWatch,
+            "/popgw.v1.AuditLog/Head" => Rpc::AuditHead,
+            "/popgw.v1.CitizenAccess/AccessReport" => Rpc::AccessReport,
+            "/popgw.v1.Limits/Unlock" => Rpc::LimitsUnlock,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Rpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// What a client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -43,23 +120,19 @@ pub enum Role {
 
 impl Role {
     /// Whether this role may ever be granted `rpc`.
-    pub fn may_be_granted(self, rpc: &str) -> bool {
+    pub fn may_be_granted(self, rpc: Rpc) -> bool {
+        use Rpc::*;
         match self {
-            Role::Portal => matches!(
+            Role::Portal => matches!(rpc, VerifyIdentity | VerifyIdentityStream | ListProcedures),
+            Role::Ministry => matches!(
                 rpc,
-                "VerifyIdentity" | "VerifyIdentityStream" | "ListProcedures"
+                VerifyIdentity | VerifyIdentityStream | GetCitizen | GetHousehold | ListProcedures
             ),
-            Role::Ministry => {
-                !rpc.starts_with("AuditLog.")
-                    && !rpc.starts_with("CitizenAccess.")
-                    && !rpc.starts_with("Limits.")
-            }
-            Role::Operator => {
-                rpc.starts_with("AuditLog.")
-                    || rpc.starts_with("Limits.")
-                    || rpc == "ListProcedures"
-            }
-            Role::CitizenPortal => rpc == "CitizenAccess.AccessReport" || rpc == "ListProcedures",
+            Role::Operator => matches!(
+                rpc,
+                AuditQuery | AuditWatch | AuditHead | LimitsUnlock | ListProcedures
+            ),
+            Role::CitizenPortal => matches!(rpc, AccessReport | ListProcedures),
         }
     }
 }
@@ -101,7 +174,7 @@ pub struct Grant {
     pub display_name: Option<String>,
     /// Its role.
     pub role: Role,
-    rpcs: BTreeSet<String>,
+    rpcs: BTreeSet<Rpc>,
     /// `None` = every procedure ("*").
     procedures: Option<BTreeSet<String>>,
     /// Whether per-field verification details and NO_MATCH reasons are shown.
@@ -116,8 +189,8 @@ pub struct Grant {
 
 impl Grant {
     /// Whether `rpc` is granted.
-    pub fn allows_rpc(&self, rpc: &str) -> bool {
-        self.rpcs.contains(rpc) && self.role.may_be_granted(rpc)
+    pub fn allows_rpc(&self, rpc: Rpc) -> bool {
+        self.rpcs.contains(&rpc) && self.role.may_be_granted(rpc)
     }
     /// Whether `procedure` is granted.
     pub fn allows_procedure(&self, procedure: &str) -> bool {
@@ -147,7 +220,7 @@ pub enum Denied {
     UnknownClient,
     /// The RPC is not granted to this client.
     #[error("{0} is not granted to this client")]
-    Rpc(String),
+    Rpc(Rpc),
     /// The procedure is not granted to this client.
     #[error("procedure {0} is not granted to this client")]
     Procedure(String),
@@ -192,14 +265,17 @@ impl Policy {
             if !c.identity.contains("://") {
                 problems.push(format!("client {who:?}: identity must be a URI SAN"));
             }
-            for rpc in &c.rpcs {
-                if !RPCS.contains(&rpc.as_str()) {
-                    problems.push(format!("client {who}: unknown rpc {rpc:?}"));
-                } else if !c.role.may_be_granted(rpc) {
-                    problems.push(format!(
+            let mut rpcs = BTreeSet::new();
+            for name in &c.rpcs {
+                match Rpc::parse(name) {
+                    None => problems.push(format!("client {who}: unknown rpc {name:?}")),
+                    Some(rpc) if !c.role.may_be_granted(rpc) => problems.push(format!(
                         "client {who}: role {:?} may not be granted {rpc}",
                         c.role
-                    ));
+                    )),
+                    Some(rpc) => {
+                        rpcs.insert(rpc);
+                    }
                 }
             }
             let procedures = if c.procedures.iter().any(|p| p == "*") {
@@ -234,7 +310,7 @@ impl Policy {
                 identity: c.identity.clone(),
                 display_name: c.display_name,
                 role: c.role,
-                rpcs: c.rpcs.into_iter().collect(),
+                rpcs,
                 procedures,
                 details: c.details,
                 fields,
@@ -258,10 +334,10 @@ impl Policy {
     }
 
     /// The grant of `identity` if it may call `rpc`.
-    pub fn authorize_rpc(&self, identity: &str, rpc: &str) -> Result<Arc<Grant>, Denied> {
+    pub fn authorize_rpc(&self, identity: &str, rpc: Rpc) -> Result<Arc<Grant>, Denied> {
         let grant = self.clients.get(identity).ok_or(Denied::UnknownClient)?;
         if !grant.allows_rpc(rpc) {
-            return Err(Denied::Rpc(rpc.to_string()));
+            return Err(Denied::Rpc(rpc));
         }
         Ok(grant.clone())
     }
@@ -307,22 +383,22 @@ mod tests {
     fn demo_policy_parses_and_denies_by_default() {
         let p = Policy::from_toml(DEMO_POLICY).unwrap();
         assert!(p
-            .authorize_rpc("spiffe://nobody/x", "VerifyIdentity")
+            .authorize_rpc("spiffe://nobody/x", Rpc::VerifyIdentity)
             .is_err());
         let portal = p
-            .authorize_rpc(crate::pki::PORTAL_ID, "VerifyIdentity")
+            .authorize_rpc(crate::pki::PORTAL_ID, Rpc::VerifyIdentity)
             .unwrap();
         assert!(!portal.details);
         assert_eq!(
-            p.authorize_rpc(crate::pki::PORTAL_ID, "GetCitizen")
+            p.authorize_rpc(crate::pki::PORTAL_ID, Rpc::GetCitizen)
                 .unwrap_err(),
-            Denied::Rpc("GetCitizen".into())
+            Denied::Rpc(Rpc::GetCitizen)
         );
         assert!(p
-            .authorize_rpc(crate::pki::MINISTRY_ID, "AuditLog.Query")
+            .authorize_rpc(crate::pki::MINISTRY_ID, Rpc::AuditQuery)
             .is_err());
         assert!(p
-            .authorize_rpc(crate::pki::OPERATOR_ID, "AuditLog.Query")
+            .authorize_rpc(crate::pki::OPERATOR_ID, Rpc::AuditQuery)
             .is_ok());
     }
 
@@ -330,10 +406,10 @@ mod tests {
     fn the_citizen_portal_may_ask_for_access_reports_and_nothing_else() {
         let p = Policy::from_toml(DEMO_POLICY).unwrap();
         assert!(p
-            .authorize_rpc(crate::pki::CITIZEN_ID, "CitizenAccess.AccessReport")
+            .authorize_rpc(crate::pki::CITIZEN_ID, Rpc::AccessReport)
             .is_ok());
         assert!(p
-            .authorize_rpc(crate::pki::MINISTRY_ID, "CitizenAccess.AccessReport")
+            .authorize_rpc(crate::pki::MINISTRY_ID, Rpc::AccessReport)
             .is_err());
         assert_eq!(
             p.display_name(crate::pki::MINISTRY_ID),

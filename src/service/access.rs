@@ -13,6 +13,7 @@
 //! and the citizen portal's rate, never the operators' slots. The call is audited like
 //! any other, its subject the citizen.
 
+use crate::policy::Rpc;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -190,11 +191,11 @@ impl CitizenAccess for CitizenAccessService {
         // Runs to its record even if the portal gives up.
         let report = super::detached(
             &self.gw,
-            "CitizenAccess.AccessReport",
+            Rpc::AccessReport,
             identity.clone(),
             personal_id,
             async move {
-                let mut ctx: RequestCtx = gw.begin("CitizenAccess.AccessReport", identity, timeout);
+                let mut ctx: RequestCtx = gw.begin(Rpc::AccessReport, identity, timeout);
                 let result = async {
                     gw.admit(&ctx)?;
                     let id = validation::parse_declared_id(&request.personal_id, false)?;

@@ -1,6 +1,7 @@
 //! `popgw.v1.AuditLog`: the operators' view of the audit log (operator role only).
 //! Reading the log is itself audited.
 
+use crate::policy::Rpc;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -108,11 +109,11 @@ impl AuditLog for AuditLogService {
         // Run to its record even if the operator gives up: the search is always recorded.
         let (permit, filter, limit) = super::detached(
             &self.gw,
-            "AuditLog.Query",
+            Rpc::AuditQuery,
             identity.clone(),
             String::new(),
             async move {
-                let mut ctx: RequestCtx = gw.begin("AuditLog.Query", identity, None);
+                let mut ctx: RequestCtx = gw.begin(Rpc::AuditQuery, identity, None);
                 let admitted = gw
                     .admit(&ctx)
                     .and_then(|_| gw.audit_filter(&request))
@@ -197,7 +198,7 @@ impl AuditLog for AuditLogService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let ctx = self
             .gw
-            .begin("AuditLog.Watch", super::early::reached(&request), None);
+            .begin(Rpc::AuditWatch, super::early::reached(&request), None);
         let from = request.into_inner().from_seq;
         let result = self.gw.admit(&ctx).and_then(|_| {
             Ok((
@@ -284,7 +285,7 @@ impl AuditLog for AuditLogService {
     ) -> Result<Response<pb::AuditCheckpoint>, Status> {
         let ctx = self
             .gw
-            .begin("AuditLog.Head", super::early::reached(&request), None);
+            .begin(Rpc::AuditHead, super::early::reached(&request), None);
         let result = self.gw.admit(&ctx).and_then(|_| {
             self.gw
                 .audit

@@ -17,6 +17,7 @@
 //! unanswered half a margin (1–25 ms) before the caller's grpc-timeout is answered
 //! DEADLINE_EXCEEDED here (tonic's own timer would answer CANCELLED).
 
+use crate::policy::Rpc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -89,28 +90,6 @@ const SERVED_ELSEWHERE: [&str; 3] = [
     "/grpc.reflection.v1.ServerReflection/",
     "/grpc.reflection.v1alpha.ServerReflection/",
 ];
-
-/// The policy's name of the RPC a path names, if it is one of popgw's (no allocation:
-/// this runs for every request).
-fn rpc_of(path: &str) -> Option<&'static str> {
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    // The policy names the gateway's RPCs bare, the others `Service.Method`.
-    let prefix = match service {
-        "popgw.v1.IdentityGateway" => None,
-        "popgw.v1.AuditLog" => Some("AuditLog"),
-        "popgw.v1.CitizenAccess" => Some("CitizenAccess"),
-        "popgw.v1.Limits" => Some("Limits"),
-        _ => return None,
-    };
-    crate::policy::RPCS
-        .iter()
-        .copied()
-        .find(|rpc| match (rpc.split_once('.'), prefix) {
-            (Some((service, name)), Some(prefix)) => service == prefix && name == method,
-            (None, None) => *rpc == method,
-            _ => false,
-        })
-}
 
 /// The bytes of request bodies not yet finished, by client identity and in all: an
 /// unfinished body is held by tonic's decoder, so a client opening many streams and
@@ -327,8 +306,8 @@ where
         if !ours && SERVED_ELSEWHERE.iter().any(|s| path.starts_with(s)) {
             return Box::pin(self.inner.call(request));
         }
-        let rpc = rpc_of(path).unwrap_or("unknown");
-        let span = crate::telemetry::request_span(rpc);
+        let rpc = Rpc::of_path(path).unwrap_or(Rpc::Unknown);
+        let span = crate::telemetry::request_span(rpc.name());
         // The client is named only if a record must be written (an Arc clone until then).
         let peer = request.extensions().get::<Peer>().cloned();
         let peer_identity = peer.as_ref().and_then(|p| p.identity().ok());
@@ -373,7 +352,7 @@ where
         }
         let reached = Reached::default();
         request.extensions_mut().insert(reached.clone());
-        if rpc != "VerifyIdentityStream" {
+        if rpc != Rpc::VerifyIdentityStream {
             let request_body = std::mem::take(request.body_mut());
             let identity_limit = match &peer_identity {
                 Some(id) if gw.access.load().policy.knows(id) => {

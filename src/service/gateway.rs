@@ -6,6 +6,7 @@
 //! every other field validated → per-citizen lock → registry (only with a permit) →
 //! matching / minimisation → audit → answer.
 
+use crate::policy::Rpc;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -436,11 +437,11 @@ impl IdentityGateway for GatewayService {
         let personal_id = request.personal_id.clone();
         super::detached(
             &self.gw,
-            "VerifyIdentity",
+            Rpc::VerifyIdentity,
             identity.clone(),
             personal_id,
             async move {
-                let mut ctx = gw.begin("VerifyIdentity", identity, timeout);
+                let mut ctx = gw.begin(Rpc::VerifyIdentity, identity, timeout);
                 let result = gw.verify(&mut ctx, request).await;
                 gw.finish(ctx, result).await
             },
@@ -482,7 +483,7 @@ impl IdentityGateway for GatewayService {
                         // An item that does not decode (not a client going away) is a
                         // refused request like any other: it leaves its record.
                         if !matches!(status.code(), Code::Cancelled | Code::Unknown) {
-                            let ctx = gw.begin("VerifyIdentityStream", identity.clone(), None);
+                            let ctx = gw.begin(Rpc::VerifyIdentityStream, identity.clone(), None);
                             let refused = Err(GatewayError::Undecodable(status.code()));
                             if let Err(answer) = gw.finish::<()>(ctx, refused).await {
                                 let _ = tx.send(Err(answer)).await;
@@ -492,7 +493,7 @@ impl IdentityGateway for GatewayService {
                     }
                 };
                 // One deadline for a whole stream says nothing about one item: the cap.
-                let mut ctx = gw.begin("VerifyIdentityStream", identity.clone(), None);
+                let mut ctx = gw.begin(Rpc::VerifyIdentityStream, identity.clone(), None);
                 items += 1;
                 let over = items > gw.max_stream_items;
                 let result = match item.request {
@@ -543,11 +544,11 @@ impl IdentityGateway for GatewayService {
         let personal_id = request.personal_id.clone();
         super::detached(
             &self.gw,
-            "GetCitizen",
+            Rpc::GetCitizen,
             identity.clone(),
             personal_id,
             async move {
-                let mut ctx = gw.begin("GetCitizen", identity, timeout);
+                let mut ctx = gw.begin(Rpc::GetCitizen, identity, timeout);
                 let result = gw.citizen(&mut ctx, request).await;
                 gw.finish(ctx, result).await
             },
@@ -567,11 +568,11 @@ impl IdentityGateway for GatewayService {
         let personal_id = request.personal_id.clone();
         super::detached(
             &self.gw,
-            "GetHousehold",
+            Rpc::GetHousehold,
             identity.clone(),
             personal_id,
             async move {
-                let mut ctx = gw.begin("GetHousehold", identity, timeout);
+                let mut ctx = gw.begin(Rpc::GetHousehold, identity, timeout);
                 let result = gw.household(&mut ctx, request).await;
                 gw.finish(ctx, result).await
             },
@@ -586,7 +587,7 @@ impl IdentityGateway for GatewayService {
     ) -> Result<Response<pb::ListProceduresResponse>, Status> {
         let mut ctx = self
             .gw
-            .begin("ListProcedures", super::early::reached(&request), None);
+            .begin(Rpc::ListProcedures, super::early::reached(&request), None);
         let result = self.gw.procedures(&mut ctx);
         self.gw.finish(ctx, result).await.map(Response::new)
     }

@@ -7,6 +7,7 @@
 //! pseudonym, and what was lifted (never the id). On this node, and in the shared
 //! national budget when the deployment has one.
 
+use crate::policy::Rpc;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -43,11 +44,11 @@ impl Limits for LimitsService {
         // Runs to its record even if the operator's client gives up.
         let answer = super::detached(
             &self.gw,
-            "Limits.Unlock",
+            Rpc::LimitsUnlock,
             identity.clone(),
             personal_id,
             async move {
-                let mut ctx: RequestCtx = gw.begin("Limits.Unlock", identity, timeout);
+                let mut ctx: RequestCtx = gw.begin(Rpc::LimitsUnlock, identity, timeout);
                 if let Ok(id) = validation::parse_declared_id(&request.personal_id, false) {
                     ctx.subject = gw.subject(id.digits());
                 }

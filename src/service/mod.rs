@@ -29,7 +29,7 @@ use crate::audit::{AuditEntry, AuditLog, Pseudonymizer};
 use crate::cache::{CacheOutcome, RecordCache};
 use crate::catalogue::Catalogue;
 use crate::error::{code_name, GatewayError};
-use crate::policy::Policy;
+use crate::policy::{Policy, Rpc};
 
 use crate::proto::registry::CitizenRecord;
 use crate::registry::{Deadline, LookupKey, Registry};
@@ -137,7 +137,7 @@ pub struct RequestCtx {
     /// The client identity, or why there is none.
     pub identity: Result<String, tls::IdentityError>,
     /// The RPC name as the policy knows it.
-    pub rpc: &'static str,
+    pub rpc: Rpc,
     /// When registry calls must have answered (from the caller's grpc-timeout).
     pub deadline: Deadline,
     /// The procedure code (as given, once validated).
@@ -252,7 +252,7 @@ impl Gateway {
     /// the caller's grpc-timeout (`timeout`), capped by the registry's.
     pub fn begin(
         &self,
-        rpc: &'static str,
+        rpc: Rpc,
         identity: Result<String, tls::IdentityError>,
         timeout: Option<Duration>,
     ) -> RequestCtx {
@@ -383,7 +383,7 @@ impl Gateway {
                 let second = chrono::Utc::now().timestamp();
                 let recording =
                     self.refusals
-                        .admit(&client, known, ctx.rpc, code_name(code), second);
+                        .admit(&client, known, ctx.rpc.name(), code_name(code), second);
                 if recording == refusals::Recording::Count {
                     self.metrics.refusals_counted.inc();
                     let request_id = ctx.request_id;
@@ -418,11 +418,11 @@ impl Gateway {
                 if self.audit.is_failed() {
                     self.set_not_serving().await;
                 }
-                tracing::error!(%request_id, rpc = ctx.rpc, error = %e, "audit write failed; request refused");
+                tracing::error!(%request_id, rpc = ctx.rpc.name(), error = %e, "audit write failed; request refused");
                 return Err(with_request_id(GatewayError::Audit(e).into(), &request_id));
             }
         }
-        tracing::debug!(%request_id, %client, rpc = ctx.rpc, %outcome, "answered");
+        tracing::debug!(%request_id, %client, rpc = ctx.rpc.name(), %outcome, "answered");
         result.map_err(|e| with_request_id(e.into(), &request_id))
     }
 }
@@ -445,7 +445,7 @@ impl Gateway {
         self.metrics
             .requests_by
             .get_or_create(&crate::telemetry::RequestLabels {
-                rpc: ctx.rpc,
+                rpc: ctx.rpc.name(),
                 procedure,
                 client,
                 code: code_name(code),
@@ -453,7 +453,9 @@ impl Gateway {
             .inc();
         self.metrics
             .request_seconds
-            .get_or_create(&crate::telemetry::RpcLabels { rpc: ctx.rpc })
+            .get_or_create(&crate::telemetry::RpcLabels {
+                rpc: ctx.rpc.name(),
+            })
             .observe(ctx.started.elapsed().as_secs_f64());
     }
 
@@ -497,7 +499,7 @@ impl Gateway {
 /// queueing without bound behind a slow registry or disk.
 pub(crate) async fn detached<T: Send + 'static>(
     gw: &Gateway,
-    rpc: &'static str,
+    rpc: Rpc,
     identity: Result<String, tls::IdentityError>,
     personal_id: String,
     request: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
@@ -531,7 +533,7 @@ pub(crate) async fn detached<T: Send + 'static>(
         Err(e) => {
             // A panic's message may carry anything: log it, answer a fixed text, and
             // still leave the request's record (what it established died with the task).
-            tracing::error!(error = %e, rpc, "request task failed");
+            tracing::error!(error = %e, rpc = rpc.name(), "request task failed");
             gw.finish::<T>(unrun(identity), Err(GatewayError::Internal))
                 .await
         }
