@@ -8,18 +8,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use popgw::config::{Config, ConfigError};
+use popgw::config::Config;
 
 pub(crate) async fn run(path: &Path) -> Result<()> {
     let config = Config::load(path)?;
-    let problems = config.input_problems();
-    if !problems.is_empty() {
-        return Err(ConfigError::Invalid {
-            path: path.to_path_buf(),
-            problems,
-        }
-        .into());
-    }
+    super::serve::refuse_problems(path, config.input_problems())?;
     let folder = config.node_folder();
     let created: Vec<PathBuf> = folder.initialise()?;
     let key = popgw::audit::load_or_create_signing_key(&folder.signing_key)?;

@@ -23,7 +23,11 @@ pub(crate) fn raise_open_files(tls: &popgw::config::TlsSettings) {
 /// The files a configuration names, checked as `serve` would use them: any problem is a
 /// configuration problem (exit 64), before anything is bound or written.
 pub(crate) fn refuse_file_problems(path: &Path, config: &Config) -> Result<()> {
-    let problems = config.file_problems();
+    refuse_problems(path, config.file_problems())
+}
+
+/// Any of `problems` refuses the configuration file at `path` (exit 64, each named).
+pub(crate) fn refuse_problems(path: &Path, problems: Vec<String>) -> Result<()> {
     if problems.is_empty() {
         return Ok(());
     }

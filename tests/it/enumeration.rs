@@ -553,4 +553,16 @@ async fn an_unreachable_national_count_leaves_the_node_counting_alone() {
             .all(|x| x.detail.contains("counted on this node only")),
         "{records:?}"
     );
+    // An operator's unlock still lifts this node's count, and says the national one
+    // was not reached.
+    let lifted =
+        popgw::proto::gateway::limits_client::LimitsClient::new(gw.channel("operator").await)
+            .unlock(pb::UnlockRequest {
+                personal_id: r.personal_id.clone(),
+                case_id: "TICKET-3".into(),
+            })
+            .await
+            .unwrap();
+    assert_eq!(lifted.get_ref().failures_forgotten, 5);
+    assert!(!lifted.get_ref().national);
 }
