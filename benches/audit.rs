@@ -5,9 +5,22 @@
 
 use popgw::audit;
 
-use audit::{AuditConfig, AuditEntry, AuditLog, Durability};
+use audit::{AuditConfig, AuditEntry, AuditLog, Durability, Outcome, Pseudonym, Pseudonymizer};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use popgw::cache::CacheOutcome;
+use popgw::catalogue::{ClaimedProcedure, MatchingRule};
+use popgw::policy::Rpc;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
+
+/// One subject and one dossier, made once: the bench measures the log, not the HMAC.
+static PEOPLE: LazyLock<(Pseudonym, Pseudonym)> = LazyLock::new(|| {
+    let keys = Pseudonymizer::new([4; 32]);
+    (
+        keys.pseudonym("079198000001"),
+        keys.case_pseudonym("HS-2026-000001"),
+    )
+});
 
 const TASKS: usize = 64;
 const PER_TASK: usize = 16;
@@ -17,15 +30,15 @@ fn entry(i: usize) -> AuditEntry {
         related: Vec::new(),
         request_id: format!("req-{i}"),
         client: "spiffe://popgw.dev/portal/dvcqg".into(),
-        rpc: "VerifyIdentity".into(),
-        procedure: "P03".into(),
-        case_id: format!("HS-2026-{i:06}"),
-        subject: "4f1c".repeat(16),
+        rpc: Rpc::VerifyIdentity.into(),
+        procedure: ClaimedProcedure::Known("P03".into()),
+        case_id: Some(PEOPLE.1.clone()),
+        subject: Some(PEOPLE.0.clone()),
         fields: vec!["verdict".into()],
-        outcome: "MATCH".into(),
-        code: "OK".into(),
-        rule: "EXACT".into(),
-        cache: "none".into(),
+        outcome: Outcome::Match,
+        code: Some(tonic::Code::Ok),
+        rule: Some(MatchingRule::Exact),
+        cache: Some(CacheOutcome::None),
         latency_us: 850,
         detail: String::new(),
     }

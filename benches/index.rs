@@ -22,7 +22,12 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use popgw::audit::index::{AuditIndex, FeedConfig, IndexConfig, IndexedRecord, Indexer};
-use popgw::audit::{AuditConfig, AuditEntry, AuditLog, Filter, RecordBody};
+use popgw::audit::{
+    AuditConfig, AuditEntry, AuditLog, Filter, Outcome, Pseudonym, Pseudonymizer, RecordBody,
+};
+use popgw::cache::CacheOutcome;
+use popgw::catalogue::{ClaimedProcedure, MatchingRule};
+use popgw::policy::Rpc;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
@@ -35,8 +40,11 @@ const E2E_RECORDS: usize = 200_000;
 const PROBES: u64 = 2_000;
 const PROBE_EVENTS: u64 = 10;
 
-fn pseudonym(person: u64) -> String {
-    hex::encode(Sha256::digest(person.to_le_bytes()))
+/// The pseudonym of person number `person`, made as a gateway makes one.
+fn pseudonym(person: u64) -> Pseudonym {
+    static KEYS: std::sync::LazyLock<Pseudonymizer> =
+        std::sync::LazyLock::new(|| Pseudonymizer::new([8; 32]));
+    KEYS.pseudonym(&format!("{person:012}"))
 }
 
 fn main() {
@@ -154,7 +162,7 @@ async fn print_plan(pg: &tokio_postgres::Client) {
     pg.batch_execute("SET max_parallel_workers_per_gather = 0")
         .await
         .unwrap();
-    let probe = pseudonym(PEOPLE + 7);
+    let probe = pseudonym(PEOPLE + 7).into_string();
     let plan = pg
         .query(
             "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON)
@@ -202,11 +210,11 @@ fn synthetic(
         .into(),
         procedure: format!("P{:02}", rng.gen_range(1..=25)),
         case_id: format!("HS-2026-{:07}", rng.gen_range(0..10_000_000)),
-        subject: pseudonym(probe.unwrap_or_else(|| rng.gen_range(0..PEOPLE))),
+        subject: pseudonym(probe.unwrap_or_else(|| rng.gen_range(0..PEOPLE))).into_string(),
         related: if disclosure {
             vec![
-                pseudonym(rng.gen_range(0..PEOPLE)),
-                pseudonym(rng.gen_range(0..PEOPLE)),
+                pseudonym(rng.gen_range(0..PEOPLE)).into_string(),
+                pseudonym(rng.gen_range(0..PEOPLE)).into_string(),
             ]
         } else {
             Vec::new()
@@ -249,7 +257,7 @@ async fn queries(index: &AuditIndex, rng: &mut impl Rng) {
         let who = pseudonym(PEOPLE + i);
         let t = Instant::now();
         let n = index
-            .history(&who, 0, 0, &rpcs, 10_001)
+            .history(who.as_str(), 0, 0, &rpcs, 10_001)
             .await
             .unwrap()
             .len();
@@ -263,13 +271,13 @@ async fn queries(index: &AuditIndex, rng: &mut impl Rng) {
         let who = pseudonym(rng.gen_range(0..PEOPLE));
         let t = Instant::now();
         events += index
-            .history(&who, 0, 0, &rpcs, 10_001)
+            .history(who.as_str(), 0, 0, &rpcs, 10_001)
             .await
             .unwrap()
             .len();
         report.record(t.elapsed().as_micros() as u64).unwrap();
         let filter = Filter {
-            subject: who,
+            subject: Some(who),
             ..Filter::default()
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(256);
@@ -333,17 +341,15 @@ async fn end_to_end(index: Arc<AuditIndex>) {
                     log.append(AuditEntry {
                         request_id: format!("{t}-{i}"),
                         client: "spiffe://popgw.dev/portal/dvcqg".into(),
-                        rpc: "VerifyIdentity".into(),
-                        procedure: "P03".into(),
-                        case_id: format!("HS-2026-{i:07}"),
-                        subject,
+                        procedure: ClaimedProcedure::Known("P03".into()),
+                        case_id: Some(pseudonym(i as u64)),
+                        subject: Some(subject),
                         fields: vec!["verdict".into()],
-                        outcome: "MATCH".into(),
-                        code: "OK".into(),
-                        rule: "EXACT".into(),
-                        cache: "hit".into(),
+                        code: Some(tonic::Code::Ok),
+                        rule: Some(MatchingRule::Exact),
+                        cache: Some(CacheOutcome::Hit),
                         latency_us: 300,
-                        ..AuditEntry::default()
+                        ..AuditEntry::new(Rpc::VerifyIdentity, Outcome::Match)
                     })
                     .await
                     .unwrap();

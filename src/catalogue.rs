@@ -32,6 +32,51 @@ pub enum MatchingRule {
     Tolerant,
 }
 
+impl MatchingRule {
+    /// The word in the audit log and the catalogue file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchingRule::Exact => "EXACT",
+            MatchingRule::Tolerant => "TOLERANT",
+        }
+    }
+}
+
+/// The procedure a request named, as its audit record keeps it — including a request
+/// refused before the code was resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimedProcedure {
+    /// None named (recorded as nothing).
+    None,
+    /// A procedure of the catalogue (its code).
+    Known(String),
+    /// A code the catalogue does not know, of a safe shape (at most 8 letters, digits,
+    /// `-` or `_`, at most 4 of them digits: never room for an id): recorded as `?CODE`.
+    Unknown(String),
+    /// Anything else: recorded as `?`, since it may hold anything.
+    Unreadable,
+}
+
+impl ClaimedProcedure {
+    /// The code, when the catalogue knows it.
+    pub fn known(&self) -> Option<&str> {
+        match self {
+            ClaimedProcedure::Known(code) => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The record's text: the code, `?CODE`, `?` or nothing.
+    pub fn into_record(self) -> String {
+        match self {
+            ClaimedProcedure::None => String::new(),
+            ClaimedProcedure::Known(code) => code,
+            ClaimedProcedure::Unknown(code) => format!("?{code}"),
+            ClaimedProcedure::Unreadable => "?".into(),
+        }
+    }
+}
+
 /// One procedure of the catalogue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -283,6 +328,27 @@ impl Catalogue {
         self.procedures.get(code)
     }
 
+    /// What a request naming `raw` claims (see [`ClaimedProcedure`]).
+    pub fn claim(&self, raw: &str) -> ClaimedProcedure {
+        let code = raw.trim();
+        if code.is_empty() {
+            return ClaimedProcedure::None;
+        }
+        if let Some(p) = self.get(code) {
+            return ClaimedProcedure::Known(p.code.clone());
+        }
+        let safe = code.len() <= 8
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && code.bytes().filter(u8::is_ascii_digit).count() <= 4;
+        if safe {
+            ClaimedProcedure::Unknown(code.to_string())
+        } else {
+            ClaimedProcedure::Unreadable
+        }
+    }
+
     /// Every procedure, ordered by code.
     pub fn procedures(&self) -> impl Iterator<Item = &Procedure> {
         self.procedures.values()
@@ -320,6 +386,22 @@ mod tests {
     use super::*;
 
     const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/procedures.toml");
+
+    #[test]
+    fn a_claimed_code_is_recorded_only_when_it_cannot_hold_an_id() {
+        let c = Catalogue::builtin();
+        let record = |raw: &str| c.claim(raw).into_record();
+        assert_eq!(record(" P03 "), "P03");
+        assert_eq!(record(""), "");
+        assert_eq!(record("P99"), "?P99");
+        assert_eq!(record("tax-2026"), "?tax-2026");
+        // Room for an id, or characters of anything else: only "?".
+        assert_eq!(record("079123456789"), "?");
+        assert_eq!(record("P12345"), "?");
+        assert_eq!(record("P 03\n"), "?");
+        assert_eq!(c.claim("P03").known(), Some("P03"));
+        assert_eq!(c.claim("P99").known(), None);
+    }
 
     #[test]
     fn builtin_has_the_25_procedures_in_order() {

@@ -323,26 +323,6 @@ pub fn check_case_not_id(case_id: &str, id_digits: &str) -> Result<(), InvalidFi
     Ok(())
 }
 
-/// A procedure code as claimed, for the audit record of a request refused before the
-/// code was resolved: `?CODE` for a short code of a safe shape (at most 8 letters,
-/// digits, `-` or `_`, at most 4 of them digits: never room for an id), `?` otherwise.
-pub fn claimed_procedure(raw: &str) -> String {
-    let code = raw.trim();
-    if code.is_empty() {
-        return String::new();
-    }
-    let safe = code.len() <= 8
-        && code
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        && code.bytes().filter(u8::is_ascii_digit).count() <= 4;
-    if safe {
-        format!("?{code}")
-    } else {
-        "?".into()
-    }
-}
-
 /// The declared sex: `None` when not provided; an unknown enum value is an error.
 pub fn parse_sex(raw: i32) -> Result<Option<Sex>, InvalidField> {
     match Sex::try_from(raw) {

@@ -134,6 +134,80 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<ParsedLine, String> {
 }
 
 /// What a batch seal signs: the node, and the seq and hash of the batch's last record.
+/// Why a record does not continue its chain: the one check every reader of a chain
+/// makes (recovery, `verify`, the indexer's intake), written once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ChainBreak {
+    /// The record's `prev` is not a hash at all.
+    #[error("prev is not 64 lowercase hex")]
+    Unparsable,
+    /// Not the seq the chain expects next.
+    #[error("out of order: expected seq {expected} here (record missing, reordered or inserted)")]
+    OutOfOrder {
+        /// The seq that should follow.
+        expected: u64,
+        /// The record's.
+        found: u64,
+    },
+    /// Its stated hash is not SHA-256(prev ‖ JSON): the record was modified.
+    #[error("hash mismatch: record was modified")]
+    HashMismatch,
+    /// Its `prev` is not the previous record's hash.
+    #[error("prev does not match the previous record's hash")]
+    PrevMismatch,
+}
+
+/// A hash chain read forward, one record at a time ([`Chain::link`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Chain {
+    expect: Option<u64>,
+    prev: Option<[u8; 32]>,
+}
+
+impl Chain {
+    /// A chain whose next record is `next_seq` (`None`: whichever comes) and whose last
+    /// hash is `prev` (`None`: the first record's own `prev` is taken as stated — the
+    /// caller checks it against zeros or a retention note).
+    pub(crate) fn new(next_seq: Option<u64>, prev: Option<[u8; 32]>) -> Chain {
+        Chain {
+            expect: next_seq,
+            prev,
+        }
+    }
+
+    /// The seq of the next record.
+    pub(crate) fn next_seq(&self) -> Option<u64> {
+        self.expect
+    }
+
+    /// Checks that `p` continues the chain (its seq, its hash over its JSON, its `prev`)
+    /// and moves past it; returns its hash.
+    pub(crate) fn link(&mut self, p: &ParsedLine) -> Result<[u8; 32], ChainBreak> {
+        let b = &p.body;
+        let prev = match self.prev {
+            Some(h) => h,
+            None => decode_hash(&b.prev).ok_or(ChainBreak::Unparsable)?,
+        };
+        let expected = self.expect.unwrap_or(b.seq);
+        if b.seq != expected {
+            return Err(ChainBreak::OutOfOrder {
+                expected,
+                found: b.seq,
+            });
+        }
+        let h = record_hash(&prev, p.json.as_bytes());
+        if hex::encode(h) != p.hash {
+            return Err(ChainBreak::HashMismatch);
+        }
+        if b.prev != hex::encode(prev) {
+            return Err(ChainBreak::PrevMismatch);
+        }
+        self.prev = Some(h);
+        self.expect = Some(expected + 1);
+        Ok(h)
+    }
+}
+
 pub(crate) fn seal_message(node: &str, seq: u64, hash: &str) -> Vec<u8> {
     format!("popgw-audit-seal-v1\n{node}\n{seq}\n{hash}").into_bytes()
 }

@@ -40,7 +40,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 
-use super::format::{decode_hash, parse_line, record_hash};
+use super::format::{parse_line, Chain, ChainBreak};
 use super::witness::Head;
 use super::{Filter, RecordBody, StoredRecord};
 use crate::link::postgres::PgLink;
@@ -536,18 +536,18 @@ impl AuditIndex {
                 clauses.push(sql.replace('?', &format!("${}", params.len())));
             };
         // With a subject, the person table leads (one range scan of its key).
-        let (from, at) = if filter.subject.is_empty() {
-            ("audit_record r", "r.at")
-        } else {
+        let (from, at) = if let Some(subject) = &filter.subject {
             param(
                 &mut clauses,
                 "p.pseudonym = ?",
-                Box::new(filter.subject.clone()),
+                Box::new(subject.as_str().to_string()),
             );
             (
                 "audit_person p JOIN audit_record r ON r.node = p.node AND r.seq = p.seq AND r.at = p.at",
                 "p.at",
             )
+        } else {
+            ("audit_record r", "r.at")
         };
         // Bounds beyond what the index holds mean "no bound" (as for the file scan).
         if filter.from_ms > MIN_TIME_MS {
@@ -562,17 +562,18 @@ impl AuditIndex {
             let sql = format!("{at} <= timestamptz 'epoch' + ?::int8 * interval '1 millisecond'");
             param(&mut clauses, &sql, Box::new(filter.to_ms.max(0)));
         }
+        let case_id = filter.case_id.as_ref().map_or("", |c| c.as_str());
         for (column, value) in [
-            ("r.client", &filter.client),
-            ("r.procedure", &filter.procedure),
-            ("r.case_id", &filter.case_id),
-            ("r.cache", &filter.cache),
+            ("r.client", filter.client.as_str()),
+            ("r.procedure", filter.procedure.as_str()),
+            ("r.case_id", case_id),
+            ("r.cache", filter.cache.as_str()),
         ] {
             if !value.is_empty() {
                 param(
                     &mut clauses,
                     &format!("{column} = ?"),
-                    Box::new(value.clone()),
+                    Box::new(value.to_string()),
                 );
             }
         }
@@ -750,6 +751,7 @@ fn stored_row(row: &tokio_postgres::Row) -> Result<IndexedRecord, IndexError> {
 /// consecutive and chained, and the last is the message's head.
 pub fn records_of(head: &Head) -> Result<Vec<IndexedRecord>, String> {
     let mut out: Vec<IndexedRecord> = Vec::with_capacity(head.lines.len());
+    let mut chain = Chain::new((head.first_seq != 0).then_some(head.first_seq), None);
     for (i, line) in head.lines.iter().enumerate() {
         // The kind of error only: a JSON error's message can quote the value.
         let p = parse_line(line.as_bytes())
@@ -774,24 +776,12 @@ pub fn records_of(head: &Head) -> Result<Vec<IndexedRecord>, String> {
         if b.seq == 0 || b.seq > i64::MAX as u64 {
             return Err(format!("line {i}: seq out of range"));
         }
-        let prev =
-            decode_hash(&b.prev).ok_or_else(|| format!("seq {}: prev is not a hash", b.seq))?;
-        if hex::encode(record_hash(&prev, p.json.as_bytes())) != p.hash {
-            return Err(format!("seq {}: hash does not match its JSON", b.seq));
-        }
-        if let Some(before) = out.last() {
-            if b.seq != before.body.seq + 1 || b.prev != before.hash {
-                return Err(format!(
-                    "seq {}: does not follow seq {} (gap or broken chain)",
-                    b.seq, before.body.seq
-                ));
+        chain.link(&p).map_err(|e| match e {
+            ChainBreak::OutOfOrder { expected, found } if out.is_empty() => {
+                format!("first line is seq {found}, the message says {expected}")
             }
-        } else if head.first_seq != 0 && b.seq != head.first_seq {
-            return Err(format!(
-                "first line is seq {}, the message says {}",
-                b.seq, head.first_seq
-            ));
-        }
+            e => format!("seq {}: {e}", b.seq),
+        })?;
         out.push(IndexedRecord {
             body: p.body,
             hash: p.hash,
@@ -1574,6 +1564,7 @@ fn compare_row(record: &StoredRecord, row: &Row) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::format::{decode_hash, record_hash};
     use crate::audit::{witness, AuditConfig, AuditEntry, AuditLog};
     use ed25519_dalek::SigningKey;
 
@@ -1583,11 +1574,12 @@ mod tests {
         for i in 0..n {
             log.append(AuditEntry {
                 request_id: format!("r{i}"),
-                rpc: "VerifyIdentity".into(),
-                subject: "ab".repeat(32),
-                outcome: "MATCH".into(),
-                code: "OK".into(),
-                ..Default::default()
+                subject: Some(crate::audit::Pseudonymizer::new([5; 32]).pseudonym("p")),
+                code: Some(tonic::Code::Ok),
+                ..AuditEntry::new(
+                    crate::policy::Rpc::VerifyIdentity,
+                    crate::audit::Outcome::Match,
+                )
             })
             .await
             .unwrap();

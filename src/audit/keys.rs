@@ -1,6 +1,7 @@
 //! Secret keys: the checkpoint signing key and the pseudonymisation key.
 
 use super::format::sync_dir;
+use super::Pseudonym;
 use ed25519_dalek::SigningKey;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -171,22 +172,22 @@ impl Pseudonymizer {
     /// text a portal fills in — seen holding ids in any spacing, another person's id, a
     /// name with a birth date — so the log keeps only this, and a query by the exact
     /// number finds it (the gateway pseudonymises the query's value the same way).
-    pub fn case_pseudonym(&self, case_id: &str) -> String {
+    pub fn case_pseudonym(&self, case_id: &str) -> Pseudonym {
         use unicode_normalization::UnicodeNormalization;
         let normal: String = case_id.trim().nfkc().collect();
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
             .expect("HMAC accepts keys of any length");
         mac.update(b"popgw-case-v1\n");
         mac.update(normal.as_bytes());
-        hex::encode(&mac.finalize().into_bytes()[..16])
+        Pseudonym::from_hex(hex::encode(&mac.finalize().into_bytes()[..16]))
     }
 
     /// 64 lowercase hex characters.
-    pub fn pseudonym(&self, personal_id: &str) -> String {
+    pub fn pseudonym(&self, personal_id: &str) -> Pseudonym {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
             .expect("HMAC accepts keys of any length");
         mac.update(personal_id.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        Pseudonym::from_hex(hex::encode(mac.finalize().into_bytes()))
     }
 }
 

@@ -1,5 +1,6 @@
 #![doc = include_str!("../../docs/audit-format.md")]
 
+mod entry;
 mod format;
 mod keys;
 mod verify;
@@ -13,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use entry::{AuditEntry, Outcome, Pseudonym, RecordedCall};
 pub use format::{RemovedSegment, RetentionNote};
 pub use keys::{load_or_create_signing_key, NodeFolder, Pseudonymizer};
 pub use verify::{
@@ -21,40 +23,6 @@ pub use verify::{
 pub use writer::AuditLog;
 pub mod index;
 pub mod witness;
-
-/// What the caller supplies for one request; the log adds seq, time, node and
-/// the chain.
-#[derive(Default, Clone, Debug)]
-pub struct AuditEntry {
-    /// The id returned to the caller.
-    pub request_id: String,
-    /// The client identity (URI SAN), or why there is none.
-    pub client: String,
-    /// The RPC as the policy names it.
-    pub rpc: String,
-    /// The procedure code (`?CODE` when the request named an unknown one).
-    pub procedure: String,
-    /// The dossier number (`?` when invalid).
-    pub case_id: String,
-    /// Keyed pseudonym of the personal id ([`Pseudonymizer::pseudonym`]), never the id itself.
-    pub subject: String,
-    /// Pseudonyms of other people whose data the answer disclosed (relatives, household).
-    pub related: Vec<String>,
-    /// Names of the fields disclosed, never their values.
-    pub fields: Vec<String>,
-    /// `MATCH`, `NO_MATCH`, `DISCLOSED`... or the gRPC code name of a refusal.
-    pub outcome: String,
-    /// The gRPC code name of the answer.
-    pub code: String,
-    /// The name rule applied (`EXACT`, `TOLERANT`), if any.
-    pub rule: String,
-    /// What the cache did: `hit`, `miss`, `coalesced`, `stale` or `none`.
-    pub cache: String,
-    /// Microseconds from the request's start to its record.
-    pub latency_us: u64,
-    /// What was compared, or why it was refused (never a personal value).
-    pub detail: String,
-}
 
 /// The JSON object of one record line; field order is the on-disk order.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -109,10 +77,10 @@ pub struct Filter {
     pub client: String,
     /// Procedure code.
     pub procedure: String,
-    /// Case id.
-    pub case_id: String,
-    /// Subject pseudonym (matches the record's subject or one of its related people).
-    pub subject: String,
+    /// The dossier number's pseudonym.
+    pub case_id: Option<Pseudonym>,
+    /// The person's pseudonym (matches the record's subject or one of its related people).
+    pub subject: Option<Pseudonym>,
     /// Outcome word or gRPC code name.
     pub outcome: String,
     /// Cache outcome (hit, miss, coalesced, stale, none).
@@ -127,10 +95,13 @@ impl Filter {
             && (self.to_ms == 0 || r.time_unix_ms <= self.to_ms)
             && eq(&self.client, &r.client)
             && eq(&self.procedure, &r.procedure)
-            && eq(&self.case_id, &r.case_id)
-            && (self.subject.is_empty()
-                || self.subject == r.subject
-                || r.related.contains(&self.subject))
+            && self
+                .case_id
+                .as_ref()
+                .is_none_or(|c| c.as_str() == r.case_id)
+            && self.subject.as_ref().is_none_or(|s| {
+                s.as_str() == r.subject || r.related.iter().any(|p| p == s.as_str())
+            })
             && (self.outcome.is_empty() || self.outcome == r.outcome || self.outcome == r.code)
             && eq(&self.cache, &r.cache)
     }

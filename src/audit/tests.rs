@@ -1,4 +1,7 @@
 use super::*;
+use crate::cache::CacheOutcome;
+use crate::catalogue::{ClaimedProcedure, MatchingRule};
+use crate::policy::Rpc;
 use ed25519_dalek::{Signer, SigningKey};
 use format::decode_hash;
 use std::path::{Path, PathBuf};
@@ -20,15 +23,15 @@ fn entry(i: usize) -> AuditEntry {
         related: Vec::new(),
         request_id: format!("req-{i}"),
         client: "portal-tax".into(),
-        rpc: "/popgw.v1.Population/GetPerson".into(),
-        procedure: "tax-assessment".into(),
-        case_id: format!("case-{i}"),
-        subject: Pseudonymizer::new([1; 32]).pseudonym(&format!("1980010{i}")),
+        rpc: Rpc::GetCitizen.into(),
+        procedure: ClaimedProcedure::Known("P16".into()),
+        case_id: Some(Pseudonymizer::new([1; 32]).case_pseudonym(&format!("case-{i}"))),
+        subject: Some(Pseudonymizer::new([1; 32]).pseudonym(&format!("1980010{i}"))),
         fields: vec!["name".into(), "address".into()],
-        outcome: "OK".into(),
-        code: "Ok".into(),
-        rule: "tax-basic".into(),
-        cache: "miss".into(),
+        outcome: Outcome::Disclosed,
+        code: Some(tonic::Code::Ok),
+        rule: Some(MatchingRule::Exact),
+        cache: Some(CacheOutcome::Miss),
         latency_us: 1234,
         detail: String::new(),
     }
@@ -185,7 +188,9 @@ async fn edited_record_is_detected_at_its_seq() {
     fill(tmp.path(), cfg(tmp.path()), 10).await.shutdown().await;
     let seg = &segments(tmp.path())[0];
     edit_lines(seg, |l| {
-        l[4] = l[4].replace("\"outcome\":\"OK\"", "\"outcome\":\"DENIED\"")
+        let edited = l[4].replace("\"outcome\":\"DISCLOSED\"", "\"outcome\":\"DENIED\"");
+        assert_ne!(edited, l[4], "the edit changes the record");
+        l[4] = edited;
     });
     let err = verify_dir(tmp.path(), None).unwrap_err();
     assert_eq!(err.seq, 5);
@@ -202,7 +207,7 @@ async fn edited_record_with_recomputed_hash_breaks_the_next_link() {
     edit_lines(seg, |l| {
         let json = recs[4]
             .json
-            .replace("\"outcome\":\"OK\"", "\"outcome\":\"DENIED\"");
+            .replace("\"outcome\":\"DISCLOSED\"", "\"outcome\":\"DENIED\"");
         let prev = format::decode_hash(&recs[4].body.prev).unwrap();
         let h = hex::encode(format::record_hash(&prev, json.as_bytes()));
         l[4] = format!("{h} {json}");
@@ -562,7 +567,7 @@ fn pseudonyms_are_stable_keyed_and_hide_the_id() {
     assert_eq!(a.pseudonym(id), Pseudonymizer::new([1; 32]).pseudonym(id));
     assert_ne!(a.pseudonym(id), b.pseudonym(id));
     assert_ne!(a.pseudonym(id), a.pseudonym("19800101-1235"));
-    let p = a.pseudonym(id);
+    let p = a.pseudonym(id).into_string();
     assert_eq!(p.len(), 64);
     assert!(!p.contains(id) && !p.contains("19800101"));
     assert!(!format!("{a:?}").contains(&hex::encode([1u8; 32])));

@@ -1,8 +1,9 @@
 //! Readers and the independent verifier.
 
 use super::format::{
-    check_seal, decode_hash, list_segments, parse_line, read_log_entries, record_hash, split_lines,
-    verify_entry, LogEntry, RemovedSegment, CHECKPOINTS_FILE, PUBKEY_FILE, ZERO_HASH,
+    check_seal, decode_hash, list_segments, parse_line, read_log_entries, split_lines,
+    verify_entry, Chain, ChainBreak, LogEntry, RemovedSegment, CHECKPOINTS_FILE, PUBKEY_FILE,
+    ZERO_HASH,
 };
 use super::{AuditError, Checkpoint, StoredRecord};
 use ed25519_dalek::VerifyingKey;
@@ -195,6 +196,7 @@ pub fn verify_dir(
     let segments = list_segments(dir).map_err(|e| fail(0, dir, e.to_string()))?;
     let mut prev: Option<[u8; 32]> = None;
     let mut expect: Option<u64> = None;
+    let mut chain = Chain::new(None, None);
     let mut first_seq_seen: Option<u64> = None;
     let mut records = 0u64;
     let mut sealed_upto = 0u64;
@@ -222,8 +224,12 @@ pub fn verify_dir(
             tracing::warn!(file = %path.display(), bytes = bytes.len() - tail,
                 "audit verify: ignoring unterminated last line (write in progress or torn write)");
         }
-        let mut seg_expect = expect.unwrap_or(*name_seq);
+        let seg_expect = expect.unwrap_or(*name_seq);
+        if expect.is_none() {
+            chain = Chain::new(Some(seg_expect), None);
+        }
         for (offset, line) in lines {
+            let seg_expect = chain.next_seq().unwrap_or(seg_expect);
             let p = parse_line(line).map_err(|e| {
                 fail(
                     seg_expect,
@@ -232,43 +238,22 @@ pub fn verify_dir(
                 )
             })?;
             let b = &p.body;
-            let chain_prev = match prev {
-                Some(h) => h,
-                None => {
-                    // The first surviving record.
-                    let stated = decode_hash(&b.prev)
-                        .ok_or_else(|| fail(b.seq, path, "prev is not 64 lowercase hex"))?;
-                    if b.seq == 1 {
-                        if stated != ZERO_HASH {
-                            return Err(fail(1, path, "first record's prev is not all zeros"));
-                        }
-                    } else {
-                        check_retention(&removed, b.seq, &b.prev)
-                            .map_err(|r| fail(b.seq, path, r))?;
+            if prev.is_none() {
+                // The first surviving record: its prev is zeros or a retention note's.
+                let stated = decode_hash(&b.prev)
+                    .ok_or_else(|| fail(b.seq, path, ChainBreak::Unparsable.to_string()))?;
+                if b.seq == 1 {
+                    if stated != ZERO_HASH {
+                        return Err(fail(1, path, "first record's prev is not all zeros"));
                     }
-                    first_seq_seen = Some(b.seq);
-                    stated
+                } else {
+                    check_retention(&removed, b.seq, &b.prev).map_err(|r| fail(b.seq, path, r))?;
                 }
-            };
-            if b.seq != seg_expect {
-                return Err(fail(
-                    b.seq,
-                    path,
-                    format!("out of order: expected seq {seg_expect} here (record missing, reordered or inserted)"),
-                ));
+                first_seq_seen = Some(b.seq);
             }
-            let h = record_hash(&chain_prev, p.json.as_bytes());
-            let hh = hex::encode(h);
-            if hh != p.hash {
-                return Err(fail(b.seq, path, "hash mismatch: record was modified"));
-            }
-            if b.prev != hex::encode(chain_prev) {
-                return Err(fail(
-                    b.seq,
-                    path,
-                    "prev does not match the previous record's hash",
-                ));
-            }
+            let h = chain
+                .link(&p)
+                .map_err(|e| fail(b.seq, path, e.to_string()))?;
             check_ckpt(b.seq, &p.hash, path)?;
             if let Some(seal) = &p.seal {
                 check_seal(&key, &b.node, b.seq, &p.hash, seal)
@@ -276,10 +261,9 @@ pub fn verify_dir(
                 sealed_upto = b.seq;
             }
             prev = Some(h);
-            seg_expect += 1;
             records += 1;
         }
-        expect = Some(seg_expect);
+        expect = Some(chain.next_seq().unwrap_or(seg_expect));
     }
 
     let last_seq = expect.map(|e| e - 1).unwrap_or(0);

@@ -1160,7 +1160,10 @@ mod tests {
         for i in 0..3 {
             log.append(AuditEntry {
                 request_id: format!("r{i}"),
-                ..Default::default()
+                ..AuditEntry::new(
+                    crate::policy::Rpc::VerifyIdentity,
+                    crate::audit::Outcome::Match,
+                )
             })
             .await
             .unwrap();

@@ -3,11 +3,11 @@
 
 use super::format::{
     check_seal, decode_hash, list_segments, parse_line, read_log_entries, record_hash,
-    segment_name, sign_checkpoint, sign_retention, sign_seal, split_lines, sync_dir, LogEntry,
-    RemovedSegment, CHECKPOINTS_FILE, PUBKEY_FILE, ZERO_HASH,
+    segment_name, sign_checkpoint, sign_retention, sign_seal, split_lines, sync_dir, Chain,
+    LogEntry, RemovedSegment, CHECKPOINTS_FILE, PUBKEY_FILE, ZERO_HASH,
 };
 use super::{
-    AuditConfig, AuditEntry, AuditError, Checkpoint, Committed, Durability, RecordBody,
+    AuditConfig, AuditEntry, AuditError, Checkpoint, Committed, Durability, Outcome, RecordedCall,
     StoredRecord,
 };
 use ed25519_dalek::SigningKey;
@@ -515,27 +515,15 @@ impl Writer {
             }
             let bytes = std::fs::read(&path)?;
             let (lines, _) = split_lines(&bytes);
-            let mut prev: Option<[u8; 32]> = None;
+            let mut prev: Option<[u8; 32]>;
             let mut expect = first_seq;
             let mut first_time = None;
             // The chain as far as it is signed (sealed, or under a checkpoint).
             let mut adopted: Option<(usize, Option<[u8; 32]>, u64, usize)> = None;
+            let mut chain = Chain::new(Some(first_seq), None);
             for (offset, line) in lines {
                 let Ok(p) = parse_line(line) else { break };
-                let chain_prev = match prev {
-                    Some(h) => h,
-                    None => match decode_hash(&p.body.prev) {
-                        Some(h) => h,
-                        None => break,
-                    },
-                };
-                let h = record_hash(&chain_prev, p.json.as_bytes());
-                if p.body.seq != expect
-                    || hex::encode(h) != p.hash
-                    || hex::encode(chain_prev) != p.body.prev
-                {
-                    break;
-                }
+                let Ok(h) = chain.link(&p) else { break };
                 first_time.get_or_insert(p.body.time_unix_ms);
                 tail_hashes.push((p.body.seq, h));
                 prev = Some(h);
@@ -697,11 +685,9 @@ impl Writer {
         if !notes.is_empty() {
             let entry = AuditEntry {
                 client: "popgw".into(),
-                rpc: "audit.recovery".into(),
-                outcome: "TORN_TAIL_CUT".into(),
-                cache: "none".into(),
+                cache: Some(crate::cache::CacheOutcome::None),
                 detail: notes.join("; "),
-                ..Default::default()
+                ..AuditEntry::new(RecordedCall::Recovery, Outcome::TornTailCut)
             };
             let (reply, mut rx) = oneshot::channel();
             w.commit(vec![(entry, reply)]);
@@ -851,26 +837,7 @@ impl Writer {
         let last = self.next_seq + entries.len() as u64 - 1;
         for e in entries {
             // The entry's fields move into the record: no copy per field.
-            let body = RecordBody {
-                seq,
-                time_unix_ms: now,
-                node: self.cfg.node.clone(),
-                request_id: e.request_id,
-                client: e.client,
-                rpc: e.rpc,
-                procedure: e.procedure,
-                case_id: e.case_id,
-                subject: e.subject,
-                related: e.related,
-                fields: e.fields,
-                outcome: e.outcome,
-                code: e.code,
-                rule: e.rule,
-                cache: e.cache,
-                latency_us: e.latency_us,
-                detail: e.detail,
-                prev: hex::encode(prev),
-            };
+            let body = e.into_body(seq, now, self.cfg.node.clone(), hex::encode(prev));
             let json = serde_json::to_string(&body).expect("record serialises");
             let hash = record_hash(&prev, json.as_bytes());
             let hash_hex = hex::encode(hash);

@@ -284,15 +284,15 @@ pub(crate) async fn run(command: AuditCommand) -> Result<()> {
                         .with_context(|| format!("pseudonym key {}", pseudonym_key.display()))
                 };
                 let subject = if req.personal_id.is_empty() {
-                    String::new()
+                    None
                 } else {
                     let id = popgw::validation::parse_declared_id(&req.personal_id, true)?;
-                    pseudonyms()?.pseudonym(id.digits())
+                    Some(pseudonyms()?.pseudonym(id.digits()))
                 };
                 let case_id = if req.case_id.trim().is_empty() {
-                    String::new()
+                    None
                 } else {
-                    pseudonyms()?.case_pseudonym(&req.case_id)
+                    Some(pseudonyms()?.case_pseudonym(&req.case_id))
                 };
                 let filter = service::audit_log::Filter {
                     from_ms: req.from_unix_ms,

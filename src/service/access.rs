@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{Disclosure, Gateway, Outcome, RequestCtx};
-use crate::audit::{self, Filter, RecordBody};
+use crate::audit::{self, Filter, Pseudonym, RecordBody};
 use crate::error::GatewayError;
 use crate::proto::gateway as pb;
 use crate::proto::gateway::citizen_access_server::CitizenAccess;
@@ -60,7 +60,7 @@ impl Gateway {
     /// first), and where they come from.
     async fn history(
         &self,
-        subject: &str,
+        subject: &Pseudonym,
         from_ms: i64,
         to_ms: i64,
         limit: usize,
@@ -72,7 +72,7 @@ impl Gateway {
             // Read first: whatever the history then shows is at least as new.
             let complete_until = index.indexed_until().await?.unwrap_or(0);
             let events = index
-                .history(subject, from_ms, to_ms, REPORTED_RPCS, limit)
+                .history(subject.as_str(), from_ms, to_ms, REPORTED_RPCS, limit)
                 .await?;
             let events = events
                 .into_iter()
@@ -88,11 +88,11 @@ impl Gateway {
         let filter = Filter {
             from_ms,
             to_ms,
-            subject: subject.to_string(),
+            subject: Some(subject.clone()),
             ..Filter::default()
         };
         let dir = self.audit.dir().to_path_buf();
-        let subject = subject.to_string();
+        let subject = subject.as_str().to_string();
         let events = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let mut out = Vec::new();
@@ -199,11 +199,12 @@ impl CitizenAccess for CitizenAccessService {
                 let result = async {
                     gw.admit(&ctx)?;
                     let id = validation::parse_declared_id(&request.personal_id, false)?;
-                    ctx.subject = gw.subject(id.digits());
+                    let subject = gw.subject(id.digits());
+                    ctx.subject = Some(subject.clone());
                     check_period(request.from_unix_ms, request.to_unix_ms)?;
                     let (mut events, source, complete_until) = gw
                         .history(
-                            &ctx.subject,
+                            &subject,
                             request.from_unix_ms,
                             request.to_unix_ms,
                             MAX_REPORT_EVENTS + 1,

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::{Gateway, RequestCtx};
-use crate::catalogue::{MatchingRule, Procedure};
+use crate::catalogue::Procedure;
 use crate::error::GatewayError;
 use crate::policy::Grant;
 use crate::validation::InvalidField;
@@ -48,13 +48,6 @@ impl<'a> ProcedurePermit<'a> {
     }
 }
 
-fn rule_name(rule: MatchingRule) -> &'static str {
-    match rule {
-        MatchingRule::Exact => "EXACT",
-        MatchingRule::Tolerant => "TOLERANT",
-    }
-}
-
 impl Gateway {
     /// Admits the request to its RPC, or says why not.
     pub fn admit(&self, ctx: &RequestCtx) -> Result<Permit, GatewayError> {
@@ -88,8 +81,8 @@ impl Gateway {
             field: "procedure_code",
             reason: "unknown procedure (see ListProcedures)".into(),
         })?;
-        ctx.procedure = procedure.code.clone();
-        ctx.rule = rule_name(procedure.matching_rule).into();
+        ctx.procedure = crate::catalogue::ClaimedProcedure::Known(procedure.code.clone());
+        ctx.rule = Some(procedure.matching_rule);
         if !grant.allows_procedure(&procedure.code) {
             return Err(crate::policy::Denied::Procedure(procedure.code.clone()).into());
         }

@@ -65,10 +65,10 @@ type RecordStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> +
 impl Gateway {
     fn audit_filter(&self, req: &pb::AuditQueryRequest) -> Result<Filter, GatewayError> {
         let subject = if req.personal_id.trim().is_empty() {
-            String::new()
+            None
         } else {
             let id = validation::parse_declared_id(&req.personal_id, true)?;
-            self.subject(id.digits())
+            Some(self.subject(id.digits()))
         };
         if !req.cache.is_empty() && !CacheOutcome::WORDS.contains(&req.cache.as_str()) {
             return Err(validation::InvalidField {
@@ -84,11 +84,8 @@ impl Gateway {
             client: req.client.clone(),
             procedure: req.procedure.clone(),
             // Dossier numbers are recorded as pseudonyms: the query's is made the same way.
-            case_id: if req.case_id.trim().is_empty() {
-                String::new()
-            } else {
-                self.pseudonyms.case_pseudonym(&req.case_id)
-            },
+            case_id: (!req.case_id.trim().is_empty())
+                .then(|| self.pseudonyms.case_pseudonym(&req.case_id)),
             subject,
             outcome: req.outcome.clone(),
         })

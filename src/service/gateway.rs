@@ -18,6 +18,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::{Disclosure, Gateway, Outcome, RequestCtx};
+use crate::audit::Pseudonym;
 use crate::catalogue::MatchingRule;
 use crate::disclosure;
 use crate::error::GatewayError;
@@ -77,23 +78,14 @@ impl Gateway {
     /// its keyed pseudonym (`Pseudonymizer::case_pseudonym`), whatever it holds.
     fn claim(&self, ctx: &mut RequestCtx, raw_id: &str, procedure_code: &str, case_id: &str) {
         let id = validation::parse_declared_id(raw_id, true).ok();
-        if let Some(id) = &id {
-            ctx.subject = self.subject(id.digits());
-        }
-        ctx.procedure = match self.catalogue.get(procedure_code.trim()) {
-            Some(p) => p.code.clone(),
-            None => validation::claimed_procedure(procedure_code),
-        };
-        ctx.case_id = if case_id.trim().is_empty() {
-            String::new()
-        } else {
-            self.pseudonyms.case_pseudonym(case_id)
-        };
+        ctx.subject = id.map(|id| self.subject(id.digits()));
+        ctx.procedure = self.catalogue.claim(procedure_code);
+        ctx.case_id = (!case_id.trim().is_empty()).then(|| self.pseudonyms.case_pseudonym(case_id));
     }
 
     /// Pseudonyms of the other people a minimised record names (relatives, household
     /// head), so that their own "who saw data about me" finds this disclosure.
-    fn related_subjects(&self, disclosed: &CitizenRecord) -> Vec<String> {
+    fn related_subjects(&self, disclosed: &CitizenRecord) -> Vec<Pseudonym> {
         let mut ids: Vec<&str> = Vec::new();
         for r in [
             &disclosed.father,
@@ -110,7 +102,7 @@ impl Gateway {
         if let Some(h) = &disclosed.household {
             ids.push(&h.head_personal_id);
         }
-        let mut out: Vec<String> = ids
+        let mut out: Vec<Pseudonym> = ids
             .into_iter()
             .filter(|id| !id.is_empty() && *id != disclosed.personal_id)
             .map(|id| self.subject(id))
@@ -126,7 +118,7 @@ impl Gateway {
     fn found_subject(&self, ctx: &mut RequestCtx, id: &DeclaredId, record: Option<&CitizenRecord>) {
         if let (DeclaredId::Old(_), Some(r)) = (id, record) {
             if !r.personal_id.is_empty() {
-                ctx.subject = self.subject(&r.personal_id);
+                ctx.subject = Some(self.subject(&r.personal_id));
             }
         }
     }
@@ -173,15 +165,20 @@ impl Gateway {
             .national
             .as_ref()
             .filter(|n| n.is_up() || n.probe_due());
+        // The person the tries are counted against (named by `claim`, which read the id).
+        let mut subject = ctx
+            .subject
+            .clone()
+            .unwrap_or_else(|| self.subject(id.digits()));
         // A citizen locked after too many failed verifications is not checked at all.
         if national.is_none() {
             self.subjects
-                .check(&ctx.subject)
+                .check(subject.as_str())
                 .map_err(GatewayError::SubjectLocked)?;
         }
-        let reserve = |client: &str, subject: &str| match national {
-            Some(_) => self.subjects.hold(client, subject),
-            None => self.subjects.reserve(client, subject),
+        let reserve = |client: &str, subject: &Pseudonym| match national {
+            Some(_) => self.subjects.hold(client, subject.as_str()),
+            None => self.subjects.reserve(client, subject.as_str()),
         };
         let verification = match &id {
             DeclaredId::Personal(p) => match validation::id_consistency(p, sex, dob) {
@@ -201,12 +198,13 @@ impl Gateway {
         let verification = match verification {
             Some(v) => v,
             None => {
-                tries.push(reserve(&client, &ctx.subject)?);
+                tries.push(reserve(&client, &subject)?);
                 let record = self.lookup(&permit, ctx, &key).await?;
                 self.found_subject(ctx, &id, record.as_deref());
-                if let DeclaredId::Old(_) = id {
+                if let (DeclaredId::Old(_), Some(found)) = (&id, &ctx.subject) {
                     // Now named by the 12-digit id: the same allowance applies.
-                    tries.push(reserve(&client, &ctx.subject)?);
+                    subject = found.clone();
+                    tries.push(reserve(&client, &subject)?);
                 }
                 let declared = Declaration {
                     full_name: &req.full_name,
@@ -239,7 +237,7 @@ impl Gateway {
         let locked = match (national, consulted) {
             (Some(national), true) => {
                 match national
-                    .settle(&client, &ctx.subject, verification.is_match())
+                    .settle(&client, subject.as_str(), verification.is_match())
                     .await
                 {
                     Settled::Answer(locked) => locked,

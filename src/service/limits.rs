@@ -50,18 +50,22 @@ impl Limits for LimitsService {
             async move {
                 let mut ctx: RequestCtx = gw.begin(Rpc::LimitsUnlock, identity, timeout);
                 if let Ok(id) = validation::parse_declared_id(&request.personal_id, false) {
-                    ctx.subject = gw.subject(id.digits());
+                    ctx.subject = Some(gw.subject(id.digits()));
                 }
                 if !request.case_id.trim().is_empty() {
-                    ctx.case_id = gw.pseudonyms.case_pseudonym(&request.case_id);
+                    ctx.case_id = Some(gw.pseudonyms.case_pseudonym(&request.case_id));
                 }
                 let result = async {
                     gw.admit(&ctx)?;
-                    validation::parse_declared_id(&request.personal_id, false)?;
+                    let id = validation::parse_declared_id(&request.personal_id, false)?;
                     validation::check_case_id(&request.case_id)?;
-                    let lifted = gw.subjects.unlock(&ctx.subject);
+                    let subject = ctx
+                        .subject
+                        .clone()
+                        .unwrap_or_else(|| gw.subject(id.digits()));
+                    let lifted = gw.subjects.unlock(subject.as_str());
                     let national = match &gw.national {
-                        Some(national) => national.unlock(&ctx.subject).await,
+                        Some(national) => national.unlock(subject.as_str()).await,
                         None => false,
                     };
                     let mut disclosure = Disclosure::of(Outcome::Unlocked, &[]);

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
-use crate::audit::{AuditEntry, AuditLog, Pseudonymizer};
+use crate::audit::{AuditEntry, AuditLog, Pseudonym, Pseudonymizer};
 use crate::cache::{CacheOutcome, RecordCache};
-use crate::catalogue::Catalogue;
+use crate::catalogue::{Catalogue, ClaimedProcedure, MatchingRule};
 use crate::error::{code_name, GatewayError};
 use crate::policy::{Policy, Rpc};
 
@@ -140,58 +140,20 @@ pub struct RequestCtx {
     pub rpc: Rpc,
     /// When registry calls must have answered (from the caller's grpc-timeout).
     pub deadline: Deadline,
-    /// The procedure code (as given, once validated).
-    pub procedure: String,
-    /// The dossier number.
-    pub case_id: String,
-    /// The subject's pseudonym.
-    pub subject: String,
-    /// The name rule of the procedure.
-    pub rule: String,
+    /// The procedure the request named (known once admitted).
+    pub procedure: ClaimedProcedure,
+    /// The dossier number's pseudonym.
+    pub case_id: Option<Pseudonym>,
+    /// The pseudonym of the person asked about.
+    pub subject: Option<Pseudonym>,
+    /// The name rule of the procedure, once admitted.
+    pub rule: Option<MatchingRule>,
     /// What the cache did for the lookup (set by [`Gateway::lookup`], the only way a
     /// handler reaches a citizen record).
     pub cache: CacheOutcome,
 }
 
-/// A successful answer's outcome, as the audit log writes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// VerifyIdentity: the declaration matches one living citizen.
-    Match,
-    /// VerifyIdentity: it does not (the reason is in the detail).
-    NoMatch,
-    /// GetCitizen / GetHousehold: fields disclosed.
-    Disclosed,
-    /// ListProcedures.
-    Listed,
-    /// AuditLog.Query.
-    Queried,
-    /// AuditLog.Watch.
-    Watching,
-    /// AuditLog.Head.
-    Read,
-    /// CitizenAccess.AccessReport.
-    Reported,
-    /// Limits.Unlock.
-    Unlocked,
-}
-
-impl Outcome {
-    /// The word in the audit log.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Match => "MATCH",
-            Outcome::NoMatch => "NO_MATCH",
-            Outcome::Disclosed => "DISCLOSED",
-            Outcome::Listed => "LISTED",
-            Outcome::Queried => "QUERIED",
-            Outcome::Watching => "WATCHING",
-            Outcome::Read => "READ",
-            Outcome::Reported => "REPORTED",
-            Outcome::Unlocked => "UNLOCKED",
-        }
-    }
-}
+pub use crate::audit::Outcome;
 
 /// What a successful answer disclosed: the handler's typed result beside the reply,
 /// turned by [`Gateway::finish`] into the audit record. A refused request discloses
@@ -203,7 +165,7 @@ pub struct Disclosure {
     /// Names of the fields disclosed (never values).
     pub fields: Vec<String>,
     /// Pseudonyms of other people whose data the answer disclosed.
-    pub related: Vec<String>,
+    pub related: Vec<Pseudonym>,
     /// What was compared, which NO_MATCH reason applied (never a value).
     pub detail: String,
 }
@@ -268,10 +230,10 @@ impl Gateway {
             identity,
             rpc,
             deadline: Deadline::for_caller(timeout, self.upstream_timeout),
-            procedure: String::new(),
-            case_id: String::new(),
-            subject: String::new(),
-            rule: String::new(),
+            procedure: ClaimedProcedure::None,
+            case_id: None,
+            subject: None,
+            rule: None,
             cache: CacheOutcome::None,
         }
     }
@@ -286,7 +248,7 @@ impl Gateway {
         key: &LookupKey,
     ) -> Result<Option<Arc<CitizenRecord>>, GatewayError> {
         // What is looked up is recorded under the procedure it was admitted for.
-        ctx.procedure.clone_from(&permit.procedure().code);
+        ctx.procedure = ClaimedProcedure::Known(permit.procedure().code.clone());
         let (result, cache) = match &self.cache {
             Some(cache) => cache.citizen(key, ctx.deadline).await,
             None => (
@@ -343,7 +305,7 @@ impl Gateway {
     }
 
     /// The audit subject for a personal id.
-    pub fn subject(&self, personal_id: &str) -> String {
+    pub fn subject(&self, personal_id: &str) -> Pseudonym {
         self.pseudonyms.pseudonym(personal_id)
     }
 
@@ -358,7 +320,7 @@ impl Gateway {
         let (result, outcome, code, detail, fields, related) = match result {
             Ok((answer, d)) => (
                 Ok(answer),
-                d.outcome.as_str().to_string(),
+                d.outcome,
                 Code::Ok,
                 d.detail,
                 d.fields,
@@ -366,8 +328,14 @@ impl Gateway {
             ),
             Err(e) => {
                 let (code, detail) = (e.code(), e.to_string());
-                let outcome = code_name(code).to_string();
-                (Err(e), outcome, code, detail, Vec::new(), Vec::new())
+                (
+                    Err(e),
+                    Outcome::Refused(code),
+                    code,
+                    detail,
+                    Vec::new(),
+                    Vec::new(),
+                )
             }
         };
         let client = match &ctx.identity {
@@ -381,9 +349,7 @@ impl Gateway {
             if refusals::aggregable(e) {
                 let known = matches!(&ctx.identity, Ok(id) if self.access.load().policy.knows(id));
                 let second = chrono::Utc::now().timestamp();
-                let recording =
-                    self.refusals
-                        .admit(&client, known, ctx.rpc.name(), code_name(code), second);
+                let recording = self.refusals.admit(&client, known, ctx.rpc, code, second);
                 if recording == refusals::Recording::Count {
                     self.metrics.refusals_counted.inc();
                     let request_id = ctx.request_id;
@@ -397,18 +363,17 @@ impl Gateway {
         let entry = AuditEntry {
             request_id: ctx.request_id.clone(),
             client: client.clone(),
-            rpc: ctx.rpc.to_string(),
             procedure: ctx.procedure,
             case_id: ctx.case_id,
             subject: ctx.subject,
             related,
             fields,
-            outcome: outcome.clone(),
-            code: code_name(code).to_string(),
+            code: Some(code),
             rule: ctx.rule,
-            cache: ctx.cache.as_str().into(),
+            cache: Some(ctx.cache),
             latency_us: ctx.started.elapsed().as_micros() as u64,
             detail,
+            ..AuditEntry::new(ctx.rpc, outcome)
         };
         let request_id = ctx.request_id;
         match self.audit.append(entry).await {
@@ -422,7 +387,7 @@ impl Gateway {
                 return Err(with_request_id(GatewayError::Audit(e).into(), &request_id));
             }
         }
-        tracing::debug!(%request_id, %client, rpc = ctx.rpc.name(), %outcome, "answered");
+        tracing::debug!(%request_id, %client, rpc = ctx.rpc.name(), outcome = outcome.as_str(), "answered");
         result.map_err(|e| with_request_id(e.into(), &request_id))
     }
 }
@@ -437,11 +402,7 @@ impl Gateway {
             Ok(_) => "unknown".to_string(),
             Err(_) => "unauthenticated".to_string(),
         };
-        let procedure = if self.catalogue.get(&ctx.procedure).is_some() {
-            ctx.procedure.clone()
-        } else {
-            String::new()
-        };
+        let procedure = ctx.procedure.known().unwrap_or_default().to_string();
         self.metrics
             .requests_by
             .get_or_create(&crate::telemetry::RequestLabels {
@@ -509,7 +470,7 @@ pub(crate) async fn detached<T: Send + 'static>(
     let unrun = |identity| {
         let mut ctx = gw.begin(rpc, identity, None);
         if let Ok(id) = crate::validation::parse_declared_id(&personal_id, true) {
-            ctx.subject = gw.subject(id.digits());
+            ctx.subject = Some(gw.subject(id.digits()));
         }
         ctx
     };

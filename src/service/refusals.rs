@@ -21,8 +21,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use crate::audit::AuditEntry;
-use crate::error::GatewayError;
+use tonic::Code;
+
+use crate::audit::{AuditEntry, Outcome, RecordedCall};
+use crate::error::{code_name, GatewayError};
+use crate::policy::Rpc;
 
 /// One identity's refusals within one second.
 #[derive(Debug, Default)]
@@ -30,8 +33,8 @@ struct Window {
     second: i64,
     written: u32,
     held: u32,
-    codes: BTreeMap<&'static str, u32>,
-    rpcs: BTreeMap<&'static str, u32>,
+    codes: BTreeMap<i32, u32>,
+    rpcs: BTreeMap<Rpc, u32>,
 }
 
 /// Refusals held (counted, not recorded one by one) from one identity in one second:
@@ -44,40 +47,46 @@ pub struct Summary {
     pub second: i64,
     /// Refusals counted.
     pub count: u32,
-    /// By gRPC code name.
-    pub codes: BTreeMap<&'static str, u32>,
+    /// By gRPC code (its number, in the order of the codes).
+    pub codes: BTreeMap<i32, u32>,
     /// By RPC.
-    pub rpcs: BTreeMap<&'static str, u32>,
+    pub rpcs: BTreeMap<Rpc, u32>,
 }
 
 impl Summary {
     /// The summary's audit record.
     pub fn entry(&self) -> AuditEntry {
-        let list = |m: &BTreeMap<&'static str, u32>| {
+        let list = |m: Vec<(&str, u32)>| {
             m.iter()
                 .map(|(k, n)| format!("{k}×{n}"))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let codes = self
+            .codes
+            .iter()
+            .map(|(c, n)| (code_name(Code::from_i32(*c)), *n))
+            .collect::<Vec<_>>();
+        let rpcs = self.rpcs.iter().map(|(r, n)| (r.name(), *n)).collect();
+        // The commonest code (the first of equals in the codes' order).
         let code = self
             .codes
             .iter()
+            .rev()
             .max_by_key(|(_, n)| **n)
-            .map_or("", |(c, _)| *c);
+            .map(|(c, _)| Code::from_i32(*c));
         AuditEntry {
             request_id: format!("refusals-{}", self.second),
             client: self.client.clone(),
-            rpc: "refusals".into(),
-            outcome: "AGGREGATED".into(),
-            code: code.into(),
+            code,
             detail: format!(
                 "{} refusals in second {} counted, not recorded one by one: {}; {}",
                 self.count,
                 self.second,
-                list(&self.codes),
-                list(&self.rpcs)
+                list(codes),
+                list(rpcs)
             ),
-            ..Default::default()
+            ..AuditEntry::new(RecordedCall::Refusals, Outcome::Aggregated)
         }
     }
 }
@@ -123,14 +132,7 @@ impl Refusals {
 
     /// Decides for one refusal by `client` (`known`: the policy lists it) at Unix second
     /// `second`.
-    pub fn admit(
-        &self,
-        client: &str,
-        known: bool,
-        rpc: &'static str,
-        code: &'static str,
-        second: i64,
-    ) -> Recording {
+    pub fn admit(&self, client: &str, known: bool, rpc: Rpc, code: Code, second: i64) -> Recording {
         let allowance = if known {
             self.per_second
         } else {
@@ -153,7 +155,7 @@ impl Refusals {
             return Recording::Record;
         }
         window.held += 1;
-        *window.codes.entry(code).or_default() += 1;
+        *window.codes.entry(code as i32).or_default() += 1;
         *window.rpcs.entry(rpc).or_default() += 1;
         Recording::Count
     }
@@ -197,8 +199,8 @@ mod tests {
             r.admit(
                 "spiffe://a",
                 true,
-                "VerifyIdentity",
-                "PERMISSION_DENIED",
+                Rpc::VerifyIdentity,
+                Code::PermissionDenied,
                 second,
             )
         };
@@ -230,8 +232,8 @@ mod tests {
                 r.admit(
                     "spiffe://x",
                     false,
-                    "VerifyIdentity",
-                    "PERMISSION_DENIED",
+                    Rpc::VerifyIdentity,
+                    Code::PermissionDenied,
                     7,
                 ) == Recording::Record
             })

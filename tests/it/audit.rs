@@ -114,7 +114,10 @@ async fn every_outcome_leaves_exactly_one_record() {
         "the record names the fields disclosed"
     );
     assert_eq!(get.procedure, "P16");
-    assert_eq!(get.case_id, gw.gateway.pseudonyms.case_pseudonym("HS-9"));
+    assert_eq!(
+        get.case_id,
+        gw.gateway.pseudonyms.case_pseudonym("HS-9").as_str()
+    );
     assert_eq!(get.client, popgw::pki::MINISTRY_ID);
     assert_eq!(get.rule, "EXACT");
     let no_match = records
@@ -653,7 +656,7 @@ async fn a_refused_request_keeps_the_claimed_procedure_and_dossier() {
         .filter(|x| x.rpc == "VerifyIdentity" || x.rpc == "GetCitizen")
         .map(|x| (x.procedure.clone(), x.case_id.clone(), x.code.clone()))
         .collect();
-    let case = |c: &str| gw.gateway.pseudonyms.case_pseudonym(c);
+    let case = |c: &str| gw.gateway.pseudonyms.case_pseudonym(c).into_string();
     let s = |x: &str| x.to_string();
     assert_eq!(
         about,
@@ -931,4 +934,89 @@ async fn access_reports_never_take_an_operators_slot() {
         let _: Vec<_> = stream.unwrap().into_inner().collect().await;
     }
     reports.await.unwrap();
+}
+
+/// An audit folder written by popgw before the record's fields became types (issue 26:
+/// the demo gateway of commit c959ac2, nine calls — MATCH, NO_MATCH, disclosures with
+/// related people, unknown and unreadable procedure codes, an audit query, an access
+/// report) verifies, continues under the same keys, and a person keeps their pseudonym:
+/// a query by id finds the records written before and after.
+#[tokio::test]
+async fn a_folder_written_before_the_typed_entries_verifies_and_continues() {
+    use popgw::audit::{self, AuditConfig, AuditEntry, AuditLog, Filter, Outcome, Pseudonymizer};
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/audit-before-typed-entries");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    std::fs::create_dir(&dir).unwrap();
+    for f in std::fs::read_dir(&fixture).unwrap() {
+        let f = f.unwrap().path();
+        let name = f.file_name().unwrap().to_str().unwrap().to_string();
+        let to = if name.ends_with(".key") {
+            tmp.path().join(&name)
+        } else {
+            dir.join(&name)
+        };
+        std::fs::copy(&f, to).unwrap();
+    }
+    let segment = "audit-00000000000000000001.log";
+    let written = std::fs::read(dir.join(segment)).unwrap();
+    let before = audit::verify_dir(&dir, None).unwrap();
+    assert_eq!(before.records, 9);
+    let old = audit::read_records(&dir).unwrap();
+    let words: Vec<(&str, &str, &str)> = old
+        .iter()
+        .map(|r| {
+            (
+                r.body.rpc.as_str(),
+                r.body.procedure.as_str(),
+                r.body.outcome.as_str(),
+            )
+        })
+        .collect();
+    assert!(
+        words.contains(&("GetCitizen", "P16", "DISCLOSED")),
+        "{words:?}"
+    );
+    assert!(
+        words.contains(&("VerifyIdentity", "?P99", "INVALID_ARGUMENT")),
+        "{words:?}"
+    );
+    assert!(
+        words.contains(&("VerifyIdentity", "?", "INVALID_ARGUMENT")),
+        "{words:?}"
+    );
+
+    let key = audit::load_or_create_signing_key(&tmp.path().join("audit-signing.key")).unwrap();
+    let pseudonyms =
+        Pseudonymizer::open_for_log(&tmp.path().join("audit-pseudonym.key"), &dir).unwrap();
+    let log = AuditLog::open(AuditConfig::new(&dir, "node-1"), key).unwrap();
+    let subject = pseudonyms.pseudonym("001038047646");
+    log.append(AuditEntry {
+        request_id: "after".into(),
+        client: popgw::pki::PORTAL_ID.into(),
+        subject: Some(subject.clone()),
+        code: Some(Code::Ok),
+        ..AuditEntry::new(popgw::policy::Rpc::VerifyIdentity, Outcome::Match)
+    })
+    .await
+    .unwrap();
+    log.shutdown().await;
+
+    let after = audit::verify_dir(&dir, None).unwrap();
+    assert_eq!(after.records, 10, "{after:?}");
+    // What was written is left as it was; the new record follows it in a new segment.
+    assert_eq!(std::fs::read(dir.join(segment)).unwrap(), written);
+    let filter = Filter {
+        subject: Some(subject),
+        ..Filter::default()
+    };
+    let found: Vec<String> = audit::read_records(&dir)
+        .unwrap()
+        .into_iter()
+        .filter(|r| filter.accepts(&r.body))
+        .map(|r| r.body.request_id)
+        .collect();
+    assert!(found.len() >= 8, "{found:?}");
+    assert_eq!(found.last().map(String::as_str), Some("after"));
 }

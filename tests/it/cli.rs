@@ -269,8 +269,10 @@ fn audit_verify_names_the_first_bad_record() {
             audit
                 .append(popgw::audit::AuditEntry {
                     request_id: format!("r{i}"),
-                    outcome: "MATCH".into(),
-                    ..Default::default()
+                    ..popgw::audit::AuditEntry::new(
+                        popgw::policy::Rpc::VerifyIdentity,
+                        popgw::audit::Outcome::Match,
+                    )
                 })
                 .await
                 .unwrap();

@@ -294,7 +294,7 @@ async fn two_nodes_indexed_queried_reported_and_verified() {
     assert_eq!(printed["events"][1]["agency"], seen.agency.as_str());
     assert_eq!(printed["events"][1]["asRelative"], true);
     // The call itself is audited on the node that answered, its subject the citizen.
-    let subject = a.gateway.subject(&x.personal_id);
+    let subject = a.gateway.subject(&x.personal_id).into_string();
     let recorded = popgw::audit::read_records(a.gateway.audit.dir()).unwrap();
     assert!(recorded
         .iter()
@@ -537,11 +537,12 @@ async fn node_log(
     for i in 0..n {
         log.append(popgw::audit::AuditEntry {
             request_id: format!("r{i}"),
-            rpc: "VerifyIdentity".into(),
-            subject: "ab".repeat(32),
-            outcome: "MATCH".into(),
-            code: "OK".into(),
-            ..Default::default()
+            subject: Some(popgw::audit::Pseudonymizer::new([5; 32]).pseudonym("p")),
+            code: Some(tonic::Code::Ok),
+            ..popgw::audit::AuditEntry::new(
+                popgw::policy::Rpc::VerifyIdentity,
+                popgw::audit::Outcome::Match,
+            )
         })
         .await
         .unwrap();
