@@ -78,7 +78,7 @@ fn bench(c: &mut Criterion) {
                 }
                 start.elapsed()
             }
-        })
+        });
     });
     g.finish();
 

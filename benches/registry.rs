@@ -181,7 +181,7 @@ async fn drive_server(addr: &str, dir: &Path, certs: &Path) {
                     .await;
                 match r {
                     Ok(r) if r.get_ref().citizen.is_some() => {
-                        h.record(t.elapsed().as_micros() as u64).unwrap()
+                        h.record(t.elapsed().as_micros() as u64).unwrap();
                     }
                     _ => errors += 1,
                 }

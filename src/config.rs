@@ -888,7 +888,7 @@ impl Config {
                 &mut p,
             ),
             RegistryKind::Embedded => {
-                readable("registry.population_file", &self.population_path(), &mut p)
+                readable("registry.population_file", &self.population_path(), &mut p);
             }
             RegistryKind::Remote => {
                 for (key, path) in [

@@ -498,7 +498,7 @@ async fn retention_removes_old_segments_with_a_signed_note_and_verify_passes() {
     let path = tmp.path().join("checkpoints.log");
     let original = std::fs::read_to_string(&path).unwrap();
     edit_lines(&path, |l| {
-        l.retain(|x| !x.contains("\"kind\":\"retention\""))
+        l.retain(|x| !x.contains("\"kind\":\"retention\""));
     });
     let err = verify_dir(tmp.path(), None).unwrap_err();
     assert!(err.reason.contains("does not follow"), "{err}");

@@ -289,12 +289,12 @@ impl AuditLog {
     /// Writes every queued record, signs a final checkpoint and stops the
     /// writer. Idempotent; later appends fail with [`AuditError::Closed`].
     pub async fn shutdown(&self) {
-        self.stop(Msg::Shutdown).await
+        self.stop(Msg::Shutdown).await;
     }
 
     #[cfg(test)]
     pub(crate) async fn crash(&self) {
-        self.stop(Msg::Crash).await
+        self.stop(Msg::Crash).await;
     }
 
     async fn stop(&self, msg: impl FnOnce(oneshot::Sender<()>) -> Msg) {

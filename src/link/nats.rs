@@ -261,7 +261,7 @@ impl NatsLink {
                 }
                 (Some(_), None) => p.push(format!("{key}.key_file: cert_file needs its key")),
                 (None, Some(_)) => {
-                    p.push(format!("{key}.cert_file: key_file needs its certificate"))
+                    p.push(format!("{key}.cert_file: key_file needs its certificate"));
                 }
                 (None, None) => {}
             }
@@ -279,7 +279,7 @@ impl NatsLink {
         }
         match (&self.user, &self.password_file) {
             (Some(user), _) if user.is_empty() || user.chars().any(char::is_whitespace) => {
-                p.push(format!("{key}.user: a name without spaces"))
+                p.push(format!("{key}.user: a name without spaces"));
             }
             (Some(_), None) => p.push(format!(
                 "{key}.password_file: user needs its password, read from a file"
@@ -373,10 +373,10 @@ impl NatsLink {
                 async move {
                     match event {
                         async_nats::Event::ServerError(e) => {
-                            tracing::warn!(link = %name, error = %e, "NATS server refused")
+                            tracing::warn!(link = %name, error = %e, "NATS server refused");
                         }
                         async_nats::Event::Disconnected => {
-                            tracing::debug!(link = %name, "NATS disconnected")
+                            tracing::debug!(link = %name, "NATS disconnected");
                         }
                         _ => {}
                     }

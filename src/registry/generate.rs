@@ -880,7 +880,7 @@ impl Generator {
         }
 
         // Cards and old ids.
-        for p in people.iter_mut() {
+        for p in &mut people {
             let born_in = PROVINCES
                 .iter()
                 .position(|(c, _)| p.rec.personal_id.starts_with(c))

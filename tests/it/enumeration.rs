@@ -259,7 +259,7 @@ async fn a_stream_beyond_its_item_limit_is_ended() {
     );
     match &answers[3].result {
         Some(pb::verify_identity_stream_response::Result::Error(e)) => {
-            assert_eq!(e.code, Code::ResourceExhausted as i32)
+            assert_eq!(e.code, Code::ResourceExhausted as i32);
         }
         other => panic!("{other:?}"),
     }

@@ -2,8 +2,7 @@
 //! file): the real server on 127.0.0.1:0 over real mutual TLS, the binary as operators run
 //! it, PostgreSQL and NATS on loopback. Apart, each in a binary of its own because it
 //! needs its process to itself: `tests/hardening.rs` measures the process's memory, and
-//! `tests/logs.rs`, `registry_logs.rs`, `upstream_logs.rs` install a global log
-//! subscriber that captures everything.
+//! `tests/logs/` installs a global log subscriber that captures everything.
 
 #[path = "../common/mod.rs"]
 mod common;

@@ -227,7 +227,7 @@ fn serve_with_a_file_never_makes_keys_and_init_makes_them_once() {
                 r = config.registry_path().display(),
             ),
         )
-        .unwrap()
+        .unwrap();
     };
     write("");
     let file = file.to_str().unwrap();

@@ -489,7 +489,7 @@ impl Tally {
                 *self
                     .errors
                     .entry(format!("{:?}", tonic::Code::from(code)))
-                    .or_default() += 1
+                    .or_default() += 1;
             }
             Answer::Transport => *self.errors.entry("transport".into()).or_default() += 1,
         }
@@ -770,7 +770,7 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
                                 Ok(a) => tally.count(a, t.elapsed()),
                                 Err(reason) => {
                                     let stage = reason.split(':').next().unwrap_or("connect");
-                                    tally.error(&format!("connect ({stage})"))
+                                    tally.error(&format!("connect ({stage})"));
                                 }
                             }
                         }

@@ -3,7 +3,7 @@
 //! switching to a new import and a store that cannot answer leave no id, name, birth
 //! date or address in the log output.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,11 +19,7 @@ use tokio_stream::StreamExt;
 
 #[tokio::test]
 async fn registry_tracing_carries_no_personal_data() {
-    let capture = common::Capture::default();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("popgw=trace,info"))
-        .with_writer(capture.clone())
-        .init();
+    let capture = crate::capture();
 
     let dir = tempfile::tempdir().unwrap();
     let (config, _ca) = common::prepare(dir.path());

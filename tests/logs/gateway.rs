@@ -2,7 +2,7 @@
 //! refusals, bad input, TLS refusals and an audit failure leaves no id, name or
 //! birth date in the log output.
 
-mod common;
+use crate::common;
 
 use common::{declare, TestGateway};
 use popgw::client::{connect, ClientCerts};
@@ -10,11 +10,7 @@ use popgw::proto::gateway as pb;
 
 #[tokio::test]
 async fn tracing_output_carries_no_personal_data() {
-    let capture = common::Capture::default();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("popgw=trace,info"))
-        .with_writer(capture.clone())
-        .init();
+    let capture = crate::capture();
 
     let gw = TestGateway::start().await;
     let r = gw.living().clone();

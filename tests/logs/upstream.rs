@@ -3,7 +3,7 @@
 //! followed through the feed, garbage, the registry going down (retries, the breaker,
 //! the broken feed) and coming back — leaves no id, name or birth date in the output.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,11 +14,7 @@ use popgw::service::registry::Faults;
 
 #[tokio::test]
 async fn the_remote_registry_and_the_cache_log_no_personal_data() {
-    let capture = common::Capture::default();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("popgw=trace,info"))
-        .with_writer(capture.clone())
-        .init();
+    let capture = crate::capture();
 
     let s = setup_remote(Faults::default(), |c| {
         c.registry.breaker_failures = 2;
