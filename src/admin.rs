@@ -87,7 +87,7 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
     let gw = &admin.gateway;
     let m = &gw.metrics;
     // Gauges of state read at the scrape.
-    if let Some(cache) = &gw.cache {
+    if let Some(cache) = gw.lookups.cache() {
         m.cache_entries.set(cache.len() as i64);
         m.cache_bytes.set(cache.weighted_size() as i64);
     }
@@ -97,7 +97,7 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
         m.witness_lag
             .set(gw.audit.last_seq().saturating_sub(acked) as i64);
     }
-    m.breaker_state.set(match gw.registry.breaker_state() {
+    m.breaker_state.set(match gw.lookups.breaker_state() {
         None | Some(BreakerState::Closed) => 0,
         Some(BreakerState::Open) => 1,
         Some(BreakerState::HalfOpen) => 2,
@@ -111,7 +111,7 @@ async fn ready(State(admin): State<Arc<Admin>>) -> (StatusCode, String) {
     if gw.audit.is_failed() {
         not_ready.push("audit log not writable".to_string());
     }
-    if gw.registry.breaker_state() == Some(BreakerState::Open) {
+    if gw.lookups.breaker_state() == Some(BreakerState::Open) {
         not_ready.push("registry circuit breaker open".into());
     }
     if *gw.stopping.borrow() {

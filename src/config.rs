@@ -149,6 +149,36 @@ impl std::fmt::Display for RegistryKind {
     }
 }
 
+/// Where the records come from, resolved: the `[registry]` keys of its kind, with their
+/// defaults applied ([`Config::registry_source`]). Code that opens, prepares or names
+/// the registry matches on this, so a kind's data travels with it: no `Option` of
+/// another kind's key to unwrap.
+#[derive(Debug, Clone)]
+pub enum RegistrySource {
+    /// The on-disk store in this folder.
+    Disk(PathBuf),
+    /// A PostgreSQL database (the URL may hold a password: see [`RegistrySource`]'s
+    /// `Display`, which redacts it).
+    Postgres(String),
+    /// `popgw registry serve` over mutual TLS.
+    Remote(crate::registry::remote::RemoteOptions),
+    /// In memory, from this JSON Lines file.
+    Embedded(PathBuf),
+}
+
+impl std::fmt::Display for RegistrySource {
+    /// Where the records come from, as `serve` prints it (a URL's password redacted).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistrySource::Disk(path) | RegistrySource::Embedded(path) => {
+                write!(f, "{}", path.display())
+            }
+            RegistrySource::Postgres(url) => f.write_str(&crate::link::postgres::redact(url)),
+            RegistrySource::Remote(options) => f.write_str(&options.endpoint),
+        }
+    }
+}
+
 /// Limits against enumeration and floods.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -881,34 +911,19 @@ impl Config {
                 p.push(format!("{key}: {}: {e}", path.display()));
             }
         };
-        match self.registry.kind {
-            RegistryKind::Disk => readable(
-                "registry.path",
-                &self.registry_path().join("CURRENT"),
-                &mut p,
-            ),
-            RegistryKind::Embedded => {
-                readable("registry.population_file", &self.population_path(), &mut p);
-            }
-            RegistryKind::Remote => {
+        match self.registry_source() {
+            RegistrySource::Disk(path) => readable("registry.path", &path.join("CURRENT"), &mut p),
+            RegistrySource::Embedded(path) => readable("registry.population_file", &path, &mut p),
+            RegistrySource::Remote(remote) => {
                 for (key, path) in [
-                    (
-                        "registry.ca",
-                        self.registry.ca.as_ref().unwrap_or(&self.tls.client_ca),
-                    ),
-                    (
-                        "registry.cert",
-                        self.registry.cert.as_ref().unwrap_or(&self.tls.cert),
-                    ),
-                    (
-                        "registry.key",
-                        self.registry.key.as_ref().unwrap_or(&self.tls.key),
-                    ),
+                    ("registry.ca", &remote.ca),
+                    ("registry.cert", &remote.cert),
+                    ("registry.key", &remote.key),
                 ] {
                     readable(key, path, &mut p);
                 }
             }
-            RegistryKind::Postgres => {}
+            RegistrySource::Postgres(_) => {}
         }
         p
     }
@@ -941,8 +956,21 @@ impl Config {
             ..Default::default()
         }
     }
+    /// Where the records come from: `registry.kind` and that kind's keys, defaults
+    /// applied.
+    pub fn registry_source(&self) -> RegistrySource {
+        match self.registry.kind {
+            RegistryKind::Disk => RegistrySource::Disk(self.registry_path()),
+            RegistryKind::Postgres => {
+                RegistrySource::Postgres(self.registry.url.clone().unwrap_or_default())
+            }
+            RegistryKind::Remote => RegistrySource::Remote(self.remote_options()),
+            RegistryKind::Embedded => RegistrySource::Embedded(self.population_path()),
+        }
+    }
+
     /// How the remote registry is reached (kind "remote").
-    pub fn remote_options(&self) -> crate::registry::remote::RemoteOptions {
+    fn remote_options(&self) -> crate::registry::remote::RemoteOptions {
         let r = &self.registry;
         crate::registry::remote::RemoteOptions {
             endpoint: r.endpoint.clone().unwrap_or_default(),

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use crate::config::{Config, RegistryKind};
+use crate::config::{Config, RegistrySource};
 use crate::pki::{self, PkiError};
 use crate::policy::DEMO_POLICY;
 use crate::registry::disk::DiskStore;
@@ -70,9 +70,8 @@ pub fn prepare(config: &Config) -> Result<Vec<String>, DemoError> {
         std::fs::write(&policy, DEMO_POLICY).map_err(io(&policy))?;
         notes.push(format!("wrote the demo policy to {}", policy.display()));
     }
-    match config.registry.kind {
-        RegistryKind::Embedded => {
-            let population = config.population_path();
+    match config.registry_source() {
+        RegistrySource::Embedded(population) => {
             if config.registry.create_demo && !population.exists() {
                 let summary = generate::generate_to_file(
                     config.registry.demo_count,
@@ -88,8 +87,7 @@ pub fn prepare(config: &Config) -> Result<Vec<String>, DemoError> {
                 ));
             }
         }
-        RegistryKind::Disk => {
-            let dir = config.registry_path();
+        RegistrySource::Disk(dir) => {
             if config.registry.create_demo && !DiskStore::exists(&dir) {
                 let summary = import_demo(config, &dir)?;
                 // The generation imported is the demo: `serve` prints examples from it only.
@@ -105,7 +103,7 @@ pub fn prepare(config: &Config) -> Result<Vec<String>, DemoError> {
                 ));
             }
         }
-        _ => {}
+        RegistrySource::Postgres(_) | RegistrySource::Remote(_) => {}
     }
     Ok(notes)
 }

@@ -3,6 +3,7 @@
 //! [`serve_registry`], the same for `popgw registry serve`.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use tonic::transport::Server as TonicServer;
 use crate::audit::{self, AuditConfig, AuditLog, Pseudonymizer};
 use crate::cache::RecordCache;
 use crate::catalogue::{Catalogue, CatalogueError};
-use crate::config::{Config, RegistryKind};
+use crate::config::{Config, RegistrySource};
 use crate::policy::{Policy, PolicyError};
 use crate::proto::gateway::audit_log_server::AuditLogServer;
 use crate::proto::gateway::citizen_access_server::CitizenAccessServer;
@@ -123,41 +124,22 @@ impl Server {
         let tls = tls::server_config(&config.tls)?;
         let metrics = Arc::new(Metrics::default());
         crate::reload::certificate_expiry(&metrics, &config);
-        if config.registry.kind == RegistryKind::Remote {
-            let registry = RemoteRegistry::connect(config.remote_options(), metrics.clone())?;
-            let parts = Parts {
-                registry: Arc::new(registry),
-                examples: Vec::new(),
-                population: 0,
-                store: None,
-            };
-            return Self::assemble(config, tls, parts, metrics).await;
-        }
-        if config.registry.kind == RegistryKind::Embedded {
-            let population = config.population_path();
-            let registry =
-                tokio::task::spawn_blocking(move || EmbeddedRegistry::load_jsonl(&population))
-                    .await
-                    .map_err(|e| RegistryError::Invalid(e.to_string()))??;
-            let examples = if config.zero_config {
-                registry.examples()
-            } else {
-                Vec::new()
-            };
-            let population = registry.len() as u64;
-            let parts = Parts {
-                registry: Arc::new(registry),
-                examples,
-                population,
-                store: None,
-            };
-            return Self::assemble(config, tls, parts, metrics).await;
-        }
-        let location = match config.registry.kind {
-            RegistryKind::Postgres => {
-                StoreLocation::Postgres(config.registry.url.clone().unwrap_or_default())
+        let location = match config.registry_source() {
+            RegistrySource::Remote(options) => {
+                let registry = RemoteRegistry::connect(options, metrics.clone())?;
+                let parts = Parts {
+                    registry: Arc::new(registry),
+                    examples: Vec::new(),
+                    population: 0,
+                    store: None,
+                };
+                return Self::assemble(config, tls, parts, metrics).await;
             }
-            _ => StoreLocation::Disk(config.registry_path()),
+            RegistrySource::Embedded(population) => {
+                return Self::load_embedded(config, tls, population, metrics).await
+            }
+            RegistrySource::Postgres(url) => StoreLocation::Postgres(url),
+            RegistrySource::Disk(path) => StoreLocation::Disk(path),
         };
         let store = registry::open_store(&location, &config.store_options()).await?;
         // Examples are printed at start: only ever from the generated demo population.
@@ -174,6 +156,32 @@ impl Server {
             examples,
             population,
             store: Some(store),
+        };
+        Self::assemble(config, tls, parts, metrics).await
+    }
+
+    /// A population held in memory, from a JSON Lines file (kind "embedded": tests).
+    async fn load_embedded(
+        config: Config,
+        tls: Arc<rustls::ServerConfig>,
+        population: PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> Result<Server, ServeError> {
+        let registry =
+            tokio::task::spawn_blocking(move || EmbeddedRegistry::load_jsonl(&population))
+                .await
+                .map_err(|e| RegistryError::Invalid(e.to_string()))??;
+        let examples = if config.zero_config {
+            registry.examples()
+        } else {
+            Vec::new()
+        };
+        let population = registry.len() as u64;
+        let parts = Parts {
+            registry: Arc::new(registry),
+            examples,
+            population,
+            store: None,
         };
         Self::assemble(config, tls, parts, metrics).await
     }
@@ -295,9 +303,11 @@ impl Server {
             )),
             max_query_results: config.limits.max_query_results,
             catalogue: Arc::new(catalogue),
-            registry,
-            cache,
-            upstream_timeout: Duration::from_millis(config.registry.timeout_ms),
+            lookups: crate::service::lookup::Lookups::new(
+                registry,
+                cache,
+                Duration::from_millis(config.registry.timeout_ms),
+            ),
             audit,
             pseudonyms,
             witnessed: shipper.as_ref().map(|s| s.status()),
@@ -470,8 +480,9 @@ impl Server {
         // The cache follows the registry's change feed until shutdown.
         let follower = self
             .gateway
-            .cache
-            .clone()
+            .lookups
+            .cache()
+            .cloned()
             .map(|cache| tokio::spawn(cache.follow(self.gateway.stopping.subscribe())));
         // The admin routes answer until the audit log is closed (`/readyz` says "shutting
         // down" while connections drain), then stop with the process.

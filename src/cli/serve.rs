@@ -108,12 +108,12 @@ pub(crate) async fn run(
             signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
         )
     };
-    let cache = if server.gateway().cache.is_some() {
+    let cache = if server.gateway().lookups.cache().is_some() {
         "record cache on"
     } else {
         "record cache off"
     };
-    match server.gateway().registry.kind() {
+    match server.gateway().lookups.kind() {
         "remote" => out!(
             "popgw serving on {addr} (mutual TLS) in front of the registry at {} ({cache})",
             summary.registry
@@ -202,15 +202,7 @@ pub(crate) struct Summary {
 
 impl Summary {
     fn of(config: &Config) -> Summary {
-        use popgw::config::RegistryKind;
-        let registry = match config.registry.kind {
-            RegistryKind::Remote => config.registry.endpoint.clone().unwrap_or_default(),
-            RegistryKind::Postgres => {
-                popgw::link::postgres::redact(config.registry.url.as_deref().unwrap_or_default())
-            }
-            RegistryKind::Embedded => config.population_path().display().to_string(),
-            RegistryKind::Disk => config.registry_path().display().to_string(),
-        };
+        let registry = config.registry_source().to_string();
         Summary {
             registry,
             audit: config.audit_dir().display().to_string(),

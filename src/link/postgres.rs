@@ -611,6 +611,19 @@ impl PgLink {
             })
     }
 
+    /// What a pool's failure to hand out a connection means, for an operator: the
+    /// server's refusal explained ([`PgLink::explain`]), or no answer within `timeout`.
+    pub fn pool_error(&self, e: deadpool_postgres::PoolError, timeout: Duration) -> String {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => self.explain(&e),
+            deadpool_postgres::PoolError::Timeout(_) => format!(
+                "PostgreSQL did not answer within {} ms",
+                timeout.as_millis()
+            ),
+            other => format!("PostgreSQL pool: {other}"),
+        }
+    }
+
     fn tuned(
         &self,
         application_name: &str,
@@ -982,6 +995,53 @@ impl ServerCertVerifier for Unverified {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// One schema's migrations: the SQL files in order, the table that records which were
+/// applied, and the advisory lock that serialises those who apply them.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    /// `(version, SQL)`, in order.
+    pub list: &'static [(i32, &'static str)],
+    /// The table of applied versions (created when missing).
+    pub table: &'static str,
+    /// The `pg_advisory_xact_lock` key.
+    pub lock: i64,
+}
+
+impl Migrations {
+    /// The newest version.
+    pub fn latest(&self) -> i32 {
+        self.list.last().map_or(0, |m| m.0)
+    }
+
+    /// Applies the migrations the database lacks, in one transaction under the lock:
+    /// two processes starting together neither race to create the table nor apply a
+    /// migration twice, and a failed migration leaves nothing half applied.
+    pub async fn apply(
+        &self,
+        client: &mut tokio_postgres::Client,
+    ) -> Result<(), tokio_postgres::Error> {
+        let txn = client.transaction().await?;
+        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&self.lock])
+            .await?;
+        txn.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (
+                 version integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+            self.table
+        ))
+        .await?;
+        let applied = format!("SELECT 1 FROM {} WHERE version = $1", self.table);
+        let record = format!("INSERT INTO {} (version) VALUES ($1)", self.table);
+        for (version, sql) in self.list {
+            if txn.query_opt(&applied, &[version]).await?.is_none() {
+                txn.batch_execute(sql).await?;
+                txn.execute(&record, &[version]).await?;
+            }
+        }
+        txn.commit().await
     }
 }
 

@@ -10,7 +10,7 @@
 //! round trip: one prepared statement, no transaction.
 //!
 //! # Schema
-//! `migrations/postgres/*.sql`, applied in order by [`migrate`] (the import runs it) and
+//! `migrations/postgres/*.sql`, applied in order by [`SCHEMA`] (the import applies it) and
 //! recorded in `popgw_schema_migrations`. An import COPYs into `citizens_staging`, builds
 //! the indexes (a duplicate id fails there, and the offending line is looked up), then
 //! swaps it in for `citizens` in one transaction: a stopped import leaves the served
@@ -36,7 +36,7 @@ use super::{
     check_resume, import_version_base, polled_feed, Change, ChangeStream, Deadline, LookupKey,
     Registry, RegistryError, Store, StoreOptions, Versions,
 };
-use crate::link::postgres::PgLink;
+use crate::link::postgres::{Migrations, PgLink};
 use crate::proto::registry::{CitizenRecord, Household};
 
 /// The migrations, in order: (version, SQL).
@@ -61,18 +61,7 @@ fn pg_err(e: tokio_postgres::Error) -> RegistryError {
 }
 
 fn pool_err(e: deadpool_postgres::PoolError, link: &PgLink, timeout: Duration) -> RegistryError {
-    match e {
-        deadpool_postgres::PoolError::Backend(e) => RegistryError::Unavailable(link.explain(&e)),
-        deadpool_postgres::PoolError::Timeout(_) => too_slow(timeout),
-        other => RegistryError::Unavailable(format!("PostgreSQL pool: {other}")),
-    }
-}
-
-fn too_slow(timeout: Duration) -> RegistryError {
-    RegistryError::Unavailable(format!(
-        "PostgreSQL did not answer within {} ms",
-        timeout.as_millis()
-    ))
+    RegistryError::Unavailable(link.pool_error(e, timeout))
 }
 
 fn decode(bytes: &[u8]) -> Result<CitizenRecord, RegistryError> {
@@ -84,42 +73,13 @@ fn link(url: &str) -> Result<PgLink, RegistryError> {
     PgLink::parse(url).map_err(|e| RegistryError::Unavailable(e.to_string()))
 }
 
-/// Applies the migrations this database lacks, in order, each in its own transaction.
-pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), RegistryError> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS popgw_schema_migrations (
-                 version integer PRIMARY KEY,
-                 applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await
-        .map_err(pg_err)?;
-    for (version, sql) in MIGRATIONS {
-        let txn = client.transaction().await.map_err(pg_err)?;
-        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
-            .await
-            .map_err(pg_err)?;
-        let applied = txn
-            .query_opt(
-                "SELECT 1 FROM popgw_schema_migrations WHERE version = $1",
-                &[version],
-            )
-            .await
-            .map_err(pg_err)?
-            .is_some();
-        if !applied {
-            txn.batch_execute(sql).await.map_err(pg_err)?;
-            txn.execute(
-                "INSERT INTO popgw_schema_migrations (version) VALUES ($1)",
-                &[version],
-            )
-            .await
-            .map_err(pg_err)?;
-        }
-        txn.commit().await.map_err(pg_err)?;
-    }
-    Ok(())
-}
+/// The registry's schema: [`MIGRATIONS`], recorded in `popgw_schema_migrations`, applied
+/// by an import.
+pub const SCHEMA: Migrations = Migrations {
+    list: MIGRATIONS,
+    table: "popgw_schema_migrations",
+    lock: LOCK_KEY,
+};
 
 /// A population in PostgreSQL (see the module documentation).
 #[derive(Clone)]
@@ -182,7 +142,7 @@ impl PgStore {
                 }
                 other => other,
             })?;
-        let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+        let latest = SCHEMA.latest();
         if applied != latest {
             return Err(RegistryError::Unavailable(format!(
                 "registry schema version {applied}, this popgw needs {latest}: run `popgw registry import` to migrate"
@@ -281,7 +241,11 @@ impl PgStore {
             .batch_execute("SET lock_timeout = 0")
             .await
             .map_err(sql_err)?;
-        migrate(&mut client).await.map_err(store_err)?;
+        SCHEMA
+            .apply(&mut client)
+            .await
+            .map_err(pg_err)
+            .map_err(store_err)?;
         let head: i64 = client
             .query_one(
                 "SELECT value FROM popgw_registry_meta WHERE key = 'head'",

@@ -184,8 +184,9 @@ impl CitizenAccess for CitizenAccessService {
         request: Request<pb::AccessReportRequest>,
     ) -> Result<Response<pb::AccessReportResponse>, Status> {
         let gw = self.gw.clone();
-        let identity = super::early::reached(&request);
-        let timeout = super::caller_timeout(request.metadata());
+        let super::early::Caller {
+            identity, timeout, ..
+        } = super::early::reached(&request);
         let request = request.into_inner();
         let personal_id = request.personal_id.clone();
         // Runs to its record even if the portal gives up.

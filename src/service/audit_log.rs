@@ -101,7 +101,7 @@ impl AuditLog for AuditLogService {
         request: Request<pb::AuditQueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
         let gw = self.gw.clone();
-        let identity = super::early::reached(&request);
+        let identity = super::early::reached(&request).identity;
         let request = request.into_inner();
         // Run to its record even if the operator gives up: the search is always recorded.
         let (permit, filter, limit) = super::detached(
@@ -193,9 +193,11 @@ impl AuditLog for AuditLogService {
         &self,
         request: Request<pb::AuditWatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let ctx = self
-            .gw
-            .begin(Rpc::AuditWatch, super::early::reached(&request), None);
+        let ctx = self.gw.begin(
+            Rpc::AuditWatch,
+            super::early::reached(&request).identity,
+            None,
+        );
         let from = request.into_inner().from_seq;
         let result = self.gw.admit(&ctx).and_then(|_| {
             Ok((
@@ -280,9 +282,11 @@ impl AuditLog for AuditLogService {
         &self,
         request: Request<pb::AuditHeadRequest>,
     ) -> Result<Response<pb::AuditCheckpoint>, Status> {
-        let ctx = self
-            .gw
-            .begin(Rpc::AuditHead, super::early::reached(&request), None);
+        let ctx = self.gw.begin(
+            Rpc::AuditHead,
+            super::early::reached(&request).identity,
+            None,
+        );
         let result = self.gw.admit(&ctx).and_then(|_| {
             self.gw
                 .audit

@@ -42,16 +42,32 @@ fn deadline_lead(timeout: std::time::Duration) -> std::time::Duration {
     crate::registry::Deadline::margin(timeout) / 2
 }
 
-/// Set by the handler of a request as it starts.
-#[derive(Clone, Debug, Default)]
-pub struct Reached(Arc<AtomicBool>);
+/// What this layer established about a call, handed to its handler in one request
+/// extension: the client (named once per connection, at the handshake), the caller's
+/// grpc-timeout (read once, here) and the flag the handler sets as it starts.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The client identity, or why there is none.
+    pub identity: Result<String, crate::tls::IdentityError>,
+    /// The caller's grpc-timeout, if it sent a valid one.
+    pub timeout: Option<std::time::Duration>,
+    reached: Arc<AtomicBool>,
+}
 
-/// Marks `request` as having reached its handler; returns its client identity.
-pub fn reached<T>(request: &tonic::Request<T>) -> Result<String, crate::tls::IdentityError> {
-    if let Some(r) = request.extensions().get::<Reached>() {
-        r.0.store(true, Ordering::Release);
+/// Marks `request` as having reached its handler; returns its [`Caller`] (read from the
+/// request itself when it did not pass this layer).
+pub fn reached<T>(request: &tonic::Request<T>) -> Caller {
+    match request.extensions().get::<Caller>() {
+        Some(caller) => {
+            caller.reached.store(true, Ordering::Release);
+            caller.clone()
+        }
+        None => Caller {
+            identity: crate::tls::peer_identity(request),
+            timeout: super::caller_timeout(request.metadata()),
+            reached: Arc::default(),
+        },
     }
-    crate::tls::peer_identity(request)
 }
 
 /// The layer (see the module documentation).
@@ -350,8 +366,17 @@ where
                 .instrument(span),
             );
         }
-        let reached = Reached::default();
-        request.extensions_mut().insert(reached.clone());
+        let timeout = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::parse_grpc_timeout);
+        let reached = Arc::new(AtomicBool::new(false));
+        request.extensions_mut().insert(Caller {
+            identity: identity(),
+            timeout,
+            reached: reached.clone(),
+        });
         if rpc != Rpc::VerifyIdentityStream {
             let request_body = std::mem::take(request.body_mut());
             let identity_limit = match &peer_identity {
@@ -374,11 +399,6 @@ where
                 gw.limit_options.body_timeout,
             ));
         }
-        let timeout = request
-            .headers()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(super::parse_grpc_timeout);
         // The clone that was made ready is the one called (tower's contract).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -394,7 +414,7 @@ where
                             Err(_) => {
                                 // A handler in its own task still finishes and records
                                 // itself; one never reached is recorded here.
-                                if !reached.0.load(Ordering::Acquire) {
+                                if !reached.load(Ordering::Acquire) {
                                     let ctx = gw.begin(rpc, identity(), None);
                                     let refused = GatewayError::Undecodable(Code::DeadlineExceeded);
                                     let _ = gw.finish::<()>(ctx, Err(refused)).await;
@@ -407,7 +427,7 @@ where
                         }
                     }
                 };
-                if !reached.0.load(Ordering::Acquire) {
+                if !reached.load(Ordering::Acquire) {
                     let code = status_code(&response).unwrap_or(Code::Unknown);
                     if code != Code::Ok {
                         let ctx = gw.begin(rpc, identity(), None);

@@ -429,8 +429,9 @@ impl IdentityGateway for GatewayService {
         request: Request<pb::VerifyIdentityRequest>,
     ) -> Result<Response<pb::VerifyIdentityResponse>, Status> {
         let gw = self.gw.clone();
-        let identity = super::early::reached(&request);
-        let timeout = super::caller_timeout(request.metadata());
+        let super::early::Caller {
+            identity, timeout, ..
+        } = super::early::reached(&request);
         let request = request.into_inner();
         let personal_id = request.personal_id.clone();
         super::detached(
@@ -454,7 +455,7 @@ impl IdentityGateway for GatewayService {
         &self,
         request: Request<Streaming<pb::VerifyIdentityStreamRequest>>,
     ) -> Result<Response<Self::VerifyIdentityStreamStream>, Status> {
-        let identity = super::early::reached(&request);
+        let identity = super::early::reached(&request).identity;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let gw = self.gw.clone();
@@ -536,8 +537,9 @@ impl IdentityGateway for GatewayService {
         request: Request<pb::GetCitizenRequest>,
     ) -> Result<Response<pb::GetCitizenResponse>, Status> {
         let gw = self.gw.clone();
-        let identity = super::early::reached(&request);
-        let timeout = super::caller_timeout(request.metadata());
+        let super::early::Caller {
+            identity, timeout, ..
+        } = super::early::reached(&request);
         let request = request.into_inner();
         let personal_id = request.personal_id.clone();
         super::detached(
@@ -560,8 +562,9 @@ impl IdentityGateway for GatewayService {
         request: Request<pb::GetHouseholdRequest>,
     ) -> Result<Response<pb::GetHouseholdResponse>, Status> {
         let gw = self.gw.clone();
-        let identity = super::early::reached(&request);
-        let timeout = super::caller_timeout(request.metadata());
+        let super::early::Caller {
+            identity, timeout, ..
+        } = super::early::reached(&request);
         let request = request.into_inner();
         let personal_id = request.personal_id.clone();
         super::detached(
@@ -583,9 +586,11 @@ impl IdentityGateway for GatewayService {
         &self,
         request: Request<pb::ListProceduresRequest>,
     ) -> Result<Response<pb::ListProceduresResponse>, Status> {
-        let mut ctx = self
-            .gw
-            .begin(Rpc::ListProcedures, super::early::reached(&request), None);
+        let mut ctx = self.gw.begin(
+            Rpc::ListProcedures,
+            super::early::reached(&request).identity,
+            None,
+        );
         let result = self.gw.procedures(&mut ctx);
         self.gw.finish(ctx, result).await.map(Response::new)
     }

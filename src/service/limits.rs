@@ -37,8 +37,9 @@ impl Limits for LimitsService {
         request: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
         let gw = self.gw.clone();
-        let identity = super::early::reached(&request);
-        let timeout = super::caller_timeout(request.metadata());
+        let super::early::Caller {
+            identity, timeout, ..
+        } = super::early::reached(&request);
         let request = request.into_inner();
         let personal_id = request.personal_id.clone();
         // Runs to its record even if the operator's client gives up.

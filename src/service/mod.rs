@@ -16,6 +16,7 @@ pub mod audit_log;
 pub mod early;
 pub mod gateway;
 pub mod limits;
+pub mod lookup;
 pub mod refusals;
 pub mod registry;
 
@@ -26,13 +27,13 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
 use crate::audit::{AuditEntry, AuditLog, Pseudonym, Pseudonymizer};
-use crate::cache::{CacheOutcome, RecordCache};
+use crate::cache::CacheOutcome;
 use crate::catalogue::{Catalogue, ClaimedProcedure, MatchingRule};
 use crate::error::{code_name, GatewayError};
 use crate::policy::{Policy, Rpc};
 
 use crate::proto::registry::CitizenRecord;
-use crate::registry::{Deadline, LookupKey, Registry};
+use crate::registry::{Deadline, LookupKey};
 use crate::telemetry::Metrics;
 use crate::tls;
 pub use admission::{Permit, ProcedurePermit};
@@ -50,12 +51,9 @@ pub struct Gateway {
     pub body_budget: Arc<early::BodyBudget>,
     /// The procedures and their field profiles.
     pub catalogue: Arc<Catalogue>,
-    /// The upstream population registry.
-    pub registry: Arc<dyn Registry>,
-    /// The record cache in front of it (`None` when `[cache] enabled = false`).
-    pub cache: Option<Arc<RecordCache>>,
-    /// Cap of every registry call (`registry.timeout_ms`).
-    pub upstream_timeout: Duration,
+    /// The upstream population registry and the record cache in front of it, reachable
+    /// only with a [`ProcedurePermit`].
+    pub lookups: lookup::Lookups,
     /// Failed verifications per citizen, and locks.
     pub subjects: crate::limits::SubjectGuard,
     /// The deployment's shared count of them, when `limits.national = "nats"`.
@@ -229,7 +227,7 @@ impl Gateway {
             request_id,
             identity,
             rpc,
-            deadline: Deadline::for_caller(timeout, self.upstream_timeout),
+            deadline: Deadline::for_caller(timeout, self.lookups.upstream_timeout()),
             procedure: ClaimedProcedure::None,
             case_id: None,
             subject: None,
@@ -249,18 +247,9 @@ impl Gateway {
     ) -> Result<Option<Arc<CitizenRecord>>, GatewayError> {
         // What is looked up is recorded under the procedure it was admitted for.
         ctx.procedure = ClaimedProcedure::Known(permit.procedure().code.clone());
-        let (result, cache) = match &self.cache {
-            Some(cache) => cache.citizen(key, ctx.deadline).await,
-            None => (
-                self.registry
-                    .citizen(key, ctx.deadline)
-                    .await
-                    .map(|r| r.map(Arc::new)),
-                CacheOutcome::None,
-            ),
-        };
+        let (result, cache) = self.lookups.citizen(permit, key, ctx.deadline).await;
         ctx.cache = cache;
-        Ok(result?)
+        result
     }
 
     /// A household, for a procedure whose profile allows household data and a client
@@ -272,8 +261,9 @@ impl Gateway {
         ctx: &RequestCtx,
         household_id: &str,
     ) -> Result<Option<crate::proto::registry::Household>, GatewayError> {
-        household_allowed(permit)?;
-        Ok(self.registry.household(household_id, ctx.deadline).await?)
+        self.lookups
+            .household(permit, household_id, ctx.deadline)
+            .await
     }
 
     /// A permit for one operator call (Query or Watch), held while it streams; refused

@@ -471,7 +471,7 @@ async fn gateway_verifies_on_postgres() {
         .unwrap()
         .into_inner();
     assert_eq!(answer.verdict(), gw::Verdict::NoMatch);
-    assert_eq!(gw.gateway.registry.kind(), "postgres");
+    assert_eq!(gw.gateway.lookups.kind(), "postgres");
     db.drop_db().await;
 }
 

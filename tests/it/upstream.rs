@@ -66,7 +66,7 @@ impl Setup {
 
     /// Waits until the cache has noticed that its change feed is cut.
     async fn feed_lost(&self) {
-        let cache = self.gw.gateway.cache.clone().expect("cache on");
+        let cache = self.gw.gateway.lookups.cache().cloned().expect("cache on");
         for _ in 0..100 {
             if !cache.feed_up() {
                 return;
@@ -78,7 +78,7 @@ impl Setup {
 
     /// Waits until the cache follows the registry's change feed.
     async fn feed_followed(&self) {
-        let cache = self.gw.gateway.cache.clone().expect("cache on");
+        let cache = self.gw.gateway.lookups.cache().cloned().expect("cache on");
         for _ in 0..100 {
             if cache.feed_up() {
                 return;
