@@ -232,7 +232,7 @@ impl Server {
         if let Some(pinned) = &config.audit.public_key {
             let have = hex::encode(key.verifying_key().to_bytes());
             if !pinned.eq_ignore_ascii_case(&have) {
-                return Err(ServeError::Audit(audit::AuditError::Corrupt(format!(
+                return Err(ServeError::Audit(audit::AuditError::KeyMismatch(format!(
                     "{}: its public key {have} is not audit.public_key {pinned}",
                     signing_key_path.display()
                 ))));
@@ -257,7 +257,7 @@ impl Server {
         let verifying_key = key.verifying_key();
         let audit = tokio::task::spawn_blocking(move || AuditLog::open(audit_config, key))
             .await
-            .map_err(|e| audit::AuditError::Corrupt(e.to_string()))??;
+            .map_err(|e| audit::AuditError::Open(e.to_string()))??;
 
         let shipper = config.witness_config().map(|w| {
             audit::witness::Shipper::new(w, audit.clone(), verifying_key, metrics.clone())

@@ -113,20 +113,46 @@ pub enum IdentityError {
     Unprintable,
 }
 
+/// A client's identity: the URI SAN of its certificate, named once when the connection's
+/// handshake completes ([`client_identity`]: printable ASCII, 1–512 bytes). Every request
+/// of the connection shares it (a clone is a reference count, never a copy of the text).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(Arc<str>);
+
+impl ClientId {
+    /// The URI, as the policy, the audit log and the metrics name the client.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for ClientId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The client of a connection, named once when its handshake completes and carried
 /// into every request's extensions (tonic's connect info).
 #[derive(Clone, Debug)]
-pub struct Peer(Arc<Result<String, IdentityError>>);
+pub struct Peer(Result<ClientId, IdentityError>);
 
 impl Peer {
     /// The client identity, or why there is none.
-    pub fn identity(&self) -> Result<String, IdentityError> {
-        (*self.0).clone()
+    pub fn identity(&self) -> Result<ClientId, IdentityError> {
+        self.0.clone()
     }
 }
 
 /// The client identity of a request's connection.
-pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<String, IdentityError> {
+pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<ClientId, IdentityError> {
     request
         .extensions()
         .get::<Peer>()
@@ -325,7 +351,7 @@ pub struct Admitted {
 
 /// One established connection as a reload re-checks it.
 struct Live {
-    identity: Option<String>,
+    identity: Option<ClientId>,
     chain: Vec<CertificateDer<'static>>,
     close: tokio_util::sync::CancellationToken,
 }
@@ -380,7 +406,7 @@ impl LiveConnections {
 
     fn register(
         &self,
-        identity: Option<String>,
+        identity: Option<ClientId>,
         chain: Vec<CertificateDer<'static>>,
     ) -> (LiveGuard, tokio_util::sync::CancellationToken) {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -635,7 +661,7 @@ pub fn incoming(
                         guard.live = Some(live.clone());
                         let admitted = Admitted {
                             stream,
-                            peer: Peer(Arc::new(identity)),
+                            peer: Peer(identity),
                             _permit: permit,
                             _open: OpenConnection::new(&metrics.connections_open),
                             _slot: slot,
@@ -654,7 +680,7 @@ pub fn incoming(
 }
 
 /// Names the client by the first URI subject alternative name of its leaf certificate.
-pub fn client_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<String, IdentityError> {
+pub fn client_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<ClientId, IdentityError> {
     let leaf = certs
         .and_then(|c| c.first())
         .ok_or(IdentityError::NoCertificate)?;
@@ -676,7 +702,7 @@ pub fn client_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<String, I
             if uri.is_empty() || uri.len() > 512 || uri.chars().any(|c| !c.is_ascii_graphic()) {
                 Err(IdentityError::Unprintable)
             } else {
-                Ok(uri)
+                Ok(ClientId(uri.into()))
             }
         })
 }

@@ -252,7 +252,7 @@ impl NodeFolder {
         let fingerprint = self.audit_dir.join(FINGERPRINT_FILE);
         let fingerprint_existed = fingerprint.exists();
         if self.signing_key.exists() && !fingerprint_existed {
-            return Err(super::AuditError::Corrupt(format!(
+            return Err(super::AuditError::Unmatched(format!(
                 "the signing key {} exists but {} is not its audit folder (no {FINGERPRINT_FILE}): \
                  the log was wiped or moved, or a path is wrong. Restore it; to start a new log \
                  on purpose, move the keys away first",
@@ -262,7 +262,7 @@ impl NodeFolder {
         }
         let has_records = holds_records(&self.audit_dir);
         if has_records && !self.signing_key.exists() {
-            return Err(super::AuditError::Corrupt(format!(
+            return Err(super::AuditError::Unmatched(format!(
                 "{} holds records but the signing key {} is missing: restore it (a new key \
                  would not verify the log's history)",
                 self.audit_dir.display(),

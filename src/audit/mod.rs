@@ -252,4 +252,15 @@ pub enum AuditError {
     /// The pseudonym key does not belong to this audit log.
     #[error("{0}")]
     PseudonymKey(String),
+    /// The signing key is not this log's: another key in `audit-signing.pub`, or not the
+    /// pinned `audit.public_key`.
+    #[error("{0}")]
+    KeyMismatch(String),
+    /// The folder and its keys do not belong together: a log wiped or moved while its
+    /// key was in use, or records whose key is missing.
+    #[error("{0}")]
+    Unmatched(String),
+    /// Opening the log failed in its thread (a panic: a bug, reported, never papered over).
+    #[error("opening the audit log failed: {0}")]
+    Open(String),
 }

@@ -536,7 +536,7 @@ async fn a_different_signing_key_is_refused() {
     let other = SigningKey::from_bytes(&[9u8; 32]);
     assert!(matches!(
         AuditLog::open(cfg(tmp.path()), other),
-        Err(AuditError::Corrupt(_))
+        Err(AuditError::KeyMismatch(_))
     ));
 }
 

@@ -353,7 +353,7 @@ fn refuse_wiped(dir: &Path) -> Result<(), AuditError> {
     let no_checkpoints =
         std::fs::metadata(dir.join(CHECKPOINTS_FILE)).map_or(true, |m| m.len() == 0);
     if no_segments && no_checkpoints {
-        return Err(AuditError::Corrupt(format!(
+        return Err(AuditError::Unmatched(format!(
             "{} holds no audit log, but its signing key was in use before: the log was wiped \
              or moved. Restore it; to start a new log on purpose, move the signing key away first",
             dir.display()
@@ -368,7 +368,7 @@ fn ensure_pubkey(dir: &Path, key: &SigningKey) -> Result<(), AuditError> {
     let want = hex::encode(key.verifying_key().to_bytes());
     match std::fs::read_to_string(&path) {
         Ok(have) if have.trim() == want => Ok(()),
-        Ok(_) => Err(AuditError::Corrupt(format!(
+        Ok(_) => Err(AuditError::KeyMismatch(format!(
             "{} holds a different public key than the configured signing key; \
              use the original key or start a new audit directory",
             path.display()

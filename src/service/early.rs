@@ -30,7 +30,7 @@ use tracing::Instrument;
 
 use super::Gateway;
 use crate::error::GatewayError;
-use crate::tls::Peer;
+use crate::tls::{ClientId, Peer};
 
 /// How long before the caller's grpc-timeout this layer answers DEADLINE_EXCEEDED
 /// itself: half the margin handlers keep (`registry::Deadline::margin`, 2–50 ms), so
@@ -48,7 +48,7 @@ fn deadline_lead(timeout: std::time::Duration) -> std::time::Duration {
 #[derive(Clone, Debug)]
 pub struct Caller {
     /// The client identity, or why there is none.
-    pub identity: Result<String, crate::tls::IdentityError>,
+    pub identity: Result<crate::tls::ClientId, crate::tls::IdentityError>,
     /// The caller's grpc-timeout, if it sent a valid one.
     pub timeout: Option<std::time::Duration>,
     reached: Arc<AtomicBool>,
@@ -114,14 +114,15 @@ const SERVED_ELSEWHERE: [&str; 3] = [
 #[derive(Debug, Default)]
 pub struct BodyBudget {
     total: std::sync::atomic::AtomicUsize,
-    by_identity: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    by_identity: std::sync::Mutex<std::collections::HashMap<Option<ClientId>, usize>>,
 }
 
 /// Bytes a body in flight has taken from the [`BodyBudget`]; given back when the
 /// message is complete or the body is dropped.
 struct Charge {
     budget: Arc<BodyBudget>,
-    identity: String,
+    /// `None`: every client without a usable identity shares one budget.
+    identity: Option<ClientId>,
     bytes: usize,
     identity_limit: usize,
     total_limit: usize,
@@ -388,7 +389,7 @@ where
             };
             let charge = Charge {
                 budget: gw.body_budget.clone(),
-                identity: peer_identity.unwrap_or_default(),
+                identity: peer_identity,
                 bytes: 0,
                 identity_limit,
                 total_limit: gw.limit_options.body_bytes_total,

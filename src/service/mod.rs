@@ -133,7 +133,7 @@ pub struct RequestCtx {
     /// The id returned to the caller and written to the audit log.
     pub request_id: String,
     /// The client identity, or why there is none.
-    pub identity: Result<String, tls::IdentityError>,
+    pub identity: Result<tls::ClientId, tls::IdentityError>,
     /// The RPC name as the policy knows it.
     pub rpc: Rpc,
     /// When registry calls must have answered (from the caller's grpc-timeout).
@@ -213,7 +213,7 @@ impl Gateway {
     pub fn begin(
         &self,
         rpc: Rpc,
-        identity: Result<String, tls::IdentityError>,
+        identity: Result<tls::ClientId, tls::IdentityError>,
         timeout: Option<Duration>,
     ) -> RequestCtx {
         let request_id = new_request_id();
@@ -329,7 +329,7 @@ impl Gateway {
             }
         };
         let client = match &ctx.identity {
-            Ok(id) => id.clone(),
+            Ok(id) => id.to_string(),
             Err(e) => format!("unauthenticated: {e}"),
         };
         self.count(&ctx, code);
@@ -388,7 +388,7 @@ impl Gateway {
     /// procedure the catalogue does not know is empty.
     fn count(&self, ctx: &RequestCtx, code: Code) {
         let client = match &ctx.identity {
-            Ok(id) if self.access.load().policy.knows(id) => id.clone(),
+            Ok(id) if self.access.load().policy.knows(id) => id.to_string(),
             Ok(_) => "unknown".to_string(),
             Err(_) => "unauthenticated".to_string(),
         };
@@ -451,7 +451,7 @@ impl Gateway {
 pub(crate) async fn detached<T: Send + 'static>(
     gw: &Gateway,
     rpc: Rpc,
-    identity: Result<String, tls::IdentityError>,
+    identity: Result<tls::ClientId, tls::IdentityError>,
     personal_id: String,
     request: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
 ) -> Result<T, Status> {

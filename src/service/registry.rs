@@ -160,10 +160,14 @@ impl RegistryService {
         Deadline::for_caller(caller_timeout(request.metadata()), LOOKUP_CAP)
     }
 
-    fn authorize<T>(&self, rpc: &'static str, request: &Request<T>) -> Result<String, Status> {
+    fn authorize<T>(
+        &self,
+        rpc: &'static str,
+        request: &Request<T>,
+    ) -> Result<tls::ClientId, Status> {
         let identity =
             tls::peer_identity(request).map_err(|e| Status::unauthenticated(e.to_string()))?;
-        if !self.allow.contains(&identity) {
+        if !self.allow.contains(identity.as_str()) {
             tracing::warn!(client = %identity, rpc, "registry: client not allowed");
             return Err(Status::permission_denied(
                 "this client identity is not allowed by the registry",
