@@ -151,3 +151,104 @@ pub fn registry_status(e: &RegistryError) -> Status {
         }
     }
 }
+
+/// Why a stream the gateway was answering ends before its caller ended it — after the
+/// call's audit record was written, so these end an answer rather than refuse a call.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamEnd {
+    /// The gateway is stopping; `resume` says how to carry on elsewhere or later.
+    #[error("gateway shutting down; {resume}")]
+    ShuttingDown {
+        /// What the caller does next.
+        resume: &'static str,
+    },
+    /// This node's audit log could not be read.
+    #[error("audit log unreadable")]
+    LogUnreadable,
+    /// The central index stopped answering mid-query.
+    #[error("{0} (the query is recorded; ask again when the index is back)")]
+    IndexDown(crate::audit::index::IndexError),
+    /// A watcher could not keep up and lost records from its view.
+    #[error("watcher fell {behind} records behind; resume with from_seq={next}")]
+    Lagged {
+        /// Records it missed.
+        behind: u64,
+        /// Where to resume.
+        next: u64,
+    },
+}
+
+impl From<StreamEnd> for Status {
+    fn from(e: StreamEnd) -> Status {
+        let code = match e {
+            StreamEnd::Lagged { .. } => Code::DataLoss,
+            _ => Code::Unavailable,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+/// What `service::early` answers itself: a unary request's body refused while it
+/// arrived, or a call whose caller's deadline passes before its handler answered.
+#[derive(Debug, thiserror::Error)]
+pub enum EarlyRefusal {
+    /// The caller's grpc-timeout is about to pass: answered before the caller's own timer
+    /// (which would read as CANCELLED).
+    #[error("the caller's deadline passed before the answer was ready")]
+    CallerDeadline,
+    /// A second message on a unary call.
+    #[error("more than one request message for a unary call")]
+    SecondMessage,
+    /// The client's (or the process's) budget of unfinished bytes is spent.
+    #[error(
+        "too many unfinished request bytes from this client; finish or cancel the requests in flight"
+    )]
+    OverBudget,
+    /// The message did not arrive whole within the body timeout.
+    #[error("the request message was not finished in time")]
+    TooSlow,
+}
+
+impl From<EarlyRefusal> for Status {
+    fn from(e: EarlyRefusal) -> Status {
+        let code = match e {
+            EarlyRefusal::SecondMessage => Code::Internal,
+            EarlyRefusal::OverBudget => Code::ResourceExhausted,
+            EarlyRefusal::TooSlow | EarlyRefusal::CallerDeadline => Code::DeadlineExceeded,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+/// Why `popgw registry serve` refuses a call (besides the store's own errors, mapped by
+/// [`registry_status`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryRefusal {
+    /// No usable client certificate.
+    #[error("{0}")]
+    Unauthenticated(crate::tls::IdentityError),
+    /// A client identity the registry does not allow.
+    #[error("this client identity is not allowed by the registry")]
+    NotAllowed,
+    /// A request field is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// Switched off or failing on purpose (`--inject-*`, SIGUSR1).
+    #[error("{0} (fault injection)")]
+    Injected(&'static str),
+    /// The registry is stopping.
+    #[error("registry shutting down; resume from the last version")]
+    ShuttingDown,
+}
+
+impl From<RegistryRefusal> for Status {
+    fn from(e: RegistryRefusal) -> Status {
+        let code = match e {
+            RegistryRefusal::Unauthenticated(_) => Code::Unauthenticated,
+            RegistryRefusal::NotAllowed => Code::PermissionDenied,
+            RegistryRefusal::Invalid(_) => Code::InvalidArgument,
+            RegistryRefusal::Injected(_) | RegistryRefusal::ShuttingDown => Code::Unavailable,
+        };
+        Status::new(code, e.to_string())
+    }
+}

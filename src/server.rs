@@ -400,14 +400,12 @@ impl Server {
         };
         let gateway = self.gateway.clone();
         let listed_only = move |request: tonic::Request<()>| {
-            let identity = tls::peer_identity(&request)
-                .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+            let identity =
+                tls::peer_identity(&request).map_err(crate::error::GatewayError::from)?;
             if gateway.access.load().policy.knows(&identity) {
                 Ok(request)
             } else {
-                Err(tonic::Status::permission_denied(
-                    "client is not in the policy",
-                ))
+                Err(crate::error::GatewayError::from(crate::policy::Denied::UnknownClient).into())
             }
         };
         let reflection = tonic::service::interceptor::InterceptedService::new(

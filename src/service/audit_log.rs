@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use super::{Disclosure, Gateway, Outcome, RequestCtx};
 use crate::audit::{self, StoredRecord};
 use crate::cache::CacheOutcome;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, StreamEnd};
 use crate::proto::gateway as pb;
 use crate::proto::gateway::audit_log_server::AuditLog;
 use crate::validation::{self};
@@ -157,11 +157,7 @@ impl AuditLog for AuditLogService {
                 );
                 if let Err(e) = queried {
                     tracing::warn!(error = %e, "AuditLog.Query: the audit index did not answer");
-                    let _ = tx
-                        .send(Err(Status::unavailable(format!(
-                            "{e} (the query is recorded; ask again when the index is back)"
-                        ))))
-                        .await;
+                    let _ = tx.send(Err(StreamEnd::IndexDown(e).into())).await;
                 }
             });
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
@@ -181,7 +177,7 @@ impl AuditLog for AuditLogService {
                 sent < limit
             });
             if scanned.is_err() {
-                let _ = tx.blocking_send(Err(Status::unavailable("audit log unreadable")));
+                let _ = tx.blocking_send(Err(StreamEnd::LogUnreadable.into()));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -231,9 +227,7 @@ impl AuditLog for AuditLogService {
             let mut next = match scanned {
                 Ok(Ok(last)) => last.map_or(start, |s| s + 1),
                 _ => {
-                    let _ = tx
-                        .send(Err(Status::unavailable("audit log unreadable")))
-                        .await;
+                    let _ = tx.send(Err(StreamEnd::LogUnreadable.into())).await;
                     return;
                 }
             };
@@ -247,7 +241,7 @@ impl AuditLog for AuditLogService {
                     _ = tx.closed() => return,
                     // The gateway is stopping: end the stream so shutdown is not held up.
                     _ = super::stopped(&mut stopping) => {
-                        let _ = tx.send(Err(Status::unavailable("gateway shutting down; resume with from_seq"))).await;
+                        let _ = tx.send(Err(StreamEnd::ShuttingDown { resume: "resume with from_seq" }.into())).await;
                         return;
                     }
                 };
@@ -265,9 +259,7 @@ impl AuditLog for AuditLogService {
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         let _ = tx
-                            .send(Err(Status::data_loss(format!(
-                                "watcher fell {n} records behind; resume with from_seq={next}"
-                            ))))
+                            .send(Err(StreamEnd::Lagged { behind: n, next }.into()))
                             .await;
                         return;
                     }

@@ -29,7 +29,7 @@ use tonic::Code;
 use tracing::Instrument;
 
 use super::Gateway;
-use crate::error::GatewayError;
+use crate::error::{EarlyRefusal, GatewayError};
 use crate::tls::{ClientId, Peer};
 
 /// How long before the caller's grpc-timeout this layer answers DEADLINE_EXCEEDED
@@ -255,19 +255,14 @@ impl http_body::Body for OneMessage {
                     let data = data.clone();
                     if !self.follow(&data) {
                         self.done = true;
-                        return Poll::Ready(Some(Err(tonic::Status::internal(
-                            "more than one request message for a unary call",
-                        ))));
+                        return Poll::Ready(Some(Err(EarlyRefusal::SecondMessage.into())));
                     }
                     if self.complete() {
                         self.charge.release();
                     } else if !self.charge.take(data.len()) {
                         self.done = true;
                         self.charge.release();
-                        return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
-                            "too many unfinished request bytes from this client; finish or \
-                             cancel the requests in flight",
-                        ))));
+                        return Poll::Ready(Some(Err(EarlyRefusal::OverBudget.into())));
                     }
                 }
             }
@@ -276,9 +271,7 @@ impl http_body::Body for OneMessage {
                 if std::future::Future::poll(self.deadline.as_mut(), cx).is_ready() {
                     self.done = true;
                     self.charge.release();
-                    return Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(
-                        "the request message was not finished in time",
-                    ))));
+                    return Poll::Ready(Some(Err(EarlyRefusal::TooSlow.into())));
                 }
             }
             Poll::Pending => {}
@@ -342,7 +335,7 @@ where
                     let unknown = GatewayError::Undecodable(Code::Unimplemented);
                     let refused = match gw.finish::<()>(ctx, Err(unknown)).await {
                         Err(status) => status,
-                        Ok(()) => tonic::Status::unimplemented("unknown service"),
+                        Ok(()) => GatewayError::Undecodable(Code::Unimplemented).into(),
                     };
                     Ok(refused.into_http())
                 }
@@ -420,10 +413,9 @@ where
                                     let refused = GatewayError::Undecodable(Code::DeadlineExceeded);
                                     let _ = gw.finish::<()>(ctx, Err(refused)).await;
                                 }
-                                return Ok(tonic::Status::deadline_exceeded(
-                                    "the caller's deadline passed before the answer was ready",
-                                )
-                                .into_http());
+                                return Ok(
+                                    tonic::Status::from(EarlyRefusal::CallerDeadline).into_http()
+                                );
                             }
                         }
                     }

@@ -468,9 +468,10 @@ impl IdentityGateway for GatewayService {
                 let item = tokio::select! {
                     item = inbound.next() => item,
                     _ = super::stopped(&mut stopping) => {
-                        let _ = tx.try_send(Err(Status::unavailable(
-                            "gateway shutting down; resend the items not answered",
-                        )));
+                        let _ = tx.try_send(Err(crate::error::StreamEnd::ShuttingDown {
+                            resume: "resend the items not answered",
+                        }
+                        .into()));
                         break;
                     }
                 };

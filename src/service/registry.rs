@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::error::registry_status;
+use crate::error::{registry_status, RegistryRefusal};
 use crate::proto::registry as pb;
 use crate::proto::registry::population_registry_server::PopulationRegistry;
 use crate::registry::{Deadline, LookupKey, Store};
@@ -81,9 +81,7 @@ impl Faults {
 
     async fn before(&self) -> Result<(), Status> {
         if self.down.load(Ordering::Relaxed) {
-            return Err(Status::unavailable(
-                "registry switched off (fault injection)",
-            ));
+            return Err(RegistryRefusal::Injected("registry switched off").into());
         }
         let (delay, fail) = {
             let mut rng = rand::thread_rng();
@@ -101,7 +99,7 @@ impl Faults {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         if fail {
-            return Err(Status::unavailable("injected error (fault injection)"));
+            return Err(RegistryRefusal::Injected("injected error").into());
         }
         Ok(())
     }
@@ -165,13 +163,10 @@ impl RegistryService {
         rpc: &'static str,
         request: &Request<T>,
     ) -> Result<tls::ClientId, Status> {
-        let identity =
-            tls::peer_identity(request).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let identity = tls::peer_identity(request).map_err(RegistryRefusal::Unauthenticated)?;
         if !self.allow.contains(identity.as_str()) {
             tracing::warn!(client = %identity, rpc, "registry: client not allowed");
-            return Err(Status::permission_denied(
-                "this client identity is not allowed by the registry",
-            ));
+            return Err(RegistryRefusal::NotAllowed.into());
         }
         Ok(identity)
     }
@@ -190,9 +185,10 @@ impl RegistryService {
 }
 
 fn invalid_id(field: &'static str) -> Status {
-    Status::invalid_argument(format!(
+    RegistryRefusal::Invalid(format!(
         "{field}: must be a 12-digit personal id or a 9-digit old id"
     ))
+    .into()
 }
 
 /// Keeps `heads` at the store's head, polling it (another process may write the store)
@@ -266,17 +262,19 @@ impl PopulationRegistry for RegistryService {
         let result = async {
             let ids = &request.get_ref().personal_ids;
             if ids.len() > MAX_BATCH {
-                return Err(Status::invalid_argument(format!(
+                return Err(RegistryRefusal::Invalid(format!(
                     "personal_ids: at most {MAX_BATCH} ids per call"
-                )));
+                ))
+                .into());
             }
             if let Some(i) = ids
                 .iter()
                 .position(|id| !matches!(LookupKey::parse(id), Some(LookupKey::PersonalId(_))))
             {
-                return Err(Status::invalid_argument(format!(
+                return Err(RegistryRefusal::Invalid(format!(
                     "personal_ids[{i}]: must be a 12-digit personal id"
-                )));
+                ))
+                .into());
             }
             let deadline = self.deadline(&request);
             self.faults.before().await?;
@@ -303,7 +301,7 @@ impl PopulationRegistry for RegistryService {
         let result = async {
             let id = &request.get_ref().household_id;
             validation::check_household_id(id)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                .map_err(|e| RegistryRefusal::Invalid(e.to_string()))?;
             let deadline = self.deadline(&request);
             self.faults.before().await?;
             let household = self
@@ -326,9 +324,7 @@ impl PopulationRegistry for RegistryService {
         const RPC: &str = "WatchChanges";
         let client = self.authorize(RPC, &request)?;
         if self.faults.feed_cut() {
-            return Err(Status::unavailable(
-                "change feed switched off (fault injection)",
-            ));
+            return Err(RegistryRefusal::Injected("change feed switched off").into());
         }
         self.faults.before().await?;
         let from = request.get_ref().from_version;
@@ -355,9 +351,9 @@ impl PopulationRegistry for RegistryService {
             loop {
                 if faults.feed_cut() {
                     let _ = tx
-                        .send(Err(Status::unavailable(
-                            "change feed switched off (fault injection)",
-                        )))
+                        .send(Err(
+                            RegistryRefusal::Injected("change feed switched off").into()
+                        ))
                         .await;
                     return;
                 }
@@ -397,7 +393,7 @@ impl PopulationRegistry for RegistryService {
                     _ = tokio::time::sleep(MARK_INTERVAL) => { marked = None; }
                     _ = tx.closed() => return,
                     _ = stopping.changed() => {
-                        let _ = tx.send(Err(Status::unavailable("registry shutting down; resume from the last version"))).await;
+                        let _ = tx.send(Err(RegistryRefusal::ShuttingDown.into())).await;
                         return;
                     }
                 }
