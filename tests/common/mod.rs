@@ -532,10 +532,66 @@ create_demo = false
     path
 }
 
+/// The `popgw` binary, as operators run it: every test that runs the binary starts
+/// from here.
+pub fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_popgw"))
+}
+
+/// A registry that fails the way a test needs: the one fake upstream of the tests
+/// (anything that answers is a real store or `registry serve`).
+pub enum FakeRegistry {
+    /// Unreachable: every call UNAVAILABLE ("connection refused").
+    Down,
+    /// Answers "no such citizen", but only after this long.
+    Slow(std::time::Duration),
+    /// A bug in the client: every citizen lookup panics.
+    Panicking,
+}
+
+#[tonic::async_trait]
+impl Registry for FakeRegistry {
+    async fn citizen(
+        &self,
+        _: &popgw::registry::LookupKey,
+        _: popgw::registry::Deadline,
+    ) -> Result<Option<CitizenRecord>, popgw::registry::RegistryError> {
+        match self {
+            FakeRegistry::Down => Err(popgw::registry::RegistryError::Unavailable(
+                "connection refused".into(),
+            )),
+            FakeRegistry::Slow(after) => {
+                tokio::time::sleep(*after).await;
+                Ok(None)
+            }
+            FakeRegistry::Panicking => panic!("a bug in the registry client"),
+        }
+    }
+    async fn household(
+        &self,
+        _: &str,
+        _: popgw::registry::Deadline,
+    ) -> Result<Option<popgw::proto::registry::Household>, popgw::registry::RegistryError> {
+        match self {
+            FakeRegistry::Down => Err(popgw::registry::RegistryError::Unavailable(
+                "connection refused".into(),
+            )),
+            _ => Ok(None),
+        }
+    }
+    fn kind(&self) -> &'static str {
+        match self {
+            FakeRegistry::Down => "down",
+            FakeRegistry::Slow(_) => "slow",
+            FakeRegistry::Panicking => "panicking",
+        }
+    }
+}
+
 /// Runs `popgw init --config FILE` (a node's keys and audit folder, which `serve
 /// --config` never makes) and checks it succeeded.
 pub fn init_node(config: &Path) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_popgw"))
+    let out = bin()
         .args(["init", "--config"])
         .arg(config)
         .output()
@@ -551,7 +607,7 @@ pub fn spawn_serve(
     stderr: std::process::Stdio,
 ) -> (std::process::Child, u16) {
     use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_popgw"))
+    let mut child = bin()
         .args(["serve", "--config", config.to_str().unwrap()])
         .env("RUST_LOG", log_filter)
         .stdout(std::process::Stdio::piped())
@@ -706,7 +762,7 @@ impl TestStream {
 
     /// `popgw audit verify --dir DIR --witness URL` for this stream and node.
     pub fn verify_command(&self, dir: &Path, url: &str) -> std::process::Command {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_popgw"));
+        let mut command = bin();
         command.args(["audit", "verify", "--dir"]).arg(dir).args([
             "--witness",
             url,

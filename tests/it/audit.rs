@@ -8,8 +8,6 @@ use std::sync::Arc;
 
 use common::{declare, TestGateway};
 use popgw::proto::gateway as pb;
-use popgw::proto::registry::{CitizenRecord, Household};
-use popgw::registry::{LookupKey, Registry, RegistryError};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -185,32 +183,9 @@ async fn every_outcome_leaves_exactly_one_record() {
     assert!(found.iter().any(|x| x.request_id == answer.request_id));
 }
 
-struct DownRegistry;
-
-#[tonic::async_trait]
-impl Registry for DownRegistry {
-    async fn citizen(
-        &self,
-        _: &LookupKey,
-        _: popgw::registry::Deadline,
-    ) -> Result<Option<CitizenRecord>, RegistryError> {
-        Err(RegistryError::Unavailable("connection refused".into()))
-    }
-    async fn household(
-        &self,
-        _: &str,
-        _: popgw::registry::Deadline,
-    ) -> Result<Option<Household>, RegistryError> {
-        Err(RegistryError::Unavailable("connection refused".into()))
-    }
-    fn kind(&self) -> &'static str {
-        "down"
-    }
-}
-
 #[tokio::test]
 async fn an_unreachable_registry_answers_could_not_check_and_is_recorded() {
-    let gw = TestGateway::start_with(|_| {}, Some(Arc::new(DownRegistry))).await;
+    let gw = TestGateway::start_with(|_| {}, Some(Arc::new(common::FakeRegistry::Down))).await;
     let r = gw.population[0].clone();
     let res = gw
         .client("portal")
@@ -481,34 +456,15 @@ async fn disclosures_about_relatives_are_found_by_the_relatives_id() {
     let _ = &mut op;
 }
 
-/// An upstream that answers, but slowly.
-struct SlowRegistry;
-
-#[tonic::async_trait]
-impl Registry for SlowRegistry {
-    async fn citizen(
-        &self,
-        _: &LookupKey,
-        _: popgw::registry::Deadline,
-    ) -> Result<Option<CitizenRecord>, RegistryError> {
-        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-        Ok(None)
-    }
-    async fn household(
-        &self,
-        _: &str,
-        _: popgw::registry::Deadline,
-    ) -> Result<Option<Household>, RegistryError> {
-        Ok(None)
-    }
-    fn kind(&self) -> &'static str {
-        "slow"
-    }
-}
-
 #[tokio::test]
 async fn a_request_its_client_gave_up_on_still_leaves_its_record() {
-    let gw = TestGateway::start_with(|_| {}, Some(Arc::new(SlowRegistry))).await;
+    let gw = TestGateway::start_with(
+        |_| {},
+        Some(Arc::new(common::FakeRegistry::Slow(
+            std::time::Duration::from_millis(400),
+        ))),
+    )
+    .await;
     let r = gw.population[0].clone();
     let mut req = tonic::Request::new(declare(&r, "P03"));
     req.set_timeout(std::time::Duration::from_millis(50));
@@ -768,33 +724,9 @@ async fn operator_calls_are_limited_and_a_query_is_capped() {
     drop(w2);
 }
 
-/// An upstream with a bug: it panics.
-struct PanickingRegistry;
-
-#[tonic::async_trait]
-impl Registry for PanickingRegistry {
-    async fn citizen(
-        &self,
-        _: &LookupKey,
-        _: popgw::registry::Deadline,
-    ) -> Result<Option<CitizenRecord>, RegistryError> {
-        panic!("a bug in the registry client")
-    }
-    async fn household(
-        &self,
-        _: &str,
-        _: popgw::registry::Deadline,
-    ) -> Result<Option<Household>, RegistryError> {
-        Ok(None)
-    }
-    fn kind(&self) -> &'static str {
-        "panicking"
-    }
-}
-
 #[tokio::test]
 async fn a_request_whose_task_panics_answers_internal_and_leaves_its_record() {
-    let gw = TestGateway::start_with(|_| {}, Some(Arc::new(PanickingRegistry))).await;
+    let gw = TestGateway::start_with(|_| {}, Some(Arc::new(common::FakeRegistry::Panicking))).await;
     let r = gw.living().clone();
     let e = gw
         .client("portal")

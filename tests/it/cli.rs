@@ -5,8 +5,6 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_popgw");
-
 struct Running {
     child: Child,
     addr: String,
@@ -24,7 +22,7 @@ impl Drop for Running {
 
 /// `popgw serve` with no configuration, in `dir`, on an ephemeral port.
 fn start_default(dir: &Path) -> Running {
-    let mut child = Command::new(BIN)
+    let mut child = crate::common::bin()
         .args([
             "serve",
             "--listen",
@@ -107,7 +105,7 @@ fn split_example(cmd: &str) -> Vec<String> {
 }
 
 fn popgw(dir: &Path, args: &[String]) -> (bool, String, String) {
-    let out = Command::new(BIN)
+    let out = crate::common::bin()
         .args(args)
         .current_dir(dir)
         .output()

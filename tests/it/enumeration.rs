@@ -326,7 +326,7 @@ async fn an_operator_lifts_a_lock_and_the_lifting_is_audited() {
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{who}: {e:?}");
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_popgw"))
+    let out = crate::common::bin()
         .args(["limits", "unlock", "--addr"])
         .arg(format!("localhost:{}", gw.addr.port()))
         .arg("--certs")

@@ -277,7 +277,7 @@ async fn two_nodes_indexed_queried_reported_and_verified() {
         );
     }
     // The same from the command line (the citizen portal's certificate by default).
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_popgw"))
+    let out = crate::common::bin()
         .args(["access-report", "--json", "--id", &x.personal_id])
         .args(["--addr", &format!("localhost:{}", a.addr.port())])
         .arg("--certs")
@@ -361,7 +361,7 @@ async fn two_nodes_indexed_queried_reported_and_verified() {
     );
     assert!(report_b.invented.is_empty());
     // The same from the command line: exit non-zero, naming the missing record.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_popgw"))
+    let out = crate::common::bin()
         .args(["audit", "verify", "--dir"])
         .arg(&dir_b)
         .args(["--index", &db.url])
@@ -403,7 +403,7 @@ async fn an_indexer_killed_and_restarted_indexes_every_record_exactly_once() {
     let url = format!("nats://{NATS}");
     let mut gw = stream.gateway(&url).await;
     let spawn_indexer = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_popgw"))
+        crate::common::bin()
             .args(["audit", "index", "--postgres", &db.url, "--nats", &url])
             .args(["--stream", &stream.name, "--consumer", "killed"])
             .arg("--node-key")

@@ -8,7 +8,6 @@
 
 use crate::common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -20,10 +19,7 @@ use popgw::link::nats::{NatsLink, StreamPlan};
 const STREAM: &str = "POPGW_AUDIT";
 
 fn popgw(args: &[String]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_popgw"))
-        .args(args)
-        .output()
-        .unwrap()
+    crate::common::bin().args(args).output().unwrap()
 }
 
 fn args(list: &[&str]) -> Vec<String> {
@@ -166,7 +162,7 @@ async fn gateways_ship_over_tls_with_their_credentials_and_the_indexer_indexes_e
         a.push(format!("{node}={}", gw.gateway.audit.public_key()));
     }
     a.extend(server.flags("indexer"));
-    let mut indexer = Command::new(env!("CARGO_BIN_EXE_popgw"))
+    let mut indexer = crate::common::bin()
         .args(&a)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

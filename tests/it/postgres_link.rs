@@ -16,8 +16,6 @@ use popgw::audit::index::{AuditIndex, IndexConfig};
 use popgw::link::postgres::{PgLink, SslMode};
 use popgw::proto::gateway as gw;
 
-const BIN: &str = env!("CARGO_BIN_EXE_popgw");
-
 fn no_env(_: &str) -> Option<String> {
     None
 }
@@ -41,7 +39,7 @@ async fn registry_import_and_the_gateway_over_verify_full() {
     let url = pg.verified_url();
     let dir = tempfile::tempdir().unwrap();
     let (config, _ca) = common::prepare(dir.path());
-    let out = Command::new(BIN)
+    let out = crate::common::bin()
         .args(["registry", "import", "--from"])
         .arg(config.population_path())
         .args(["--to", &url])
@@ -66,7 +64,7 @@ async fn registry_import_and_the_gateway_over_verify_full() {
     let missing = dir.path().join("missing.toml");
     std::fs::write(&missing, toml(&url.replace("ca.pem", "no-such-ca.pem"))).unwrap();
     let check = |path: &std::path::Path| {
-        let out = Command::new(BIN)
+        let out = crate::common::bin()
             .args(["check-config", "--config"])
             .arg(path)
             .current_dir(dir.path())
@@ -242,7 +240,7 @@ async fn every_way_a_link_is_refused_says_why() {
     assert!(e.contains("no encryption"), "{e}");
 
     // The import through the CLI names the problem too, without the password.
-    let out = Command::new(BIN)
+    let out = crate::common::bin()
         .args(["registry", "import", "--from", "/dev/null", "--to"])
         .arg(pg.url(
             "popgw",

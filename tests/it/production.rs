@@ -9,12 +9,10 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::TestGateway;
 use popgw::Server;
-
-const BIN: &str = env!("CARGO_BIN_EXE_popgw");
 
 /// Every file under `dir` with its bytes.
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -52,7 +50,7 @@ fn a_mistyped_ca_path_stops_the_gateway_and_touches_nothing() {
     )
     .unwrap();
     let before = snapshot(dir.path());
-    let out = Command::new(BIN)
+    let out = crate::common::bin()
         .args(["serve", "--config"])
         .arg(&config)
         .current_dir(dir.path())
@@ -70,7 +68,7 @@ fn a_mistyped_ca_path_stops_the_gateway_and_touches_nothing() {
     assert!(before == after, "no file changed");
 
     // `certs init` over an existing PKI refuses too, and changes nothing.
-    let out = Command::new(BIN)
+    let out = crate::common::bin()
         .args(["certs", "init", "--out"])
         .arg(&certs)
         .output()
@@ -132,7 +130,7 @@ async fn a_missing_or_different_pseudonym_key_refuses_to_start() {
 
 /// The lines `popgw serve` (zero-config, in `dir`) prints before it serves.
 fn start_lines(dir: &Path) -> Vec<String> {
-    let mut child = Command::new(BIN)
+    let mut child = crate::common::bin()
         .args([
             "serve",
             "--listen",
@@ -175,7 +173,7 @@ fn examples_are_printed_only_from_the_generated_demo_population() {
     // Another population imported over the demo: it could be real, never printed.
     let population = dir.path().join("other.jsonl");
     popgw::registry::generate::generate_to_file(500, 99, &population).unwrap();
-    let out = Command::new(BIN)
+    let out = crate::common::bin()
         .args(["registry", "import", "--from"])
         .arg(&population)
         .args(["--to", "data/registry"])
@@ -196,7 +194,7 @@ fn examples_are_printed_only_from_the_generated_demo_population() {
 
 /// Runs the binary in `dir`.
 fn popgw(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
+    crate::common::bin()
         .args(args)
         .current_dir(dir)
         .output()
@@ -314,7 +312,7 @@ fn check_config_names_every_problem_and_exits_64() {
         &["check-config", "--config"][..],
         &["serve", "--config"][..],
     ] {
-        let out = Command::new(BIN)
+        let out = crate::common::bin()
             .args(command)
             .arg(&bad)
             .current_dir(dir.path())
@@ -335,7 +333,7 @@ fn check_config_names_every_problem_and_exits_64() {
         &["check-config", "--config"][..],
         &["serve", "--config"][..],
     ] {
-        let out = Command::new(BIN)
+        let out = crate::common::bin()
             .args(command)
             .arg(&good)
             .current_dir(dir.path())
@@ -355,7 +353,7 @@ fn check_config_names_every_problem_and_exits_64() {
     let (config, _ca) = common::prepare(dir.path());
     let prepared = common::write_config(dir.path(), &config, "");
     common::init_node(&prepared);
-    let out = Command::new(BIN)
+    let out = crate::common::bin()
         .args(["check-config", "--config"])
         .arg(&prepared)
         .current_dir(dir.path())

@@ -16,8 +16,6 @@ use popgw::registry::disk::DiskStore;
 use popgw::registry::{LookupKey, Registry, Store, StoreOptions};
 use tokio_stream::StreamExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_popgw");
-
 struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -28,7 +26,7 @@ impl Drop for Killed {
 
 /// `popgw registry generate --out - | popgw registry import --from - --to DIR`.
 fn pipe_import(dir: &Path, count: u64, seed: u64, store: &str) -> (Child, Child) {
-    let mut generate = Command::new(BIN)
+    let mut generate = crate::common::bin()
         .args(["registry", "generate", "--count", &count.to_string()])
         .args(["--seed", &seed.to_string(), "--out", "-"])
         .current_dir(dir)
@@ -36,7 +34,7 @@ fn pipe_import(dir: &Path, count: u64, seed: u64, store: &str) -> (Child, Child)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let import = Command::new(BIN)
+    let import = crate::common::bin()
         .args(["registry", "import", "--from", "-", "--to", store])
         .current_dir(dir)
         .stdin(generate.stdout.take().unwrap())
@@ -48,7 +46,7 @@ fn pipe_import(dir: &Path, count: u64, seed: u64, store: &str) -> (Child, Child)
 }
 
 fn run(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
+    crate::common::bin()
         .args(args)
         .current_dir(dir)
         .output()
@@ -180,7 +178,7 @@ async fn registry_serve_follows_updates_from_another_process_and_switches_off() 
     let (mut g, i) = pipe_import(dir.path(), 500, 8, "store");
     assert!(i.wait_with_output().unwrap().status.success());
     g.wait().unwrap();
-    let mut child = Command::new(BIN)
+    let mut child = crate::common::bin()
         .args([
             "registry",
             "serve",
