@@ -8,7 +8,8 @@ use popgw::proto::gateway as pb;
 use popgw::{audit, config::Config, console, service};
 use tokio_stream::StreamExt;
 
-use crate::{cli, print_json, rpc, Conn};
+use crate::cli;
+use crate::cli::conn::{print_json, rpc, Conn};
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCommand {

@@ -7,7 +7,7 @@ use popgw::client::connect;
 use popgw::proto::gateway as pb;
 use popgw::proto::gateway::limits_client::LimitsClient;
 
-use crate::Conn;
+use crate::cli::conn::{rpc, show, Conn};
 
 #[derive(Subcommand)]
 pub(crate) enum LimitsCommand {
@@ -41,9 +41,9 @@ pub(crate) async fn run(command: LimitsCommand) -> Result<()> {
                     case_id,
                 })
                 .await
-                .map_err(crate::rpc)?
+                .map_err(rpc)?
                 .into_inner();
-            crate::show(conn.json, &answer, |a| {
+            show(conn.json, &answer, |a| {
                 format!(
                     "{}; {} NO_MATCH answer(s) forgotten{}",
                     if a.was_locked {

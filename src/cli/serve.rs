@@ -210,3 +210,18 @@ impl Summary {
         }
     }
 }
+
+/// `popgw check-config`: every problem of a configuration file at once (exit 64), or
+/// what it would serve.
+pub(crate) fn check_config(path: &Path) -> Result<()> {
+    let loaded = Config::load(path)?;
+    refuse_file_problems(path, &loaded)?;
+    out!(
+        "{}: OK (listen {}, registry kind {}, audit in {})",
+        path.display(),
+        loaded.listen,
+        loaded.registry.kind,
+        loaded.audit_dir().display()
+    );
+    Ok(())
+}
