@@ -40,57 +40,59 @@ pub use admission::{Permit, ProcedurePermit};
 use arc_swap::ArcSwap;
 use tracing::Instrument;
 
-/// What every service shares.
+/// What every service shares. Outside the crate only what tests and tools read is
+/// public — the lookups (through a permit), the audit log, the pseudonymiser and the
+/// metrics; the rest is the services' own.
 pub struct Gateway {
     /// Who may do what (deny by default), and each client's rate; swapped whole by a
     /// reload ([`Gateway::replace_policy`]).
-    pub access: ArcSwap<Access>,
+    pub(crate) access: ArcSwap<Access>,
     /// What rates are built from when the policy is reloaded.
-    pub limit_options: crate::limits::LimitOptions,
+    pub(crate) limit_options: crate::limits::LimitOptions,
     /// Bytes of unfinished unary request messages in flight, by client and in all.
-    pub body_budget: Arc<early::BodyBudget>,
+    pub(crate) body_budget: Arc<early::BodyBudget>,
     /// The procedures and their field profiles.
-    pub catalogue: Arc<Catalogue>,
+    pub(crate) catalogue: Arc<Catalogue>,
     /// The upstream population registry and the record cache in front of it, reachable
     /// only with a [`ProcedurePermit`].
     pub lookups: lookup::Lookups,
     /// Failed verifications per citizen, and locks.
-    pub subjects: crate::limits::SubjectGuard,
+    pub(crate) subjects: crate::limits::SubjectGuard,
     /// The deployment's shared count of them, when `limits.national = "nats"`.
-    pub national: Option<Arc<crate::limits::national::NationalBudget>>,
+    pub(crate) national: Option<Arc<crate::limits::national::NationalBudget>>,
     /// Items in one VerifyIdentityStream call at most.
-    pub max_stream_items: u64,
+    pub(crate) max_stream_items: u64,
     /// Permits of requests running at once (see `detached`).
-    pub in_flight: Arc<tokio::sync::Semaphore>,
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
     /// Their number.
-    pub in_flight_max: usize,
+    pub(crate) in_flight_max: usize,
     /// Operator calls (AuditLog.Query, AuditLog.Watch) running at once.
-    pub operator_calls: Arc<tokio::sync::Semaphore>,
+    pub(crate) operator_calls: Arc<tokio::sync::Semaphore>,
     /// Permits for citizens' access reports, apart from the operators' (a busy citizen
     /// portal never takes an operator's slot).
-    pub report_calls: Arc<tokio::sync::Semaphore>,
+    pub(crate) report_calls: Arc<tokio::sync::Semaphore>,
     /// Refusals beyond a rate per identity and second, counted into one summary record.
-    pub refusals: refusals::Refusals,
+    pub(crate) refusals: refusals::Refusals,
     /// Results of one AuditLog.Query at most.
-    pub max_query_results: usize,
+    pub(crate) max_query_results: usize,
     /// The tamper-evident audit log.
     pub audit: AuditLog,
     /// Turns personal ids into audit subjects.
     pub pseudonyms: Pseudonymizer,
     /// The newest seq the audit witness acknowledged, when there is one.
-    pub witnessed: Option<Arc<crate::audit::witness::WitnessStatus>>,
+    pub(crate) witnessed: Option<Arc<crate::audit::witness::WitnessStatus>>,
     /// The central audit index (`[audit.index]`): AuditLog.Query and the citizen's
     /// access report answer from it, across every node.
-    pub index: Option<Arc<crate::audit::index::AuditIndex>>,
+    pub(crate) index: Option<Arc<crate::audit::index::AuditIndex>>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// grpc.health.v1 status: NOT_SERVING once the audit log has failed, so that load
     /// balancers stop sending requests this node can only refuse.
-    pub health: tonic_health::server::HealthReporter,
+    pub(crate) health: tonic_health::server::HealthReporter,
     /// Turns true when shutdown begins: long-lived streams (AuditLog.Watch) end then.
-    pub stopping: tokio::sync::watch::Sender<bool>,
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     /// Every request task; shutdown waits for them before it closes the audit log.
-    pub tasks: tokio_util::task::TaskTracker,
+    pub(crate) tasks: tokio_util::task::TaskTracker,
 }
 
 /// The policy and the rate buckets built from it.
@@ -292,6 +294,11 @@ impl Gateway {
                 tracing::error!(error = %e, count = summary.count, "audit write failed: a refusal summary is lost");
             }
         }
+    }
+
+    /// What the audit witness acknowledged, when there is one.
+    pub fn witness_status(&self) -> Option<&Arc<crate::audit::witness::WitnessStatus>> {
+        self.witnessed.as_ref()
     }
 
     /// The audit subject for a personal id.

@@ -15,8 +15,8 @@ use popgw::audit::witness;
 async fn wait_witnessed(gw: &TestGateway) {
     let status = gw
         .gateway
-        .witnessed
-        .clone()
+        .witness_status()
+        .cloned()
         .expect("a witness is configured");
     for _ in 0..200 {
         if status.acked() >= gw.gateway.audit.last_seq() {
