@@ -532,4 +532,20 @@ readable_fields = ["full_name", "permanent_residence"]
             Err(CatalogueError::Unreadable { .. })
         ));
     }
+
+    proptest::proptest! {
+        // Whatever a caller names as its procedure, the record holds a catalogue code, or
+        // `?` and at most 8 characters with at most 4 digits: never room for an id.
+        #[test]
+        fn a_claimed_procedure_never_records_room_for_an_id(raw in "\\PC{0,40}") {
+            let c = Catalogue::builtin();
+            let recorded = c.claim(&raw).into_record();
+            if c.get(&recorded).is_none() && !recorded.is_empty() {
+                let code = recorded.strip_prefix('?').expect("an unknown code is marked");
+                proptest::prop_assert!(code.len() <= 8, "{:?}", recorded);
+                proptest::prop_assert!(code.bytes().filter(u8::is_ascii_digit).count() <= 4, "{:?}", recorded);
+                proptest::prop_assert!(code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            }
+        }
+    }
 }

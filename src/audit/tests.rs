@@ -735,3 +735,123 @@ async fn concurrent_records_share_one_group_commit_through_the_commit_delay() {
     log.shutdown().await;
     assert!(verify_dir(dir.path(), None).is_ok());
 }
+
+/// What an attacker reaches in the audit log's formats: a record line (from a folder an
+/// insider can write, or a witness message anyone on NATS can publish). Each parser
+/// answers or refuses, never panics; a record the log wrote reads back byte for byte;
+/// and no change to a record's bytes goes unnoticed by the chain.
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    /// The lines (without '\n') of a real log of six records, each its own sealed batch.
+    fn written() -> &'static Vec<Vec<u8>> {
+        static LINES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+        LINES.get_or_init(|| {
+            let tmp = tempfile::tempdir().unwrap();
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async { fill(tmp.path(), cfg(tmp.path()), 6).await.shutdown().await });
+            let bytes = std::fs::read(&segments(tmp.path())[0]).unwrap();
+            bytes
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect()
+        })
+    }
+
+    /// The chain over the first `n` written records.
+    fn chain_after(n: usize) -> format::Chain {
+        let mut chain = format::Chain::new(Some(1), Some(format::ZERO_HASH));
+        for line in &written()[..n] {
+            chain.link(&format::parse_line(line).unwrap()).unwrap();
+        }
+        chain
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_parsed_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
+            let _ = format::parse_line(&bytes);
+        }
+
+        #[test]
+        fn any_text_is_parsed_or_refused(hash in "[0-9a-f]{64}", json in "\\PC{0,300}", seal in "[0-9a-f ]{0,130}") {
+            let _ = format::parse_line(format!("{hash} {json}").as_bytes());
+            let _ = format::parse_line(format!("{hash} {json} {seal}").as_bytes());
+        }
+
+        #[test]
+        fn a_written_record_reads_back_as_written(i in 0usize..6) {
+            let line = &written()[i];
+            let p = format::parse_line(line).unwrap();
+            prop_assert_eq!(serde_json::to_string(&p.body).unwrap(), p.json.clone());
+            let prev = format::decode_hash(&p.body.prev).unwrap();
+            prop_assert_eq!(hex::encode(format::record_hash(&prev, p.json.as_bytes())), p.hash.clone());
+            prop_assert!(chain_after(i).link(&p).is_ok());
+        }
+
+        // Any one byte of a record's hash or JSON changed: the line no longer parses, or
+        // it no longer continues the chain (the seal after the JSON is checked apart).
+        #[test]
+        fn no_change_to_a_record_goes_unnoticed(i in 0usize..6, at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let line = &written()[i];
+            let p = format::parse_line(line).unwrap();
+            let signed_part = p.hash.len() + 1 + p.json.len();
+            let at = at.index(signed_part);
+            prop_assume!(line[at] != byte);
+            let mut changed = line.clone();
+            changed[at] = byte;
+            if let Ok(p) = format::parse_line(&changed) {
+                prop_assert!(chain_after(i).link(&p).is_err(), "byte {} of record {} changed unnoticed", at, i + 1);
+            }
+        }
+
+        // Whatever anyone publishes on the witness stream: refused and settled, never a
+        // panic, and never a record indexed without its node's seal.
+        #[test]
+        fn any_witness_message_is_refused_or_checked(payload in proptest::collection::vec(any::<u8>(), 0..400), node in "[a-z-]{1,12}") {
+            let keys = [("node-a".to_string(), key().verifying_key())].into();
+            let mut intake = index::Intake::new(keys, Default::default());
+            let step = intake.take(1, &format!("popgw.audit.{node}"), &payload);
+            prop_assert!(step.ready.is_empty());
+        }
+
+        // A dossier number is one dossier however its digits are typed (ASCII or full
+        // width, spaces around it), and its pseudonym is 32 hex characters holding none
+        // of it.
+        #[test]
+        fn a_dossier_pseudonym_is_blind_to_width_and_holds_nothing_of_the_number(prefix in "[A-Z]{0,4}", digits in "[0-9]{6,14}") {
+            let keys = Pseudonymizer::new([3; 32]);
+            let ascii = format!("{prefix}-{digits}");
+            let wide: String = ascii
+                .chars()
+                .map(|c| match c {
+                    '0'..='9' | 'A'..='Z' => char::from_u32(c as u32 - 0x21 + 0xFF01).unwrap(),
+                    '-' => '\u{FF0D}',
+                    c => c,
+                })
+                .collect();
+            let p = keys.case_pseudonym(&ascii);
+            prop_assert_eq!(&p, &keys.case_pseudonym(&format!("  {wide} ")));
+            prop_assert_eq!(p.as_str().len(), 32);
+            prop_assert!(p.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+            prop_assert!(!p.as_str().contains(&digits));
+        }
+
+        #[test]
+        fn any_lines_in_a_witness_message_are_checked(lines in proptest::collection::vec("\\PC{0,200}", 0..4), seq in any::<u64>(), first in any::<u64>()) {
+            let head = witness::Head {
+                node: "node-a".into(),
+                seq,
+                hash: "00".repeat(32),
+                seal: String::new(),
+                time_unix_ms: 0,
+                first_seq: first,
+                lines,
+            };
+            let _ = index::records_of(&head);
+        }
+    }
+}

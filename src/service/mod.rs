@@ -189,6 +189,11 @@ pub fn caller_timeout(metadata: &MetadataMap) -> Option<Duration> {
 
 /// A grpc-timeout header's value (1–8 digits and a unit, H M S m u n).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    // ASCII only: the unit is the last byte (a multi-byte last character would split a
+    // character in two — a panic the property test below found).
+    if !value.is_ascii() {
+        return None;
+    }
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {
         return None;
@@ -591,5 +596,26 @@ mod tests {
             crate::registry::RegistryError::DeadlineExceeded(_)
         ));
         assert!(Deadline::for_caller(None, cap).remaining() <= cap);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_grpc_timeout_is_read_or_ignored(value in "\\PC{0,12}") {
+            let _ = parse_grpc_timeout(&value);
+        }
+
+        #[test]
+        fn a_valid_grpc_timeout_reads_back(n in 0u64..100_000_000, unit in proptest::sample::select(vec!["H", "M", "S", "m", "u", "n"])) {
+            let d = parse_grpc_timeout(&format!("{n}{unit}")).unwrap();
+            let expected = match unit {
+                "H" => Duration::from_secs(n * 3600),
+                "M" => Duration::from_secs(n * 60),
+                "S" => Duration::from_secs(n),
+                "m" => Duration::from_millis(n),
+                "u" => Duration::from_micros(n),
+                _ => Duration::from_nanos(n),
+            };
+            proptest::prop_assert_eq!(d, expected);
+        }
     }
 }
