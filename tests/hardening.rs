@@ -135,7 +135,10 @@ async fn two_thousand_half_open_connections_do_not_turn_a_client_away() {
 #[tokio::test]
 async fn connections_beyond_the_cap_are_closed_at_once_and_the_slots_come_back() {
     use tokio::io::AsyncReadExt;
-    let gw = TestGateway::start_with(|c| c.tls.max_connections = 50, None).await;
+    let gw = TestGateway::builder()
+        .config(|c| c.tls.max_connections = 50)
+        .start()
+        .await;
     let r = gw.living().clone();
     let mut idle = Vec::new();
     for _ in 0..50 {
@@ -396,7 +399,10 @@ async fn tls_1_2_is_refused_unless_allowed() {
             .await
             .is_ok()
     );
-    let old = TestGateway::start_with(|c| c.tls.allow_tls12 = true, None).await;
+    let old = TestGateway::builder()
+        .config(|c| c.tls.allow_tls12 = true)
+        .start()
+        .await;
     assert!(raw_h2_with(old.addr, &old.certs, "portal", tls12)
         .await
         .is_ok());
@@ -448,7 +454,10 @@ async fn a_refusal_flood_is_counted_not_written_one_by_one() {
 /// policy does not know) and in all, and an unfinished message times out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_unfinished_small_bodies_are_bounded_and_time_out() {
-    let gw = TestGateway::start_with(|c| c.limits.body_timeout_ms = 2_000, None).await;
+    let gw = TestGateway::builder()
+        .config(|c| c.limits.body_timeout_ms = 2_000)
+        .start()
+        .await;
     let r = gw.living().clone();
     let before = rss();
     let mut chunk = vec![0u8; 5 + 60_000];
@@ -526,7 +535,10 @@ async fn ten_thousand_unfinished_small_bodies_are_bounded_and_time_out() {
 /// when a connection ends.
 #[tokio::test]
 async fn connections_per_identity_are_capped() {
-    let gw = TestGateway::start_with(|c| c.tls.max_connections_per_identity = 3, None).await;
+    let gw = TestGateway::builder()
+        .config(|c| c.tls.max_connections_per_identity = 3)
+        .start()
+        .await;
     let r = gw.living().clone();
     let mut open = Vec::new();
     for _ in 0..3 {

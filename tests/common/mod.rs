@@ -106,19 +106,52 @@ pub fn import_to_disk(population: &Path, dir: &Path) -> popgw::registry::import:
     .unwrap()
 }
 
-impl TestGateway {
-    pub async fn start() -> TestGateway {
-        Self::start_with(|_| {}, None).await
+/// A change to a test gateway's configuration before it starts.
+type Adjust<'a> = Box<dyn FnOnce(&mut Config) + 'a>;
+
+/// A [`TestGateway`] to start: its configuration adjusted, its registry replaced.
+#[must_use = "a builder does nothing until started"]
+pub struct TestGatewayBuilder<'a> {
+    adjust: Vec<Adjust<'a>>,
+    registry: Option<Arc<dyn Registry>>,
+}
+
+impl<'a> TestGatewayBuilder<'a> {
+    /// Changes the configuration [`prepare`] made (called in order).
+    pub fn config(mut self, adjust: impl FnOnce(&mut Config) + 'a) -> Self {
+        self.adjust.push(Box::new(adjust));
+        self
     }
 
-    pub async fn start_with(
-        adjust: impl FnOnce(&mut Config),
-        registry: Option<Arc<dyn Registry>>,
-    ) -> TestGateway {
+    /// Serves from `registry` instead of the prepared on-disk store.
+    pub fn registry(mut self, registry: Arc<dyn Registry>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// The real server on 127.0.0.1:0, in a temporary folder of its own.
+    pub async fn start(self) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
         let (mut config, ca) = prepare(dir.path());
-        adjust(&mut config);
-        Self::start_prepared(dir, config, ca, registry).await
+        for adjust in self.adjust {
+            adjust(&mut config);
+        }
+        TestGateway::start_prepared(dir, config, ca, self.registry).await
+    }
+}
+
+impl TestGateway {
+    /// The gateway on its test defaults.
+    pub async fn start() -> TestGateway {
+        Self::builder().start().await
+    }
+
+    /// A gateway to adjust before it starts.
+    pub fn builder<'a>() -> TestGatewayBuilder<'a> {
+        TestGatewayBuilder {
+            adjust: Vec::new(),
+            registry: None,
+        }
     }
 
     /// Starts on a folder [`prepare`] made (so that a registry served from the same
@@ -731,15 +764,14 @@ impl TestStream {
     ) -> TestGateway {
         let settings = self.settings(url);
         let node = node.to_string();
-        TestGateway::start_with(
-            move |c| {
+        TestGateway::builder()
+            .config(move |c| {
                 c.audit.witness = Some(settings);
                 c.node_id = node;
                 adjust(c);
-            },
-            None,
-        )
-        .await
+            })
+            .start()
+            .await
     }
 
     pub fn config(&self) -> popgw::audit::witness::WitnessConfig {

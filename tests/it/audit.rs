@@ -185,7 +185,10 @@ async fn every_outcome_leaves_exactly_one_record() {
 
 #[tokio::test]
 async fn an_unreachable_registry_answers_could_not_check_and_is_recorded() {
-    let gw = TestGateway::start_with(|_| {}, Some(Arc::new(common::FakeRegistry::Down))).await;
+    let gw = TestGateway::builder()
+        .registry(Arc::new(common::FakeRegistry::Down))
+        .start()
+        .await;
     let r = gw.population[0].clone();
     let res = gw
         .client("portal")
@@ -206,7 +209,10 @@ async fn an_unreachable_registry_answers_could_not_check_and_is_recorded() {
 async fn only_operators_read_the_log_and_trying_is_recorded() {
     // Every try one by one (beyond a few a second they would be counted into a summary:
     // `a_refusal_flood_is_counted_not_written_one_by_one`).
-    let gw = TestGateway::start_with(|c| c.limits.refusals_recorded_per_second = 100, None).await;
+    let gw = TestGateway::builder()
+        .config(|c| c.limits.refusals_recorded_per_second = 100)
+        .start()
+        .await;
     for who in ["portal", "ministry", "stranger"] {
         let mut c = gw.audit_client(who).await;
         let e = c.query(pb::AuditQueryRequest::default()).await.unwrap_err();
@@ -229,7 +235,10 @@ async fn only_operators_read_the_log_and_trying_is_recorded() {
 
 #[tokio::test]
 async fn watch_tails_live_records_and_head_is_signed() {
-    let gw = TestGateway::start_with(|c| c.audit.checkpoint_every_records = 1, None).await;
+    let gw = TestGateway::builder()
+        .config(|c| c.audit.checkpoint_every_records = 1)
+        .start()
+        .await;
     let r = gw.living().clone();
     let mut op = gw.audit_client("operator").await;
     let mut live = op
@@ -458,13 +467,12 @@ async fn disclosures_about_relatives_are_found_by_the_relatives_id() {
 
 #[tokio::test]
 async fn a_request_its_client_gave_up_on_still_leaves_its_record() {
-    let gw = TestGateway::start_with(
-        |_| {},
-        Some(Arc::new(common::FakeRegistry::Slow(
+    let gw = TestGateway::builder()
+        .registry(Arc::new(common::FakeRegistry::Slow(
             std::time::Duration::from_millis(400),
-        ))),
-    )
-    .await;
+        )))
+        .start()
+        .await;
     let r = gw.population[0].clone();
     let mut req = tonic::Request::new(declare(&r, "P03"));
     req.set_timeout(std::time::Duration::from_millis(50));
@@ -512,7 +520,10 @@ async fn a_request_its_client_gave_up_on_still_leaves_its_record() {
 
 #[tokio::test]
 async fn a_watcher_that_stops_reading_does_not_hold_up_shutdown() {
-    let mut gw = TestGateway::start_with(|c| c.shutdown_grace_ms = 500, None).await;
+    let mut gw = TestGateway::builder()
+        .config(|c| c.shutdown_grace_ms = 500)
+        .start()
+        .await;
     let r = gw.living().clone();
     // An operator client with a small HTTP/2 window, so that a reader that reads nothing
     // soon pushes back on the gateway.
@@ -635,7 +646,10 @@ async fn a_refused_request_keeps_the_claimed_procedure_and_dossier() {
 
 #[tokio::test]
 async fn a_stalled_audit_write_fails_closed_and_stops_serving() {
-    let gw = TestGateway::start_with(|c| c.audit.append_timeout_ms = 300, None).await;
+    let gw = TestGateway::builder()
+        .config(|c| c.audit.append_timeout_ms = 300)
+        .start()
+        .await;
     let r = gw.living().clone();
     let mut portal = gw.client("portal").await;
     assert!(portal.verify_identity(declare(&r, "P03")).await.is_ok());
@@ -677,14 +691,13 @@ async fn a_stalled_audit_write_fails_closed_and_stops_serving() {
 
 #[tokio::test]
 async fn operator_calls_are_limited_and_a_query_is_capped() {
-    let gw = TestGateway::start_with(
-        |c| {
+    let gw = TestGateway::builder()
+        .config(|c| {
             c.limits.max_operator_calls = 2;
             c.limits.max_query_results = 3;
-        },
-        None,
-    )
-    .await;
+        })
+        .start()
+        .await;
     let r = gw.living().clone();
     let mut portal = gw.client("portal").await;
     for _ in 0..5 {
@@ -726,7 +739,10 @@ async fn operator_calls_are_limited_and_a_query_is_capped() {
 
 #[tokio::test]
 async fn a_request_whose_task_panics_answers_internal_and_leaves_its_record() {
-    let gw = TestGateway::start_with(|_| {}, Some(Arc::new(common::FakeRegistry::Panicking))).await;
+    let gw = TestGateway::builder()
+        .registry(Arc::new(common::FakeRegistry::Panicking))
+        .start()
+        .await;
     let r = gw.living().clone();
     let e = gw
         .client("portal")
@@ -827,7 +843,10 @@ async fn no_dossier_number_reaches_the_log_in_clear() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_reports_never_take_an_operators_slot() {
     use popgw::proto::gateway::citizen_access_client::CitizenAccessClient;
-    let gw = TestGateway::start_with(|c| c.limits.max_operator_calls = 1, None).await;
+    let gw = TestGateway::builder()
+        .config(|c| c.limits.max_operator_calls = 1)
+        .start()
+        .await;
     let r = gw.living().clone();
     let mut channels = Vec::new();
     for _ in 0..6 {

@@ -205,14 +205,13 @@ async fn failures_from_several_clients_lock_the_citizen_for_everyone_and_say_so(
 
 #[tokio::test]
 async fn a_client_beyond_its_rate_is_told_when_to_come_back() {
-    let gw = TestGateway::start_with(
-        |c| {
+    let gw = TestGateway::builder()
+        .config(|c| {
             c.limits.client_rate_per_second = 5;
             c.limits.client_burst = 5;
-        },
-        None,
-    )
-    .await;
+        })
+        .start()
+        .await;
     let r = gw.living().clone();
     // The ministry's policy entry sets no rate: the defaults apply.
     let mut ministry = gw.client("ministry").await;
@@ -236,7 +235,10 @@ async fn a_client_beyond_its_rate_is_told_when_to_come_back() {
 
 #[tokio::test]
 async fn a_stream_beyond_its_item_limit_is_ended() {
-    let gw = TestGateway::start_with(|c| c.limits.max_stream_items = 3, None).await;
+    let gw = TestGateway::builder()
+        .config(|c| c.limits.max_stream_items = 3)
+        .start()
+        .await;
     let r = gw.living().clone();
     let items = (0..6).map(move |i| pb::VerifyIdentityStreamRequest {
         correlation_id: format!("c{i}"),
@@ -270,14 +272,13 @@ async fn a_stream_beyond_its_item_limit_is_ended() {
 /// keeps its bucket as it was.
 #[tokio::test]
 async fn a_reload_keeps_an_exhausted_bucket_empty() {
-    let gw = TestGateway::start_with(
-        |c| {
+    let gw = TestGateway::builder()
+        .config(|c| {
             c.limits.client_rate_per_second = 1;
             c.limits.client_burst = 3;
-        },
-        None,
-    )
-    .await;
+        })
+        .start()
+        .await;
     let r = gw.living().clone();
     let mut ministry = gw.client("ministry").await;
     let mut answered = 0;

@@ -591,15 +591,14 @@ async fn retention_drops_whole_months_and_verify_tells_dropped_from_missing() {
 #[tokio::test]
 async fn an_unreachable_index_answers_could_not_check_and_bad_input_is_refused() {
     // Nothing listens on port 1: the index is down from the start.
-    let mut gw = TestGateway::start_with(
-        |c| {
+    let mut gw = TestGateway::builder()
+        .config(|c| {
             let mut settings = index_settings("postgres://postgres@127.0.0.1:1/nowhere");
             settings.timeout_ms = 500;
             c.audit.index = Some(settings);
-        },
-        None,
-    )
-    .await;
+        })
+        .start()
+        .await;
     let x = gw.living().clone();
     let mut citizen = CitizenAccessClient::new(gw.channel("citizen").await);
     let ask = |personal_id: &str, from: i64, to: i64| pb::AccessReportRequest {

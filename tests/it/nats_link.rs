@@ -70,14 +70,13 @@ fn witness_settings(link: NatsLink) -> popgw::config::WitnessSettings {
 async fn gateway(node: &str, link: NatsLink) -> TestGateway {
     let node = node.to_string();
     let settings = witness_settings(link);
-    TestGateway::start_with(
-        move |c| {
+    TestGateway::builder()
+        .config(move |c| {
             c.node_id = node;
             c.audit.witness = Some(settings);
-        },
-        None,
-    )
-    .await
+        })
+        .start()
+        .await
 }
 
 /// Waits until the stream holds the gateway's last record (read as the administrator).

@@ -253,11 +253,12 @@ async fn a_newly_granted_procedure_works_without_restart_and_a_broken_policy_is_
 
 #[tokio::test]
 async fn a_revoked_certificate_cannot_open_a_new_connection() {
-    let gw = TestGateway::start_with(
-        |config| config.tls.client_crls = vec![config.tls.client_ca.with_file_name("crl.pem")],
-        None,
-    )
-    .await;
+    let gw = TestGateway::builder()
+        .config(|config| {
+            config.tls.client_crls = vec![config.tls.client_ca.with_file_name("crl.pem")];
+        })
+        .start()
+        .await;
     // A second certificate of the portal, as `popgw certs issue` makes it.
     popgw::pki::issue(&gw.certs, "portal2", popgw::pki::PORTAL_ID, 30).unwrap();
     let as_portal2 = || gw.verify_with(ClientCerts::dev(&gw.certs, "portal2"));

@@ -93,14 +93,13 @@ async fn registry_import_and_the_gateway_over_verify_full() {
     assert!(!text.contains(PASSWORD), "{text}");
     drop(dir);
 
-    let gw = TestGateway::start_with(
-        |c| {
+    let gw = TestGateway::builder()
+        .config(|c| {
             c.registry.kind = popgw::config::RegistryKind::Postgres;
             c.registry.url = Some(url.clone());
-        },
-        None,
-    )
-    .await;
+        })
+        .start()
+        .await;
     let r = gw.living().clone();
     let answer = gw
         .client("portal")

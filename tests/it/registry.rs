@@ -442,14 +442,13 @@ async fn gateway_verifies_on_postgres() {
     let (config, _ca) = common::prepare(dir.path());
     import_to_postgres(&config.population_path(), &url).await;
     drop(dir);
-    let gw = TestGateway::start_with(
-        move |c| {
+    let gw = TestGateway::builder()
+        .config(move |c| {
             c.registry.kind = popgw::config::RegistryKind::Postgres;
             c.registry.url = Some(url);
-        },
-        None,
-    )
-    .await;
+        })
+        .start()
+        .await;
     // The harness imported its own population to disk; PostgreSQL holds the same one
     // (same generator and seed).
     let r = gw.living().clone();
@@ -484,17 +483,16 @@ async fn postgres_gone_answers_could_not_check() {
     drop(dir);
     let relay = common::Relay::start("127.0.0.1:5432").await;
     let url = db.url.replace("127.0.0.1:5432", &relay.addr.to_string());
-    let gw = TestGateway::start_with(
-        move |c| {
+    let gw = TestGateway::builder()
+        .config(move |c| {
             c.registry.kind = popgw::config::RegistryKind::Postgres;
             c.registry.url = Some(url);
             c.registry.timeout_ms = 500;
             // The store itself is under test: no cache to answer in its place.
             c.cache.enabled = false;
-        },
-        None,
-    )
-    .await;
+        })
+        .start()
+        .await;
     let r = gw.living().clone();
     let mut client = gw.client("ministry").await;
     let answer = client

@@ -558,14 +558,13 @@ async fn a_stale_record_is_served_only_when_allowed_and_is_marked() {
 
 #[tokio::test]
 async fn the_disk_store_sits_behind_the_same_cache() {
-    let mut gw = TestGateway::start_with(
-        |c| {
+    let mut gw = TestGateway::builder()
+        .config(|c| {
             c.cache.max_staleness_ms = 600_000;
             c.cache.ttl_ms = 600_000;
-        },
-        None,
-    )
-    .await;
+        })
+        .start()
+        .await;
     let r = gw.living().clone();
     let mut client = gw.client("portal").await;
     for _ in 0..2 {
