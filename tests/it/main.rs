@@ -8,6 +8,7 @@
 mod common;
 
 mod audit;
+mod bad_input;
 mod bench_tools;
 mod cli;
 mod crash;
