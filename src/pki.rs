@@ -137,15 +137,31 @@ impl DevCa {
         uri: &str,
         not_after: (i32, u8, u8),
     ) -> Result<(String, String), PkiError> {
+        self.issue_client_between(Some(uri), (2024, 1, 1), not_after)
+    }
+
+    /// Issues a client certificate valid from `not_before` to `not_after`, named by `uri`
+    /// — or by no URI SAN at all (what the gateway must refuse: tests of refusals).
+    pub fn issue_client_between(
+        &self,
+        uri: Option<&str>,
+        not_before: (i32, u8, u8),
+        not_after: (i32, u8, u8),
+    ) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, uri.rsplit('/').next().unwrap_or(uri));
+        match uri {
+            Some(uri) => {
+                params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
+                dn.push(DnType::CommonName, uri.rsplit('/').next().unwrap_or(uri));
+            }
+            None => dn.push(DnType::CommonName, "no-uri"),
+        }
         params.distinguished_name = dn;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_before = date_time_ymd(2024, 1, 1);
+        params.not_before = date_time_ymd(not_before.0, not_before.1, not_before.2);
         params.not_after = date_time_ymd(not_after.0, not_after.1, not_after.2);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))

@@ -4,7 +4,6 @@
 use crate::common;
 
 use common::{declare, TestGateway};
-use popgw::client::ClientCerts;
 use popgw::proto::gateway as pb;
 use popgw::proto::registry::Sex;
 use tokio_stream::StreamExt;
@@ -364,62 +363,6 @@ async fn deny_by_default() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-}
-
-#[tokio::test]
-async fn tls_refusals() {
-    let gw = TestGateway::start().await;
-    let before = gw.gateway.metrics.handshakes_refused.get();
-    // Another CA.
-    assert!(gw
-        .verify_with(ClientCerts::dev(&gw.certs, "outsider"))
-        .await
-        .is_err());
-    // Expired.
-    assert!(gw
-        .verify_with(ClientCerts::dev(&gw.certs, "expired"))
-        .await
-        .is_err());
-    // No client certificate at all: a raw rustls client without one.
-    let no_cert = {
-        use rustls_pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pki_types::CertificateDer::pem_file_iter(gw.certs.join("ca.pem")).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let mut cfg = rustls::ClientConfig::builder_with_provider(popgw::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
-        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        match connector.connect(name, tcp).await {
-            Err(_) => true,
-            Ok(mut tls) => {
-                // TLS 1.3: the refusal arrives on the first read.
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
-                let mut buf = [0u8; 64];
-                matches!(tls.read(&mut buf).await, Err(_) | Ok(0))
-            }
-        }
-    };
-    assert!(no_cert, "a client without a certificate must be refused");
-    // The good one still works, and the refusals were counted.
-    assert!(gw
-        .verify_with(ClientCerts::dev(&gw.certs, "portal"))
-        .await
-        .is_ok());
-    for _ in 0..50 {
-        if gw.gateway.metrics.handshakes_refused.get() >= before + 3 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(gw.gateway.metrics.handshakes_refused.get() >= before + 3);
 }
 
 #[tokio::test]

@@ -22,5 +22,6 @@ mod postgres_link;
 mod production;
 mod registry;
 mod registry_cli;
+mod tls_refusals;
 mod upstream;
 mod witness;
