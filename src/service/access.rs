@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{Disclosure, Gateway, Outcome, RequestCtx};
+use super::{Disclosure, Gateway, Outcome};
 use crate::audit::{self, Filter, Pseudonym, RecordBody};
 use crate::error::GatewayError;
 use crate::proto::gateway as pb;
@@ -183,20 +183,13 @@ impl CitizenAccess for CitizenAccessService {
         &self,
         request: Request<pb::AccessReportRequest>,
     ) -> Result<Response<pb::AccessReportResponse>, Status> {
-        let gw = self.gw.clone();
-        let super::early::Caller {
-            identity, timeout, ..
-        } = super::early::reached(&request);
-        let request = request.into_inner();
-        let personal_id = request.personal_id.clone();
         // Runs to its record even if the portal gives up.
-        let report = super::detached(
+        super::unary(
             &self.gw,
             Rpc::AccessReport,
-            identity.clone(),
-            personal_id,
-            async move {
-                let mut ctx: RequestCtx = gw.begin(Rpc::AccessReport, identity, timeout);
+            request,
+            |r| &r.personal_id,
+            |gw, mut ctx, request| async move {
                 let result = async {
                     gw.admit(&ctx)?;
                     let id = validation::parse_declared_id(&request.personal_id, false)?;
@@ -231,11 +224,10 @@ impl CitizenAccess for CitizenAccessService {
                     ))
                 }
                 .await;
-                gw.finish(ctx, result).await
+                (ctx, result)
             },
         )
-        .await?;
-        Ok(Response::new(report))
+        .await
     }
 }
 

@@ -428,25 +428,17 @@ impl IdentityGateway for GatewayService {
         &self,
         request: Request<pb::VerifyIdentityRequest>,
     ) -> Result<Response<pb::VerifyIdentityResponse>, Status> {
-        let gw = self.gw.clone();
-        let super::early::Caller {
-            identity, timeout, ..
-        } = super::early::reached(&request);
-        let request = request.into_inner();
-        let personal_id = request.personal_id.clone();
-        super::detached(
+        super::unary(
             &self.gw,
             Rpc::VerifyIdentity,
-            identity.clone(),
-            personal_id,
-            async move {
-                let mut ctx = gw.begin(Rpc::VerifyIdentity, identity, timeout);
+            request,
+            |r| &r.personal_id,
+            |gw, mut ctx, request| async move {
                 let result = gw.verify(&mut ctx, request).await;
-                gw.finish(ctx, result).await
+                (ctx, result)
             },
         )
         .await
-        .map(Response::new)
     }
 
     type VerifyIdentityStreamStream = VerifyStream;
@@ -537,50 +529,34 @@ impl IdentityGateway for GatewayService {
         &self,
         request: Request<pb::GetCitizenRequest>,
     ) -> Result<Response<pb::GetCitizenResponse>, Status> {
-        let gw = self.gw.clone();
-        let super::early::Caller {
-            identity, timeout, ..
-        } = super::early::reached(&request);
-        let request = request.into_inner();
-        let personal_id = request.personal_id.clone();
-        super::detached(
+        super::unary(
             &self.gw,
             Rpc::GetCitizen,
-            identity.clone(),
-            personal_id,
-            async move {
-                let mut ctx = gw.begin(Rpc::GetCitizen, identity, timeout);
+            request,
+            |r| &r.personal_id,
+            |gw, mut ctx, request| async move {
                 let result = gw.citizen(&mut ctx, request).await;
-                gw.finish(ctx, result).await
+                (ctx, result)
             },
         )
         .await
-        .map(Response::new)
     }
 
     async fn get_household(
         &self,
         request: Request<pb::GetHouseholdRequest>,
     ) -> Result<Response<pb::GetHouseholdResponse>, Status> {
-        let gw = self.gw.clone();
-        let super::early::Caller {
-            identity, timeout, ..
-        } = super::early::reached(&request);
-        let request = request.into_inner();
-        let personal_id = request.personal_id.clone();
-        super::detached(
+        super::unary(
             &self.gw,
             Rpc::GetHousehold,
-            identity.clone(),
-            personal_id,
-            async move {
-                let mut ctx = gw.begin(Rpc::GetHousehold, identity, timeout);
+            request,
+            |r| &r.personal_id,
+            |gw, mut ctx, request| async move {
                 let result = gw.household(&mut ctx, request).await;
-                gw.finish(ctx, result).await
+                (ctx, result)
             },
         )
         .await
-        .map(Response::new)
     }
 
     async fn list_procedures(

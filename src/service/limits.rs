@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{Disclosure, Gateway, Outcome, RequestCtx};
+use super::{Disclosure, Gateway, Outcome};
 use crate::proto::gateway as pb;
 use crate::proto::gateway::limits_server::Limits;
 use crate::validation;
@@ -36,20 +36,13 @@ impl Limits for LimitsService {
         &self,
         request: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
-        let gw = self.gw.clone();
-        let super::early::Caller {
-            identity, timeout, ..
-        } = super::early::reached(&request);
-        let request = request.into_inner();
-        let personal_id = request.personal_id.clone();
         // Runs to its record even if the operator's client gives up.
-        let answer = super::detached(
+        super::unary(
             &self.gw,
             Rpc::LimitsUnlock,
-            identity.clone(),
-            personal_id,
-            async move {
-                let mut ctx: RequestCtx = gw.begin(Rpc::LimitsUnlock, identity, timeout);
+            request,
+            |r| &r.personal_id,
+            |gw, mut ctx, request| async move {
                 if let Ok(id) = validation::parse_declared_id(&request.personal_id, false) {
                     ctx.subject = Some(gw.subject(id.digits()));
                 }
@@ -90,10 +83,9 @@ impl Limits for LimitsService {
                     ))
                 }
                 .await;
-                gw.finish(ctx, result).await
+                (ctx, result)
             },
         )
-        .await?;
-        Ok(Response::new(answer))
+        .await
     }
 }

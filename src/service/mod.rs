@@ -503,6 +503,38 @@ pub(crate) async fn detached<T: Send + 'static>(
     }
 }
 
+/// The shared preamble of a unary call about a person: its caller as the early layer
+/// named it, its request, and `handle` run to its end in a task of its own
+/// ([`detached`]), so that the call leaves exactly one record whoever gives up. `handle`
+/// gets the request's context (begun with the caller's identity and deadline) and hands
+/// it back with its result, which [`Gateway::finish`] records and answers.
+pub(crate) async fn unary<Req, T, Fut>(
+    gw: &Arc<Gateway>,
+    rpc: Rpc,
+    request: tonic::Request<Req>,
+    personal_id: fn(&Req) -> &str,
+    handle: impl FnOnce(Arc<Gateway>, RequestCtx, Req) -> Fut + Send + 'static,
+) -> Result<tonic::Response<T>, Status>
+where
+    Req: Send + 'static,
+    T: Send + 'static,
+    Fut: std::future::Future<Output = (RequestCtx, Result<(T, Disclosure), GatewayError>)> + Send,
+{
+    let early::Caller {
+        identity, timeout, ..
+    } = early::reached(&request);
+    let request = request.into_inner();
+    let about = personal_id(&request).to_string();
+    let task_gw = gw.clone();
+    detached(gw, rpc, identity.clone(), about, async move {
+        let ctx = task_gw.begin(rpc, identity, timeout);
+        let (ctx, result) = handle(task_gw.clone(), ctx, request).await;
+        task_gw.finish(ctx, result).await
+    })
+    .await
+    .map(tonic::Response::new)
+}
+
 /// Whether the permit's procedure allows household data and its client is granted it.
 pub fn household_allowed(permit: &ProcedurePermit<'_>) -> Result<(), GatewayError> {
     let procedure = permit.procedure();
