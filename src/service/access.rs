@@ -29,11 +29,11 @@ use crate::validation::{self, InvalidField};
 pub const MAX_REPORT_EVENTS: usize = 10_000;
 
 /// The RPCs whose answers a citizen is told about.
-pub const REPORTED_RPCS: &[&str] = &[
-    "VerifyIdentity",
-    "VerifyIdentityStream",
-    "GetCitizen",
-    "GetHousehold",
+pub const REPORTED_RPCS: [Rpc; 4] = [
+    Rpc::VerifyIdentity,
+    Rpc::VerifyIdentityStream,
+    Rpc::GetCitizen,
+    Rpc::GetHousehold,
 ];
 
 /// The CitizenAccess service.
@@ -72,7 +72,13 @@ impl Gateway {
             // Read first: whatever the history then shows is at least as new.
             let complete_until = index.indexed_until().await?.unwrap_or(0);
             let events = index
-                .history(subject.as_str(), from_ms, to_ms, REPORTED_RPCS, limit)
+                .history(
+                    subject.as_str(),
+                    from_ms,
+                    to_ms,
+                    &REPORTED_RPCS.map(Rpc::name),
+                    limit,
+                )
                 .await?;
             let events = events
                 .into_iter()
@@ -99,7 +105,7 @@ impl Gateway {
             audit::scan_records(&dir, 1, |r| {
                 if filter.accepts(&r.body)
                     && r.body.code == "OK"
-                    && REPORTED_RPCS.contains(&r.body.rpc.as_str())
+                    && REPORTED_RPCS.iter().any(|rpc| rpc.name() == r.body.rpc)
                 {
                     out.push(Event {
                         related: r.body.subject != subject,
