@@ -284,8 +284,7 @@ impl Server {
             .map(|options| Arc::new(RecordCache::new(registry.clone(), options, metrics.clone())));
         let limits = config.limit_options();
         let gateway = Arc::new(Gateway {
-            access: ArcSwap::from_pointee(crate::service::Access::new(policy, &limits)),
-            limit_options: limits.clone(),
+            admission: crate::service::Admission::new(policy, catalogue, limits.clone()),
             subjects: crate::limits::SubjectGuard::new(limits.clone()),
             national: config.national_config().map(|national| {
                 crate::limits::national::NationalBudget::start(national, limits, metrics.clone())
@@ -302,7 +301,6 @@ impl Server {
                 config.limits.max_operator_calls,
             )),
             max_query_results: config.limits.max_query_results,
-            catalogue: Arc::new(catalogue),
             lookups: crate::service::lookup::Lookups::new(
                 registry,
                 cache,
@@ -402,7 +400,7 @@ impl Server {
         let listed_only = move |request: tonic::Request<()>| {
             let identity =
                 tls::peer_identity(&request).map_err(crate::error::GatewayError::from)?;
-            if gateway.access.load().policy.knows(&identity) {
+            if gateway.admission.knows(&identity) {
                 Ok(request)
             } else {
                 Err(crate::error::GatewayError::from(crate::policy::Denied::UnknownClient).into())

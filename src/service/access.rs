@@ -129,7 +129,8 @@ impl Gateway {
             .unwrap_or("an agency without a public name in the gateway's policy")
             .to_string();
         let (name_vi, name_en) = self
-            .catalogue
+            .admission
+            .catalogue()
             .get(&r.procedure)
             .map(|p| (p.name_vi.clone(), p.name_en.clone()))
             .unwrap_or_default();
@@ -212,7 +213,7 @@ impl CitizenAccess for CitizenAccessService {
                         .await?;
                     let truncated = events.len() > MAX_REPORT_EVENTS;
                     events.truncate(MAX_REPORT_EVENTS);
-                    let access = gw.access.load();
+                    let access = gw.admission.access();
                     let events: Vec<pb::AccessEvent> = events
                         .into_iter()
                         .map(|e| gw.shown(&access.policy, e))

@@ -374,23 +374,23 @@ where
         if rpc != Rpc::VerifyIdentityStream {
             let request_body = std::mem::take(request.body_mut());
             let identity_limit = match &peer_identity {
-                Some(id) if gw.access.load().policy.knows(id) => {
-                    gw.limit_options.body_bytes_per_client
+                Some(id) if gw.admission.knows(id) => {
+                    gw.admission.limit_options().body_bytes_per_client
                 }
                 // A client missing from the policy gets the tightest budget.
-                _ => gw.limit_options.body_bytes_per_client / 16,
+                _ => gw.admission.limit_options().body_bytes_per_client / 16,
             };
             let charge = Charge {
                 budget: gw.body_budget.clone(),
                 identity: peer_identity,
                 bytes: 0,
                 identity_limit,
-                total_limit: gw.limit_options.body_bytes_total,
+                total_limit: gw.admission.limit_options().body_bytes_total,
             };
             *request.body_mut() = Body::new(OneMessage::new(
                 request_body,
                 charge,
-                gw.limit_options.body_timeout,
+                gw.admission.limit_options().body_timeout,
             ));
         }
         // The clone that was made ready is the one called (tower's contract).

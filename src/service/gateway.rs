@@ -79,7 +79,7 @@ impl Gateway {
     fn claim(&self, ctx: &mut RequestCtx, raw_id: &str, procedure_code: &str, case_id: &str) {
         let id = validation::parse_declared_id(raw_id, true).ok();
         ctx.subject = id.map(|id| self.subject(id.digits()));
-        ctx.procedure = self.catalogue.claim(procedure_code);
+        ctx.procedure = self.admission.catalogue().claim(procedure_code);
         ctx.case_id = (!case_id.trim().is_empty()).then(|| self.pseudonyms.case_pseudonym(case_id));
     }
 
@@ -399,7 +399,8 @@ impl Gateway {
     ) -> Result<(pb::ListProceduresResponse, Disclosure), GatewayError> {
         self.admit(ctx)?;
         let procedures = self
-            .catalogue
+            .admission
+            .catalogue()
             .procedures()
             .map(|p| pb::Procedure {
                 code: p.code.clone(),

@@ -28,7 +28,7 @@ use tonic::{Code, Status};
 
 use crate::audit::{AuditEntry, AuditLog, Pseudonym, Pseudonymizer};
 use crate::cache::CacheOutcome;
-use crate::catalogue::{Catalogue, ClaimedProcedure, MatchingRule};
+use crate::catalogue::{ClaimedProcedure, MatchingRule};
 use crate::error::{code_name, GatewayError};
 use crate::policy::{Policy, Rpc};
 
@@ -36,23 +36,18 @@ use crate::proto::registry::CitizenRecord;
 use crate::registry::{Deadline, LookupKey};
 use crate::telemetry::Metrics;
 use crate::tls;
-pub use admission::{Permit, ProcedurePermit};
-use arc_swap::ArcSwap;
+pub use admission::{Access, Admission, Permit, ProcedurePermit};
 use tracing::Instrument;
 
 /// What every service shares. Outside the crate only what tests and tools read is
 /// public — the lookups (through a permit), the audit log, the pseudonymiser and the
 /// metrics; the rest is the services' own.
 pub struct Gateway {
-    /// Who may do what (deny by default), and each client's rate; swapped whole by a
-    /// reload ([`Gateway::replace_policy`]).
-    pub(crate) access: ArcSwap<Access>,
-    /// What rates are built from when the policy is reloaded.
-    pub(crate) limit_options: crate::limits::LimitOptions,
+    /// Who may do what (deny by default), each client's rate, and the catalogue; the
+    /// policy swapped whole by a reload ([`Gateway::replace_policy`]).
+    pub(crate) admission: Admission,
     /// Bytes of unfinished unary request messages in flight, by client and in all.
     pub(crate) body_budget: Arc<early::BodyBudget>,
-    /// The procedures and their field profiles.
-    pub(crate) catalogue: Arc<Catalogue>,
     /// The upstream population registry and the record cache in front of it, reachable
     /// only with a [`ProcedurePermit`].
     pub lookups: lookup::Lookups,
@@ -93,38 +88,6 @@ pub struct Gateway {
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     /// Every request task; shutdown waits for them before it closes the audit log.
     pub(crate) tasks: tokio_util::task::TaskTracker,
-}
-
-/// The policy and the rate buckets built from it.
-pub struct Access {
-    /// Who may do what.
-    pub policy: Policy,
-    /// A token bucket per client the policy lists.
-    pub rates: crate::limits::ClientRates,
-}
-
-impl Access {
-    /// The policy with fresh buckets for its clients.
-    pub fn new(policy: Policy, options: &crate::limits::LimitOptions) -> Access {
-        Self::reloaded(policy, options, None)
-    }
-
-    /// The policy, keeping from `previous` the buckets of clients whose rate did not
-    /// change (a reload refills nobody's allowance).
-    pub fn reloaded(
-        policy: Policy,
-        options: &crate::limits::LimitOptions,
-        previous: Option<&Access>,
-    ) -> Access {
-        let rates = crate::limits::ClientRates::carried_over(
-            policy
-                .grants()
-                .map(|g| (g.identity.as_str(), g.rate_per_second, g.burst)),
-            options,
-            previous.map(|p| &p.rates),
-        );
-        Access { policy, rates }
-    }
 }
 
 /// What one request has established about itself, answered or refused: who asks,
@@ -349,7 +312,7 @@ impl Gateway {
         // second's summary record instead of written one by one (see `refusals`).
         if let Err(e) = &result {
             if refusals::aggregable(e) {
-                let known = matches!(&ctx.identity, Ok(id) if self.access.load().policy.knows(id));
+                let known = matches!(&ctx.identity, Ok(id) if self.admission.knows(id));
                 let second = chrono::Utc::now().timestamp();
                 let recording = self.refusals.admit(&client, known, ctx.rpc, code, second);
                 if recording == refusals::Recording::Count {
@@ -400,7 +363,7 @@ impl Gateway {
     /// procedure the catalogue does not know is empty.
     fn count(&self, ctx: &RequestCtx, code: Code) {
         let client = match &ctx.identity {
-            Ok(id) if self.access.load().policy.knows(id) => id.to_string(),
+            Ok(id) if self.admission.knows(id) => id.to_string(),
             Ok(_) => "unknown".to_string(),
             Err(_) => "unauthenticated".to_string(),
         };
@@ -425,12 +388,7 @@ impl Gateway {
     /// Replaces the policy (a reload): the next request is admitted by the new one; a
     /// client whose rate did not change keeps its bucket as it was.
     pub fn replace_policy(&self, policy: Policy) {
-        let previous = self.access.load_full();
-        self.access.store(Arc::new(Access::reloaded(
-            policy,
-            &self.limit_options,
-            Some(&previous),
-        )));
+        self.admission.replace_policy(policy);
     }
 
     /// Marks every service NOT_SERVING (the audit log can no longer be written).
