@@ -1,6 +1,7 @@
 //! How the command-line client shows answers at a terminal (`popgw verify`,
-//! `citizen`, `household`, `procedures`, `audit …`). Pure formatting: `main.rs`
-//! makes the calls and prints what these functions return. [`Progress`] shows a
+//! `citizen`, `household`, `procedures`, `audit …`). Pure formatting: the binary's
+//! commands (`cli/call.rs`, `cli/conn.rs`) make the calls and print what these functions
+//! return. [`Progress`] shows a
 //! long import: a bar on a terminal, a plain line now and then otherwise.
 
 use std::fmt::Write as _;

@@ -133,7 +133,6 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<ParsedLine, String> {
     })
 }
 
-/// What a batch seal signs: the node, and the seq and hash of the batch's last record.
 /// Why a record does not continue its chain: the one check every reader of a chain
 /// makes (recovery, `verify`, the indexer's intake), written once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -208,6 +207,7 @@ impl Chain {
     }
 }
 
+/// What a batch seal signs: the node, and the seq and hash of the batch's last record.
 pub(crate) fn seal_message(node: &str, seq: u64, hash: &str) -> Vec<u8> {
     format!("popgw-audit-seal-v1\n{node}\n{seq}\n{hash}").into_bytes()
 }

@@ -10,7 +10,7 @@ use super::{parse_public_key, Config, NationalKind, RegistryKind};
 /// defaults applied ([`Config::registry_source`]). Code that opens, prepares or names
 /// the registry matches on this, so a kind's data travels with it: no `Option` of
 /// another kind's key to unwrap.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum RegistrySource {
     /// The on-disk store in this folder.
     Disk(PathBuf),
@@ -21,6 +21,19 @@ pub enum RegistrySource {
     Remote(crate::registry::remote::RemoteOptions),
     /// In memory, from this JSON Lines file.
     Embedded(PathBuf),
+}
+
+/// As `Display`: a PostgreSQL URL's password never reaches a log through `{:?}` either.
+impl std::fmt::Debug for RegistrySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            RegistrySource::Disk(_) => "Disk",
+            RegistrySource::Postgres(_) => "Postgres",
+            RegistrySource::Remote(_) => "Remote",
+            RegistrySource::Embedded(_) => "Embedded",
+        };
+        write!(f, "{kind}({self})")
+    }
 }
 
 impl std::fmt::Display for RegistrySource {

@@ -1018,7 +1018,9 @@ impl Migrations {
 
     /// Applies the migrations the database lacks, in one transaction under the lock:
     /// two processes starting together neither race to create the table nor apply a
-    /// migration twice, and a failed migration leaves nothing half applied.
+    /// migration twice, and a failed migration leaves nothing half applied. So a
+    /// migration may hold no statement that cannot run in a transaction (`CREATE INDEX
+    /// CONCURRENTLY`, `VACUUM`, `ALTER TYPE … ADD VALUE`).
     pub async fn apply(
         &self,
         client: &mut tokio_postgres::Client,

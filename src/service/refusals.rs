@@ -33,8 +33,8 @@ struct Window {
     second: i64,
     written: u32,
     held: u32,
-    codes: BTreeMap<i32, u32>,
-    rpcs: BTreeMap<Rpc, u32>,
+    codes: BTreeMap<&'static str, (Code, u32)>,
+    rpcs: BTreeMap<&'static str, u32>,
 }
 
 /// Refusals held (counted, not recorded one by one) from one identity in one second:
@@ -47,10 +47,10 @@ pub struct Summary {
     pub second: i64,
     /// Refusals counted.
     pub count: u32,
-    /// By gRPC code (its number, in the order of the codes).
-    pub codes: BTreeMap<i32, u32>,
-    /// By RPC.
-    pub rpcs: BTreeMap<Rpc, u32>,
+    /// By gRPC code name (the code beside its count).
+    pub codes: BTreeMap<&'static str, (Code, u32)>,
+    /// By RPC name.
+    pub rpcs: BTreeMap<&'static str, u32>,
 }
 
 impl Summary {
@@ -62,19 +62,11 @@ impl Summary {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let codes = self
-            .codes
-            .iter()
-            .map(|(c, n)| (code_name(Code::from_i32(*c)), *n))
-            .collect::<Vec<_>>();
-        let rpcs = self.rpcs.iter().map(|(r, n)| (r.name(), *n)).collect();
-        // The commonest code (the first of equals in the codes' order).
-        let code = self
-            .codes
-            .iter()
-            .rev()
-            .max_by_key(|(_, n)| **n)
-            .map(|(c, _)| Code::from_i32(*c));
+        // In the order of the names, as these records have always listed them.
+        let codes = self.codes.iter().map(|(k, (_, n))| (*k, *n)).collect();
+        let rpcs = self.rpcs.iter().map(|(k, n)| (*k, *n)).collect();
+        // The commonest code (the last of equals in the names' order).
+        let code = self.codes.values().max_by_key(|(_, n)| *n).map(|(c, _)| *c);
         AuditEntry {
             request_id: format!("refusals-{}", self.second),
             client: self.client.clone(),
@@ -155,8 +147,8 @@ impl Refusals {
             return Recording::Record;
         }
         window.held += 1;
-        *window.codes.entry(code as i32).or_default() += 1;
-        *window.rpcs.entry(rpc).or_default() += 1;
+        window.codes.entry(code_name(code)).or_insert((code, 0)).1 += 1;
+        *window.rpcs.entry(rpc.name()).or_default() += 1;
         Recording::Count
     }
 
@@ -239,5 +231,30 @@ mod tests {
             })
             .count();
         assert_eq!(recorded, 2);
+    }
+
+    /// A summary's words are what they have always been: codes and RPCs by name, in
+    /// alphabetical order, and the commonest code (the last of equals) as its code.
+    #[test]
+    fn a_summary_lists_codes_and_rpcs_by_name() {
+        let r = Refusals::new(1);
+        assert_eq!(
+            r.admit("c", true, Rpc::ListProcedures, Code::Unauthenticated, 5),
+            Recording::Record
+        );
+        for (rpc, code) in [
+            (Rpc::VerifyIdentity, Code::PermissionDenied),
+            (Rpc::GetCitizen, Code::InvalidArgument),
+        ] {
+            assert_eq!(r.admit("c", true, rpc, code, 5), Recording::Count);
+        }
+        let s = r.flush(6);
+        let entry = s[0].entry();
+        assert_eq!(
+            entry.detail,
+            "2 refusals in second 5 counted, not recorded one by one: \
+             INVALID_ARGUMENT×1, PERMISSION_DENIED×1; GetCitizen×1, VerifyIdentity×1"
+        );
+        assert_eq!(entry.code, Some(Code::PermissionDenied));
     }
 }

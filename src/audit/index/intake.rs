@@ -4,8 +4,14 @@
 use std::collections::HashMap;
 
 use super::{IndexedRecord, MAX_TIME_MS, MIN_TIME_MS};
-use crate::audit::format::{parse_line, Chain, ChainBreak};
+use crate::audit::format::{decode_hash, parse_line, record_hash, Chain, ChainBreak, ParsedLine};
 use crate::audit::witness::Head;
+
+/// Whether a line's hash is SHA-256 of its own stated prev and its JSON.
+fn consistent(p: &ParsedLine) -> bool {
+    decode_hash(&p.body.prev)
+        .is_some_and(|prev| hex::encode(record_hash(&prev, p.json.as_bytes())) == p.hash)
+}
 
 /// Checks one witness message's lines and turns them into records: each line parses and
 /// names the message's node, each hash is SHA-256(prev || json), the lines are
@@ -37,11 +43,24 @@ pub fn records_of(head: &Head) -> Result<Vec<IndexedRecord>, String> {
         if b.seq == 0 || b.seq > i64::MAX as u64 {
             return Err(format!("line {i}: seq out of range"));
         }
+        // The words the index's problem table has always used.
+        let follows = |seq: u64| match out.last() {
+            Some(before) => format!(
+                "seq {seq}: does not follow seq {} (gap or broken chain)",
+                before.body.seq
+            ),
+            None => format!("seq {seq}: does not follow the chain"),
+        };
         chain.link(&p).map_err(|e| match e {
             ChainBreak::OutOfOrder { expected, found } if out.is_empty() => {
                 format!("first line is seq {found}, the message says {expected}")
             }
-            e => format!("seq {}: {e}", b.seq),
+            ChainBreak::OutOfOrder { .. } | ChainBreak::PrevMismatch => follows(b.seq),
+            // A line whose hash is right for its own prev but that names another
+            // record's hash as prev: spliced from elsewhere, not edited.
+            ChainBreak::HashMismatch if consistent(&p) => follows(b.seq),
+            ChainBreak::HashMismatch => format!("seq {}: hash does not match its JSON", b.seq),
+            ChainBreak::Unparsable => format!("seq {}: prev is not a hash", b.seq),
         })?;
         out.push(IndexedRecord {
             body: p.body,
@@ -60,7 +79,7 @@ pub fn records_of(head: &Head) -> Result<Vec<IndexedRecord>, String> {
 
 /// The checks a witness message passes before its records are indexed (no NATS, no
 /// PostgreSQL here). Records are indexed only under a seal that verifies with their
-/// node's key ([`FeedConfig::node_keys`]; a node without one is refused): the seal signs its batch's last
+/// node's key ([`FeedConfig::node_keys`](super::FeedConfig::node_keys); a node without one is refused): the seal signs its batch's last
 /// record, and through the hash chain every record before it, so the unsealed first
 /// parts of a batch sent in several messages are held until a sealed message whose
 /// records chain back to them arrives — in any order, as redeliveries come — or until
