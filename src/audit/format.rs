@@ -154,6 +154,9 @@ pub(crate) enum ChainBreak {
     /// Its `prev` is not the previous record's hash.
     #[error("prev does not match the previous record's hash")]
     PrevMismatch,
+    /// A seq no record can have (the last one there is: nothing could follow it).
+    #[error("seq out of range")]
+    SeqOutOfRange,
 }
 
 /// A hash chain read forward, one record at a time ([`Chain::link`]).
@@ -188,6 +191,8 @@ impl Chain {
             None => decode_hash(&b.prev).ok_or(ChainBreak::Unparsable)?,
         };
         let expected = self.expect.unwrap_or(b.seq);
+        // The chain ends below u64::MAX: no seq follows the last one there is.
+        let next = expected.checked_add(1).ok_or(ChainBreak::SeqOutOfRange)?;
         if b.seq != expected {
             return Err(ChainBreak::OutOfOrder {
                 expected,
@@ -202,7 +207,7 @@ impl Chain {
             return Err(ChainBreak::PrevMismatch);
         }
         self.prev = Some(h);
-        self.expect = Some(expected + 1);
+        self.expect = Some(next);
         Ok(h)
     }
 }

@@ -808,6 +808,17 @@ mod properties {
             }
         }
 
+        // A record claiming any seq at all, the last one there is included: the chain
+        // refuses it or moves past it, never overflows.
+        #[test]
+        fn any_seq_is_linked_or_refused(seq in prop_oneof![Just(u64::MAX), Just(u64::MAX - 1), any::<u64>()]) {
+            let mut forged = format::parse_line(&written()[0]).unwrap();
+            forged.body.seq = seq;
+            let mut chain = format::Chain::new(None, None);
+            let _ = chain.link(&forged);
+            let _ = chain.link(&forged);
+        }
+
         // Whatever anyone publishes on the witness stream: refused and settled, never a
         // panic, and never a record indexed without its node's seal.
         #[test]

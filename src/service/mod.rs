@@ -452,9 +452,15 @@ pub(crate) async fn detached<T: Send + 'static>(
     match task.await {
         Ok(answer) => answer,
         Err(e) => {
-            // A panic's message may carry anything: log it, answer a fixed text, and
-            // still leave the request's record (what it established died with the task).
-            tracing::error!(error = %e, rpc = rpc.name(), "request task failed");
+            // A panic's message may carry anything — a value from the request, a record —
+            // so it is not logged: only that the task died. The caller gets a fixed text
+            // and the request still leaves its record (what it established died with it).
+            let how = if e.is_panic() {
+                "panicked"
+            } else {
+                "was cancelled"
+            };
+            tracing::error!(rpc = rpc.name(), "request task {how}; answered INTERNAL");
             gw.finish::<T>(unrun(identity), Err(GatewayError::Internal))
                 .await
         }

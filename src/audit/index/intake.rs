@@ -61,6 +61,7 @@ pub fn records_of(head: &Head) -> Result<Vec<IndexedRecord>, String> {
             ChainBreak::HashMismatch if consistent(&p) => follows(b.seq),
             ChainBreak::HashMismatch => format!("seq {}: hash does not match its JSON", b.seq),
             ChainBreak::Unparsable => format!("seq {}: prev is not a hash", b.seq),
+            ChainBreak::SeqOutOfRange => format!("line {i}: seq out of range"),
         })?;
         out.push(IndexedRecord {
             body: p.body,
