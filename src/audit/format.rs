@@ -183,7 +183,7 @@ impl Chain {
     }
 
     /// Checks that `p` continues the chain (its seq, its hash over its JSON, its `prev`)
-    /// and moves past it; returns its hash.
+    /// and moves past it; returns its hash. The first check that fails is named.
     pub(crate) fn link(&mut self, p: &ParsedLine) -> Result<[u8; 32], ChainBreak> {
         let b = &p.body;
         let prev = match self.prev {
@@ -199,12 +199,14 @@ impl Chain {
                 found: b.seq,
             });
         }
+        // The link first: a line spliced in from elsewhere (right for its own prev)
+        // is told apart from an edited one.
+        if b.prev != hex::encode(prev) {
+            return Err(ChainBreak::PrevMismatch);
+        }
         let h = record_hash(&prev, p.json.as_bytes());
         if hex::encode(h) != p.hash {
             return Err(ChainBreak::HashMismatch);
-        }
-        if b.prev != hex::encode(prev) {
-            return Err(ChainBreak::PrevMismatch);
         }
         self.prev = Some(h);
         self.expect = Some(next);

@@ -554,6 +554,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_registry_url_password_is_never_printed() {
+        let source = RegistrySource::Postgres("postgres://popgw:s3cret@db.example/registry".into());
+        for shown in [format!("{source}"), format!("{source:?}")] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("db.example"), "{shown}");
+        }
+    }
+
+    #[test]
     fn the_documented_example_is_the_default() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/popgw.example.toml");
         let example = Config::load(&path).unwrap();

@@ -318,9 +318,9 @@ where
         }
         let rpc = Rpc::of_path(path).unwrap_or(Rpc::Unknown);
         let span = crate::telemetry::request_span(rpc.name());
-        // The client is named only if a record must be written (an Arc clone until then).
+        // The client as its handshake named it: each use clones a reference count, never
+        // the identity's text.
         let peer = request.extensions().get::<Peer>().cloned();
-        let peer_identity = peer.as_ref().and_then(|p| p.identity().ok());
         let identity = move || {
             peer.as_ref().map_or(
                 Err(crate::tls::IdentityError::NoCertificate),
@@ -366,8 +366,10 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(super::parse_grpc_timeout);
         let reached = Arc::new(AtomicBool::new(false));
+        let caller_identity = identity();
+        let peer_identity = caller_identity.as_ref().ok().cloned();
         request.extensions_mut().insert(Caller {
-            identity: identity(),
+            identity: caller_identity,
             timeout,
             reached: reached.clone(),
         });
