@@ -22,6 +22,9 @@ fn plan(addr: std::net::SocketAddr, certs: &std::path::Path, mode: Mode) -> Plan
         max_calls: None,
         server_pid: None,
         label: "test".into(),
+        reconnect: false,
+        caller_rate: None,
+        answers: None,
     }
 }
 
@@ -95,6 +98,68 @@ async fn the_generator_counts_every_answer_of_the_real_gateway_and_each_leaves_a
         Some(report.calls),
         "{}",
         report.summary()
+    );
+    gw.stop().await;
+}
+
+/// The reliability run's instrument (issue 27): false declarations expect NO_MATCH, the
+/// answer file names each answered call's audit record and what it said, the timeline
+/// counts every call in its second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_files_name_each_answers_audit_record_and_false_declarations_expect_no_match() {
+    let mut gw = TestGateway::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let answers = dir.path().join("answers.tsv");
+    let mut p = plan(gw.addr, &gw.certs, Mode::Closed { callers: 4 });
+    p.mix = vec![(Rpc::Verify, 1), (Rpc::VerifyFalse, 1), (Rpc::Citizen, 1)];
+    p.max_calls = Some(150);
+    p.caller_rate = Some(200.0);
+    p.answers = Some(answers.clone());
+    let report = loadgen::run(p, Population::new(living(&gw)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(report.ok, report.calls, "{}", report.summary());
+    assert_eq!((report.not_match, report.false_match), (0, 0));
+    let per_second: u64 = report.timeline.iter().map(|s| s[0]).sum();
+    assert_eq!(per_second, report.calls);
+    assert!(report.latency_ok_us.p50 > 0.0);
+
+    let text = std::fs::read_to_string(&answers).unwrap();
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines.len() as u64, report.calls);
+    // Every answered call's record, with what the caller was told.
+    let records: std::collections::HashMap<String, _> = gw
+        .audit_records(Default::default())
+        .await
+        .into_iter()
+        .map(|r| (r.request_id.clone(), r))
+        .collect();
+    for line in &lines {
+        let [id, method, verdict, right] = line[..] else {
+            panic!("{line:?}")
+        };
+        assert_eq!(right, "ok");
+        let record = records
+            .get(id)
+            .unwrap_or_else(|| panic!("no record of {id}"));
+        assert_eq!(record.rpc, method);
+        if verdict != "OK" {
+            assert_eq!(record.outcome, verdict);
+        }
+    }
+    let kinds: Vec<_> = lines
+        .iter()
+        .map(|l| (l[1], l[2]))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("GetCitizen", "OK"),
+            ("VerifyIdentity", "MATCH"),
+            ("VerifyIdentity", "NO_MATCH")
+        ]
     );
     gw.stop().await;
 }

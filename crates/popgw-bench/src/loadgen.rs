@@ -13,8 +13,15 @@
 //! dropped and counted; a call sent more than 2 ms after it was due is counted late),
 //! **connect** (each call on a new TCP + full mutual-TLS + HTTP/2 connection: session
 //! resumption is off). Loopback targets only.
+//!
+//! For the reliability run (`benches/reliability.py`): `verify_false` declarations expect
+//! NO_MATCH, so a false MATCH is counted as surely as a false NO_MATCH; each answered
+//! call's request id and answer can be written to a file (its audit record is looked up
+//! by it); the report carries a per-second timeline; a closed-loop caller can be paced and
+//! can dial again when its connection is lost (a node killed and restarted under load).
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +78,9 @@ pub enum LoadError {
 pub enum Rpc {
     /// `VerifyIdentity` for P03 as the portal; expects MATCH.
     Verify,
+    /// `VerifyIdentity` for P03 as the portal, the declared name not the citizen's;
+    /// expects NO_MATCH (a MATCH is a false verdict).
+    VerifyFalse,
     /// `GetCitizen` for P12 as the ministry.
     Citizen,
     /// `GetHousehold` for P17 as the ministry.
@@ -82,6 +92,7 @@ impl Rpc {
     pub fn parse(name: &str) -> Option<Rpc> {
         match name {
             "verify" => Some(Rpc::Verify),
+            "verify_false" => Some(Rpc::VerifyFalse),
             "citizen" => Some(Rpc::Citizen),
             "household" => Some(Rpc::Household),
             _ => None,
@@ -89,7 +100,7 @@ impl Rpc {
     }
     fn path(self) -> &'static str {
         match self {
-            Rpc::Verify => "/popgw.v1.IdentityGateway/VerifyIdentity",
+            Rpc::Verify | Rpc::VerifyFalse => "/popgw.v1.IdentityGateway/VerifyIdentity",
             Rpc::Citizen => "/popgw.v1.IdentityGateway/GetCitizen",
             Rpc::Household => "/popgw.v1.IdentityGateway/GetHousehold",
         }
@@ -97,7 +108,7 @@ impl Rpc {
     /// The dev PKI's client that sends it.
     fn client(self) -> usize {
         match self {
-            Rpc::Verify => PORTAL,
+            Rpc::Verify | Rpc::VerifyFalse => PORTAL,
             Rpc::Citizen | Rpc::Household => MINISTRY,
         }
     }
@@ -107,6 +118,14 @@ impl Rpc {
             Rpc::Verify => frame(&pb::VerifyIdentityRequest {
                 personal_id,
                 full_name: person.full_name.clone(),
+                date_of_birth: person.date_of_birth.clone(),
+                sex: person.sex,
+                procedure_code: "P03".into(),
+                case_id,
+            }),
+            Rpc::VerifyFalse => frame(&pb::VerifyIdentityRequest {
+                personal_id,
+                full_name: wrong_name(&person.full_name).into(),
                 date_of_birth: person.date_of_birth.clone(),
                 sex: person.sex,
                 procedure_code: "P03".into(),
@@ -123,6 +142,16 @@ impl Rpc {
                 case_id,
             }),
         }
+    }
+}
+
+/// A well-formed name that is not `name` (nor a spelling of it): the population's names
+/// are Vietnamese, these two never occur in it.
+fn wrong_name(name: &str) -> &'static str {
+    if name == "ZZYZX QUORTLE" {
+        "QWXY ZORBLAT"
+    } else {
+        "ZZYZX QUORTLE"
     }
 }
 
@@ -180,6 +209,13 @@ pub struct Plan {
     pub server_pid: Option<u32>,
     /// A name for the report.
     pub label: String,
+    /// Closed loop: a caller whose connection fails dials a new one (after 100 ms) and
+    /// goes on, so that a server restarted under load is loaded again (`reliability.py`).
+    pub reconnect: bool,
+    /// Closed loop: each caller starts at most this many calls a second (a steady load).
+    pub caller_rate: Option<f64>,
+    /// Write each answered call's request id and answer to this file.
+    pub answers: Option<PathBuf>,
 }
 
 /// Latency percentiles, microseconds.
@@ -218,10 +254,12 @@ pub struct Report {
     pub seconds: f64,
     /// Calls measured (answered or not).
     pub calls: u64,
-    /// Calls answered OK (and MATCH for VerifyIdentity).
+    /// Calls answered OK (and for VerifyIdentity the verdict the declaration called for).
     pub ok: u64,
-    /// VerifyIdentity answered OK but not MATCH.
+    /// VerifyIdentity of a true declaration answered OK but not MATCH.
     pub not_match: u64,
+    /// VerifyIdentity of a false declaration (`verify_false`) answered MATCH.
+    pub false_match: u64,
     /// Failed calls by gRPC code name, or `transport`/`connect`.
     pub errors: BTreeMap<String, u64>,
     /// `ok` per second: the figure quoted.
@@ -232,10 +270,15 @@ pub struct Report {
     pub dropped_sends: u64,
     /// Latency of measured calls (open loop: from the intended send time).
     pub latency_us: Latency,
+    /// The same, of the calls answered as expected only (not refusals).
+    pub latency_ok_us: Latency,
     /// The generator's CPU over the measured part, in cores (1.0 = one core busy).
     pub generator_cpu: Option<f64>,
     /// The server's CPU (with `server_pid`), in cores.
     pub server_cpu: Option<f64>,
+    /// Per second since the start (warm-up included): [answered as expected, false
+    /// verdicts, errors].
+    pub timeline: Vec<[u64; 3]>,
     /// The generator used over 90 % of a core (open loop: sent over 1 % of its calls
     /// late): the figure may be its limit, not the server's.
     pub generator_limited: bool,
@@ -388,10 +431,32 @@ impl Dialer {
 
 /// One call's result.
 enum Answer {
+    /// OK, and for a verification the verdict expected.
     Ok,
+    /// A true declaration answered NO_MATCH (or no verdict).
     NotMatch,
+    /// A false declaration answered MATCH.
+    FalseMatch,
     Status(i32),
     Transport,
+}
+
+impl Answer {
+    fn word(&self) -> &'static str {
+        match self {
+            Answer::Ok => "ok",
+            Answer::NotMatch => "false_no_match",
+            Answer::FalseMatch => "false_match",
+            Answer::Status(_) | Answer::Transport => "error",
+        }
+    }
+}
+
+/// The one field of `GetCitizenResponse` and `GetHouseholdResponse` the generator reads.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RequestIdOnly {
+    #[prost(string, tag = "1")]
+    request_id: String,
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
@@ -401,13 +466,23 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Sends one pre-encoded call and reads its answer.
-async fn call(send: &mut SendRequest<Bytes>, uri: &http::Uri, body: Bytes, rpc: Rpc) -> Answer {
+/// An answered call as its audit record should show it: the request id the gateway gave
+/// it, and what it said (`MATCH`, `NO_MATCH`, or `OK` for a disclosure).
+type Said = Option<(String, &'static str)>;
+
+/// Sends one pre-encoded call and reads its answer (and, for an answered message, what
+/// it said).
+async fn call(
+    send: &mut SendRequest<Bytes>,
+    uri: &http::Uri,
+    body: Bytes,
+    rpc: Rpc,
+) -> (Answer, Said) {
     if futures::future::poll_fn(|cx| send.poll_ready(cx))
         .await
         .is_err()
     {
-        return Answer::Transport;
+        return (Answer::Transport, None);
     }
     let mut request = http::Request::new(());
     *request.method_mut() = http::Method::POST;
@@ -416,27 +491,27 @@ async fn call(send: &mut SendRequest<Bytes>, uri: &http::Uri, body: Bytes, rpc: 
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(TE, HeaderValue::from_static("trailers"));
     let Ok((response, mut stream)) = send.send_request(request, false) else {
-        return Answer::Transport;
+        return (Answer::Transport, None);
     };
     if stream.send_data(body, true).is_err() {
-        return Answer::Transport;
+        return (Answer::Transport, None);
     }
     let Ok(response) = response.await else {
-        return Answer::Transport;
+        return (Answer::Transport, None);
     };
     let (parts, mut body) = response.into_parts();
     if let Some(code) = grpc_status(&parts.headers) {
         // Trailers-only: a refusal before any message.
         return if code == 0 {
-            Answer::Ok
+            (Answer::Ok, None)
         } else {
-            Answer::Status(code)
+            (Answer::Status(code), None)
         };
     }
     let mut message = BytesMut::new();
     while let Some(chunk) = body.data().await {
         let Ok(chunk) = chunk else {
-            return Answer::Transport;
+            return (Answer::Transport, None);
         };
         let _ = body.flow_control().release_capacity(chunk.len());
         message.extend_from_slice(&chunk);
@@ -444,67 +519,137 @@ async fn call(send: &mut SendRequest<Bytes>, uri: &http::Uri, body: Bytes, rpc: 
     let code = match body.trailers().await {
         Ok(Some(trailers)) => grpc_status(&trailers).unwrap_or(2),
         Ok(None) => 2,
-        Err(_) => return Answer::Transport,
+        Err(_) => return (Answer::Transport, None),
     };
     if code != 0 {
-        return Answer::Status(code);
+        return (Answer::Status(code), None);
     }
-    if rpc == Rpc::Verify {
-        let matched = message.len() > 5
-            && pb::VerifyIdentityResponse::decode(&message[5..])
-                .is_ok_and(|r| r.verdict() == pb::Verdict::Match);
-        if !matched {
-            return Answer::NotMatch;
+    let message = message.get(5..).unwrap_or_default();
+    match rpc {
+        Rpc::Verify | Rpc::VerifyFalse => {
+            let answer = pb::VerifyIdentityResponse::decode(message).ok();
+            let matched = answer
+                .as_ref()
+                .is_some_and(|r| r.verdict() == pb::Verdict::Match);
+            let verdict = match (rpc, matched) {
+                (Rpc::Verify, true) | (Rpc::VerifyFalse, false) => Answer::Ok,
+                (Rpc::Verify, false) => Answer::NotMatch,
+                _ => Answer::FalseMatch,
+            };
+            let said = if matched { "MATCH" } else { "NO_MATCH" };
+            (verdict, answer.map(|r| (r.request_id, said)))
         }
+        Rpc::Citizen | Rpc::Household => (
+            Answer::Ok,
+            RequestIdOnly::decode(message)
+                .ok()
+                .map(|r| (r.request_id, "OK")),
+        ),
     }
-    Answer::Ok
+}
+
+/// Where answered calls are written, one line each: the request id, the RPC's method,
+/// what it said (`MATCH`, `NO_MATCH`, `OK`) and whether that was right (`ok`,
+/// `false_no_match`, `false_match`) — what `benches/reliability.py` looks for in the
+/// audit log.
+type AnswerLog = Mutex<std::io::BufWriter<std::fs::File>>;
+
+fn log_answer(log: Option<&AnswerLog>, rpc: Rpc, answer: &Answer, said: Said) {
+    let (Some(log), Some((id, said))) = (log, said) else {
+        return;
+    };
+    let method = rpc.path().rsplit('/').next().unwrap_or_default();
+    let mut w = log.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = writeln!(w, "{id}\t{method}\t{said}\t{}", answer.word());
 }
 
 /// Per-task tallies, merged at the end.
 struct Tally {
     hist: Histogram<u64>,
+    /// Calls answered as expected only.
+    hist_ok: Histogram<u64>,
     calls: u64,
     ok: u64,
     not_match: u64,
+    false_match: u64,
     errors: BTreeMap<String, u64>,
+    /// Per second since the start: [answered as expected, false verdicts, errors].
+    timeline: Vec<[u64; 3]>,
 }
 
 impl Tally {
     fn new() -> Tally {
         Tally {
             hist: Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("static bounds"),
+            hist_ok: Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("static bounds"),
             calls: 0,
             ok: 0,
             not_match: 0,
+            false_match: 0,
             errors: BTreeMap::new(),
+            timeline: Vec::new(),
         }
     }
-    fn count(&mut self, answer: Answer, latency: Duration) {
+    fn second(&mut self, second: usize, column: usize) {
+        if self.timeline.len() <= second {
+            self.timeline.resize(second + 1, [0; 3]);
+        }
+        self.timeline[second][column] += 1;
+    }
+    fn count(&mut self, answer: Answer, latency: Duration, second: usize) {
         self.calls += 1;
-        let _ = self.hist.record((latency.as_nanos() as u64).max(1));
-        match answer {
-            Answer::Ok => self.ok += 1,
-            Answer::NotMatch => self.not_match += 1,
+        let ns = (latency.as_nanos() as u64).max(1);
+        let _ = self.hist.record(ns);
+        let column = match answer {
+            Answer::Ok => {
+                let _ = self.hist_ok.record(ns);
+                self.ok += 1;
+                0
+            }
+            Answer::NotMatch => {
+                self.not_match += 1;
+                1
+            }
+            Answer::FalseMatch => {
+                self.false_match += 1;
+                1
+            }
             Answer::Status(code) => {
                 *self
                     .errors
                     .entry(format!("{:?}", tonic::Code::from(code)))
                     .or_default() += 1;
+                2
             }
-            Answer::Transport => *self.errors.entry("transport".into()).or_default() += 1,
-        }
+            Answer::Transport => {
+                *self.errors.entry("transport".into()).or_default() += 1;
+                2
+            }
+        };
+        self.second(second, column);
     }
-    fn error(&mut self, kind: &str) {
+    fn error(&mut self, kind: &str, second: usize) {
         self.calls += 1;
         *self.errors.entry(kind.to_string()).or_default() += 1;
+        self.second(second, 2);
     }
     fn merge(&mut self, other: Tally) {
         let _ = self.hist.add(other.hist);
+        let _ = self.hist_ok.add(other.hist_ok);
         self.calls += other.calls;
         self.ok += other.ok;
         self.not_match += other.not_match;
+        self.false_match += other.false_match;
         for (k, v) in other.errors {
             *self.errors.entry(k).or_default() += v;
+        }
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline.resize(other.timeline.len(), [0; 3]);
+        }
+        for (mine, theirs) in self.timeline.iter_mut().zip(other.timeline) {
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                *a += b;
+            }
         }
     }
 }
@@ -550,6 +695,8 @@ impl Picker {
 
 /// Everything the tasks share.
 struct Shared {
+    start: Instant,
+    answers: Option<AnswerLog>,
     uris: BTreeMap<Rpc, http::Uri>,
     /// `bodies[rpc][person]`: each call's bytes, encoded once.
     bodies: BTreeMap<Rpc, Vec<Bytes>>,
@@ -563,6 +710,10 @@ impl Shared {
     /// Whether a call started at `t` is measured (after the warm-up).
     fn measured(&self, t: Instant) -> bool {
         t >= self.measure_from
+    }
+    /// The second of the timeline `t` falls in.
+    fn second(&self, t: Instant) -> usize {
+        t.saturating_duration_since(self.start).as_secs() as usize
     }
     fn over(&self, now: Instant) -> bool {
         now >= self.end
@@ -594,6 +745,14 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
     }
     if plan.mix.is_empty() || plan.mix.iter().all(|(_, w)| *w == 0) {
         return Err(LoadError::Plan("the mix has no RPC with a weight".into()));
+    }
+    if plan
+        .caller_rate
+        .is_some_and(|r| !(r.is_finite() && (1e-3..=1e6).contains(&r)))
+    {
+        return Err(LoadError::Plan(
+            "the caller rate must be 0.001 to 1,000,000 calls a second".into(),
+        ));
     }
     if plan.connections == 0 {
         return Err(LoadError::Plan("connections must be at least 1".into()));
@@ -688,7 +847,18 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
     }
     let start = Instant::now();
     let measure_from = start + plan.warmup;
+    let answers = match &plan.answers {
+        Some(path) => Some(Mutex::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| LoadError::File {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?,
+        ))),
+        None => None,
+    };
     let shared = Arc::new(Shared {
+        start,
+        answers,
         uris,
         bodies,
         measure_from,
@@ -720,21 +890,53 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
                     .iter()
                     .map(|p| (!p.is_empty()).then(|| p[c % p.len()].clone()))
                     .collect();
+                let dialers = dialers.clone();
+                let (reconnect, pace) = (plan.reconnect, plan.caller_rate.map(|r| 1.0 / r));
                 tasks.push(tokio::spawn(async move {
                     let mut tally = Tally::new();
+                    let mut next_start = Instant::now();
                     loop {
+                        if let Some(pace) = pace {
+                            tokio::time::sleep_until(next_start.into()).await;
+                            next_start += Duration::from_secs_f64(pace);
+                        }
                         let t = Instant::now();
                         if shared.over(t) {
                             break;
                         }
                         let (rpc, person) = picker.next();
-                        let send = sends[rpc.client()].as_mut().expect("pool per client");
+                        let client = rpc.client();
+                        let send = sends[client].as_mut().expect("pool per client");
                         let body = shared.bodies[&rpc][person].clone();
-                        let answer = call(send, &shared.uris[&rpc], body, rpc).await;
+                        let (answer, request_id) = call(send, &shared.uris[&rpc], body, rpc).await;
+                        let lost = matches!(answer, Answer::Transport);
+                        log_answer(shared.answers.as_ref(), rpc, &answer, request_id);
                         if shared.measured(t) {
                             shared.measured.fetch_add(1, Ordering::Relaxed);
-                            tally.count(answer, t.elapsed());
+                            tally.count(answer, t.elapsed(), shared.second(t));
                         }
+                        // A lost connection: dial until one opens (each failed dial
+                        // counts as a call refused at connect) or the run ends.
+                        if lost && reconnect {
+                            loop {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                let t = Instant::now();
+                                if shared.over(t) {
+                                    break;
+                                }
+                                match dialers[client].open().await {
+                                    Ok(fresh) => {
+                                        sends[client] = Some(fresh);
+                                        break;
+                                    }
+                                    Err(_) if shared.measured(t) => {
+                                        tally.error("connect", shared.second(t));
+                                    }
+                                    Err(_) => {}
+                                }
+                            }
+                        }
+                        next_start = next_start.max(Instant::now() - Duration::from_secs(1));
                     }
                     tally
                 }));
@@ -760,17 +962,19 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
                         let answer = match dialers[rpc.client()].open().await {
                             Ok(mut send) => {
                                 let body = shared.bodies[&rpc][person].clone();
-                                Ok(call(&mut send, &shared.uris[&rpc], body, rpc).await)
+                                let (a, id) = call(&mut send, &shared.uris[&rpc], body, rpc).await;
+                                log_answer(shared.answers.as_ref(), rpc, &a, id);
+                                Ok(a)
                             }
                             Err(reason) => Err(reason),
                         };
                         if shared.measured(t) {
                             shared.measured.fetch_add(1, Ordering::Relaxed);
                             match answer {
-                                Ok(a) => tally.count(a, t.elapsed()),
+                                Ok(a) => tally.count(a, t.elapsed(), shared.second(t)),
                                 Err(reason) => {
                                     let stage = reason.split(':').next().unwrap_or("connect");
-                                    tally.error(&format!("connect ({stage})"));
+                                    tally.error(&format!("connect ({stage})"), shared.second(t));
                                 }
                             }
                         }
@@ -830,13 +1034,14 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
                     let shards = shards.clone();
                     handle.spawn(async move {
                         let body = shared.bodies[&rpc][person].clone();
-                        let answer = call(&mut send, &shared.uris[&rpc], body, rpc).await;
+                        let (answer, id) = call(&mut send, &shared.uris[&rpc], body, rpc).await;
+                        log_answer(shared.answers.as_ref(), rpc, &answer, id);
                         if measured {
                             shared.measured.fetch_add(1, Ordering::Relaxed);
                             shards[(i % 16) as usize]
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
-                                .count(answer, due.elapsed());
+                                .count(answer, due.elapsed(), shared.second(due));
                         }
                         drop(permit);
                     });
@@ -855,6 +1060,19 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
             }
         }
     }
+    if let Some(log) = &shared.answers {
+        log.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush()
+            .map_err(|e| LoadError::File {
+                path: plan
+                    .answers
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                reason: e.to_string(),
+            })?;
+    }
     let stopped = Instant::now();
     let generator_end = cpu_seconds(None);
     let server_end = cpu_seconds(plan.server_pid);
@@ -872,8 +1090,15 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
             None,
         ),
     };
-    let h = &total.hist;
     let us = |ns: u64| ns as f64 / 1000.0;
+    let latency = |h: &Histogram<u64>| Latency {
+        p50: us(h.value_at_quantile(0.5)),
+        p90: us(h.value_at_quantile(0.9)),
+        p99: us(h.value_at_quantile(0.99)),
+        p999: us(h.value_at_quantile(0.999)),
+        max: us(h.max()),
+        mean: h.mean() / 1000.0,
+    };
     Ok(Report {
         label: plan.label.clone(),
         target: plan.addr.to_string(),
@@ -888,22 +1113,18 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
         calls: total.calls,
         ok: total.ok,
         not_match: total.not_match,
+        false_match: total.false_match,
         throughput: total.ok as f64 / seconds.max(1e-9),
         late_sends: late,
         dropped_sends: dropped,
-        latency_us: Latency {
-            p50: us(h.value_at_quantile(0.5)),
-            p90: us(h.value_at_quantile(0.9)),
-            p99: us(h.value_at_quantile(0.99)),
-            p999: us(h.value_at_quantile(0.999)),
-            max: us(h.max()),
-            mean: h.mean() / 1000.0,
-        },
+        latency_us: latency(&total.hist),
+        latency_ok_us: latency(&total.hist_ok),
         generator_limited: generator_cpu.is_some_and(|c| c > 0.9)
             || (matches!(plan.mode, Mode::Open { .. }) && late * 100 > total.calls.max(1)),
         generator_cpu,
         server_cpu,
         errors: total.errors,
+        timeline: total.timeline,
     })
 }
 
@@ -912,7 +1133,7 @@ impl Report {
     pub fn summary(&self) -> String {
         let cpu = |c: Option<f64>| c.map_or("?".into(), |c| format!("{:.0} %", c * 100.0));
         format!(
-            "{}: {:.0}/s OK ({} calls in {:.1} s; not MATCH {}; errors {:?}; late {}, dropped {}) \
+            "{}: {:.0}/s OK ({} calls in {:.1} s; not MATCH {}; false MATCH {}; errors {:?}; late {}, dropped {}) \
              p50 {:.0} µs p90 {:.0} µs p99 {:.0} µs p99.9 {:.0} µs max {:.0} µs; \
              generator CPU {}{}, server CPU {}",
             self.label,
@@ -920,6 +1141,7 @@ impl Report {
             self.calls,
             self.seconds,
             self.not_match,
+            self.false_match,
             self.errors,
             self.late_sends,
             self.dropped_sends,

@@ -95,7 +95,8 @@ struct LoadgenArgs {
     /// Each call on a new connection (TCP, full mutual-TLS handshake, HTTP/2).
     #[arg(long)]
     connect: bool,
-    /// RPCs and weights, e.g. verify=8,citizen=1,household=1.
+    /// RPCs and weights, e.g. verify=8,citizen=1,household=1 (verify_false: a declaration
+    /// whose name is not the citizen's, expecting NO_MATCH).
     #[arg(long, default_value = "verify=1")]
     mix: String,
     /// Draw ids by a Zipf law of this exponent (default: uniformly).
@@ -122,6 +123,15 @@ struct LoadgenArgs {
     /// Write the JSON report here too.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Closed loop: a caller whose connection is lost dials a new one and goes on.
+    #[arg(long)]
+    reconnect: bool,
+    /// Closed loop: each caller starts at most this many calls a second.
+    #[arg(long)]
+    caller_rate: Option<f64>,
+    /// Write every answered call's request id, method and answer to this file.
+    #[arg(long)]
+    answers: Option<PathBuf>,
 }
 
 async fn loadgen(args: LoadgenArgs) -> Result<()> {
@@ -134,8 +144,9 @@ async fn loadgen(args: LoadgenArgs) -> Result<()> {
     let mut mix = Vec::new();
     for part in args.mix.split(',') {
         let (name, weight) = part.split_once('=').unwrap_or((part, "1"));
-        let rpc = Rpc::parse(name.trim())
-            .with_context(|| format!("--mix: unknown RPC {name:?} (verify, citizen, household)"))?;
+        let rpc = Rpc::parse(name.trim()).with_context(|| {
+            format!("--mix: unknown RPC {name:?} (verify, verify_false, citizen, household)")
+        })?;
         let weight: u32 = weight
             .trim()
             .parse()
@@ -176,6 +187,9 @@ async fn loadgen(args: LoadgenArgs) -> Result<()> {
         max_calls: args.max_calls,
         server_pid: args.server_pid,
         label: args.label,
+        reconnect: args.reconnect,
+        caller_rate: args.caller_rate,
+        answers: args.answers,
     };
     let report = loadgen::run(plan, population).await?;
     eprintln!("{}", report.summary());
