@@ -386,11 +386,12 @@ listen = "127.0.0.1:{self.ports[node + '_admin']}"
         argv = [BIN, "audit", "verify", "--config", n["config"], "--witness", "--index",
                 f"{self.pg_url}/popgw_audit"]
         t0 = time.time()
+        env = dict(os.environ, RUST_LOG="warn", NO_COLOR="1")
         while True:
-            r = run(argv, check=False)
+            r = run(argv, check=False, env=env)
             if r.returncode == 0 or time.time() - t0 > 60:
                 return {"ok": r.returncode == 0, "seconds": round(time.time() - t0, 1),
-                        "output": (r.stdout + r.stderr).strip().splitlines()[-3:]}
+                        "output": (r.stdout + r.stderr).strip().splitlines()[-2:]}
             time.sleep(3)
 
 
