@@ -25,6 +25,7 @@ fn plan(addr: std::net::SocketAddr, certs: &std::path::Path, mode: Mode) -> Plan
         reconnect: false,
         caller_rate: None,
         answers: None,
+        deadline: None,
     }
 }
 
@@ -161,6 +162,22 @@ async fn answer_files_name_each_answers_audit_record_and_false_declarations_expe
             ("VerifyIdentity", "NO_MATCH")
         ]
     );
+
+    // A caller whose deadline passes before the answer abandons the call: counted
+    // expired, nothing answered, nothing in the answer file.
+    let mut p = plan(gw.addr, &gw.certs, Mode::Closed { callers: 2 });
+    p.max_calls = Some(20);
+    p.deadline = Some(Duration::from_nanos(1));
+    p.answers = Some(answers.clone());
+    let report = loadgen::run(p, Population::new(living(&gw)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(report.ok, 0, "{}", report.summary());
+    assert_eq!(
+        report.errors.get("expired in the caller").copied(),
+        Some(report.calls)
+    );
+    assert_eq!(std::fs::read_to_string(&answers).unwrap(), "");
     gw.stop().await;
 }
 

@@ -216,6 +216,9 @@ pub struct Plan {
     pub caller_rate: Option<f64>,
     /// Write each answered call's request id and answer to this file.
     pub answers: Option<PathBuf>,
+    /// Each call's deadline from when it was due (sent as grpc-timeout; abandoned and
+    /// counted "expired in the caller" when it passes).
+    pub deadline: Option<Duration>,
 }
 
 /// Latency percentiles, microseconds.
@@ -439,6 +442,8 @@ enum Answer {
     FalseMatch,
     Status(i32),
     Transport,
+    /// The caller's deadline passed before an answer came (abandoned by the caller).
+    Expired,
 }
 
 impl Answer {
@@ -447,7 +452,7 @@ impl Answer {
             Answer::Ok => "ok",
             Answer::NotMatch => "false_no_match",
             Answer::FalseMatch => "false_match",
-            Answer::Status(_) | Answer::Transport => "error",
+            Answer::Status(_) | Answer::Transport | Answer::Expired => "error",
         }
     }
 }
@@ -470,13 +475,38 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
 /// it, and what it said (`MATCH`, `NO_MATCH`, or `OK` for a disclosure).
 type Said = Option<(String, &'static str)>;
 
+/// [`call`] for a caller whose deadline is `due + deadline`: the call carries the time
+/// left as its grpc-timeout and is abandoned when it runs out (waiting for HTTP/2 stream
+/// credit included), as a caller with a deadline does.
+async fn call_by(
+    send: &mut SendRequest<Bytes>,
+    uri: &http::Uri,
+    body: Bytes,
+    rpc: Rpc,
+    due: Instant,
+    deadline: Option<Duration>,
+) -> (Answer, Said) {
+    let Some(deadline) = deadline else {
+        return call(send, uri, body, rpc, None).await;
+    };
+    let until = due + deadline;
+    if until <= Instant::now() {
+        return (Answer::Expired, None);
+    }
+    tokio::time::timeout_at(until.into(), call(send, uri, body, rpc, Some(until)))
+        .await
+        .unwrap_or((Answer::Expired, None))
+}
+
 /// Sends one pre-encoded call and reads its answer (and, for an answered message, what
-/// it said).
+/// it said). With a deadline, the time left when the stream opens (after any wait for
+/// HTTP/2 stream credit) goes as its grpc-timeout.
 async fn call(
     send: &mut SendRequest<Bytes>,
     uri: &http::Uri,
     body: Bytes,
     rpc: Rpc,
+    until: Option<Instant>,
 ) -> (Answer, Said) {
     if futures::future::poll_fn(|cx| send.poll_ready(cx))
         .await
@@ -490,6 +520,14 @@ async fn call(
     let headers = request.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(TE, HeaderValue::from_static("trailers"));
+    if let Some(until) = until {
+        // Milliseconds, rounded up: at most 8 digits (the gRPC wire format).
+        let left = until.saturating_duration_since(Instant::now());
+        let ms = left.as_micros().div_ceil(1000).clamp(1, 99_999_999);
+        if let Ok(v) = HeaderValue::from_str(&format!("{ms}m")) {
+            headers.insert("grpc-timeout", v);
+        }
+    }
     let Ok((response, mut stream)) = send.send_request(request, false) else {
         return (Answer::Transport, None);
     };
@@ -625,6 +663,13 @@ impl Tally {
                 *self.errors.entry("transport".into()).or_default() += 1;
                 2
             }
+            Answer::Expired => {
+                *self
+                    .errors
+                    .entry("expired in the caller".into())
+                    .or_default() += 1;
+                2
+            }
         };
         self.second(second, column);
     }
@@ -754,6 +799,14 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
             "the caller rate must be 0.001 to 1,000,000 calls a second".into(),
         ));
     }
+    if plan
+        .deadline
+        .is_some_and(|d| d.is_zero() || d > Duration::from_secs(86_400))
+    {
+        return Err(LoadError::Plan(
+            "a deadline is longer than zero and a day at most".into(),
+        ));
+    }
     if plan.connections == 0 {
         return Err(LoadError::Plan("connections must be at least 1".into()));
     }
@@ -878,6 +931,7 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
         })
     };
     let people_n = people.len();
+    let deadline = plan.deadline;
     let mut total = Tally::new();
     let (mut late, mut dropped) = (0, 0);
     match plan.mode {
@@ -908,7 +962,8 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
                         let client = rpc.client();
                         let send = sends[client].as_mut().expect("pool per client");
                         let body = shared.bodies[&rpc][person].clone();
-                        let (answer, request_id) = call(send, &shared.uris[&rpc], body, rpc).await;
+                        let (answer, request_id) =
+                            call_by(send, &shared.uris[&rpc], body, rpc, t, deadline).await;
                         let lost = matches!(answer, Answer::Transport);
                         log_answer(shared.answers.as_ref(), rpc, &answer, request_id);
                         if shared.measured(t) {
@@ -962,7 +1017,9 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
                         let answer = match dialers[rpc.client()].open().await {
                             Ok(mut send) => {
                                 let body = shared.bodies[&rpc][person].clone();
-                                let (a, id) = call(&mut send, &shared.uris[&rpc], body, rpc).await;
+                                let (a, id) =
+                                    call_by(&mut send, &shared.uris[&rpc], body, rpc, t, deadline)
+                                        .await;
                                 log_answer(shared.answers.as_ref(), rpc, &a, id);
                                 Ok(a)
                             }
@@ -1034,7 +1091,8 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
                     let shards = shards.clone();
                     handle.spawn(async move {
                         let body = shared.bodies[&rpc][person].clone();
-                        let (answer, id) = call(&mut send, &shared.uris[&rpc], body, rpc).await;
+                        let (answer, id) =
+                            call_by(&mut send, &shared.uris[&rpc], body, rpc, due, deadline).await;
                         log_answer(shared.answers.as_ref(), rpc, &answer, id);
                         if measured {
                             shared.measured.fetch_add(1, Ordering::Relaxed);

@@ -132,6 +132,10 @@ struct LoadgenArgs {
     /// Write every answered call's request id, method and answer to this file.
     #[arg(long)]
     answers: Option<PathBuf>,
+    /// Each call's deadline in ms from when it was due: sent as grpc-timeout, the call
+    /// abandoned when it passes (as a portal with a deadline would).
+    #[arg(long)]
+    deadline_ms: Option<u64>,
 }
 
 async fn loadgen(args: LoadgenArgs) -> Result<()> {
@@ -190,6 +194,7 @@ async fn loadgen(args: LoadgenArgs) -> Result<()> {
         reconnect: args.reconnect,
         caller_rate: args.caller_rate,
         answers: args.answers,
+        deadline: args.deadline_ms.map(std::time::Duration::from_millis),
     };
     let report = loadgen::run(plan, population).await?;
     eprintln!("{}", report.summary());
