@@ -124,6 +124,8 @@ async fn answer_files_name_each_answers_audit_record_and_false_declarations_expe
     let per_second: u64 = report.timeline.iter().map(|s| s[0]).sum();
     assert_eq!(per_second, report.calls);
     assert!(report.latency_ok_us.p50 > 0.0);
+    // Without the server's pid, no server CPU (not the generator's own, as it once was).
+    assert!(report.server_cpu.is_none() && report.generator_cpu.is_some());
 
     let text = std::fs::read_to_string(&answers).unwrap();
     let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();

@@ -926,8 +926,11 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
         let pid = plan.server_pid;
         tokio::spawn(async move {
             tokio::time::sleep_until(measure_from.into()).await;
-            *cpu.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((Instant::now(), cpu_seconds(None), cpu_seconds(pid)));
+            *cpu.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+                Instant::now(),
+                cpu_seconds(None),
+                pid.and_then(|p| cpu_seconds(Some(p))),
+            ));
         })
     };
     let people_n = people.len();
@@ -1133,7 +1136,7 @@ pub async fn run(plan: Plan, population: Population) -> Result<Report, LoadError
     }
     let stopped = Instant::now();
     let generator_end = cpu_seconds(None);
-    let server_end = cpu_seconds(plan.server_pid);
+    let server_end = plan.server_pid.and_then(|p| cpu_seconds(Some(p)));
     sampler.abort();
     let began = *cpu.lock().unwrap_or_else(|p| p.into_inner());
     let (seconds, generator_cpu, server_cpu) = match began {
