@@ -112,6 +112,10 @@ pub enum WitnessError {
     /// Reading the folder failed.
     #[error("witness: {0}")]
     Folder(String),
+    /// Shipping made no progress although the folder holds durable records the witness
+    /// lacks (the session is ended and started afresh: new connection, new reader).
+    #[error("witness shipping stalled: {0}")]
+    Stalled(String),
 }
 
 fn nats(what: &'static str) -> impl FnOnce(String) -> WitnessError {
@@ -655,6 +659,20 @@ impl BatchReader {
         }
     }
 
+    /// Where the reader is, for a stall's report.
+    fn position(&self) -> String {
+        format!(
+            "segment {}, offset {}, {} bytes of an unfinished line, {} records of an unsealed \
+             batch",
+            self.segment
+                .as_ref()
+                .map_or("none".into(), |(_, p)| p.display().to_string()),
+            self.offset,
+            self.partial.len(),
+            self.batch.len()
+        )
+    }
+
     /// Turns the sealed batch ending with `head` into messages (several when it is
     /// larger than [`MAX_LINES`] or [`MAX_BYTES`]).
     fn seal(batch: &mut Vec<Pending>, head: Head, out: &mut Vec<Head>) {
@@ -923,10 +941,15 @@ impl Shipper {
         let mut down_since: Option<std::time::Instant> = None;
         let mut alarmed = std::collections::HashSet::new();
         loop {
-            // A session only ever ends in an error (NATS gone, the folder unreadable).
+            // A session only ever ends in an error (NATS gone, the folder unreadable,
+            // no progress).
             let Err(e) = self.session(&mut down_since, &mut alarmed).await;
             self.metrics.witness_up.set(0);
-            if down_since.is_none() {
+            if matches!(e, WitnessError::Stalled(_)) {
+                // Not an outage: said every time, and retried at once.
+                tracing::warn!(error = %e, "audit witness session restarted");
+                backoff = Duration::from_millis(200);
+            } else if down_since.is_none() {
                 tracing::warn!(error = %e, "audit witness unreachable; the local log stays the durable copy, shipping resumes when it returns");
                 down_since = Some(std::time::Instant::now());
             }
@@ -1003,6 +1026,9 @@ impl Shipper {
         let (mut expected, mut checked_from) = subject_state(&stream, node).await?;
         let mut ours = std::collections::HashSet::new();
         let mut last_check = tokio::time::Instant::now();
+        // Since when the reader has found nothing to ship while the folder held durable
+        // records past the newest shipped one (a stall: see [`STALL_AFTER`]).
+        let mut idle_behind: Option<tokio::time::Instant> = None;
         loop {
             if last_check.elapsed() >= WATCH_EVERY {
                 last_check = tokio::time::Instant::now();
@@ -1051,20 +1077,75 @@ impl Shipper {
             reader = back;
             let heads = heads.map_err(|e| WitnessError::Folder(e.to_string()))?;
             if heads.is_empty() {
+                if durable > reader.after {
+                    let since = *idle_behind.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= STALL_AFTER {
+                        return Err(WitnessError::Stalled(format!(
+                            "the folder is durable up to seq {durable} but the reader, after \
+                             seq {}, found no sealed batch to ship for {} s ({})",
+                            reader.after,
+                            STALL_AFTER.as_secs(),
+                            reader.position()
+                        )));
+                    }
+                } else {
+                    idle_behind = None;
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            // Publish the lot, then wait for the acknowledgements (pipelined). The message
-            // id carries the record's hash: nobody can claim an id ahead of the gateway,
-            // since nobody knows a record's hash before it is written.
+            idle_behind = None;
+            // Publish the lot, then wait for the acknowledgements (pipelined), within a
+            // deadline: a session waiting forever on NATS would stall shipping unseen.
+            let shipped = tokio::time::timeout(
+                PUBLISH_DEADLINE,
+                self.publish(&js, &stream, &subject, &heads, alarmed),
+            )
+            .await
+            .map_err(|_| {
+                WitnessError::Stalled(format!(
+                    "{} messages up to seq {} not acknowledged within {} s",
+                    heads.len(),
+                    heads.last().map_or(0, |h| h.seq),
+                    PUBLISH_DEADLINE.as_secs()
+                ))
+            })??;
+            expected += shipped.len() as u64;
+            ours.extend(shipped);
+            if let Some(last) = heads.iter().rev().find(|h| !h.seal.is_empty()) {
+                let (dir, seq, hash) = (dir.clone(), last.seq, last.hash.clone());
+                tokio::task::spawn_blocking(move || write_acked(&dir, seq, &hash))
+                    .await
+                    .map_err(|e| WitnessError::Folder(e.to_string()))?
+                    .map_err(|e| WitnessError::Folder(format!("{ACKED_FILE}: {e}")))?;
+            }
+        }
+    }
+
+    /// Publishes `heads` in windows of [`PUBLISH_WINDOW`]: each window pipelined, then
+    /// its acknowledgements awaited in order. Returns the stream sequences of those stored
+    /// anew (not duplicates).
+    async fn publish(
+        &self,
+        js: &jetstream::Context,
+        stream: &stream::Stream,
+        subject: &str,
+        heads: &[Head],
+        alarmed: &mut std::collections::HashSet<u64>,
+    ) -> Result<Vec<u64>, WitnessError> {
+        let node = &self.config.node;
+        let mut ours = Vec::with_capacity(heads.len());
+        for heads in heads.chunks(PUBLISH_WINDOW) {
+            // The message id carries the record's hash: nobody can claim an id ahead of the
+            // gateway, since nobody knows a record's hash before it is written.
             let mut acks = Vec::with_capacity(heads.len());
-            for head in &heads {
+            for head in heads {
                 let payload = serde_json::to_vec(head).expect("a head serialises");
                 let publish = PublishMessage::build()
                     .message_id(message_id(node, head))
                     .payload(payload.into());
                 acks.push(
-                    js.send_publish(subject.clone(), publish)
+                    js.send_publish(subject.to_string(), publish)
                         .await
                         .map_err(|e| nats("publish")(e.to_string()))?,
                 );
@@ -1099,20 +1180,13 @@ impl Shipper {
                     }
                 }
                 if !ack.duplicate {
-                    expected += 1;
-                    ours.insert(ack.sequence);
+                    ours.push(ack.sequence);
                 }
                 self.status.set_acked(head.seq);
                 self.metrics.witness_shipped.inc();
             }
-            if let Some(last) = heads.iter().rev().find(|h| !h.seal.is_empty()) {
-                let (dir, seq, hash) = (dir.clone(), last.seq, last.hash.clone());
-                tokio::task::spawn_blocking(move || write_acked(&dir, seq, &hash))
-                    .await
-                    .map_err(|e| WitnessError::Folder(e.to_string()))?
-                    .map_err(|e| WitnessError::Folder(format!("{ACKED_FILE}: {e}")))?;
-            }
         }
+        Ok(ours)
     }
 }
 
@@ -1133,6 +1207,22 @@ async fn subject_state(stream: &stream::Stream, node: &str) -> Result<(u64, u64)
     }
     Ok((count, last))
 }
+
+/// How long the reader may find nothing to ship while the folder holds durable records the
+/// witness lacks before the session is started afresh (the seal is written with its batch,
+/// so a durable record's batch is always complete: nothing legitimate waits this long).
+const STALL_AFTER: Duration = Duration::from_secs(10);
+
+/// Most messages published before their acknowledgements are awaited. async-nats lends
+/// each publish one of a context's 5,000 acknowledgement permits until its acknowledgement
+/// is awaited: a round of more than 5,000 pipelined publishes waits forever for a permit
+/// that only its own later awaits would return (the shipper stalled so, silently, after a
+/// long NATS outage left more than 5,000 small batches to catch up).
+const PUBLISH_WINDOW: usize = 1024;
+
+/// How long one round of publishing (up to 1,024 messages, 16 MiB) may wait for its
+/// acknowledgements before the session is started afresh.
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(60);
 
 /// How often a shipping node checks that the messages of its subject are its own.
 const WATCH_EVERY: Duration = Duration::from_secs(2);

@@ -421,3 +421,66 @@ async fn an_unreachable_witness_at_start_refuses_or_starts_not_ready() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_more_batches_than_nats_lends_acknowledgements_is_shipped_whole() {
+    // After a long NATS outage under load a node holds thousands of small batches not yet
+    // witnessed. async-nats lends each publish one of 5,000 acknowledgement permits until
+    // its acknowledgement is awaited: the shipper once published its whole catch-up round
+    // before awaiting any, and waited forever, silently, for a 5,001st permit (reliability
+    // row 2d, one run in three). 6,000 batches of one record each, then a shipper started:
+    // every one witnessed.
+    require_nats().await;
+    let stream = TestStream::new();
+    let dir = tempfile::tempdir().unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let config = popgw::audit::AuditConfig {
+        durability: popgw::audit::Durability::Buffered,
+        ..popgw::audit::AuditConfig::new(dir.path(), &stream.node)
+    };
+    let log = popgw::audit::AuditLog::open(config, key.clone()).unwrap();
+    for i in 0..6000 {
+        // One at a time: each its own batch, each batch its own message.
+        log.append(popgw::audit::AuditEntry {
+            request_id: format!("r{i}"),
+            ..popgw::audit::AuditEntry::new(
+                popgw::policy::Rpc::VerifyIdentity,
+                popgw::audit::Outcome::Match,
+            )
+        })
+        .await
+        .unwrap();
+    }
+    let last = log.last_seq();
+    let shipper = witness::Shipper::new(
+        stream.config(),
+        log.clone(),
+        key.verifying_key(),
+        std::sync::Arc::default(),
+    );
+    let status = shipper.status();
+    let task = tokio::spawn(shipper.run());
+    // Far within the shipper's own 60 s publishing deadline: a stalled round is a failure
+    // here, not a restart.
+    let mut waited = 0;
+    while status.acked() < last && waited < 400 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    task.abort();
+    assert_eq!(
+        status.acked(),
+        last,
+        "the witness acknowledged only seq {} of {last}",
+        status.acked()
+    );
+    log.shutdown().await;
+    let agreement = witness::compare(dir.path(), &stream.config(), &key.verifying_key())
+        .await
+        .unwrap()
+        .verdict
+        .unwrap();
+    assert_eq!(agreement.witnessed_seq, last);
+    assert!(agreement.heads >= 6000, "{agreement:?}");
+    stream.remove().await;
+}
