@@ -11,17 +11,32 @@
 //! the registry answered "no such citizen" (a registry error is "could not check").
 
 use unicode_normalization::char::is_combining_mark;
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 
 use crate::catalogue::MatchingRule;
 use crate::proto::registry::{CitizenRecord, Sex};
 use crate::validation::{parse_date_shape, BirthDate};
 
+/// Whether `s` is certainly in NFC already (the quick check: most names arrive composed,
+/// and normalising them again would only cost time).
+fn is_nfc(s: &str) -> bool {
+    is_nfc_quick(s.chars()) == IsNormalized::Yes
+}
+
 /// Normalises a name for EXACT comparison.
 pub fn normalise_exact(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
+    if is_nfc(name) {
+        fold(name.chars())
+    } else {
+        fold(name.nfc())
+    }
+}
+
+/// Case folds and collapses the white space of a name's NFC characters.
+fn fold(chars: impl Iterator<Item = char>) -> String {
+    let mut out = String::with_capacity(chars.size_hint().0);
     let mut pending_space = false;
-    for c in name.nfc() {
+    for c in chars {
         if matches!(
             c,
             '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}'
@@ -39,7 +54,11 @@ pub fn normalise_exact(name: &str) -> String {
         out.extend(c.to_lowercase());
     }
     // Lower-casing can produce decomposed sequences; recompose.
-    out.nfc().collect()
+    if is_nfc(&out) {
+        out
+    } else {
+        out.nfc().collect()
+    }
 }
 
 /// Normalises a name for TOLERANT comparison.

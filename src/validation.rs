@@ -70,7 +70,7 @@ pub const PROVINCES: &[(&str, &str)] = &[
 ];
 
 use chrono::{Datelike, NaiveDate};
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 
 use crate::proto::registry::Sex;
 
@@ -250,7 +250,14 @@ pub fn check_full_name(raw: &str) -> Result<(), InvalidField> {
     // code points decomposed (base, vowel mark, tone mark), each at most 3 bytes in UTF-8.
     // Then counted after NFC: a name sent decomposed (NFD) is not longer than the same
     // name composed.
-    if raw.len() > MAX_NAME_CHARS * 9 || raw.nfc().count() > MAX_NAME_CHARS {
+    let nfc_chars = || {
+        if is_nfc_quick(raw.chars()) == IsNormalized::Yes {
+            raw.chars().count()
+        } else {
+            raw.nfc().count()
+        }
+    };
+    if raw.len() > MAX_NAME_CHARS * 9 || nfc_chars() > MAX_NAME_CHARS {
         return Err(invalid(
             "full_name",
             format!("longer than {MAX_NAME_CHARS} characters"),
