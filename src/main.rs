@@ -105,6 +105,12 @@ enum Command {
     AccessReport(cli::call::AccessReport),
 }
 
+/// mimalloc rather than glibc's malloc: in paired runs of the gateway (benches/paired.sh,
+/// BENCHMARKS.md) malloc, free and the moves of large futures were a quarter of a loaded
+/// server's samples. The library chooses no allocator; this binary does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
