@@ -866,3 +866,26 @@ mod properties {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_whose_caller_leaves_is_still_written_and_chained() {
+    // An append hands its record to the writer at its first poll; a caller that goes
+    // away then (a cancelled RPC) must not take the record with it: the answer may
+    // already be on its way, and who asked must stay on record. (Kept by any design of
+    // the hand-off: issue 28 measured one that stages records in the caller's task.)
+    let tmp = tempfile::tempdir().unwrap();
+    let log = fill(tmp.path(), cfg(tmp.path()), 2).await;
+    // The writer hangs on its next write, so the append is certainly pending when dropped.
+    log.inject_stall(Duration::from_millis(300));
+    {
+        let mut left = Box::pin(log.append(entry(2)));
+        assert!(futures::poll!(&mut left).is_pending());
+    }
+    assert_eq!(log.append(entry(3)).await.unwrap().seq, 4);
+    log.crash().await; // no final checkpoint: the seals alone vouch for the records
+    let recs = read_records(tmp.path()).unwrap();
+    assert_contiguous(&recs, 1);
+    let ids: Vec<_> = recs.iter().map(|r| r.body.request_id.as_str()).collect();
+    assert_eq!(ids, ["req-0", "req-1", "req-2", "req-3"]);
+    verify_dir(tmp.path(), None).unwrap();
+}
