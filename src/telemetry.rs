@@ -449,12 +449,17 @@ impl Metrics {
 
 /// Installs the global tracing subscriber (RUST_LOG, default `info`), writing to stderr:
 /// human-readable lines, or with `json` one JSON object per line carrying the fields of
-/// the request span it happened in (see [`request_span`]).
+/// the request span it happened in (see [`request_span`]). Colours only on a terminal
+/// (and not with `NO_COLOR`): a log file or journald gets plain text, and the request
+/// span's fields, formatted on every request, skip the escape codes.
 pub fn init(json: bool) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = if json {
         builder

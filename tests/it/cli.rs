@@ -20,8 +20,10 @@ impl Drop for Running {
     }
 }
 
-/// `popgw serve` with no configuration, in `dir`, on an ephemeral port.
+/// `popgw serve` with no configuration, in `dir`, on an ephemeral port; its log (debug
+/// for popgw's own events) in `dir/serve.log`.
 fn start_default(dir: &Path) -> Running {
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
     let mut child = crate::common::bin()
         .args([
             "serve",
@@ -31,8 +33,10 @@ fn start_default(dir: &Path) -> Running {
             "127.0.0.1:0",
         ])
         .current_dir(dir)
+        .env("RUST_LOG", "info,popgw=debug")
+        .env_remove("NO_COLOR")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -148,6 +152,12 @@ fn first_start_then_verify_citizen_and_audit_from_the_terminal() {
     let (ok, out, err) = popgw(dir.path(), &outsider);
     assert!(!ok, "outsider must be refused: {out}");
     assert!(err.starts_with("error:"), "{err}");
+
+    // The gateway's log, written to a file, is plain text: no colour escape codes (they
+    // garble log files and journald, and cost formatting on every request).
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    assert!(log.contains("answered"), "the requests were logged: {log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in a log file: {log}");
 
     // The ministry reads only the profile's fields (P16: marriage registration), as JSON.
     let id_at = args.iter().position(|a| a == "--id").unwrap() + 1;
