@@ -307,7 +307,9 @@ impl Gateway {
             Ok(id) => id.to_string(),
             Err(e) => format!("unauthenticated: {e}"),
         };
-        self.count(&ctx, code);
+        // Counted once the record is written (or could not be): a request refused because
+        // its record could not be written counts as that refusal, not as its answer.
+        let counted = self.counted(&ctx);
         // A refusal beyond its identity's allowance this second is counted into the
         // second's summary record instead of written one by one (see `refusals`).
         if let Err(e) = &result {
@@ -317,6 +319,7 @@ impl Gateway {
                 let recording = self.refusals.admit(&client, known, ctx.rpc, code, second);
                 if recording == refusals::Recording::Count {
                     self.metrics.refusals_counted.inc();
+                    self.count(counted, code);
                     let request_id = ctx.request_id;
                     return result.map_err(|e| with_request_id(e.into(), &request_id));
                 }
@@ -349,40 +352,59 @@ impl Gateway {
                     self.set_not_serving().await;
                 }
                 tracing::error!(%request_id, rpc = ctx.rpc.name(), error = %e, "audit write failed; request refused");
-                return Err(with_request_id(GatewayError::Audit(e).into(), &request_id));
+                let status: tonic::Status = GatewayError::Audit(e).into();
+                self.count(counted, status.code());
+                return Err(with_request_id(status, &request_id));
             }
         }
+        self.count(counted, code);
         tracing::debug!(%request_id, %client, rpc = ctx.rpc.name(), outcome = outcome.as_str(), "answered");
         result.map_err(|e| with_request_id(e.into(), &request_id))
     }
 }
 
+/// A finished request's metric labels, taken before its parts move into its record.
+struct Counted {
+    rpc: &'static str,
+    procedure: String,
+    client: String,
+    started: Instant,
+}
+
 impl Gateway {
-    /// Counts a finished request by RPC, procedure, client and code, and its latency.
+    /// What a finished request is counted by (RPC, procedure, client) and since when.
     /// Labels are bounded: an identity the policy does not list is `unknown`, a
     /// procedure the catalogue does not know is empty.
-    fn count(&self, ctx: &RequestCtx, code: Code) {
+    fn counted(&self, ctx: &RequestCtx) -> Counted {
         let client = match &ctx.identity {
             Ok(id) if self.admission.knows(id) => id.to_string(),
             Ok(_) => "unknown".to_string(),
             Err(_) => "unauthenticated".to_string(),
         };
-        let procedure = ctx.procedure.known().unwrap_or_default().to_string();
+        Counted {
+            rpc: ctx.rpc.name(),
+            procedure: ctx.procedure.known().unwrap_or_default().to_string(),
+            client,
+            started: ctx.started,
+        }
+    }
+
+    /// Counts a finished request under the code it was answered with, and its latency up
+    /// to its audit record.
+    fn count(&self, counted: Counted, code: Code) {
         self.metrics
             .requests_by
             .get_or_create(&crate::telemetry::RequestLabels {
-                rpc: ctx.rpc.name(),
-                procedure,
-                client,
+                rpc: counted.rpc,
+                procedure: counted.procedure,
+                client: counted.client,
                 code: code_name(code),
             })
             .inc();
         self.metrics
             .request_seconds
-            .get_or_create(&crate::telemetry::RpcLabels {
-                rpc: ctx.rpc.name(),
-            })
-            .observe(ctx.started.elapsed().as_secs_f64());
+            .get_or_create(&crate::telemetry::RpcLabels { rpc: counted.rpc })
+            .observe(counted.started.elapsed().as_secs_f64());
     }
 
     /// Replaces the policy (a reload): the next request is admitted by the new one; a

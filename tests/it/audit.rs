@@ -304,6 +304,21 @@ async fn a_failed_audit_write_fails_closed() {
     assert_eq!(e.code(), Code::Unavailable);
     assert!(gw.gateway.audit.is_failed());
     assert!(gw.gateway.metrics.audit_failures.get() >= 2);
+    // Counted as answered: the refusal each caller got, not the verdict it never saw.
+    let (_, scrape) = gw.admin_get("/metrics").await;
+    let verifies = |code: &str| -> u64 {
+        scrape
+            .lines()
+            .filter(|l| {
+                l.starts_with("popgw_requests_total{")
+                    && l.contains("rpc=\"VerifyIdentity\"")
+                    && l.contains(&format!("code=\"{code}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(verifies("OK"), 1, "{scrape}");
+    assert_eq!(verifies("UNAVAILABLE"), 1, "{scrape}");
     // Health tells load balancers to stop sending requests this node can only refuse.
     let mut health = tonic_health::pb::health_client::HealthClient::new(gw.channel("portal").await);
     let status = health
