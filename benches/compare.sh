@@ -11,6 +11,8 @@
 #   2. the baseline (`popgw-bench baseline`: bare tonic + rustls with popgw's TLS
 #      configuration, fixed replies) — the same five (the open loop at popgw's rate:
 #      the generator's own floor);
+#   2b. nginx `grpc_pass` with mutual TLS in front of the baseline (Debian's nginx, installed
+#      when missing and the script runs as root; both on core 0) — closed loop and one caller;
 #   3. popgw with every lookup a cache miss through `popgw registry serve` with 1 ms
 #      injected latency (the registry shares core 1 with the generator);
 #   4. the audit log's durable, sealed records per second (`cargo bench --bench audit`,
@@ -49,6 +51,7 @@ trap cleanup EXIT
 # connect the probe to itself (TCP simultaneous open) and look like a listener.
 GW=127.0.0.1:27051
 BASE=127.0.0.1:27071
+NGX=127.0.0.1:27081
 REG=127.0.0.1:27061
 
 # wait_port ADDR: until the server just started ($STARTED) listens on ADDR.
@@ -80,7 +83,7 @@ start() {
     local name=$1 core=$2
     shift 2
     local port
-    for port in 27051 27071 27061 27464; do
+    for port in 27051 27071 27061 27081 27464; do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && [[ "$*" == *":$port"* ]]; then
             echo "port $port is already taken: stop what listens there" >&2
             exit 1
@@ -143,6 +146,63 @@ load baseline-mix "$BASE" "$B" --mix verify=8,citizen=1,household=1 --zipf 1.1
 load baseline-connect "$BASE" "$B" --connect --callers 16
 # The generator's own floor for the open loop: the baseline at popgw's rate.
 load baseline-open-half "$BASE" "$B" --rate "$HALF"
+
+# The proxy a team would otherwise put in front of the database: nginx `grpc_pass` with
+# mutual TLS on both sides (the caller's certificate checked against the dev CA, the
+# gateway's client certificate presented to the baseline), pinned to the baseline's core.
+NGINX=$(command -v nginx || true)
+if [ -z "$NGINX" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "nginx is missing: installing Debian's (apt-get install nginx)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx >"$OUT/nginx-install.log" 2>&1 || true
+    NGINX=$(command -v nginx || true)
+fi
+if [ -n "$NGINX" ]; then
+    echo "nginx: $("$NGINX" -v 2>&1)" >&2
+    mkdir -p "$WORK/nginx"
+    cat >"$WORK/nginx/nginx.conf" <<EOF
+user root;
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $OUT/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx;
+    upstream baseline { server $BASE; keepalive 64; keepalive_requests 1000000000; }
+    # nginx closes a connection after 1,000 requests by default: a caller that keeps its
+    # connection (as the generator does) would see GOAWAY.
+    keepalive_requests 1000000000;
+    server {
+        listen $NGX ssl http2;
+        ssl_certificate $WORK/certs/server.pem;
+        ssl_certificate_key $WORK/certs/server.key;
+        ssl_client_certificate $WORK/certs/ca.pem;
+        ssl_verify_client on;
+        ssl_protocols TLSv1.3;
+        location / {
+            grpc_pass grpcs://baseline;
+            grpc_ssl_certificate $WORK/certs/gateway.pem;
+            grpc_ssl_certificate_key $WORK/certs/gateway.key;
+            grpc_ssl_trusted_certificate $WORK/certs/ca.pem;
+            grpc_ssl_protocols TLSv1.3;
+            grpc_ssl_verify on;
+            grpc_ssl_name localhost;
+            grpc_ssl_session_reuse on;
+        }
+    }
+}
+EOF
+    start nginx "$SERVER_CORE" "$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g "daemon off;"
+    wait_port "$NGX"
+    N=$STARTED
+    # Its CPU is its worker's (the master only forks it).
+    NW=$(pgrep -P "$N" | head -n 1 || true)
+    load nginx-closed "$NGX" "${NW:-$N}"
+    load nginx-one "$NGX" "${NW:-$N}" --callers 1 --connections 1
+    stop "$N"
+else
+    echo "nginx is missing and could not be installed: its runs are left out" >&2
+fi
 stop "$B"
 
 # Every lookup a miss: the remote registry with 1 ms of injected latency, cache TTL 1 ms.

@@ -83,6 +83,8 @@ ratios = {
     "mix": ratio("popgw-mix", "baseline-mix"),
     "connect": ratio("popgw-connect", "baseline-connect"),
     "miss_over_hit": ratio("popgw-miss", "popgw-closed"),
+    "over_nginx": ratio("popgw-closed", "nginx-closed"),
+    "nginx_over_baseline": ratio("nginx-closed", "baseline-closed"),
 }
 added_one_caller_us = None
 if "popgw-one" in runs and "baseline-one" in runs:
@@ -90,6 +92,7 @@ if "popgw-one" in runs and "baseline-one" in runs:
 
 targets = {
     "closed_ratio_at_least_0.70": ratios["closed"] is not None and ratios["closed"] >= 0.70,
+    "over_nginx_at_least_1.5": ratios["over_nginx"] is not None and ratios["over_nginx"] >= 1.5,
     "open_half_p99_at_most_5ms": "popgw-open-half" in runs
     and runs["popgw-open-half"]["latency_us"]["p99"] <= 5000,
     "connections_per_s_at_least_500": "popgw-connect" in runs and runs["popgw-connect"]["throughput"] >= 500,
@@ -157,6 +160,8 @@ for name in [
     "popgw-connect",
     "baseline-open-half",
     "popgw-open-half",
+    "nginx-closed",
+    "nginx-one",
     "popgw-miss",
 ]:
     lines.append(row(name))
@@ -171,6 +176,8 @@ lines += [
     "- Open loop at half popgw's saturated rate: p99 ≤ 5 ms is the target; baseline-open-half is the same rate "
     "against the baseline, the generator's own floor.",
     f"- Cache miss (1 ms upstream) / cache hit: {fmt_ratio(ratios['miss_over_hit'])}.",
+    f"- **popgw / nginx `grpc_pass` (mutual TLS) in front of the baseline: {fmt_ratio(ratios['over_nginx'])}** "
+    f"(target ≥ 1.5×); nginx / baseline: {fmt_ratio(ratios['nginx_over_baseline'])}.",
 ]
 if batches.get("popgw_audit_batch_records_count"):
     lines.append(
