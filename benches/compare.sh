@@ -15,7 +15,8 @@
 #      when missing and the script runs as root; both on core 0) — closed loop and one caller;
 #   3. popgw with every lookup a cache miss through `popgw registry serve` with 1 ms
 #      injected latency (the registry shares core 1 with the generator);
-#   4. the audit log's durable, sealed records per second (`cargo bench --bench audit`,
+#   4. one fdatasync on the work folder's disk (benches/fdatasync.py), and the audit log's
+#      durable, sealed records per second (`cargo bench --bench audit`,
 #      both cores).
 # Writes target/bench-report/report.md and report.json (and each run's JSON).
 #
@@ -236,6 +237,9 @@ G=$STARTED
 load popgw-miss "$GW" "$G"
 stop "$G"
 stop "$R"
+
+# One fdatasync on this disk (the one-caller target is the baseline's p50 plus one).
+python3 "$ROOT/benches/fdatasync.py" "$WORK" >"$OUT/fdatasync.txt"
 
 # The audit log alone: durable (fdatasync) and sealed records per second.
 cargo bench --quiet --bench audit >"$OUT/audit-bench.txt" 2>&1 || {

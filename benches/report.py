@@ -62,6 +62,13 @@ try:
 except OSError:
     pass
 
+fdatasync = {}
+try:
+    with open(os.path.join(out, "fdatasync.txt")) as f:
+        fdatasync = json.load(f)
+except (OSError, ValueError):
+    pass
+
 batches = {}
 try:
     with open(os.path.join(out, "popgw-audit-batches.txt")) as f:
@@ -90,9 +97,16 @@ added_one_caller_us = None
 if "popgw-one" in runs and "baseline-one" in runs:
     added_one_caller_us = runs["popgw-one"]["latency_us"]["p50"] - runs["baseline-one"]["latency_us"]["p50"]
 
+one_caller_bound_us = None
+if "baseline-one" in runs and fdatasync.get("median_us"):
+    one_caller_bound_us = runs["baseline-one"]["latency_us"]["p50"] + fdatasync["median_us"]
+
 targets = {
     "closed_ratio_at_least_0.70": ratios["closed"] is not None and ratios["closed"] >= 0.70,
     "over_nginx_at_least_1.5": ratios["over_nginx"] is not None and ratios["over_nginx"] >= 1.5,
+    "one_caller_p50_within_baseline_plus_fdatasync": one_caller_bound_us is not None
+    and "popgw-one" in runs
+    and runs["popgw-one"]["latency_us"]["p50"] <= one_caller_bound_us,
     "open_half_p99_at_most_5ms": "popgw-open-half" in runs
     and runs["popgw-open-half"]["latency_us"]["p99"] <= 5000,
     "connections_per_s_at_least_500": "popgw-connect" in runs and runs["popgw-connect"]["throughput"] >= 500,
@@ -173,6 +187,10 @@ lines += [
     "(target ≥ 500/s).",
     "- One caller, latency popgw adds over the baseline (p50): "
     + ("n/a" if added_one_caller_us is None else f"{added_one_caller_us:,.0f} µs"),
+    "- One fdatasync on this disk (benches/fdatasync.py, 600-byte appends): "
+    + (f"median {fdatasync['median_us']:,.0f} µs, p99 {fdatasync['p99_us']:,.0f} µs; the one-caller target is "
+       f"popgw's p50 ≤ the baseline's + one: {one_caller_bound_us:,.0f} µs"
+       if one_caller_bound_us is not None else "not measured"),
     "- Open loop at half popgw's saturated rate: p99 ≤ 5 ms is the target; baseline-open-half is the same rate "
     "against the baseline, the generator's own floor.",
     f"- Cache miss (1 ms upstream) / cache hit: {fmt_ratio(ratios['miss_over_hit'])}.",
