@@ -11,17 +11,11 @@
 //! the registry answered "no such citizen" (a registry error is "could not check").
 
 use unicode_normalization::char::is_combining_mark;
-use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
+use unicode_normalization::UnicodeNormalization;
 
 use crate::catalogue::MatchingRule;
 use crate::proto::registry::{CitizenRecord, Sex};
-use crate::validation::{parse_date_shape, BirthDate};
-
-/// Whether `s` is certainly in NFC already (the quick check: most names arrive composed,
-/// and normalising them again would only cost time).
-fn is_nfc(s: &str) -> bool {
-    is_nfc_quick(s.chars()) == IsNormalized::Yes
-}
+use crate::validation::{is_nfc, parse_date_shape, BirthDate};
 
 /// Normalises a name for EXACT comparison.
 pub fn normalise_exact(name: &str) -> String {

@@ -239,6 +239,12 @@ pub fn parse_birth_date(raw: &str, today: NaiveDate) -> Result<Option<BirthDate>
     Ok(Some(date))
 }
 
+/// Whether `s` is certainly in NFC already (the quick check: most names arrive composed,
+/// and normalising them again would only cost time).
+pub(crate) fn is_nfc(s: &str) -> bool {
+    is_nfc_quick(s.chars()) == IsNormalized::Yes
+}
+
 /// Checks a declared full name: required, at most 100 characters, no control
 /// characters, at least one letter.
 pub fn check_full_name(raw: &str) -> Result<(), InvalidField> {
@@ -251,7 +257,7 @@ pub fn check_full_name(raw: &str) -> Result<(), InvalidField> {
     // Then counted after NFC: a name sent decomposed (NFD) is not longer than the same
     // name composed.
     let nfc_chars = || {
-        if is_nfc_quick(raw.chars()) == IsNormalized::Yes {
+        if is_nfc(raw) {
             raw.chars().count()
         } else {
             raw.nfc().count()

@@ -878,3 +878,19 @@ pub fn refusals_accounted(
         .sum();
     one_by_one + counted
 }
+
+/// Appends `n` plain VerifyIdentity records (request ids `r0`…) to `log`, one at a time:
+/// each its own batch.
+pub async fn append_records(log: &popgw::audit::AuditLog, n: usize) {
+    for i in 0..n {
+        log.append(popgw::audit::AuditEntry {
+            request_id: format!("r{i}"),
+            ..popgw::audit::AuditEntry::new(
+                popgw::policy::Rpc::VerifyIdentity,
+                popgw::audit::Outcome::Match,
+            )
+        })
+        .await
+        .unwrap();
+    }
+}

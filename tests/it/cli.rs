@@ -273,18 +273,7 @@ fn audit_verify_names_the_first_bad_record() {
         let key = popgw::audit::load_or_create_signing_key(&dir.path().join("k")).unwrap();
         let audit =
             popgw::audit::AuditLog::open(popgw::audit::AuditConfig::new(&log, "n1"), key).unwrap();
-        for i in 0..20 {
-            audit
-                .append(popgw::audit::AuditEntry {
-                    request_id: format!("r{i}"),
-                    ..popgw::audit::AuditEntry::new(
-                        popgw::policy::Rpc::VerifyIdentity,
-                        popgw::audit::Outcome::Match,
-                    )
-                })
-                .await
-                .unwrap();
-        }
+        crate::common::append_records(&audit, 20).await;
         audit.shutdown().await;
     });
     let verify = |d: &Path| popgw(d, &["audit", "verify", "--dir", "audit"].map(String::from));

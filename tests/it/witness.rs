@@ -439,18 +439,8 @@ async fn a_backlog_of_more_batches_than_nats_lends_acknowledgements_is_shipped_w
         ..popgw::audit::AuditConfig::new(dir.path(), &stream.node)
     };
     let log = popgw::audit::AuditLog::open(config, key.clone()).unwrap();
-    for i in 0..6000 {
-        // One at a time: each its own batch, each batch its own message.
-        log.append(popgw::audit::AuditEntry {
-            request_id: format!("r{i}"),
-            ..popgw::audit::AuditEntry::new(
-                popgw::policy::Rpc::VerifyIdentity,
-                popgw::audit::Outcome::Match,
-            )
-        })
-        .await
-        .unwrap();
-    }
+    // One at a time: each its own batch, each batch its own message.
+    common::append_records(&log, 6000).await;
     let last = log.last_seq();
     let shipper = witness::Shipper::new(
         stream.config(),
