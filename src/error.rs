@@ -60,6 +60,9 @@ pub enum GatewayError {
     /// Too many audit queries and watches running.
     #[error("too many audit queries and watches running; retry when one has ended")]
     OperatorCalls,
+    /// A verification of the audit folder is already running on this node.
+    #[error("a verification of this node's audit log is already running; retry when it has ended")]
+    VerifyRunning,
     /// Too many access reports running.
     #[error("too many access reports running; retry shortly")]
     ReportCalls,
@@ -101,6 +104,7 @@ impl GatewayError {
             | GatewayError::SubjectTableFull
             | GatewayError::StreamItems(_)
             | GatewayError::OperatorCalls
+            | GatewayError::VerifyRunning
             | GatewayError::ReportCalls => Code::ResourceExhausted,
             GatewayError::Upstream(RegistryError::DeadlineExceeded(_)) => Code::DeadlineExceeded,
             GatewayError::Upstream(_)

@@ -32,6 +32,8 @@ pub enum Rpc {
     AuditWatch,
     /// `AuditLog/Head`.
     AuditHead,
+    /// `AuditLog/Verify`.
+    AuditVerify,
     /// `CitizenAccess/AccessReport`.
     AccessReport,
     /// `Limits/Unlock`.
@@ -43,7 +45,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC a policy can grant.
-    pub const GRANTABLE: [Rpc; 10] = [
+    pub const GRANTABLE: [Rpc; 11] = [
         Rpc::VerifyIdentity,
         Rpc::VerifyIdentityStream,
         Rpc::GetCitizen,
@@ -52,6 +54,7 @@ impl Rpc {
         Rpc::AuditQuery,
         Rpc::AuditWatch,
         Rpc::AuditHead,
+        Rpc::AuditVerify,
         Rpc::AccessReport,
         Rpc::LimitsUnlock,
     ];
@@ -67,6 +70,7 @@ impl Rpc {
             Rpc::AuditQuery => "AuditLog.Query",
             Rpc::AuditWatch => "AuditLog.Watch",
             Rpc::AuditHead => "AuditLog.Head",
+            Rpc::AuditVerify => "AuditLog.Verify",
             Rpc::AccessReport => "CitizenAccess.AccessReport",
             Rpc::LimitsUnlock => "Limits.Unlock",
             Rpc::Unknown => "unknown",
@@ -90,6 +94,7 @@ impl Rpc {
             "/popgw.v1.AuditLog/Query" => Rpc::AuditQuery,
             "/popgw.v1.AuditLog/Watch" => Rpc::AuditWatch,
             "/popgw.v1.AuditLog/Head" => Rpc::AuditHead,
+            "/popgw.v1.AuditLog/Verify" => Rpc::AuditVerify,
             "/popgw.v1.CitizenAccess/AccessReport" => Rpc::AccessReport,
             "/popgw.v1.Limits/Unlock" => Rpc::LimitsUnlock,
             _ => return None,
@@ -130,7 +135,13 @@ impl Role {
             ),
             Role::Operator => matches!(
                 rpc,
-                AuditQuery | AuditWatch | AuditHead | LimitsUnlock | ListProcedures
+                AuditQuery
+                    | AuditWatch
+                    | AuditHead
+                    | AuditVerify
+                    | AccessReport
+                    | LimitsUnlock
+                    | ListProcedures
             ),
             Role::CitizenPortal => matches!(rpc, AccessReport | ListProcedures),
         }

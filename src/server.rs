@@ -297,6 +297,7 @@ impl Server {
                 config.limits.refusals_recorded_per_second,
             ),
             report_calls: Arc::new(tokio::sync::Semaphore::new(config.limits.max_report_calls)),
+            verify_calls: Arc::new(tokio::sync::Semaphore::new(1)),
             operator_calls: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.max_operator_calls,
             )),

@@ -89,6 +89,10 @@ pub enum Outcome {
     Watching,
     /// AuditLog.Head.
     Read,
+    /// AuditLog.Verify: the folder verified intact.
+    Intact,
+    /// AuditLog.Verify: verification found a break (named in the detail).
+    Broken,
     /// CitizenAccess.AccessReport.
     Reported,
     /// Limits.Unlock.
@@ -112,6 +116,8 @@ impl Outcome {
             Outcome::Queried => "QUERIED",
             Outcome::Watching => "WATCHING",
             Outcome::Read => "READ",
+            Outcome::Intact => "INTACT",
+            Outcome::Broken => "BROKEN",
             Outcome::Reported => "REPORTED",
             Outcome::Unlocked => "UNLOCKED",
             Outcome::Refused(code) => code_name(code),

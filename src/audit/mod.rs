@@ -18,7 +18,8 @@ pub use entry::{AuditEntry, Outcome, Pseudonym, RecordedCall};
 pub use format::{RemovedSegment, RetentionNote};
 pub use keys::{load_or_create_signing_key, NodeFolder, Pseudonymizer};
 pub use verify::{
-    read_checkpoints, read_records, scan_records, verify_dir, VerifyFailure, VerifyReport,
+    parse_public_key, read_checkpoints, read_records, scan_records, verify_dir, VerifyFailure,
+    VerifyReport,
 };
 pub use writer::AuditLog;
 pub mod index;

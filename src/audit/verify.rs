@@ -130,14 +130,25 @@ fn fail(seq: u64, file: &Path, reason: impl Into<String>) -> VerifyFailure {
     }
 }
 
+/// An ed25519 public key written as 64 hex characters (`audit-signing.pub`, the
+/// checkpoint's `public_key`).
+pub fn parse_public_key(hex_text: &str) -> Option<VerifyingKey> {
+    let mut raw = [0u8; 32];
+    hex::decode_to_slice(hex_text.trim(), &mut raw).ok()?;
+    VerifyingKey::from_bytes(&raw).ok()
+}
+
 fn read_pubkey(dir: &Path) -> Result<VerifyingKey, VerifyFailure> {
     let path = dir.join(PUBKEY_FILE);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| fail(0, &path, format!("cannot read public key: {e}")))?;
-    let mut raw = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut raw)
-        .map_err(|_| fail(0, &path, "public key is not 64 hex characters"))?;
-    VerifyingKey::from_bytes(&raw).map_err(|_| fail(0, &path, "not a valid ed25519 public key"))
+    parse_public_key(&text).ok_or_else(|| {
+        fail(
+            0,
+            &path,
+            "not a valid ed25519 public key (64 hex characters)",
+        )
+    })
 }
 
 /// Verifies the whole directory: every record's hash, seq and prev link,

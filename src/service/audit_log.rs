@@ -309,4 +309,78 @@ impl AuditLog for AuditLogService {
             witness_alarm,
         }))
     }
+
+    async fn verify(
+        &self,
+        request: Request<pb::AuditVerifyRequest>,
+    ) -> Result<Response<pb::AuditVerifyReport>, Status> {
+        super::unary(
+            &self.gw,
+            Rpc::AuditVerify,
+            request,
+            |_| "",
+            |gw, ctx, _req| async move {
+                let result = match gw.admit(&ctx) {
+                    Ok(_) => gw.verify_folder().await,
+                    Err(e) => Err(e),
+                };
+                (ctx, result)
+            },
+        )
+        .await
+    }
+}
+
+impl Gateway {
+    /// Verifies this node's audit folder against the key the log signs with in memory,
+    /// one verification at a time. A break is an answer, recorded as BROKEN with what
+    /// broke (the verifier's messages name seqs, files and hashes, never a value).
+    async fn verify_folder(&self) -> Result<(pb::AuditVerifyReport, Disclosure), GatewayError> {
+        let _permit = self
+            .verify_calls
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| GatewayError::VerifyRunning)?;
+        let key = audit::parse_public_key(self.audit.public_key()).ok_or(GatewayError::Internal)?;
+        let dir = self.audit.dir().to_path_buf();
+        let started = std::time::Instant::now();
+        let verdict = tokio::task::spawn_blocking(move || audit::verify_dir(&dir, Some(&key)))
+            .await
+            .map_err(|_| GatewayError::Internal)?;
+        let mut report = pb::AuditVerifyReport {
+            node: self.audit.node().to_string(),
+            took_ms: started.elapsed().as_millis() as u64,
+            ..Default::default()
+        };
+        let disclosure = match verdict {
+            Ok(v) => {
+                report.intact = true;
+                report.records = v.records;
+                report.segments = v.segments as u64;
+                report.checkpoints = v.checkpoints as u64;
+                report.last_seq = v.last_seq;
+                report.head_hash = v.head_hash;
+                report.unsigned_tail = v.unsigned_tail;
+                let mut d = Disclosure::of(Outcome::Intact, &[]);
+                d.detail = format!("{} records up to seq {}", v.records, v.last_seq);
+                d
+            }
+            Err(failure) => {
+                report.failed_seq = failure.seq;
+                report.failed_file = failure
+                    .file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                report.failure = failure.reason;
+                let mut d = Disclosure::of(Outcome::Broken, &[]);
+                d.detail = format!(
+                    "{}: record {}: {}",
+                    report.failed_file, report.failed_seq, report.failure
+                );
+                d
+            }
+        };
+        Ok((report, disclosure))
+    }
 }

@@ -63,6 +63,8 @@ pub struct Gateway {
     pub(crate) in_flight_max: usize,
     /// Operator calls (AuditLog.Query, AuditLog.Watch) running at once.
     pub(crate) operator_calls: Arc<tokio::sync::Semaphore>,
+    /// One `AuditLog.Verify` at a time: it reads the whole folder.
+    pub(crate) verify_calls: Arc<tokio::sync::Semaphore>,
     /// Permits for citizens' access reports, apart from the operators' (a busy citizen
     /// portal never takes an operator's slot).
     pub(crate) report_calls: Arc<tokio::sync::Semaphore>,

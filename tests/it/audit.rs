@@ -280,6 +280,78 @@ async fn watch_tails_live_records_and_head_is_signed() {
 }
 
 #[tokio::test]
+async fn verify_answers_intact_then_names_the_tampered_record_and_is_recorded() {
+    let gw = TestGateway::builder()
+        .config(|c| c.audit.checkpoint_every_records = 1)
+        .start()
+        .await;
+    let r = gw.living().clone();
+    let mut portal = gw.client("portal").await;
+    for _ in 0..3 {
+        portal.verify_identity(declare(&r, "P03")).await.unwrap();
+    }
+    let mut op = gw.audit_client("operator").await;
+    let ok = op
+        .verify(pb::AuditVerifyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.intact, "{ok:?}");
+    assert!(ok.records >= 3 && ok.last_seq >= 3, "{ok:?}");
+    assert_eq!(ok.node, gw.gateway.audit.node());
+
+    // An insider who can write the folder changes one recorded outcome.
+    let segment = std::fs::read_dir(gw.gateway.audit.dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("audit-")
+        })
+        .unwrap();
+    let text = std::fs::read_to_string(&segment).unwrap();
+    let tampered = text.replacen("\"outcome\":\"MATCH\"", "\"outcome\":\"NO_MATCH\"", 1);
+    assert_ne!(text, tampered, "a MATCH record to tamper with");
+    std::fs::write(&segment, tampered).unwrap();
+
+    let broken = op
+        .verify(pb::AuditVerifyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!broken.intact, "{broken:?}");
+    assert!(broken.failed_seq >= 1);
+    assert_eq!(
+        broken.failed_file,
+        segment.file_name().unwrap().to_string_lossy()
+    );
+    assert!(!broken.failure.is_empty());
+
+    // Only operators may, and every verification is on the record with its verdict.
+    let e = gw
+        .audit_client("portal")
+        .await
+        .verify(pb::AuditVerifyRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let records = gw
+        .audit_records(pb::AuditQueryRequest {
+            from_unix_ms: 0,
+            ..Default::default()
+        })
+        .await;
+    let verifications: Vec<_> = records
+        .iter()
+        .filter(|x| x.rpc == "AuditLog.Verify")
+        .map(|x| x.outcome.as_str())
+        .collect();
+    assert_eq!(verifications, ["INTACT", "BROKEN", "PERMISSION_DENIED"]);
+}
+
+#[tokio::test]
 async fn a_failed_audit_write_fails_closed() {
     let gw = TestGateway::start().await;
     let r = gw.living().clone();
