@@ -32,8 +32,10 @@
 //! - [`reload`]: certificates, CRLs and policy read again on SIGHUP or when a file
 //!   changes, without restart; a broken file is refused and the running one stays.
 //! - [`admin`]: the admin HTTP listener (Prometheus `/metrics`, `/healthz`, `/readyz`).
+//! - [`console`]: the operators' web console (`popgw console`), a client of the gateway
+//!   with an operator's certificate that serves pages on loopback; it binds nothing itself.
 //! - [`config`], [`telemetry`], [`pki`] (development certificates), [`demo`] (first
-//!   start), [`client`] (the command-line client's connection), [`console`] (its output),
+//!   start), [`client`] (the command-line client's connection), [`display`] (its output at a terminal),
 //!   [`proto`] (generated). The benchmarks' load generator and baseline server are a
 //!   crate of their own, `crates/popgw-bench`: no deployment links them.
 #![forbid(unsafe_code)]
@@ -48,6 +50,7 @@ pub mod config;
 pub mod console;
 pub mod demo;
 pub mod disclosure;
+pub mod display;
 pub mod error;
 pub mod limits;
 pub mod link;

@@ -25,6 +25,7 @@ mod cli {
     pub(crate) mod call;
     pub(crate) mod certs;
     pub(crate) mod conn;
+    pub(crate) mod console;
     pub(crate) mod init;
     pub(crate) mod limits;
     pub(crate) mod nats_flags;
@@ -103,6 +104,10 @@ enum Command {
     /// A citizen's access report: who verified or saw their data, when, for which
     /// procedure (as the citizen portal; `--as citizen` by default).
     AccessReport(cli::call::AccessReport),
+    /// The operators' web console: pages for the audit log, a citizen's history, integrity
+    /// and health, served on loopback and backed by audited calls with an operator's
+    /// certificate
+    Console(cli::console::ConsoleArgs),
 }
 
 /// mimalloc rather than glibc's malloc: in paired runs of the gateway (benches/paired.sh,
@@ -151,6 +156,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Household(call) => call.run().await,
         Command::Procedures(call) => call.run().await,
         Command::AccessReport(call) => call.run().await,
+        Command::Console(args) => args.run().await,
         Command::Audit { command } => cli::audit::run(command).await,
         Command::Limits { command } => cli::limits::run(command).await,
     }

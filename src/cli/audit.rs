@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use popgw::proto::gateway as pb;
-use popgw::{audit, config::Config, console, service};
+use popgw::{audit, config::Config, display, service};
 use tokio_stream::StreamExt;
 
 use crate::cli;
@@ -130,7 +130,7 @@ pub(crate) enum AuditCommand {
 }
 
 pub(crate) fn print_record(r: &pb::AuditRecord, json: bool) {
-    out!("{}", console::audit_record(r, json));
+    out!("{}", display::audit_record(r, json));
 }
 
 /// `audit verify --witness`: always ends with a verdict. Messages in the node's subject
@@ -205,7 +205,7 @@ pub(crate) async fn run(command: AuditCommand) -> Result<()> {
             };
             match audit::verify_dir(&dir, key.as_ref()) {
                 Ok(r) => {
-                    out!("{}", console::verify_report(&r));
+                    out!("{}", display::verify_report(&r));
                     if let Some(url) = witness {
                         let configured = loaded.as_ref().and_then(|c| c.audit.witness.as_ref());
                         let url = Some(url).filter(|u| !u.is_empty());
@@ -233,7 +233,7 @@ pub(crate) async fn run(command: AuditCommand) -> Result<()> {
                         let index =
                             audit::index::AuditIndex::lazy(&audit::index::IndexConfig::new(url))?;
                         let report = audit::index::verify_against(&dir, &index).await?;
-                        out!("{}", console::index_report(&report));
+                        out!("{}", display::index_report(&report));
                         if !report.ok() {
                             bail!(
                                 "audit index FAILED against the folder of node {}",
@@ -467,7 +467,7 @@ pub(crate) async fn run(command: AuditCommand) -> Result<()> {
             if conn.json {
                 return print_json(&head);
             }
-            out!("{}", console::checkpoint(&head));
+            out!("{}", display::checkpoint(&head));
             Ok(())
         }
         AuditCommand::Tail {

@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use popgw::client::connect;
-use popgw::console;
+use popgw::display;
 use popgw::proto::gateway as pb;
 use popgw::proto::gateway::citizen_access_client::CitizenAccessClient;
 use popgw::proto::registry::Sex;
@@ -112,7 +112,7 @@ impl Verify {
             .await
             .map_err(rpc)?
             .into_inner();
-        show(conn.json, &answer, console::verification)
+        show(conn.json, &answer, display::verification)
     }
 }
 
@@ -130,7 +130,7 @@ impl Citizen {
             .await
             .map_err(rpc)?
             .into_inner();
-        show(conn.json, &answer, console::citizen)
+        show(conn.json, &answer, display::citizen)
     }
 }
 
@@ -148,7 +148,7 @@ impl Household {
             .await
             .map_err(rpc)?
             .into_inner();
-        show(conn.json, &answer, console::household)
+        show(conn.json, &answer, display::household)
     }
 }
 
@@ -169,7 +169,7 @@ impl Procedures {
             .await
             .map_err(rpc)?
             .into_inner();
-        show(conn.json, &answer, console::procedures)
+        show(conn.json, &answer, display::procedures)
     }
 }
 
@@ -194,6 +194,6 @@ impl AccessReport {
             .await
             .map_err(rpc)?
             .into_inner();
-        show(conn.json, &report, console::access_report)
+        show(conn.json, &report, display::access_report)
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use popgw::client::{connect, ClientCerts};
-use popgw::console;
+use popgw::display;
 use popgw::proto::gateway::audit_log_client::AuditLogClient;
 use popgw::proto::gateway::identity_gateway_client::IdentityGatewayClient;
 
@@ -71,7 +71,7 @@ impl Conn {
 
 /// A gRPC error as the user sees it.
 pub(crate) fn rpc(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!(console::status(&status))
+    anyhow::anyhow!(display::status(&status))
 }
 
 /// Prints an answer as proto3 JSON (`--json`) or as `text` formats it.

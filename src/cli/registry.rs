@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use popgw::{config::Config, console, pki, registry};
+use popgw::{config::Config, display, pki, registry};
 
 use super::serve::raise_open_files;
 
@@ -131,7 +131,7 @@ pub(crate) async fn run(command: RegistryCommand) -> Result<()> {
         } => {
             let t = std::time::Instant::now();
             let reader = input(&from)?;
-            let mut progress = console::Progress::new("citizens", 1_000_000);
+            let mut progress = display::Progress::new("citizens", 1_000_000);
             let records = Records::new(reader, skip_invalid);
             let skipped = records.skipped_counter();
             let summary = match StoreLocation::parse(&to) {

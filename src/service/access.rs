@@ -1,6 +1,7 @@
 //! `popgw.v1.CitizenAccess`: a citizen's own access report, for the citizen portal
-//! (`citizen_portal` role only). It answers from the central audit index when there is
-//! one (every node), otherwise from this node's log.
+//! (the `citizen_portal` role; an operator may be granted it too, to see in the console
+//! what a citizen sees). It answers from the central audit index when there is one (every
+//! node), otherwise from this node's log.
 //!
 //! What a citizen sees, for each answered verification or disclosure of their data: when,
 //! which agency (the policy's `display_name`, never the certificate's identity), which

@@ -894,3 +894,23 @@ pub async fn append_records(log: &popgw::audit::AuditLog, n: usize) {
         .unwrap();
     }
 }
+
+/// Changes the first MATCH recorded in the node's audit folder into NO_MATCH, as an
+/// insider who can write the folder (but holds no key) would; returns the segment.
+pub fn tamper_with_a_match(audit_dir: &Path) -> PathBuf {
+    let segment = std::fs::read_dir(audit_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("audit-")
+        })
+        .expect("an audit segment");
+    let text = std::fs::read_to_string(&segment).unwrap();
+    let tampered = text.replacen("\"outcome\":\"MATCH\"", "\"outcome\":\"NO_MATCH\"", 1);
+    assert_ne!(text, tampered, "a MATCH record to tamper with");
+    std::fs::write(&segment, tampered).unwrap();
+    segment
+}

@@ -207,7 +207,8 @@ impl Drop for NatsServer {
     }
 }
 
-fn free_port() -> u16 {
+/// A port free on loopback right now (for a child process that must be told its port).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -301,20 +301,7 @@ async fn verify_answers_intact_then_names_the_tampered_record_and_is_recorded() 
     assert_eq!(ok.node, gw.gateway.audit.node());
 
     // An insider who can write the folder changes one recorded outcome.
-    let segment = std::fs::read_dir(gw.gateway.audit.dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("audit-")
-        })
-        .unwrap();
-    let text = std::fs::read_to_string(&segment).unwrap();
-    let tampered = text.replacen("\"outcome\":\"MATCH\"", "\"outcome\":\"NO_MATCH\"", 1);
-    assert_ne!(text, tampered, "a MATCH record to tamper with");
-    std::fs::write(&segment, tampered).unwrap();
+    let segment = common::tamper_with_a_match(gw.gateway.audit.dir());
 
     let broken = op
         .verify(pb::AuditVerifyRequest {})

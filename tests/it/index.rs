@@ -302,8 +302,8 @@ async fn two_nodes_indexed_queried_reported_and_verified() {
             && r.body.subject == subject
             && r.body.outcome == "REPORTED"
             && r.body.client == popgw::pki::CITIZEN_ID));
-    // Only the citizen portal may ask.
-    let denied = CitizenAccessClient::new(a.channel("operator").await)
+    // Only the citizen portal (and operators, answering a citizen's question) may ask.
+    let denied = CitizenAccessClient::new(a.channel("ministry").await)
         .access_report(pb::AccessReportRequest {
             personal_id: x.personal_id.clone(),
             ..Default::default()

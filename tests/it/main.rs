@@ -11,6 +11,7 @@ mod audit;
 mod bad_input;
 mod bench_tools;
 mod cli;
+mod console;
 mod crash;
 mod docs;
 mod enumeration;

@@ -1,0 +1,100 @@
+//! `popgw console`: the operators' web console (`popgw::console`), a process of its own
+//! holding an operator's certificate and serving the operator's browser on loopback.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use popgw::client::connect;
+use popgw::console::{self, Console, ConsoleOptions};
+
+use super::conn::Conn;
+
+#[derive(Args)]
+pub(crate) struct ConsoleArgs {
+    /// Where the browser connects: a loopback address (reach it through an SSH tunnel).
+    #[arg(long, default_value = "127.0.0.1:9470")]
+    listen: SocketAddr,
+    /// Listen on a non-loopback address too (warns: anyone who reaches it and holds the
+    /// printed secret acts as the operator).
+    #[arg(long)]
+    allow_remote: bool,
+    /// The gateway's admin metrics, scraped for the health page ("" for none).
+    #[arg(long, default_value = "http://127.0.0.1:9464/metrics")]
+    metrics: String,
+    /// Seconds between scrapes.
+    #[arg(long, default_value_t = 10)]
+    scrape_every: u64,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+impl ConsoleArgs {
+    pub(crate) async fn run(mut self) -> Result<()> {
+        if !self.listen.ip().is_loopback() && !self.allow_remote {
+            bail!(
+                "--listen {}: not a loopback address; the console acts as the operator, so it \
+                 listens on loopback only (reach it through an SSH tunnel), or pass --allow-remote",
+                self.listen
+            );
+        }
+        if self.scrape_every == 0 {
+            bail!("--scrape-every: must be at least 1 second");
+        }
+        // The console is an operator's tool: `--as` defaults to the operator.
+        if self.conn.cert.is_none() && self.conn.as_ == "portal" {
+            self.conn.as_ = "operator".into();
+        }
+        let certs = self.conn.certs();
+        for (what, path) in [
+            ("certificate", &certs.cert),
+            ("key", &certs.key),
+            ("CA", &certs.ca),
+        ] {
+            if !path.is_file() {
+                bail!(
+                    "no operator {what} at {}: the console needs an operator's certificate \
+                     (--cert and --key, or --as with --certs)",
+                    path.display()
+                );
+            }
+        }
+        let chain = popgw::tls::load_certs(&certs.cert)
+            .with_context(|| format!("reading {}", certs.cert.display()))?;
+        let operator = popgw::tls::client_identity(Some(&chain))
+            .with_context(|| format!("{}: no usable identity", certs.cert.display()))?;
+        let channel = connect(&self.conn.addr, &certs)
+            .await
+            .with_context(|| format!("connecting to the gateway at {}", self.conn.addr))?;
+        let (console, token) = Console::new(
+            channel,
+            operator.clone(),
+            ConsoleOptions {
+                gateway: self.conn.addr.clone(),
+                metrics_url: (!self.metrics.is_empty()).then(|| self.metrics.clone()),
+                scrape_every: Duration::from_secs(self.scrape_every),
+                allow_remote: self.allow_remote,
+            },
+        );
+        console.check_operator().await?;
+        let listener = tokio::net::TcpListener::bind(self.listen)
+            .await
+            .with_context(|| format!("binding {}", self.listen))?;
+        let addr = listener.local_addr()?;
+        if self.allow_remote {
+            tracing::warn!(%addr, "the console answers any Host (--allow-remote): whoever reaches it with the secret acts as {}", operator.as_str());
+        }
+        out!(
+            "popgw console for {} on {}",
+            operator.as_str(),
+            self.conn.addr
+        );
+        out!("open http://{addr}/login?token={token}");
+        console::serve(listener, console, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving the console")
+    }
+}

@@ -1,0 +1,208 @@
+//! The operators' web console (`popgw console`): a process of its own that talks to a
+//! gateway as an operator client over mutual TLS and serves the operator's browser on
+//! loopback. It adds no way into the gateway: every page is one or more audited calls
+//! (AuditLog.Watch, Query, Head, Verify, CitizenAccess.AccessReport) made with the
+//! operator's certificate, and the gateway's policy decides what they return.
+//!
+//! - [`guard`]: who may use the console — a secret printed at start, exchanged once for a
+//!   `SameSite=Strict`, `HttpOnly` cookie; only loopback `Host`s (DNS rebinding); a
+//!   strict Content-Security-Policy; nothing cached.
+//! - [`pages`]: the pages (Live, Search, Integrity, Health, a citizen's history), rendered
+//!   on the server from templates compiled into the binary (`templates/console/`); the
+//!   styles and the one script are embedded too (no CDN, works offline).
+//! - [`samples`]: the gateway's admin `/metrics` scraped into an hour of points.
+//! - [`labels`]: Vietnamese and English words.
+//!
+//! The library binds nothing: [`serve`] takes a bound listener.
+
+pub mod guard;
+pub mod labels;
+pub mod pages;
+pub mod samples;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+
+use crate::proto::gateway as pb;
+use crate::proto::gateway::audit_log_client::AuditLogClient;
+use crate::proto::gateway::citizen_access_client::CitizenAccessClient;
+use crate::tls::ClientId;
+
+/// How a console is set up.
+#[derive(Debug, Clone)]
+pub struct ConsoleOptions {
+    /// The gateway's address, as shown on the pages.
+    pub gateway: String,
+    /// The gateway's admin `/metrics` (plain HTTP; `None`: no health figures).
+    pub metrics_url: Option<String>,
+    /// How often it is scraped.
+    pub scrape_every: Duration,
+    /// Answer any `Host`, not only loopback ones (`--allow-remote`).
+    pub allow_remote: bool,
+}
+
+/// Why the console cannot start or a page cannot be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// The certificate is not an operator's the gateway knows.
+    #[error("the gateway refuses this certificate as an operator ({code}: {message}); the console needs an operator certificate granted AuditLog.Head, Query, Watch and Verify")]
+    NotOperator {
+        /// The gRPC code's name.
+        code: &'static str,
+        /// The gateway's message.
+        message: String,
+    },
+    /// The gateway answered a page's call with an error.
+    #[error("{}: {}", crate::telemetry::code_name(.0.code()), .0.message())]
+    Gateway(#[from] tonic::Status),
+    /// A template could not be rendered (a bug).
+    #[error("page could not be rendered: {0}")]
+    Render(#[from] askama::Error),
+    /// A form field the console checks itself.
+    #[error("{0}")]
+    Form(&'static str),
+}
+
+/// The last verification this console ran, shown on the integrity page.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// When it was run (Unix ms).
+    pub at_ms: i64,
+    /// The gateway's report.
+    pub report: pb::AuditVerifyReport,
+}
+
+/// A console: the gateway connection and what the pages share.
+#[derive(Clone)]
+pub struct Console {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    channel: Channel,
+    operator: ClientId,
+    options: ConsoleOptions,
+    token_hash: [u8; 32],
+    ring: Mutex<samples::Ring>,
+    verified: Mutex<Option<Verified>>,
+    /// Cancelled when the console stops: live streams end so that shutdown completes.
+    stopping: tokio_util::sync::CancellationToken,
+}
+
+/// An hour of points at the default scrape interval (10 s).
+const RING_POINTS: usize = 360;
+
+impl Console {
+    /// A console over `channel` (mutual TLS with the operator's certificate, whose
+    /// identity is `operator`), and the secret the operator's browser must present once
+    /// (`/login?token=…`).
+    pub fn new(channel: Channel, operator: ClientId, options: ConsoleOptions) -> (Console, String) {
+        let token = format!(
+            "{:032x}{:032x}",
+            rand::random::<u128>(),
+            rand::random::<u128>()
+        );
+        let keep = (3600 / options.scrape_every.as_secs().max(1)) as usize;
+        let console = Console {
+            inner: Arc::new(Inner {
+                channel,
+                operator,
+                token_hash: Sha256::digest(token.as_bytes()).into(),
+                ring: Mutex::new(samples::Ring::new(keep.clamp(2, RING_POINTS * 10))),
+                verified: Mutex::new(None),
+                stopping: tokio_util::sync::CancellationToken::new(),
+                options,
+            }),
+        };
+        (console, token)
+    }
+
+    /// Asks the gateway for its head as the operator: refuses to start when the
+    /// certificate is not an operator's (UNAUTHENTICATED, PERMISSION_DENIED) or the
+    /// gateway cannot be reached. No checkpoint yet is fine.
+    pub async fn check_operator(&self) -> Result<(), ConsoleError> {
+        match self.audit().head(pb::AuditHeadRequest {}).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                ) =>
+            {
+                Err(ConsoleError::NotOperator {
+                    code: crate::telemetry::code_name(s.code()),
+                    message: s.message().to_string(),
+                })
+            }
+            Err(s) => Err(ConsoleError::Gateway(s)),
+        }
+    }
+
+    /// Scrapes the gateway's metrics (a task of [`serve`], aborted when it ends).
+    async fn scrape_loop(self) {
+        let Some(url) = self.inner.options.metrics_url.clone() else {
+            return;
+        };
+        let every = self.inner.options.scrape_every;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let scraped = samples::scrape(&url, every.max(Duration::from_secs(1))).await;
+            let mut ring = self.inner.ring.lock().unwrap_or_else(|e| e.into_inner());
+            match scraped {
+                Ok(s) => ring.push(chrono::Utc::now().timestamp_millis(), s),
+                Err(e) => ring.error = Some(e.to_string()),
+            }
+        }
+    }
+
+    fn audit(&self) -> AuditLogClient<Channel> {
+        AuditLogClient::new(self.inner.channel.clone())
+    }
+
+    fn access(&self) -> CitizenAccessClient<Channel> {
+        CitizenAccessClient::new(self.inner.channel.clone())
+    }
+
+    fn token_matches(&self, presented: &str) -> bool {
+        // Compared as digests: the comparison's time says nothing about the secret.
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        digest == self.inner.token_hash
+    }
+}
+
+/// The console's routes, guarded.
+pub fn router(console: Console, listen: SocketAddr) -> axum::Router {
+    pages::routes()
+        .layer(axum::middleware::from_fn_with_state(
+            guard::Guard::new(console.clone(), listen),
+            guard::check,
+        ))
+        .with_state(console)
+}
+
+/// Serves the console on `listener` until `shutdown` resolves, scraping the gateway's
+/// metrics meanwhile.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    console: Console,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listen = listener.local_addr()?;
+    let scraper = tokio::spawn(console.clone().scrape_loop());
+    let stopping = console.inner.stopping.clone();
+    let result = axum::serve(listener, router(console, listen))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.cancel();
+        })
+        .await;
+    scraper.abort();
+    result
+}
