@@ -360,7 +360,7 @@ pub(crate) async fn run(command: AuditCommand) -> Result<()> {
                     .collect::<Option<Vec<_>>>()
                     .context("--node-key NODE=HEX")?,
             ) {
-                let Some(key) = popgw::config::parse_public_key(&hex_key) else {
+                let Some(key) = popgw::audit::parse_public_key(&hex_key) else {
                     bail!("key of node {node}: 64 hex digits of an ed25519 public key");
                 };
                 keys.insert(node, key);
@@ -512,6 +512,6 @@ pub(crate) fn read_pubkey(path: &Path) -> Result<ed25519_dalek::VerifyingKey> {
 }
 
 pub(crate) fn parse_pubkey(text: &str) -> Result<ed25519_dalek::VerifyingKey> {
-    popgw::config::parse_public_key(text)
+    popgw::audit::parse_public_key(text)
         .context("public key must be 64 hex digits of an ed25519 public key")
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use popgw::client::connect;
-use popgw::console::{self, Console, ConsoleOptions};
+use popgw::console::{self, Console, ConsoleOptions, Node};
 
 use super::conn::Conn;
 
@@ -23,6 +23,10 @@ pub(crate) struct ConsoleArgs {
     /// The gateway's admin metrics, scraped for the health page ("" for none).
     #[arg(long, default_value = "http://127.0.0.1:9464/metrics")]
     metrics: String,
+    /// Another node of the deployment (repeatable): its head and verification on the
+    /// integrity page, with the same certificate.
+    #[arg(long = "node", value_name = "ADDR")]
+    nodes: Vec<String>,
     /// Seconds between scrapes.
     #[arg(long, default_value_t = 10)]
     scrape_every: u64,
@@ -64,14 +68,22 @@ impl ConsoleArgs {
             .with_context(|| format!("reading {}", certs.cert.display()))?;
         let operator = popgw::tls::client_identity(Some(&chain))
             .with_context(|| format!("{}: no usable identity", certs.cert.display()))?;
-        let channel = connect(&self.conn.addr, &certs)
-            .await
-            .with_context(|| format!("connecting to the gateway at {}", self.conn.addr))?;
+        let mut nodes = Vec::new();
+        for addr in std::iter::once(&self.conn.addr).chain(&self.nodes) {
+            let channel = connect(addr, &certs)
+                .await
+                .with_context(|| format!("connecting to the gateway at {addr}"))?;
+            nodes.push(Node {
+                addr: addr.clone(),
+                channel,
+            });
+        }
+        let first = nodes.remove(0);
         let (console, token) = Console::new(
-            channel,
+            first,
+            nodes,
             operator.clone(),
             ConsoleOptions {
-                gateway: self.conn.addr.clone(),
                 metrics_url: (!self.metrics.is_empty()).then(|| self.metrics.clone()),
                 scrape_every: Duration::from_secs(self.scrape_every),
                 allow_remote: self.allow_remote,

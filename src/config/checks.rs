@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use super::{parse_public_key, Config, NationalKind, RegistryKind, RegistrySource};
+use super::{Config, NationalKind, RegistryKind, RegistrySource};
+use crate::audit::parse_public_key;
 
 /// A PostgreSQL URL that parses, whose password file, CA, certificate and key files
 /// exist and parse (the error never holds the password).

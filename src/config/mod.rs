@@ -362,12 +362,6 @@ pub struct IndexSettings {
     pub node_keys: std::collections::BTreeMap<String, String>,
 }
 
-/// A checkpoint public key given as 64 hex digits.
-pub fn parse_public_key(hex_key: &str) -> Option<ed25519_dalek::VerifyingKey> {
-    let bytes: [u8; 32] = hex::decode(hex_key.trim()).ok()?.try_into().ok()?;
-    ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()
-}
-
 fn default_index_consumer() -> String {
     "popgw-index".into()
 }

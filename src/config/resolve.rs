@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{parse_public_key, Config, NationalKind, RegistryKind};
+use super::{Config, NationalKind, RegistryKind};
+use crate::audit::parse_public_key;
 
 /// Where the records come from, resolved: the `[registry]` keys of its kind, with their
 /// defaults applied ([`Config::registry_source`]). Code that opens, prepares or names

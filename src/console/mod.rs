@@ -32,11 +32,18 @@ use crate::proto::gateway::audit_log_client::AuditLogClient;
 use crate::proto::gateway::citizen_access_client::CitizenAccessClient;
 use crate::tls::ClientId;
 
+/// One gateway node the console talks to, over mutual TLS with the operator's certificate.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Its address, as shown on the pages.
+    pub addr: String,
+    /// The connection.
+    pub channel: Channel,
+}
+
 /// How a console is set up.
 #[derive(Debug, Clone)]
 pub struct ConsoleOptions {
-    /// The gateway's address, as shown on the pages.
-    pub gateway: String,
     /// The gateway's admin `/metrics` (plain HTTP; `None`: no health figures).
     pub metrics_url: Option<String>,
     /// How often it is scraped.
@@ -49,12 +56,22 @@ pub struct ConsoleOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
     /// The certificate is not an operator's the gateway knows.
-    #[error("the gateway refuses this certificate as an operator ({code}: {message}); the console needs an operator certificate granted AuditLog.Head, Query, Watch and Verify")]
+    #[error("the gateway at {node} refuses this certificate as an operator ({code}: {message}); the console needs an operator certificate granted AuditLog.Head, Query, Watch and Verify")]
     NotOperator {
+        /// The node's address.
+        node: String,
         /// The gRPC code's name.
         code: &'static str,
         /// The gateway's message.
         message: String,
+    },
+    /// A node could not be asked at start.
+    #[error("the gateway at {node} does not answer: {}: {}", crate::telemetry::code_name(.status.code()), .status.message())]
+    Unreachable {
+        /// The node's address.
+        node: String,
+        /// What the call ended with.
+        status: tonic::Status,
     },
     /// The gateway answered a page's call with an error.
     #[error("{}: {}", crate::telemetry::code_name(.0.code()), .0.message())]
@@ -83,12 +100,15 @@ pub struct Console {
 }
 
 struct Inner {
-    channel: Channel,
+    /// The node every page asks first (live, search, a citizen's history), then the
+    /// deployment's other nodes (their heads and verification on the integrity page).
+    nodes: Vec<Node>,
     operator: ClientId,
     options: ConsoleOptions,
     token_hash: [u8; 32],
     ring: Mutex<samples::Ring>,
-    verified: Mutex<Option<Verified>>,
+    /// The last verification of each node (by its place in `nodes`).
+    verified: Mutex<std::collections::BTreeMap<usize, Verified>>,
     /// Cancelled when the console stops: live streams end so that shutdown completes.
     stopping: tokio_util::sync::CancellationToken,
 }
@@ -97,10 +117,15 @@ struct Inner {
 const RING_POINTS: usize = 360;
 
 impl Console {
-    /// A console over `channel` (mutual TLS with the operator's certificate, whose
-    /// identity is `operator`), and the secret the operator's browser must present once
-    /// (`/login?token=…`).
-    pub fn new(channel: Channel, operator: ClientId, options: ConsoleOptions) -> (Console, String) {
+    /// A console over `first` and the deployment's `others` (mutual TLS with the
+    /// operator's certificate, whose identity is `operator`), and the secret the
+    /// operator's browser must present once (`/login?token=…`).
+    pub fn new(
+        first: Node,
+        others: Vec<Node>,
+        operator: ClientId,
+        options: ConsoleOptions,
+    ) -> (Console, String) {
         let token = format!(
             "{:032x}{:032x}",
             rand::random::<u128>(),
@@ -109,11 +134,11 @@ impl Console {
         let keep = (3600 / options.scrape_every.as_secs().max(1)) as usize;
         let console = Console {
             inner: Arc::new(Inner {
-                channel,
+                nodes: std::iter::once(first).chain(others).collect(),
                 operator,
                 token_hash: Sha256::digest(token.as_bytes()).into(),
                 ring: Mutex::new(samples::Ring::new(keep.clamp(2, RING_POINTS * 10))),
-                verified: Mutex::new(None),
+                verified: Mutex::new(Default::default()),
                 stopping: tokio_util::sync::CancellationToken::new(),
                 options,
             }),
@@ -121,11 +146,18 @@ impl Console {
         (console, token)
     }
 
-    /// Asks the gateway for its head as the operator: refuses to start when the
-    /// certificate is not an operator's (UNAUTHENTICATED, PERMISSION_DENIED) or the
-    /// gateway cannot be reached. No checkpoint yet is fine.
+    /// Asks every node for its head as the operator: refuses to start when the
+    /// certificate is not an operator's (UNAUTHENTICATED, PERMISSION_DENIED) or a node
+    /// cannot be reached. No checkpoint yet is fine.
     pub async fn check_operator(&self) -> Result<(), ConsoleError> {
-        match self.audit().head(pb::AuditHeadRequest {}).await {
+        for node in 0..self.inner.nodes.len() {
+            self.check_node(node).await?;
+        }
+        Ok(())
+    }
+
+    async fn check_node(&self, node: usize) -> Result<(), ConsoleError> {
+        match self.audit_of(node).head(pb::AuditHeadRequest {}).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
             Err(s)
@@ -135,11 +167,15 @@ impl Console {
                 ) =>
             {
                 Err(ConsoleError::NotOperator {
+                    node: self.inner.nodes[node].addr.clone(),
                     code: crate::telemetry::code_name(s.code()),
                     message: s.message().to_string(),
                 })
             }
-            Err(s) => Err(ConsoleError::Gateway(s)),
+            Err(s) => Err(ConsoleError::Unreachable {
+                node: self.inner.nodes[node].addr.clone(),
+                status: s,
+            }),
         }
     }
 
@@ -163,11 +199,15 @@ impl Console {
     }
 
     fn audit(&self) -> AuditLogClient<Channel> {
-        AuditLogClient::new(self.inner.channel.clone())
+        self.audit_of(0)
+    }
+
+    fn audit_of(&self, node: usize) -> AuditLogClient<Channel> {
+        AuditLogClient::new(self.inner.nodes[node].channel.clone())
     }
 
     fn access(&self) -> CitizenAccessClient<Channel> {
-        CitizenAccessClient::new(self.inner.channel.clone())
+        CitizenAccessClient::new(self.inner.nodes[0].channel.clone())
     }
 
     fn token_matches(&self, presented: &str) -> bool {

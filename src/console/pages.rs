@@ -98,7 +98,7 @@ impl Console {
             },
             nav,
             operator: self.inner.operator.as_str().to_string(),
-            gateway: self.inner.options.gateway.clone(),
+            gateway: self.inner.nodes[0].addr.clone(),
         }
     }
 }
@@ -467,23 +467,28 @@ pub struct VerifiedView {
     r: pb::AuditVerifyReport,
 }
 
-#[derive(Template)]
-#[template(path = "console/integrity.html")]
-struct IntegrityPage {
-    page: Frame,
+/// One node on the integrity page.
+pub struct NodeView {
+    /// Its place in the console's nodes (the verify form names it).
+    index: usize,
+    /// Its address.
+    addr: String,
     head: Option<Head>,
     head_failure: Option<Failure>,
     verified: Option<VerifiedView>,
     verify_failure: Option<Failure>,
+}
+
+#[derive(Template)]
+#[template(path = "console/integrity.html")]
+struct IntegrityPage {
+    page: Frame,
+    nodes: Vec<NodeView>,
     index: Option<(bool, u64)>,
 }
 
-async fn integrity_page(
-    c: &Console,
-    headers: &HeaderMap,
-    verify_failure: Option<Failure>,
-) -> Result<Response, ConsoleError> {
-    let (head, head_failure) = match c.audit().head(pb::AuditHeadRequest {}).await {
+async fn node_view(c: &Console, index: usize, verify_failure: Option<Failure>) -> NodeView {
+    let (head, head_failure) = match c.audit_of(index).head(pb::AuditHeadRequest {}).await {
         Ok(h) => {
             let h = h.into_inner();
             (
@@ -509,11 +514,41 @@ async fn integrity_page(
         .verified
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .clone()
+        .get(&index)
+        .cloned()
         .map(|v| VerifiedView {
             at: show_time(v.at_ms),
             r: v.report,
         });
+    NodeView {
+        index,
+        addr: c.inner.nodes[index].addr.clone(),
+        head,
+        head_failure,
+        verified,
+        verify_failure,
+    }
+}
+
+async fn integrity_page(
+    c: &Console,
+    headers: &HeaderMap,
+    verify_failure: Option<(usize, Failure)>,
+) -> Result<Response, ConsoleError> {
+    let (failed_node, mut failure) = match verify_failure {
+        Some((node, f)) => (Some(node), Some(f)),
+        None => (None, None),
+    };
+    // Every node's head at once: one slow node does not hold the others back.
+    let nodes = futures::future::join_all((0..c.inner.nodes.len()).map(|i| {
+        let f = if failed_node == Some(i) {
+            failure.take()
+        } else {
+            None
+        };
+        node_view(c, i, f)
+    }))
+    .await;
     let index = {
         let ring = c.inner.ring.lock().unwrap_or_else(|e| e.into_inner());
         ring.latest()
@@ -521,10 +556,7 @@ async fn integrity_page(
     };
     render(&IntegrityPage {
         page: c.frame(headers, "integrity"),
-        head,
-        head_failure,
-        verified,
-        verify_failure,
+        nodes,
         index,
     })
 }
@@ -533,17 +565,41 @@ async fn integrity(State(c): State<Console>, headers: HeaderMap) -> Result<Respo
     integrity_page(&c, &headers, None).await
 }
 
-/// Runs AuditLog.Verify on the gateway's node and shows the page with its verdict.
-async fn verify(State(c): State<Console>, headers: HeaderMap) -> Result<Response, ConsoleError> {
-    let failure = match c.audit().verify(pb::AuditVerifyRequest {}).await {
+/// Which node to verify.
+#[derive(Deserialize)]
+struct VerifyForm {
+    node: usize,
+}
+
+/// Runs AuditLog.Verify on one node and shows the page with its verdict.
+async fn verify(
+    State(c): State<Console>,
+    headers: HeaderMap,
+    Form(form): Form<VerifyForm>,
+) -> Result<Response, ConsoleError> {
+    if form.node >= c.inner.nodes.len() {
+        return Err(ConsoleError::Form("node: no such node"));
+    }
+    let failure = match c
+        .audit_of(form.node)
+        .verify(pb::AuditVerifyRequest {})
+        .await
+    {
         Ok(report) => {
-            *c.inner.verified.lock().unwrap_or_else(|e| e.into_inner()) = Some(Verified {
-                at_ms: chrono::Utc::now().timestamp_millis(),
-                report: report.into_inner(),
-            });
+            c.inner
+                .verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    form.node,
+                    Verified {
+                        at_ms: chrono::Utc::now().timestamp_millis(),
+                        report: report.into_inner(),
+                    },
+                );
             None
         }
-        Err(s) => Some(s.into()),
+        Err(s) => Some((form.node, s.into())),
     };
     integrity_page(&c, &headers, failure).await
 }

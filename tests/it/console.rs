@@ -70,11 +70,19 @@ async fn browser() -> (Killed, Client) {
     (child, client)
 }
 
-/// `popgw console` against `gw` as its operator; its process and the login address it printed.
-fn spawn_console(gw: &TestGateway) -> (Killed, String) {
+/// `popgw console` against `gw` (and the deployment's `others`) as its operator; its
+/// process and the login address it printed.
+fn spawn_console(gw: &TestGateway, others: &[&TestGateway]) -> (Killed, String) {
+    let mut command = common::bin();
+    command.arg("console");
+    for other in others {
+        command
+            .arg("--node")
+            .arg(format!("localhost:{}", other.addr.port()));
+    }
     let mut child = Killed(
-        common::bin()
-            .args(["console", "--listen", "127.0.0.1:0", "--scrape-every", "1"])
+        command
+            .args(["--listen", "127.0.0.1:0", "--scrape-every", "1"])
             .arg("--addr")
             .arg(format!("localhost:{}", gw.addr.port()))
             .arg("--certs")
@@ -121,6 +129,26 @@ async fn the_console_shows_live_records_a_citizens_calls_integrity_and_health_in
         .config(|c| c.audit.checkpoint_every_records = 1)
         .start()
         .await;
+    // A second node of the same deployment (same CA and server certificate, its own log).
+    let dir2 = tempfile::tempdir().unwrap();
+    let (mut config2, ca2) = common::prepare(dir2.path());
+    for entry in std::fs::read_dir(&gw.certs).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(
+            &path,
+            dir2.path().join("certs").join(path.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    config2.node_id = "node-2".into();
+    config2.audit.checkpoint_every_records = 1;
+    let gw2 = TestGateway::start_prepared(dir2, config2, ca2, None).await;
+    gw2.client("portal")
+        .await
+        .verify_identity(declare(gw2.living(), "P03"))
+        .await
+        .unwrap();
+
     let a = gw.living().clone();
     let b_citizen = gw
         .find(|r| r.date_of_death.is_empty() && r.personal_id != a.personal_id)
@@ -170,7 +198,7 @@ async fn the_console_shows_live_records_a_citizens_calls_integrity_and_health_in
         .unwrap();
 
     // The gateway answers the console's first call from this runtime: wait off its threads.
-    let (_console, login) = tokio::task::block_in_place(|| spawn_console(&gw));
+    let (_console, login) = tokio::task::block_in_place(|| spawn_console(&gw, &[&gw2]));
     let base = login.split("/login").next().unwrap().to_string();
     let (_driver, b) = browser().await;
     let mut sources = Vec::new();
@@ -359,26 +387,33 @@ async fn the_console_shows_live_records_a_citizens_calls_integrity_and_health_in
     shoot(&b, "health").await;
     sources.push(("health", health, None));
 
-    // Integrity: verified intact, then red once a record is tampered with.
+    // Integrity: each node verified intact; then one turns red once a record of its log
+    // is tampered with, and the other stays green.
     b.goto(&format!("{base}/integrity")).await.unwrap();
-    wait_for(&b, "#verdict.unknown").await;
-    b.find(Locator::Id("run-verify"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait_for(&b, "#verdict.intact").await;
+    wait_for(&b, "#verdict-0.unknown").await;
+    wait_for(&b, "#verdict-1.unknown").await;
+    for node in ["0", "1"] {
+        b.find(Locator::Id(&format!("run-verify-{node}")))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for(&b, &format!("#verdict-{node}.intact")).await;
+    }
+    let heads = b.find_all(Locator::Css("section.node h2")).await.unwrap();
+    assert_eq!(heads.len(), 2);
+    assert!(heads[1].text().await.unwrap().starts_with("node-2"));
     shoot(&b, "integrity").await;
     sources.push(("integrity", b.source().await.unwrap(), None));
     let segment = common::tamper_with_a_match(gw.gateway.audit.dir());
-    b.find(Locator::Id("run-verify"))
+    b.find(Locator::Id("run-verify-0"))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
-    let verdict = wait_for(&b, "#verdict.broken").await;
+    let verdict = wait_for(&b, "#verdict-0.broken").await;
     let why = verdict.text().await.unwrap();
     assert!(
         why.contains(&*segment.file_name().unwrap().to_string_lossy()),
@@ -386,12 +421,13 @@ async fn the_console_shows_live_records_a_citizens_calls_integrity_and_health_in
     );
     let colour = verdict.css_value("color").await.unwrap();
     assert_eq!(colour, "rgba(164, 0, 15, 1)", "the verdict is red");
+    wait_for(&b, "#verdict-1.intact").await;
     shoot(&b, "integrity-broken").await;
     sources.push(("integrity-broken", b.source().await.unwrap(), None));
 
     // No page shows a personal id the operator did not type.
     for (page, html, typed) in &sources {
-        for r in &gw.population {
+        for r in gw.population.iter().chain(&gw2.population) {
             if Some(&r.personal_id) != typed.as_ref() {
                 assert!(
                     !html.contains(&r.personal_id),

@@ -114,7 +114,7 @@ async fn two_nodes_indexed_queried_reported_and_verified() {
                 node_keys: [(node_a.clone(), &a), (node_b.clone(), &b)]
                     .into_iter()
                     .map(|(node, gw)| {
-                        let key = popgw::config::parse_public_key(gw.gateway.audit.public_key());
+                        let key = popgw::audit::parse_public_key(gw.gateway.audit.public_key());
                         (node, key.unwrap())
                     })
                     .collect(),

@@ -33,7 +33,7 @@ async fn wait_witnessed(gw: &TestGateway) {
 
 /// The node's checkpoint key, as the gateway holds it.
 fn key_of(gw: &TestGateway) -> VerifyingKey {
-    popgw::config::parse_public_key(gw.gateway.audit.public_key()).unwrap()
+    popgw::audit::parse_public_key(gw.gateway.audit.public_key()).unwrap()
 }
 
 #[tokio::test]
