@@ -123,8 +123,15 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<ParsedLine, String> {
         }
         (json, Some(seal.to_string()))
     };
-    let body: RecordBody =
-        serde_json::from_str(json).map_err(|e| format!("record JSON does not parse: {e}"))?;
+    let body: RecordBody = serde_json::from_str(json).map_err(|e| {
+        // serde_json's own message may quote the value it choked on, and a tampered line
+        // may hold anything: only the kind of error and where.
+        format!(
+            "record JSON does not parse ({:?} error at column {})",
+            e.classify(),
+            e.column()
+        )
+    })?;
     Ok(ParsedLine {
         hash: hash.to_string(),
         json: json.to_string(),

@@ -3,19 +3,27 @@
 //! The console holds an operator's certificate: anyone who can use it acts as that
 //! operator. So, besides listening on loopback only (the CLI refuses anything else
 //! without `--allow-remote`):
-//! - **a secret:** printed once at start as `/login?token=…`; the browser exchanges it for
-//!   an `HttpOnly`, `SameSite=Strict` cookie. Another local user, or a page in another
-//!   tab posting to 127.0.0.1, has neither; a cross-site request never carries the cookie.
+//! - **the same local user:** a connection from a socket another user of the machine owns
+//!   is refused (its owner read from `/proc/net/tcp`): another user can neither browse
+//!   the console nor replay a stolen cookie with curl.
+//! - **a secret, used once:** printed at start as `/login?token=…`; the first browser to
+//!   present it gets a session secret of its own in an `HttpOnly`, `SameSite=Strict`
+//!   cookie, and the printed one is spent (a browser's history keeps only a dead value).
 //! - **loopback `Host`s only** (unless `--allow-remote`): a DNS-rebinding page whose name
 //!   now points at 127.0.0.1 sends its own name as `Host` and is refused.
+//! - **forms from the console only:** cookies do not keep ports apart, so a page served
+//!   on another port of 127.0.0.1 is "same site" and its form would carry the cookie; a
+//!   POST is refused unless its `Origin` is the console's own (and `Sec-Fetch-Site`, when
+//!   sent, says same-origin).
 //! - **headers:** a Content-Security-Policy allowing only the console's own styles and
 //!   script (no inline script, no framing, forms only to itself), `no-store` (pages hold
-//!   records), no referrer (a search's form values never leave in a `Referer`).
+//!   records), a referrer only to the console itself (a search's form values never leave
+//!   in a `Referer`; `no-referrer` would make a form's `Origin` "null").
 
 use std::net::SocketAddr;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 
@@ -52,11 +60,63 @@ impl Guard {
     }
 }
 
-/// A cookie's value in a `Cookie` header.
-pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header.split(';').find_map(|pair| {
+/// The values of every cookie called `name` in a `Cookie` header (a page on another
+/// port may have set one of the same name: each is tried).
+pub fn cookies<'a>(header: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    header.split(';').filter_map(move |pair| {
         let (k, v) = pair.trim().split_once('=')?;
         (k == name).then_some(v)
+    })
+}
+
+/// Whether a form comes from the console's own pages: `Origin` is `http://` and the Host
+/// the request was sent to, and `Sec-Fetch-Site`, when the browser sends it, says so too.
+fn same_origin(headers: &axum::http::HeaderMap, host: Option<&str>) -> bool {
+    let Some(host) = host else { return false };
+    let origin_ok = headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .is_some_and(|o| o.strip_prefix("http://") == Some(host));
+    let site_ok = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v == "same-origin");
+    origin_ok && site_ok
+}
+
+/// Whether the peer's socket belongs to the user running the console: the socket whose
+/// local address is `peer` in `/proc/net/tcp` (or `tcp6`), its owner's uid against ours.
+/// Unknown (not Linux, not found) is a refusal.
+fn same_user(peer: SocketAddr) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return false;
+    };
+    let (table, wanted) = match peer {
+        SocketAddr::V4(a) => (
+            "/proc/net/tcp",
+            format!(
+                "{:08X}:{:04X}",
+                u32::from_le_bytes(a.ip().octets()),
+                a.port()
+            ),
+        ),
+        SocketAddr::V6(a) => {
+            let o = a.ip().octets();
+            let words: String = o
+                .chunks(4)
+                .map(|w| format!("{:08X}", u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
+                .collect();
+            ("/proc/net/tcp6", format!("{words}:{:04X}", a.port()))
+        }
+    };
+    let Ok(text) = std::fs::read_to_string(table) else {
+        return false;
+    };
+    text.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&wanted.as_str())
+            && fields.get(7).and_then(|u| u.parse::<u32>().ok()) == Some(me)
     })
 }
 
@@ -64,13 +124,25 @@ fn refuse(status: StatusCode, why: &'static str) -> Response {
     (status, why).into_response()
 }
 
-/// The middleware: the Host, the secret or its cookie, then the headers of every answer.
+/// The middleware: the peer's user, the Host, the secret or the session, the origin of
+/// a form, then the headers of every answer.
 pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
     let host = request
         .headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
-    let mut response = if !guard.host_allowed(host) {
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let remote = guard.console.inner.options.allow_remote;
+    let mut response = if !remote && !peer.is_some_and(same_user) {
+        refuse(
+            StatusCode::FORBIDDEN,
+            "the console answers the user who runs it only",
+        )
+    } else if !guard.host_allowed(host.as_deref()) {
         refuse(
             StatusCode::MISDIRECTED_REQUEST,
             "the console answers on its loopback address only",
@@ -83,33 +155,42 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
             .split('&')
             .find_map(|kv| kv.strip_prefix("token="))
             .unwrap_or("");
-        if guard.console.token_matches(token) {
-            let mut r = Redirect::to("/live").into_response();
-            let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
-                r.headers_mut().insert(header::SET_COOKIE, v);
+        match guard.console.log_in(token) {
+            Some(session) => {
+                let mut r = Redirect::to("/live").into_response();
+                let cookie = format!("{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/");
+                if let Ok(v) = HeaderValue::from_str(&cookie) {
+                    r.headers_mut().insert(header::SET_COOKIE, v);
+                }
+                r
             }
-            r
-        } else {
-            refuse(
+            None => refuse(
                 StatusCode::UNAUTHORIZED,
-                "wrong or missing token: open the address `popgw console` printed",
-            )
-        }
-    } else {
-        let presented = request
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|h| h.to_str().ok())
-            .find_map(|h| cookie(h, COOKIE));
-        match presented {
-            Some(token) if guard.console.token_matches(token) => next.run(request).await,
-            _ => refuse(
-                StatusCode::UNAUTHORIZED,
-                "not signed in: open the address `popgw console` printed",
+                "wrong, missing or already used token: open the address `popgw console` printed \
+                 (it opens one session; restart the console for another)",
             ),
         }
+    } else if !request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| cookies(h, COOKIE))
+        .any(|session| guard.console.session_matches(session))
+    {
+        refuse(
+            StatusCode::UNAUTHORIZED,
+            "not signed in: open the address `popgw console` printed",
+        )
+    } else if !matches!(*request.method(), Method::GET | Method::HEAD)
+        && !same_origin(request.headers(), host.as_deref())
+    {
+        refuse(
+            StatusCode::FORBIDDEN,
+            "a form from another origin: the console takes forms from its own pages only",
+        )
+    } else {
+        next.run(request).await
     };
     let headers = response.headers_mut();
     for (name, value) in [
@@ -119,7 +200,7 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
              connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
         (header::CACHE_CONTROL, "no-store"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, "same-origin"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
     ] {
@@ -130,15 +211,23 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::cookie;
+    use super::{cookies, same_user};
 
     #[test]
-    fn a_cookie_is_found_by_its_exact_name() {
-        assert_eq!(
-            cookie("a=1; popgw_console=xyz", "popgw_console"),
-            Some("xyz")
-        );
-        assert_eq!(cookie("xpopgw_console=1", "popgw_console"), None);
-        assert_eq!(cookie("", "popgw_console"), None);
+    fn every_cookie_of_the_name_is_found_and_only_those() {
+        let all = |h| cookies(h, "popgw_console").collect::<Vec<_>>();
+        assert_eq!(all("a=1; popgw_console=x; popgw_console=y"), ["x", "y"]);
+        assert!(all("xpopgw_console=1").is_empty());
+        assert!(all("").is_empty());
+    }
+
+    #[test]
+    fn a_socket_of_this_user_is_recognised_and_an_unknown_one_is_not() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert!(same_user(client.local_addr().unwrap()));
+        // No socket has this address: refused, never assumed.
+        drop(client);
+        assert!(!same_user("127.0.0.1:1".parse().unwrap()));
     }
 }

@@ -105,12 +105,22 @@ struct Inner {
     nodes: Vec<Node>,
     operator: ClientId,
     options: ConsoleOptions,
-    token_hash: [u8; 32],
+    /// The login secret's digest, until it is used once (then `None`).
+    token_hash: Mutex<Option<[u8; 32]>>,
+    /// Digests of the sessions a login opened (the cookie's value; never the login secret).
+    sessions: Mutex<Vec<[u8; 32]>>,
     ring: Mutex<samples::Ring>,
     /// The last verification of each node (by its place in `nodes`).
     verified: Mutex<std::collections::BTreeMap<usize, Verified>>,
     /// Cancelled when the console stops: live streams end so that shutdown completes.
     stopping: tokio_util::sync::CancellationToken,
+}
+
+/// 256 random bits as hex, from the operating system's generator.
+fn secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    hex::encode(bytes)
 }
 
 /// An hour of points at the default scrape interval (10 s).
@@ -136,7 +146,8 @@ impl Console {
             inner: Arc::new(Inner {
                 nodes: std::iter::once(first).chain(others).collect(),
                 operator,
-                token_hash: Sha256::digest(token.as_bytes()).into(),
+                token_hash: Mutex::new(Some(Sha256::digest(token.as_bytes()).into())),
+                sessions: Mutex::new(Vec::new()),
                 ring: Mutex::new(samples::Ring::new(keep.clamp(2, RING_POINTS * 10))),
                 verified: Mutex::new(Default::default()),
                 stopping: tokio_util::sync::CancellationToken::new(),
@@ -210,10 +221,38 @@ impl Console {
         CitizenAccessClient::new(self.inner.nodes[0].channel.clone())
     }
 
-    fn token_matches(&self, presented: &str) -> bool {
-        // Compared as digests: the comparison's time says nothing about the secret.
+    /// Spends the login secret: a new session's secret when `presented` is the login
+    /// secret and it was not used yet. The secret printed at start (which a browser's
+    /// history keeps) opens one session only; the session's own secret is never printed.
+    fn log_in(&self, presented: &str) -> Option<String> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        digest == self.inner.token_hash
+        let mut token = self
+            .inner
+            .token_hash
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Compared as digests: the comparison's time says nothing about the secret.
+        if token.as_ref() != Some(&digest) {
+            return None;
+        }
+        *token = None;
+        let session = secret();
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Sha256::digest(session.as_bytes()).into());
+        Some(session)
+    }
+
+    /// Whether `presented` is an open session's secret.
+    fn session_matches(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&digest)
     }
 }
 
@@ -237,7 +276,8 @@ pub async fn serve(
     let listen = listener.local_addr()?;
     let scraper = tokio::spawn(console.clone().scrape_loop());
     let stopping = console.inner.stopping.clone();
-    let result = axum::serve(listener, router(console, listen))
+    let app = router(console, listen).into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             stopping.cancel();

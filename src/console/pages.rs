@@ -26,6 +26,8 @@ use crate::proto::gateway as pb;
 const LANG_COOKIE: &str = "popgw_lang";
 /// Records on one search page.
 pub const PAGE_SIZE: usize = 50;
+/// Search pages at most (5,000 records: narrow the search beyond).
+pub const MAX_PAGES: usize = 100;
 /// Records of one citizen's history at most.
 pub const HISTORY_LIMIT: u32 = 1_000;
 const CSS: &str = include_str!("assets/console.css");
@@ -108,7 +110,7 @@ fn lang_of(headers: &HeaderMap) -> Lang {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|h| h.to_str().ok())
-        .find_map(|h| super::guard::cookie(h, LANG_COOKIE))
+        .find_map(|h| super::guard::cookies(h, LANG_COOKIE).next())
         .and_then(Lang::parse)
         .unwrap_or(Lang::Vi)
 }
@@ -260,7 +262,7 @@ async fn live_stream(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .map(|seq| seq + 1);
+        .and_then(|seq| seq.checked_add(1));
     let from = match resume {
         Some(from) => from,
         None => match c.audit().head(pb::AuditHeadRequest {}).await {
@@ -378,9 +380,14 @@ async fn search_form(
 async fn search(
     State(c): State<Console>,
     headers: HeaderMap,
-    Form(form): Form<SearchForm>,
+    Form(mut form): Form<SearchForm>,
 ) -> Result<Response, ConsoleError> {
     let page = c.frame(&headers, "search");
+    // Beyond the last page: refused, and the form shown again from its first page.
+    let too_far = form.page >= MAX_PAGES;
+    if too_far {
+        form.page = 0;
+    }
     let times = form_time(&form.from, "from: expected a date and time")
         .and_then(|from| Ok((from, form_time(&form.to, "to: expected a date and time")?)));
     let (rows, has_next, failure) = match times {
@@ -393,8 +400,16 @@ async fn search(
             }),
         ),
         Err(e) => return Err(e),
+        Ok(_) if too_far => (
+            Vec::new(),
+            false,
+            Some(Failure {
+                code: "INVALID_ARGUMENT",
+                message: format!("page: at most {MAX_PAGES} pages; narrow the search"),
+            }),
+        ),
         Ok((from, to)) => {
-            let wanted = (form.page + 1) * PAGE_SIZE + 1;
+            let skip = form.page * PAGE_SIZE;
             let query = pb::AuditQueryRequest {
                 from_unix_ms: from,
                 to_unix_ms: to,
@@ -403,19 +418,15 @@ async fn search(
                 case_id: form.case_id.trim().to_string(),
                 personal_id: form.personal_id.trim().to_string(),
                 outcome: form.outcome.trim().to_string(),
-                limit: wanted as u32,
+                // One more than the page: whether there is a next one.
+                limit: (skip + PAGE_SIZE + 1) as u32,
                 cache: form.cache.trim().to_string(),
             };
-            match collect(&c, query).await {
-                Ok(records) => {
-                    let has_next = records.len() >= wanted;
-                    let rows = records
-                        .into_iter()
-                        .skip(form.page * PAGE_SIZE)
-                        .take(PAGE_SIZE)
-                        .map(Row::from)
-                        .collect();
-                    (rows, has_next, None)
+            match collect(&c, query, skip, PAGE_SIZE + 1).await {
+                Ok(mut records) => {
+                    let has_next = records.len() > PAGE_SIZE;
+                    records.truncate(PAGE_SIZE);
+                    (records.into_iter().map(Row::from).collect(), has_next, None)
                 }
                 Err(s) => (Vec::new(), false, Some(s.into())),
             }
@@ -433,14 +444,24 @@ async fn search(
     })
 }
 
+/// The query's records after the first `skip`, `take` at most: the skipped ones are
+/// dropped as they stream, and the stream is closed once enough have come.
 async fn collect(
     c: &Console,
     query: pb::AuditQueryRequest,
+    skip: usize,
+    take: usize,
 ) -> Result<Vec<pb::AuditRecord>, tonic::Status> {
     let mut stream = c.audit().query(query).await?.into_inner();
     let mut out = Vec::new();
-    while let Some(r) = stream.next().await {
-        out.push(r?);
+    let mut seen = 0usize;
+    while out.len() < take {
+        let Some(r) = stream.next().await else { break };
+        let r = r?;
+        seen += 1;
+        if seen > skip {
+            out.push(r);
+        }
     }
     Ok(out)
 }
@@ -769,7 +790,7 @@ async fn citizen(
         limit: HISTORY_LIMIT,
         ..Default::default()
     };
-    let (rows, rows_failure) = match collect(&c, query).await {
+    let (rows, rows_failure) = match collect(&c, query, 0, HISTORY_LIMIT as usize).await {
         Ok(r) => (r.into_iter().map(Row::from).collect(), None),
         Err(s) => (Vec::new(), Some(Failure::from(s))),
     };

@@ -179,7 +179,19 @@ fn total(samples: &[Sample], name: &str) -> f64 {
         .iter()
         .filter(|s| s.name == name)
         .map(|s| s.value)
-        .sum()
+        .sum::<f64>()
+        // An empty sum is -0.0: shown as 0.
+        + 0.0
+}
+
+/// A counter's growth; a counter that went down was reset (the gateway restarted) and
+/// counts from zero, as Prometheus's `rate` takes it.
+fn growth(now: f64, before: f64) -> f64 {
+    if now < before {
+        now
+    } else {
+        now - before
+    }
 }
 
 fn rates(
@@ -189,7 +201,7 @@ fn rates(
 ) -> BTreeMap<String, f64> {
     now.into_iter()
         .map(|(k, v)| {
-            let d = (v - before.get(&k).copied().unwrap_or(0.0)).max(0.0);
+            let d = growth(v, before.get(&k).copied().unwrap_or(0.0));
             (k, d / secs)
         })
         .collect()
@@ -214,7 +226,15 @@ fn quantile(now: &[Sample], before: &[Sample], q: f64) -> Option<f64> {
         v
     };
     let now = buckets(now);
-    let before = buckets(before);
+    let mut before = buckets(before);
+    // Any bucket that went down: the histogram was reset; it counts from zero.
+    if now.iter().any(|&(le, n)| {
+        before
+            .iter()
+            .any(|&(l, b)| l.to_bits() == le.to_bits() && n < b)
+    }) {
+        before.clear();
+    }
     let grown: Vec<(f64, f64)> = now
         .iter()
         .map(|&(le, n)| {
@@ -222,7 +242,7 @@ fn quantile(now: &[Sample], before: &[Sample], q: f64) -> Option<f64> {
                 .iter()
                 .find(|(l, _)| l.to_bits() == le.to_bits())
                 .map_or(0.0, |(_, c)| *c);
-            (le, (n - b).max(0.0))
+            (le, n - b)
         })
         .collect();
     let count = grown.last()?.1;
@@ -260,12 +280,11 @@ pub fn point(at_ms: i64, now: &[Sample], before: &[Sample], secs: f64) -> Point 
         &sum_by(before, "popgw_requests_total", code),
         secs,
     );
-    let hits = total(now, "popgw_cache_hits_total") - total(before, "popgw_cache_hits_total");
-    let misses = total(now, "popgw_cache_misses_total") - total(before, "popgw_cache_misses_total");
-    let writes = total(now, "popgw_audit_batch_records_count")
-        - total(before, "popgw_audit_batch_records_count");
-    let written = total(now, "popgw_audit_batch_records_sum")
-        - total(before, "popgw_audit_batch_records_sum");
+    let grown = |name| growth(total(now, name), total(before, name));
+    let hits = grown("popgw_cache_hits_total");
+    let misses = grown("popgw_cache_misses_total");
+    let writes = grown("popgw_audit_batch_records_count");
+    let written = grown("popgw_audit_batch_records_sum");
     Point {
         at_ms,
         rps: by_code.values().sum(),
@@ -371,7 +390,9 @@ pub async fn scrape(url: &str, timeout: Duration) -> Result<Vec<Sample>, ScrapeE
     if !response.status().is_success() {
         return Err(http(format!("HTTP {}", response.status())));
     }
-    let body = tokio::time::timeout(timeout, response.into_body().collect())
+    // A mistyped URL may answer with anything: 8 MiB at most (popgw's is a few kB).
+    let body = http_body_util::Limited::new(response.into_body(), 8 << 20);
+    let body = tokio::time::timeout(timeout, body.collect())
         .await
         .map_err(|_| http("timed out".into()))?
         .map_err(|e| http(e.to_string()))?
@@ -446,6 +467,23 @@ popgw_certificate_expiry_seconds{certificate="server"} 864000
         assert!(close(p.hit_ratio.unwrap(), 0.75));
         assert!(close(p.breaker, 1.0));
         assert!(close(p.certificate_days["server"], 10.0));
+    }
+
+    #[test]
+    fn a_restarted_gateway_counts_from_zero() {
+        // BEFORE holds 10 requests; a restart leaves 4 (all under 1 ms).
+        let now = parse(
+            "popgw_requests_total{code=\"OK\"} 4\n\
+             popgw_request_duration_seconds_bucket{le=\"0.001\"} 4\n\
+             popgw_request_duration_seconds_bucket{le=\"0.002\"} 4\n\
+             popgw_request_duration_seconds_bucket{le=\"+Inf\"} 4\n\
+             popgw_cache_hits_total 2\npopgw_cache_misses_total 2\n",
+        )
+        .unwrap();
+        let p = point(0, &now, &parse(BEFORE).unwrap(), 1.0);
+        assert!(close(p.rps, 4.0), "{p:?}");
+        assert!(p.p99_ms.unwrap() <= 1.0, "{:?}", p.p99_ms);
+        assert!(close(p.hit_ratio.unwrap(), 0.5));
     }
 
     #[test]

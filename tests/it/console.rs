@@ -123,6 +123,81 @@ async fn wait_for(b: &Client, css: &str) -> fantoccini::elements::Element {
         .unwrap_or_else(|e| panic!("{css} never appeared: {e}"))
 }
 
+/// One HTTP/1.1 request to the console as written, and the answer's status line and body.
+async fn raw_request(base: &str, request: String) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+/// What a local attacker tries with a signed-in operator's console.
+async fn attacks_are_refused(base: &str, login: &str, session: &fantoccini::cookies::Cookie<'_>) {
+    let host = base.trim_start_matches("http://");
+    let session = format!("{}={}", session.name(), session.value());
+    // The printed secret opened one session; from the browser's history it opens no other.
+    let again = raw_request(
+        base,
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+            login.trim_start_matches(base)
+        ),
+    )
+    .await;
+    assert!(again.starts_with("HTTP/1.1 401"), "{again}");
+    assert!(again.contains("already used"), "{again}");
+    // A form posted by a page on another port of 127.0.0.1 carries the cookie (cookies
+    // do not keep ports apart) but not the console's origin.
+    let form = |origin: &str| {
+        format!(
+            "POST /search HTTP/1.1\r\nHost: {host}\r\nCookie: {session}\r\n\
+             Origin: {origin}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: 6\r\nConnection: close\r\n\r\npage=0"
+        )
+    };
+    let forged = raw_request(base, form("http://127.0.0.1:8000")).await;
+    assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
+    assert!(forged.contains("another origin"), "{forged}");
+    let own = raw_request(base, form(&format!("http://{host}"))).await;
+    assert!(own.starts_with("HTTP/1.1 200"), "{own}");
+    // DNS rebinding: the console's address under another name.
+    let rebound = raw_request(
+        base,
+        format!(
+            "GET /live HTTP/1.1\r\nHost: attacker.example:{}\r\nCookie: {session}\r\n\
+             Connection: close\r\n\r\n",
+            host.rsplit(':').next().unwrap()
+        ),
+    )
+    .await;
+    assert!(rebound.starts_with("HTTP/1.1 421"), "{rebound}");
+    // Another user of the machine, even with the session's cookie (when the test runs as
+    // root it can be one: uid 65534).
+    if std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .ok()
+        == Some(0)
+    {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+                "curl",
+                "-s",
+            ])
+            .args(["-H", &format!("Cookie: {session}"), &format!("{base}/live")])
+            .output()
+            .expect("setpriv and curl (util-linux, curl)");
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(body.contains("the user who runs it only"), "{body} {out:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_live_records_a_citizens_calls_integrity_and_health_in_a_browser() {
     let gw = TestGateway::builder()
@@ -207,11 +282,21 @@ async fn the_console_shows_live_records_a_citizens_calls_integrity_and_health_in
     b.goto(&format!("{base}/live")).await.unwrap();
     assert!(b.source().await.unwrap().contains("not signed in"));
     b.goto(&format!("{base}/login?token=wrong")).await.unwrap();
-    assert!(b.source().await.unwrap().contains("wrong or missing token"));
+    assert!(b
+        .source()
+        .await
+        .unwrap()
+        .contains("wrong, missing or already used token"));
 
     // With it: the live page, in Vietnamese first, then English.
     b.goto(&login).await.unwrap();
     assert_eq!(b.current_url().await.unwrap().path(), "/live");
+    attacks_are_refused(
+        &base,
+        &login,
+        &b.get_named_cookie("popgw_console").await.unwrap(),
+    )
+    .await;
     wait_for(&b, "html[lang='vi']").await;
     b.find(Locator::Css("a.lang"))
         .await
