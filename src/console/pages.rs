@@ -666,11 +666,22 @@ struct HealthPage {
     scrape_error: Option<String>,
     scraping: bool,
     samples: usize,
+    /// The node's name and latest signed seq, from the page's own audited call.
+    node: Result<(String, u64), Failure>,
 }
 
 async fn health(State(c): State<Console>, headers: HeaderMap) -> Result<Response, ConsoleError> {
     let page = c.frame(&headers, "health");
     let t = page.t;
+    // The figures come from the admin listener, which records nothing: the page is also
+    // an AuditLog.Head, so that looking at it is on the record like every other page.
+    let node = match c.audit().head(pb::AuditHeadRequest {}).await {
+        Ok(h) => {
+            let h = h.into_inner();
+            Ok((h.node, h.seq))
+        }
+        Err(s) => Err(Failure::from(s)),
+    };
     let ring = c.inner.ring.lock().unwrap_or_else(|e| e.into_inner());
     let points: Vec<&Point> = ring.points().collect();
     let latest = ring.latest().cloned().unwrap_or_default();
@@ -719,6 +730,7 @@ async fn health(State(c): State<Console>, headers: HeaderMap) -> Result<Response
         scrape_error: ring.error.clone(),
         scraping: c.inner.options.metrics_url.is_some(),
         samples: points.len(),
+        node,
         page,
     };
     drop(ring);

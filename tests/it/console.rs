@@ -521,6 +521,22 @@ async fn the_console_shows_live_records_a_citizens_calls_integrity_and_health_in
             }
         }
     }
+    // Every page was a call on the gateway, recorded with the operator's identity.
+    let records = gw.audit_records(pb::AuditQueryRequest::default()).await;
+    for rpc in [
+        "AuditLog.Watch",
+        "AuditLog.Query",
+        "AuditLog.Head",
+        "AuditLog.Verify",
+        "CitizenAccess.AccessReport",
+    ] {
+        assert!(
+            records
+                .iter()
+                .any(|r| r.rpc == rpc && r.client == popgw::pki::OPERATOR_ID),
+            "no {rpc} by the operator on record"
+        );
+    }
     b.close().await.unwrap();
 }
 
