@@ -40,6 +40,16 @@ pub enum ConnectError {
 /// Connects to `https://host:port` with mutual TLS. Plain `http://` is refused:
 /// it would silently skip TLS.
 pub async fn connect(addr: &str, certs: &ClientCerts) -> Result<Channel, ConnectError> {
+    Ok(endpoint(addr, certs)?.connect().await?)
+}
+
+/// As [`connect`], but the connection is made at the first call (and again after it is
+/// lost): for a peer that may be down now and answer later.
+pub fn connect_lazy(addr: &str, certs: &ClientCerts) -> Result<Channel, ConnectError> {
+    Ok(endpoint(addr, certs)?.connect_lazy())
+}
+
+fn endpoint(addr: &str, certs: &ClientCerts) -> Result<Endpoint, ConnectError> {
     let url = if addr.starts_with("https://") {
         addr.to_string()
     } else if addr.starts_with("http://") {
@@ -55,8 +65,5 @@ pub async fn connect(addr: &str, certs: &ClientCerts) -> Result<Channel, Connect
         .map(|(h, _)| h.to_string())
         .unwrap_or_else(|| "localhost".into());
     let tls = crate::tls::client_tls(&certs.ca, &certs.cert, &certs.key, &domain)?;
-    Ok(Endpoint::from_shared(url)?
-        .tls_config(tls)?
-        .connect()
-        .await?)
+    Ok(Endpoint::from_shared(url)?.tls_config(tls)?)
 }

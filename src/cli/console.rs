@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
-use popgw::client::connect;
+use popgw::client::{connect, connect_lazy};
 use popgw::console::{self, Console, ConsoleOptions, Node};
 
 use super::conn::Conn;
@@ -68,17 +68,21 @@ impl ConsoleArgs {
             .with_context(|| format!("reading {}", certs.cert.display()))?;
         let operator = popgw::tls::client_identity(Some(&chain))
             .with_context(|| format!("{}: no usable identity", certs.cert.display()))?;
-        let mut nodes = Vec::new();
-        for addr in std::iter::once(&self.conn.addr).chain(&self.nodes) {
-            let channel = connect(addr, &certs)
+        // The first node must answer now; another may be down (the integrity page then
+        // says so) and is connected to when it answers.
+        let first = Node {
+            addr: self.conn.addr.clone(),
+            channel: connect(&self.conn.addr, &certs)
                 .await
-                .with_context(|| format!("connecting to the gateway at {addr}"))?;
+                .with_context(|| format!("connecting to the gateway at {}", self.conn.addr))?,
+        };
+        let mut nodes = Vec::new();
+        for addr in &self.nodes {
             nodes.push(Node {
                 addr: addr.clone(),
-                channel,
+                channel: connect_lazy(addr, &certs).with_context(|| format!("--node {addr}"))?,
             });
         }
-        let first = nodes.remove(0);
         let (console, token) = Console::new(
             first,
             nodes,

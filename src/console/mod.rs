@@ -157,12 +157,20 @@ impl Console {
         (console, token)
     }
 
-    /// Asks every node for its head as the operator: refuses to start when the
-    /// certificate is not an operator's (UNAUTHENTICATED, PERMISSION_DENIED) or a node
-    /// cannot be reached. No checkpoint yet is fine.
+    /// Asks every node for its head as the operator: refuses to start when a node does
+    /// not take the certificate as an operator's (UNAUTHENTICATED, PERMISSION_DENIED) or
+    /// the first node cannot be asked. Another node that cannot be reached now is named
+    /// in a warning (the integrity page shows it down until it answers). No checkpoint
+    /// yet is fine.
     pub async fn check_operator(&self) -> Result<(), ConsoleError> {
         for node in 0..self.inner.nodes.len() {
-            self.check_node(node).await?;
+            match self.check_node(node).await {
+                Err(ConsoleError::Unreachable { node: addr, status }) if node > 0 => {
+                    tracing::warn!(node = %addr, code = crate::telemetry::code_name(status.code()),
+                        "a node of the deployment does not answer now; the integrity page shows it down");
+                }
+                other => other?,
+            }
         }
         Ok(())
     }

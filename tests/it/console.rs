@@ -691,3 +691,64 @@ async fn the_grafana_dashboard_and_the_alerts_use_only_metrics_the_gateway_expos
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_at_start_is_shown_down_and_the_console_still_starts() {
+    let gw = TestGateway::start().await;
+    // The deployment's second node: started, then stopped, so nothing answers at its port.
+    let down = TestGateway::start().await;
+    let down_addr = format!("localhost:{}", down.addr.port());
+    drop(down);
+    let mut command = common::bin();
+    command
+        .args(["console", "--listen", "127.0.0.1:0", "--metrics", ""])
+        .arg("--addr")
+        .arg(format!("localhost:{}", gw.addr.port()))
+        .arg("--certs")
+        .arg(&gw.certs)
+        .args(["--node", &down_addr]);
+    let (_console, login) = tokio::task::block_in_place(|| {
+        let mut child = Killed(
+            command
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+        let login = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("open ").map(str::to_string))
+            .expect("the console started although a node is down");
+        std::thread::spawn(move || for _ in lines {});
+        (child, login)
+    });
+    let base = login.split("/login").next().unwrap().to_string();
+    let host = base.trim_start_matches("http://").to_string();
+    let signed_in = raw_request(
+        &base,
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+            login.trim_start_matches(&base)
+        ),
+    )
+    .await;
+    let session = signed_in
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_string();
+    let page = raw_request(
+        &base,
+        format!("GET /integrity HTTP/1.1\r\nHost: {host}\r\nCookie: {session}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains(&down_addr), "the down node is listed");
+    assert!(
+        page.contains("<code>UNAVAILABLE</code>"),
+        "and shown down: {page}"
+    );
+}
