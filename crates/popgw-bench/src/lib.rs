@@ -8,6 +8,8 @@
 //!   open loop (latency from the intended send time), new connections per second, a mix
 //!   of RPCs, uniform or Zipf ids, hdrhistogram percentiles, errors by gRPC code, CPU of
 //!   the generator and of the server, a JSON report. Loopback only.
+//! - [`hold`]: idle connections and calls without their body held open, for
+//!   `benches/memory.sh` to read what each costs the server.
 //! - [`baseline`]: a bare tonic server with popgw's TLS configuration answering fixed
 //!   `IdentityGateway` replies — the limit of the stack on this machine, against which
 //!   every gateway figure is quoted.
@@ -15,4 +17,5 @@
 #![forbid(unsafe_code)]
 
 pub mod baseline;
+pub mod hold;
 pub mod loadgen;

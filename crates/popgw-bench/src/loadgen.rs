@@ -402,14 +402,14 @@ pub fn client_config(dir: &Path, name: &str) -> Result<Arc<rustls::ClientConfig>
 
 /// Opens connections to the target as one client.
 #[derive(Clone)]
-struct Dialer {
-    addr: SocketAddr,
-    name: ServerName<'static>,
-    tls: TlsConnector,
+pub(crate) struct Dialer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) name: ServerName<'static>,
+    pub(crate) tls: TlsConnector,
 }
 
 impl Dialer {
-    async fn open(&self) -> Result<SendRequest<Bytes>, String> {
+    pub(crate) async fn open(&self) -> Result<SendRequest<Bytes>, String> {
         let tcp = TcpStream::connect(self.addr)
             .await
             .map_err(|e| format!("tcp: {e}"))?;

@@ -25,6 +25,24 @@ enum Command {
     Loadgen(LoadgenArgs),
     /// A bare tonic + rustls server with popgw's TLS configuration answering fixed
     /// replies — the limit of the stack that gateway figures are quoted against.
+    /// Hold idle connections (and unfinished calls on them) open until interrupted.
+    Hold {
+        /// The server, host:port on loopback.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: std::net::SocketAddr,
+        /// The development PKI's folder (certificates `<client>.pem` and `.key`).
+        #[arg(long, default_value = "certs")]
+        certs: PathBuf,
+        /// Clients (certificate names), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "portal")]
+        clients: Vec<String>,
+        /// Connections per client.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Unfinished calls per connection (headers sent, no body).
+        #[arg(long, default_value_t = 0)]
+        calls: usize,
+    },
     Baseline {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:50071")]
@@ -40,6 +58,13 @@ async fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Loadgen(args) => loadgen(args).await,
         Command::Baseline { listen, dir } => baseline(listen, dir).await,
+        Command::Hold {
+            addr,
+            certs,
+            clients,
+            connections,
+            calls,
+        } => hold(addr, certs, clients, connections, calls).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -48,6 +73,26 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn hold(
+    addr: std::net::SocketAddr,
+    certs: PathBuf,
+    clients: Vec<String>,
+    connections: usize,
+    calls: usize,
+) -> Result<()> {
+    let held =
+        popgw_bench::hold::hold(addr, "localhost", &certs, &clients, connections, calls).await?;
+    // The script reads the server's memory once this line is out.
+    println!(
+        "holding {} connections and {} calls",
+        held.connections.len(),
+        held.calls.len()
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    drop(held);
+    Ok(())
 }
 
 async fn baseline(listen: String, dir: PathBuf) -> Result<()> {
