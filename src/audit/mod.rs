@@ -1,7 +1,7 @@
 #![doc = include_str!("../../docs/audit-format.md")]
 
 mod entry;
-mod format;
+pub(crate) mod format;
 mod keys;
 mod verify;
 mod writer;

@@ -589,6 +589,45 @@ async fn retention_drops_whole_months_and_verify_tells_dropped_from_missing() {
 }
 
 #[tokio::test]
+async fn a_folder_without_records_is_compared_by_its_checkpoints() {
+    let db = TempDb::create().await;
+    let index = AuditIndex::open(&IndexConfig::new(&db.url)).await.unwrap();
+    // A new node: no record yet, nothing indexed — nothing to say against it.
+    let fresh = tempfile::tempdir().unwrap();
+    node_log(fresh.path(), "fresh", 0, Duration::ZERO).await;
+    let report = index::verify_against(fresh.path(), &index).await.unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!((report.node.as_str(), report.matched), ("fresh", 0));
+    // A node whose records were indexed and whose segments were then deleted: every
+    // indexed record is named, not taken for a new node.
+    let wiped = tempfile::tempdir().unwrap();
+    let records = node_log(wiped.path(), "wiped", 5, Duration::ZERO).await;
+    assert_eq!(index.insert(&records, &[]).await.unwrap(), 5);
+    for entry in std::fs::read_dir(wiped.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("audit-")
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let report = index::verify_against(wiped.path(), &index).await.unwrap();
+    assert!(!report.ok());
+    assert_eq!(report.node, "wiped");
+    assert_eq!(report.invented, [1, 2, 3, 4, 5]);
+    // A folder that is no audit folder at all says so.
+    let stranger = tempfile::tempdir().unwrap();
+    let e = index::verify_against(stranger.path(), &index)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not an audit folder"), "{e}");
+    db.drop_db().await;
+}
+
+#[tokio::test]
 async fn an_unreachable_index_answers_could_not_check_and_bad_input_is_refused() {
     // Nothing listens on port 1: the index is down from the start.
     let mut gw = TestGateway::builder()

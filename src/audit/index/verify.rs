@@ -68,7 +68,7 @@ pub async fn verify_against(dir: &Path, index: &AuditIndex) -> Result<IndexRepor
     let mut report = IndexReport::default();
     let Some(mut record) = folder.recv().await else {
         finished(scan).await?;
-        return Err(IndexError::Folder(format!("{}: no records", dir.display())));
+        return empty_folder(dir, index).await;
     };
     let node = record.body.node.clone();
     report.node = node.clone();
@@ -206,6 +206,64 @@ pub async fn verify_against(dir: &Path, index: &AuditIndex) -> Result<IndexRepor
     drop(folder);
     finished(scan).await?;
     Ok(report)
+}
+
+/// A folder without records: its node is named by its signed checkpoints (a new log signs
+/// "empty log" when first opened), and every index row of that node is invented —
+/// unless the folder's signed retention notes removed its seq (a folder wiped beside a
+/// full index is named, not taken for a new node).
+async fn empty_folder(dir: &Path, index: &AuditIndex) -> Result<IndexReport, IndexError> {
+    let path = dir.to_path_buf();
+    let (node, removed_upto) = tokio::task::spawn_blocking(move || {
+        let (entries, _) = crate::audit::format::read_log_entries(&path)?;
+        let mut node = None;
+        let mut removed_upto = 0u64;
+        for (_, entry, _) in &entries {
+            match entry {
+                crate::audit::format::LogEntry::Checkpoint(c) => node = Some(c.node.clone()),
+                crate::audit::format::LogEntry::Retention(r) => {
+                    let last = r.removed.iter().map(|s| s.last_seq).max().unwrap_or(0);
+                    removed_upto = removed_upto.max(last);
+                }
+            }
+        }
+        Ok::<_, crate::audit::AuditError>((node, removed_upto))
+    })
+    .await
+    .map_err(|e| IndexError::Folder(e.to_string()))?
+    .map_err(|e| IndexError::Folder(e.to_string()))?;
+    let node = node.ok_or_else(|| {
+        IndexError::Folder(format!(
+            "{}: no records and no signed checkpoint: not an audit folder",
+            dir.display()
+        ))
+    })?;
+    let client = index.client().await?;
+    let last_indexed = client
+        .query_opt(
+            "SELECT last_seq FROM audit_index_node WHERE node = $1",
+            &[&node],
+        )
+        .await
+        .map_err(pg)?
+        .map_or(0, |r| r.get::<_, i64>(0) as u64);
+    let invented = client
+        .query(
+            "SELECT DISTINCT seq FROM audit_record WHERE node = $1 AND seq > $2
+             ORDER BY seq LIMIT 100001",
+            &[&node, &(removed_upto as i64)],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| r.get::<_, i64>(0) as u64)
+        .collect();
+    Ok(IndexReport {
+        node,
+        indexed_up_to: last_indexed,
+        invented,
+        ..IndexReport::default()
+    })
 }
 
 /// Why an index row is not the folder's record (never quoting a value).
