@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
-use popgw::client::{connect, connect_lazy};
+use popgw::client::{connect, connect_lazy, ClientCerts};
 use popgw::console::{self, Console, ConsoleOptions, Node};
-
-use super::conn::Conn;
 
 #[derive(Args)]
 pub(crate) struct ConsoleArgs {
@@ -30,12 +28,28 @@ pub(crate) struct ConsoleArgs {
     /// Seconds between scrapes.
     #[arg(long, default_value_t = 10)]
     scrape_every: u64,
-    #[command(flatten)]
-    conn: Conn,
+    /// The gateway (the first node: live, search and a citizen's history ask it).
+    #[arg(long, default_value = "localhost:50051", env = "POPGW_ADDR")]
+    addr: String,
+    /// Which development certificate to present (the operator's).
+    #[arg(long = "as", default_value = "operator")]
+    as_: String,
+    /// Folder of the development PKI.
+    #[arg(long, default_value = "certs")]
+    certs: std::path::PathBuf,
+    /// The operator's certificate (overrides --as).
+    #[arg(long, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// Its key.
+    #[arg(long, requires = "cert")]
+    key: Option<std::path::PathBuf>,
+    /// CA of the gateway's certificate.
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
 }
 
 impl ConsoleArgs {
-    pub(crate) async fn run(mut self) -> Result<()> {
+    pub(crate) async fn run(self) -> Result<()> {
         if !self.listen.ip().is_loopback() && !self.allow_remote {
             bail!(
                 "--listen {}: not a loopback address; the console acts as the operator, so it \
@@ -46,11 +60,14 @@ impl ConsoleArgs {
         if self.scrape_every == 0 {
             bail!("--scrape-every: must be at least 1 second");
         }
-        // The console is an operator's tool: `--as` defaults to the operator.
-        if self.conn.cert.is_none() && self.conn.as_ == "portal" {
-            self.conn.as_ = "operator".into();
+        let mut certs = ClientCerts::dev(&self.certs, &self.as_);
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            certs.cert = cert.clone();
+            certs.key = key.clone();
         }
-        let certs = self.conn.certs();
+        if let Some(ca) = &self.ca {
+            certs.ca = ca.clone();
+        }
         for (what, path) in [
             ("certificate", &certs.cert),
             ("key", &certs.key),
@@ -71,10 +88,10 @@ impl ConsoleArgs {
         // The first node must answer now; another may be down (the integrity page then
         // says so) and is connected to when it answers.
         let first = Node {
-            addr: self.conn.addr.clone(),
-            channel: connect(&self.conn.addr, &certs)
+            addr: self.addr.clone(),
+            channel: connect(&self.addr, &certs)
                 .await
-                .with_context(|| format!("connecting to the gateway at {}", self.conn.addr))?,
+                .with_context(|| format!("connecting to the gateway at {}", self.addr))?,
         };
         let mut nodes = Vec::new();
         for addr in &self.nodes {
@@ -101,11 +118,7 @@ impl ConsoleArgs {
         if self.allow_remote {
             tracing::warn!(%addr, "the console answers any Host (--allow-remote): whoever reaches it with the secret acts as {}", operator.as_str());
         }
-        out!(
-            "popgw console for {} on {}",
-            operator.as_str(),
-            self.conn.addr
-        );
+        out!("popgw console for {} on {}", operator.as_str(), self.addr);
         out!("open http://{addr}/login?token={token}");
         console::serve(listener, console, async {
             let _ = tokio::signal::ctrl_c().await;
