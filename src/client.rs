@@ -26,6 +26,25 @@ impl ClientCerts {
     }
 }
 
+impl ClientCerts {
+    /// These files with the command line's overrides: another certificate and key
+    /// (`--cert`/`--key`, both or neither), another CA (`--ca`).
+    pub fn overridden(
+        mut self,
+        cert_and_key: Option<(&Path, &Path)>,
+        ca: Option<&Path>,
+    ) -> ClientCerts {
+        if let Some((cert, key)) = cert_and_key {
+            self.cert = cert.to_path_buf();
+            self.key = key.to_path_buf();
+        }
+        if let Some(ca) = ca {
+            self.ca = ca.to_path_buf();
+        }
+        self
+    }
+}
+
 /// Errors while connecting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

@@ -47,15 +47,10 @@ pub(crate) struct Case {
 
 impl Conn {
     pub(crate) fn certs(&self) -> ClientCerts {
-        let mut c = ClientCerts::dev(&self.certs, &self.as_);
-        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
-            c.cert = cert.clone();
-            c.key = key.clone();
-        }
-        if let Some(ca) = &self.ca {
-            c.ca = ca.clone();
-        }
-        c
+        ClientCerts::dev(&self.certs, &self.as_).overridden(
+            self.cert.as_deref().zip(self.key.as_deref()),
+            self.ca.as_deref(),
+        )
     }
     pub(crate) async fn gateway(&self) -> Result<IdentityGatewayClient<tonic::transport::Channel>> {
         Ok(IdentityGatewayClient::new(

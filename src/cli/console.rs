@@ -60,14 +60,10 @@ impl ConsoleArgs {
         if self.scrape_every == 0 {
             bail!("--scrape-every: must be at least 1 second");
         }
-        let mut certs = ClientCerts::dev(&self.certs, &self.as_);
-        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
-            certs.cert = cert.clone();
-            certs.key = key.clone();
-        }
-        if let Some(ca) = &self.ca {
-            certs.ca = ca.clone();
-        }
+        let certs = ClientCerts::dev(&self.certs, &self.as_).overridden(
+            self.cert.as_deref().zip(self.key.as_deref()),
+            self.ca.as_deref(),
+        );
         for (what, path) in [
             ("certificate", &certs.cert),
             ("key", &certs.key),

@@ -123,9 +123,6 @@ fn secret() -> String {
     hex::encode(bytes)
 }
 
-/// An hour of points at the default scrape interval (10 s).
-const RING_POINTS: usize = 360;
-
 impl Console {
     /// A console over `first` and the deployment's `others` (mutual TLS with the
     /// operator's certificate, whose identity is `operator`), and the secret the
@@ -141,6 +138,7 @@ impl Console {
             rand::random::<u128>(),
             rand::random::<u128>()
         );
+        // An hour of points (one per scrape; at least two, whatever the interval).
         let keep = (3600 / options.scrape_every.as_secs().max(1)) as usize;
         let console = Console {
             inner: Arc::new(Inner {
@@ -148,7 +146,7 @@ impl Console {
                 operator,
                 token_hash: Mutex::new(Some(Sha256::digest(token.as_bytes()).into())),
                 sessions: Mutex::new(Vec::new()),
-                ring: Mutex::new(samples::Ring::new(keep.clamp(2, RING_POINTS * 10))),
+                ring: Mutex::new(samples::Ring::new(keep)),
                 verified: Mutex::new(Default::default()),
                 stopping: tokio_util::sync::CancellationToken::new(),
                 options,

@@ -70,38 +70,33 @@ async fn browser() -> (Killed, Client) {
     (child, client)
 }
 
-/// `popgw console` against `gw` (and the deployment's `others`) as its operator; its
-/// process and the login address it printed.
-fn spawn_console(gw: &TestGateway, others: &[&TestGateway]) -> (Killed, String) {
-    let mut command = common::bin();
-    command.arg("console");
-    for other in others {
-        command
-            .arg("--node")
-            .arg(format!("localhost:{}", other.addr.port()));
-    }
-    let mut child = Killed(
-        command
-            .args(["--listen", "127.0.0.1:0", "--scrape-every", "1"])
-            .arg("--addr")
-            .arg(format!("localhost:{}", gw.addr.port()))
-            .arg("--certs")
-            .arg(&gw.certs)
-            .arg("--metrics")
-            .arg(format!("http://{}/metrics", gw.admin))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
-    let login = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("open ").map(str::to_string))
-        .expect("the console printed its address");
-    std::thread::spawn(move || for _ in lines {});
-    (child, login)
+/// `popgw console` against `gw` as its operator, with `args` besides; its process and the
+/// login address it printed. Waits off the runtime's threads: the gateway answers the
+/// console's first call from this runtime.
+fn spawn_console(gw: &TestGateway, args: &[String]) -> (Killed, String) {
+    tokio::task::block_in_place(|| {
+        let mut child = Killed(
+            common::bin()
+                .args(["console", "--listen", "127.0.0.1:0"])
+                .arg("--addr")
+                .arg(format!("localhost:{}", gw.addr.port()))
+                .arg("--certs")
+                .arg(&gw.certs)
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+        let login = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("open ").map(str::to_string))
+            .expect("the console printed its address");
+        std::thread::spawn(move || for _ in lines {});
+        (child, login)
+    })
 }
 
 fn screenshots() -> PathBuf {
@@ -272,8 +267,17 @@ async fn the_console_shows_live_records_a_citizens_calls_integrity_and_health_in
         .await
         .unwrap();
 
-    // The gateway answers the console's first call from this runtime: wait off its threads.
-    let (_console, login) = tokio::task::block_in_place(|| spawn_console(&gw, &[&gw2]));
+    let (_console, login) = spawn_console(
+        &gw,
+        &[
+            "--scrape-every".into(),
+            "1".into(),
+            "--metrics".into(),
+            format!("http://{}/metrics", gw.admin),
+            "--node".into(),
+            format!("localhost:{}", gw2.addr.port()),
+        ],
+    );
     let base = login.split("/login").next().unwrap().to_string();
     let (_driver, b) = browser().await;
     let mut sources = Vec::new();
@@ -693,37 +697,24 @@ async fn the_grafana_dashboard_and_the_alerts_use_only_metrics_the_gateway_expos
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_down_at_start_is_shown_down_and_the_console_still_starts() {
+async fn a_node_down_and_metrics_unreachable_are_shown_and_the_console_still_starts() {
     let gw = TestGateway::start().await;
     // The deployment's second node: started, then stopped, so nothing answers at its port.
     let down = TestGateway::start().await;
     let down_addr = format!("localhost:{}", down.addr.port());
     drop(down);
-    let mut command = common::bin();
-    command
-        .args(["console", "--listen", "127.0.0.1:0", "--metrics", ""])
-        .arg("--addr")
-        .arg(format!("localhost:{}", gw.addr.port()))
-        .arg("--certs")
-        .arg(&gw.certs)
-        .args(["--node", &down_addr]);
-    let (_console, login) = tokio::task::block_in_place(|| {
-        let mut child = Killed(
-            command
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
-        let login = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("open ").map(str::to_string))
-            .expect("the console started although a node is down");
-        std::thread::spawn(move || for _ in lines {});
-        (child, login)
-    });
+    // Nothing listens on port 1: the admin listener is out of reach.
+    let (_console, login) = spawn_console(
+        &gw,
+        &[
+            "--node".into(),
+            down_addr.clone(),
+            "--metrics".into(),
+            "http://127.0.0.1:1/metrics".into(),
+            "--scrape-every".into(),
+            "1".into(),
+        ],
+    );
     let base = login.split("/login").next().unwrap().to_string();
     let host = base.trim_start_matches("http://").to_string();
     let signed_in = raw_request(
@@ -750,5 +741,17 @@ async fn a_node_down_at_start_is_shown_down_and_the_console_still_starts() {
     assert!(
         page.contains("<code>UNAVAILABLE</code>"),
         "and shown down: {page}"
+    );
+    // The health page says why it has no figures.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let page = raw_request(
+        &base,
+        format!("GET /health HTTP/1.1\r\nHost: {host}\r\nCookie: {session}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        page.contains("cannot scrape http://127.0.0.1:1/metrics"),
+        "{page}"
     );
 }

@@ -40,6 +40,10 @@ pub async fn hold(
         connections: Vec::new(),
         calls: Vec::new(),
     };
+    let http2 = |e: h2::Error| LoadError::Connect {
+        addr,
+        reason: format!("http2: {e}"),
+    };
     for client in clients {
         let dialer = Dialer {
             addr,
@@ -51,27 +55,16 @@ pub async fn hold(
                 .open()
                 .await
                 .map_err(|reason| LoadError::Connect { addr, reason })?;
-            let mut send = send.ready().await.map_err(|e| LoadError::Connect {
-                addr,
-                reason: format!("http2: {e}"),
-            })?;
+            let mut send = send.ready().await.map_err(http2)?;
             for _ in 0..calls {
                 let request = http::Request::post(uri.clone())
                     .header(http::header::CONTENT_TYPE, "application/grpc")
                     .header(http::header::TE, "trailers")
                     .body(())
                     .map_err(|e| LoadError::Plan(e.to_string()))?;
-                let (_answer, stream) =
-                    send.send_request(request, false)
-                        .map_err(|e| LoadError::Connect {
-                            addr,
-                            reason: format!("http2: {e}"),
-                        })?;
+                let (_answer, stream) = send.send_request(request, false).map_err(http2)?;
                 held.calls.push(stream);
-                send = send.ready().await.map_err(|e| LoadError::Connect {
-                    addr,
-                    reason: format!("http2: {e}"),
-                })?;
+                send = send.ready().await.map_err(http2)?;
             }
             held.connections.push(send);
         }
