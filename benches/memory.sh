@@ -8,9 +8,10 @@
 # then holds, in turn, POPGW_MEM_CLIENTS (16) x 60 idle mutual-TLS HTTP/2 connections
 # (60 per identity: popgw admits 64 per identity; the identities are issued by the
 # development CA and are not in the policy — an idle connection makes no call), and
-# 50 connections as the portal with 100 VerifyIdentity calls each whose headers are sent
+# 10 connections as the portal with 100 VerifyIdentity calls each whose headers are sent
 # and whose body is not (the state of a call from its first frame to its message; popgw
-# drops such a call after limits.body_timeout_ms, 5 s), on a gateway started afresh. The
+# drops such a call after limits.body_timeout_ms, 5 s, and charges each 16 KiB to the
+# client's 16 MiB budget: 1,000 fit, 1,025 would not), on a gateway started afresh. The
 # gateway's resident memory (VmRSS) is read before and 1 s after each is in place. Writes
 # target/bench-memory/report.md.
 set -euo pipefail
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 CLIENTS=${POPGW_MEM_CLIENTS:-16}
 PER=60
-CALL_CONNS=50
+CALL_CONNS=10
 CALLS=100
 [ "$(nproc)" -ge 2 ] || { echo "memory.sh needs two cores" >&2; exit 1; }
 cargo build --release --quiet --bin popgw --bin popgw-bench

@@ -203,9 +203,10 @@ pub enum EarlyRefusal {
     /// A second message on a unary call.
     #[error("more than one request message for a unary call")]
     SecondMessage,
-    /// The client's (or the process's) budget of unfinished bytes is spent.
+    /// The client's (or the process's) budget of unfinished requests is spent: their
+    /// bytes, and a fixed share for each call waiting for its message.
     #[error(
-        "too many unfinished request bytes from this client; finish or cancel the requests in flight"
+        "too many unfinished requests from this client; finish or cancel the requests in flight"
     )]
     OverBudget,
     /// The message did not arrive whole within the body timeout.

@@ -64,7 +64,8 @@ pub struct LimitOptions {
     /// A unary request's message not complete within this is refused.
     pub body_timeout: Duration,
     /// Bytes of unfinished request messages one client may have in flight (a client
-    /// missing from the policy: a sixteenth).
+    /// missing from the policy: a sixteenth), each call waiting for its message counted
+    /// `WAITING_CALL_BYTES` besides.
     pub body_bytes_per_client: usize,
     /// Bytes of unfinished request messages in flight in all.
     pub body_bytes_total: usize,

@@ -529,6 +529,65 @@ async fn ten_thousand_unfinished_small_bodies_are_bounded_and_time_out() {
     );
 }
 
+/// Issue 28's memory run: a call whose headers came and whose body did not costs the
+/// gateway ~16 KiB but had no bytes to charge, so one certificate could hold 16,384 of
+/// them (~256 MiB) for the body timeout, again and again. Each call waiting for its
+/// message is charged `WAITING_CALL_BYTES`: the stranger's budget (a sixteenth of 16
+/// MiB) holds 64 such calls, and the 65th is refused at once, not at the body timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_a_body_are_charged_to_the_budget() {
+    let gw = TestGateway::builder()
+        .config(|c| c.limits.body_timeout_ms = 60_000)
+        .start()
+        .await;
+    let mut attacker = raw_h2(gw.addr, &gw.certs, "stranger").await;
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        attacker = attacker.ready().await.unwrap();
+        let request = http::Request::post(format!(
+            "https://localhost:{}/popgw.v1.IdentityGateway/VerifyIdentity",
+            gw.addr.port()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+        // Headers only: no data, no end of stream.
+        held.push(attacker.send_request(request, false).unwrap());
+    }
+    let per_call = popgw::service::early::WAITING_CALL_BYTES;
+    let waiting = (16usize << 20) / 16 / per_call;
+    assert_eq!(waiting, 64);
+    // A refusal comes long before the 60 s body timeout; a waiting call does not end.
+    let outcomes = futures::future::join_all(held.into_iter().map(|(response, stream)| async {
+        let answered = tokio::time::timeout(Duration::from_secs(5), response).await;
+        let status = answered.ok().map(|response| {
+            let response = response.unwrap();
+            response.headers().get("grpc-status").unwrap().clone()
+        });
+        (status, stream)
+    }))
+    .await;
+    let refused = outcomes.iter().filter(|(s, _)| s.is_some()).count();
+    for (status, _) in &outcomes {
+        if let Some(status) = status {
+            assert_eq!(status, "8", "refused otherwise than over budget");
+        }
+    }
+    assert_eq!(200 - refused, waiting, "calls left waiting for their body");
+    drop(outcomes);
+    drop(attacker);
+    let r = gw.living().clone();
+    let answer = gw
+        .client("portal")
+        .await
+        .verify_identity(declare(&r, "P03"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.verdict(), pb::Verdict::Match);
+}
+
 /// Issue 25: nothing limited the connections of one identity. Beyond
 /// `tls.max_connections_per_identity` a connection is closed right after its handshake,
 /// and the refusal is counted; another identity is not affected, and a slot comes back

@@ -182,7 +182,8 @@ pub struct LimitsSettings {
     /// (DEADLINE_EXCEEDED): popgw's requests are a few hundred bytes.
     pub body_timeout_ms: u64,
     /// Bytes of unfinished request messages one client may hold in flight (a sixteenth
-    /// for a client missing from the policy); beyond, RESOURCE_EXHAUSTED.
+    /// for a client missing from the policy); beyond, RESOURCE_EXHAUSTED. A call waiting
+    /// for its message is charged `service::early::WAITING_CALL_BYTES` besides its bytes.
     pub unfinished_body_bytes_per_client: usize,
     /// Bytes of unfinished request messages in flight in all.
     pub unfinished_body_bytes: usize,

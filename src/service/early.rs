@@ -173,9 +173,17 @@ impl Drop for Charge {
     }
 }
 
+/// What a call waiting for its message costs the gateway beyond the bytes it has sent:
+/// its HTTP/2 stream, its request and the task serving it — 15.7–16.1 KiB a call whose
+/// headers came and whose body did not (issue 28, BENCHMARKS.md "Memory"). Charged to
+/// the same budget as the bytes, so a client cannot hold thousands of body-less calls for
+/// free: 16 MiB a client is 1,024 waiting calls, 64 for a client missing from the policy.
+pub const WAITING_CALL_BYTES: usize = 16 << 10;
+
 /// A unary call's request body: fails at the start of a second gRPC message, when the
-/// message is not complete within the body timeout, or when its unfinished bytes would
-/// pass the client's or the process's budget.
+/// message is not complete within the body timeout, or when its unfinished bytes (and
+/// [`WAITING_CALL_BYTES`] once it waits for them) would pass the client's or the
+/// process's budget.
 struct OneMessage {
     inner: Body,
     header: [u8; 5],
@@ -183,6 +191,8 @@ struct OneMessage {
     payload_left: usize,
     messages: u32,
     charge: Charge,
+    /// Whether the call has waited for its message (and been charged for waiting).
+    waited: bool,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
     done: bool,
 }
@@ -196,6 +206,7 @@ impl OneMessage {
             payload_left: 0,
             messages: 0,
             charge,
+            waited: false,
             deadline: Box::pin(tokio::time::sleep(timeout)),
             done: false,
         }
@@ -268,6 +279,16 @@ impl http_body::Body for OneMessage {
             }
             Poll::Ready(_) => self.charge.release(),
             Poll::Pending if !self.complete() => {
+                // A message that came with its headers is never charged this; one the
+                // client holds back is, from its first wait until it is whole.
+                if !self.waited {
+                    self.waited = true;
+                    if !self.charge.take(WAITING_CALL_BYTES) {
+                        self.done = true;
+                        self.charge.release();
+                        return Poll::Ready(Some(Err(EarlyRefusal::OverBudget.into())));
+                    }
+                }
                 if std::future::Future::poll(self.deadline.as_mut(), cx).is_ready() {
                     self.done = true;
                     self.charge.release();
