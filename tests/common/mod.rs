@@ -669,6 +669,21 @@ pub fn spawn_serve(
     (child, port)
 }
 
+/// Stops a [`spawn_serve`] child as an operator would (SIGTERM: drain, final signed
+/// checkpoint) and waits for it without blocking the test's runtime: the test's own
+/// connections must be free to close, or the gateway would wait them out for its whole
+/// shutdown grace (10 s).
+pub async fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+}
+
 /// A TCP relay to a service on loopback that a test can cut (open connections closed,
 /// new ones closed at once, as if the service were gone) and restore.
 pub struct Relay {

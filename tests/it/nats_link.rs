@@ -419,24 +419,30 @@ async fn a_node_publishes_only_as_itself_and_nobody_deletes_what_was_witnessed()
         )
         .await
         .unwrap();
-    let hijack: Result<serde_json::Value, _> = node
-        .request(
-            "CONSUMER.CREATE.POPGW_AUDIT".to_string(),
-            &serde_json::json!({
-                "stream_name": STREAM,
-                "config": {"name": "popgw-index", "ack_policy": "explicit",
-                           "filter_subject": "popgw.audit.node-1"}
-            }),
-        )
-        .await;
+    // Each refusal below waits out its timeout: all at once.
+    let indexer = js(&server, "indexer").await;
+    let rewrite = serde_json::json!({
+        "stream_name": STREAM,
+        "config": {"name": "popgw-index", "ack_policy": "explicit",
+                   "filter_subject": "popgw.audit.node-1"}
+    });
+    let hijack = node
+        .request::<_, _, serde_json::Value>("CONSUMER.CREATE.POPGW_AUDIT".to_string(), &rewrite);
+    let ordered = ours.create_consumer(jetstream::consumer::pull::OrderedConfig {
+        filter_subject: "popgw.audit.node-1".into(),
+        ..Default::default()
+    });
+    // The indexer may not publish a record.
+    let forged = async {
+        match indexer.publish("popgw.audit.node-1", "forged".into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        }
+    };
+    let (hijack, ordered, published) = tokio::join!(hijack, ordered, forged);
     assert!(hijack.is_err(), "{hijack:?}");
-    assert!(ours
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: "popgw.audit.node-1".into(),
-            ..Default::default()
-        })
-        .await
-        .is_err());
+    assert!(ordered.is_err());
+    assert!(!published, "the indexer published a record");
     let indexed: jetstream::consumer::PullConsumer = indexer_js
         .get_stream(STREAM)
         .await
@@ -446,31 +452,28 @@ async fn a_node_publishes_only_as_itself_and_nobody_deletes_what_was_witnessed()
         .unwrap();
     assert_eq!(indexed.cached_info().config.filter_subject, "");
     // A node and the indexer may not delete the stream, purge it or delete a message.
-    let indexer = js(&server, "indexer").await;
-    let published = match indexer.publish("popgw.audit.node-1", "forged".into()).await {
-        Ok(ack) => ack.await.is_ok(),
-        Err(_) => false,
-    };
-    assert!(!published, "the indexer published a record");
-    for who in ["node-1", "node-2", "indexer"] {
-        let js = js(&server, who).await;
-        assert!(
-            js.delete_stream(STREAM).await.is_err(),
-            "{who} deleted the stream"
-        );
-        let stream = js.get_stream(STREAM).await.unwrap();
-        assert!(stream.purge().await.is_err(), "{who} purged the stream");
-        assert!(
-            stream.delete_message(ack.sequence).await.is_err(),
-            "{who} deleted a message"
-        );
-        let mut weaker = stream.cached_info().config.clone();
-        weaker.deny_delete = false;
-        assert!(
-            js.update_stream(weaker).await.is_err(),
-            "{who} updated the stream"
-        );
-    }
+    // A refused request is not answered (the server tells the connection, not the
+    // request), so each waits out its 2 s timeout: all of them at once.
+    let refusals = ["node-1", "node-2", "indexer"].map(|who| {
+        let server = &server;
+        async move {
+            let js = js(server, who).await;
+            let stream = js.get_stream(STREAM).await.unwrap();
+            let mut weaker = stream.cached_info().config.clone();
+            weaker.deny_delete = false;
+            let (deleted, purged, message, updated) = tokio::join!(
+                js.delete_stream(STREAM),
+                stream.purge(),
+                stream.delete_message(ack.sequence),
+                js.update_stream(weaker),
+            );
+            assert!(deleted.is_err(), "{who} deleted the stream");
+            assert!(purged.is_err(), "{who} purged the stream");
+            assert!(message.is_err(), "{who} deleted a message");
+            assert!(updated.is_err(), "{who} updated the stream");
+        }
+    });
+    futures::future::join_all(refusals).await;
     // Even the administrator's message delete and purge are refused by the stream itself.
     assert!(
         stream.delete_message(ack.sequence).await.is_err(),

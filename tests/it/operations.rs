@@ -315,7 +315,7 @@ async fn json_logs_carry_the_request_span_and_no_personal_data() {
     common::init_node(&cfg);
     let log_path = dir.path().join("stderr.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let (mut child, port) = common::spawn_serve(&cfg, "popgw=debug,info", log.into());
+    let (child, port) = common::spawn_serve(&cfg, "popgw=debug,info", log.into());
     let certs = ClientCerts::dev(&dir.path().join("certs"), "portal");
     let channel = popgw::client::connect(&format!("localhost:{port}"), &certs)
         .await
@@ -332,10 +332,7 @@ async fn json_logs_carry_the_request_span_and_no_personal_data() {
         .await
         .unwrap_err();
     drop(portal);
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    child.wait().unwrap();
+    assert!(common::terminate(child).await.success());
 
     let text = std::fs::read_to_string(&log_path).unwrap();
     // This configuration lists no CRL: the start says so, loudly (issue 25).
@@ -424,7 +421,7 @@ async fn sighup_reads_the_configuration_file_again() {
     let original = std::fs::read_to_string(&cfg).unwrap();
     let log_path = dir.path().join("stderr.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let (mut child, port) = common::spawn_serve(&cfg, "info", log.into());
+    let (child, port) = common::spawn_serve(&cfg, "info", log.into());
     let verify = |who: &'static str| {
         let certs = ClientCerts::dev(&dir.path().join("certs"), who);
         let req = declare(&r, "P03");
@@ -506,8 +503,5 @@ async fn sighup_reads_the_configuration_file_again() {
         verify("portal").await.unwrap_err().code(),
         Code::PermissionDenied
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    child.wait().unwrap();
+    assert!(common::terminate(child).await.success());
 }
