@@ -26,6 +26,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use prost::Message;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use std::sync::Arc;
@@ -130,18 +131,19 @@ impl PgStore {
                         &[],
                     )
                     .await
-                    .map_err(pg_err)?;
+                    .map_err(|e| {
+                        // No such table (SQLSTATE 42P01): not a registry's database.
+                        let missing = e.code() == Some(&SqlState::UNDEFINED_TABLE);
+                        match pg_err(e) {
+                            RegistryError::Unavailable(m) if missing => RegistryError::Unavailable(
+                                format!("{m} (no registry in this database: `popgw registry import --to …` creates one)"),
+                            ),
+                            other => other,
+                        }
+                    })?;
                 Ok(row.get(0))
             })
-            .await
-            .map_err(|e| match e {
-                RegistryError::Unavailable(m) if m.contains("popgw_schema_migrations") => {
-                    RegistryError::Unavailable(format!(
-                        "{m} (no registry in this database: `popgw registry import --to …` creates one)"
-                    ))
-                }
-                other => other,
-            })?;
+            .await?;
         let latest = SCHEMA.latest();
         if applied != latest {
             return Err(RegistryError::Unavailable(format!(

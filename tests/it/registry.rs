@@ -640,6 +640,22 @@ async fn import_errors_name_the_line_and_keep_the_previous_store() {
     db.drop_db().await;
 }
 
+/// A gateway pointed at a database no import has made says so and how to make one
+/// (told apart by SQLSTATE 42P01, not by the server's wording).
+#[tokio::test]
+async fn a_database_without_a_registry_is_named_with_the_command_that_makes_one() {
+    let db = TempDb::create().await;
+    let e = PgStore::connect(&db.url, &StoreOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no registry in this database") && e.contains("popgw registry import"),
+        "{e}"
+    );
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn a_running_store_picks_up_a_new_import() {
     let (_dir, config) = folder();
