@@ -11,6 +11,10 @@ use bytes::Bytes;
 use common::{declare, TestGateway};
 use popgw::proto::gateway as pb;
 
+/// Held by each test that reads the process's memory: one at a time, so that its
+/// growth is not another such test's.
+static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Resident memory of this process (server and client both live in it), in bytes.
 fn rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -49,6 +53,7 @@ async fn raw_h2_with(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_unfinished_streams_do_not_exhaust_the_gateway() {
+    let _measuring = MEASURING.lock().await;
     let gw = TestGateway::start().await;
     let r = gw.living().clone();
     // A certificate of the client CA that the policy does not list.
@@ -454,6 +459,7 @@ async fn a_refusal_flood_is_counted_not_written_one_by_one() {
 /// policy does not know) and in all, and an unfinished message times out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_unfinished_small_bodies_are_bounded_and_time_out() {
+    let _measuring = MEASURING.lock().await;
     let gw = TestGateway::builder()
         .config(|c| c.limits.body_timeout_ms = 2_000)
         .start()
