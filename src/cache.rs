@@ -34,7 +34,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::proto::registry::CitizenRecord;
-use crate::registry::{Deadline, FeedEvent, LookupKey, Registry, RegistryError};
+use crate::registry::{Deadline, FeedEvent, LookupKey, Registry, RegistryError, Unavailable};
 use crate::telemetry::Metrics;
 
 /// What the cache contributed to a request, as its audit record says.
@@ -281,9 +281,7 @@ impl RecordCache {
                 return Ok(Arc::new(entry));
             }
         }
-        Err(RegistryError::Unavailable(
-            "the record changed while it was read; try again".into(),
-        ))
+        Err(Unavailable::Overtaken.into())
     }
 
     /// The citizen with this key, and what the cache did. `Err` is "could not check".
@@ -585,8 +583,7 @@ mod tests {
         }
         async fn changes(&self, _: u64) -> Result<ChangeStream, RegistryError> {
             let receiver = self.receiver.lock().unwrap().take();
-            let receiver =
-                receiver.ok_or_else(|| RegistryError::Unavailable("feed already taken".into()))?;
+            let receiver = receiver.ok_or(Unavailable::FeedTaken)?;
             Ok(Box::pin(
                 tokio_stream::wrappers::UnboundedReceiverStream::new(receiver),
             ))

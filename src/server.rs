@@ -24,7 +24,7 @@ use crate::proto::registry::population_registry_server::PopulationRegistryServer
 use crate::proto::registry::CitizenRecord;
 use crate::registry::embedded::EmbeddedRegistry;
 use crate::registry::remote::RemoteRegistry;
-use crate::registry::{self, Registry, RegistryError, Store, StoreLocation};
+use crate::registry::{self, Invalid, Registry, RegistryError, Store, StoreLocation};
 use crate::service::access::CitizenAccessService;
 use crate::service::audit_log::AuditLogService;
 use crate::service::gateway::GatewayService;
@@ -170,7 +170,7 @@ impl Server {
         let registry =
             tokio::task::spawn_blocking(move || EmbeddedRegistry::load_jsonl(&population))
                 .await
-                .map_err(|e| RegistryError::Invalid(e.to_string()))??;
+                .map_err(|e| RegistryError::from(Invalid::Task(Arc::new(e))))??;
         let examples = if config.zero_config {
             registry.examples()
         } else {

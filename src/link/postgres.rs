@@ -77,6 +77,37 @@ impl SslMode {
     }
 }
 
+/// A statement or connection that failed, as popgw reports it: the server's message
+/// and SQLSTATE — never its DETAIL, which can quote a key value — or, when the server
+/// said nothing, the client's own error. What both the registry and the audit index
+/// make of a `tokio_postgres::Error`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PgFailure {
+    /// The server refused (a constraint, a missing table, a permission...).
+    #[error("PostgreSQL: {message} ({})", code.code())]
+    Server {
+        /// The server's message.
+        message: String,
+        /// Its SQLSTATE.
+        code: tokio_postgres::error::SqlState,
+    },
+    /// The connection failed or closed.
+    #[error("PostgreSQL: {0}")]
+    Client(Arc<tokio_postgres::Error>),
+}
+
+impl From<tokio_postgres::Error> for PgFailure {
+    fn from(e: tokio_postgres::Error) -> PgFailure {
+        match e.as_db_error() {
+            Some(db) => PgFailure::Server {
+                message: db.message().to_string(),
+                code: db.code().clone(),
+            },
+            None => PgFailure::Client(Arc::new(e)),
+        }
+    }
+}
+
 /// Why a PostgreSQL link cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {

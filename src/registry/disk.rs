@@ -35,8 +35,8 @@ use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefi
 use super::household;
 use super::import::{id_number, ImportError, ImportSummary};
 use super::{
-    check_resume, import_version_base, polled_feed, Change, ChangeStream, Deadline, LookupKey,
-    Registry, RegistryError, Store, StoreOptions, Versions,
+    check_resume, import_version_base, polled_feed, Change, ChangeStream, Deadline, Invalid,
+    LookupKey, Registry, RegistryError, Store, StoreOptions, Unavailable, Versions,
 };
 use crate::proto::registry::{CitizenRecord, Household};
 
@@ -54,16 +54,7 @@ const PROGRESS_EVERY: u64 = 10_000;
 const SERVE_CACHE_BYTES: usize = 256 << 20;
 
 fn db_err(e: impl Into<redb::Error>) -> RegistryError {
-    let e: redb::Error = e.into();
-    match e {
-        redb::Error::DatabaseAlreadyOpen => RegistryError::Unavailable(
-            "the store is open in a process that does not share it".into(),
-        ),
-        redb::Error::Corrupted(_) | redb::Error::ValueTooLarge(_) => {
-            RegistryError::Invalid(e.to_string())
-        }
-        other => RegistryError::Unavailable(other.to_string()),
-    }
+    RegistryError::from(e.into())
 }
 
 fn import_db_err(e: impl Into<redb::Error>) -> ImportError {
@@ -110,28 +101,22 @@ fn current_name(dir: &Path) -> Result<Option<String>, RegistryError> {
                 || !name.starts_with("registry-")
                 || !name.ends_with(".redb")
             {
-                return Err(RegistryError::Invalid(format!(
-                    "{}: does not name a generation",
-                    dir.join(CURRENT).display()
-                )));
+                return Err(Invalid::NotAGeneration {
+                    path: dir.join(CURRENT),
+                }
+                .into());
             }
             Ok(Some(name))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(RegistryError::Unavailable(format!(
-            "{}: {e}",
-            dir.join(CURRENT).display()
-        ))),
+        Err(e) => Err(Unavailable::file(dir.join(CURRENT), e).into()),
     }
 }
 
 fn open_generation(dir: &Path, name: &str) -> Result<Generation, RegistryError> {
     let path = dir.join(name);
     if !path.is_file() {
-        return Err(RegistryError::Unavailable(format!(
-            "{}: missing (named by {CURRENT})",
-            path.display()
-        )));
+        return Err(Unavailable::GenerationMissing { path }.into());
     }
     let db = Database::builder()
         .set_cache_size(SERVE_CACHE_BYTES)
@@ -163,8 +148,7 @@ fn meta(db: &Database) -> Result<Versions, RegistryError> {
 }
 
 fn decode(bytes: &[u8]) -> Result<CitizenRecord, RegistryError> {
-    CitizenRecord::decode(bytes)
-        .map_err(|e| RegistryError::Invalid(format!("stored record does not decode: {e}")))
+    CitizenRecord::decode(bytes).map_err(|e| Invalid::record(e).into())
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -185,12 +169,8 @@ impl DiskStore {
     /// Opens the store in `dir`: the generation `CURRENT` names. Does not read the
     /// records: opening takes the same time whatever the size.
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<DiskStore, RegistryError> {
-        let name = current_name(dir)?.ok_or_else(|| {
-            RegistryError::Unavailable(format!(
-                "{}: no store here (import one with `popgw registry import --to {}`)",
-                dir.display(),
-                dir.display()
-            ))
+        let name = current_name(dir)?.ok_or_else(|| Unavailable::NoStore {
+            dir: dir.to_path_buf(),
         })?;
         let generation = open_generation(dir, &name)?;
         Ok(DiskStore {
@@ -214,7 +194,7 @@ impl DiskStore {
             .run("the disk store", async move {
                 tokio::task::spawn_blocking(move || f(&inner))
                     .await
-                    .map_err(|e| RegistryError::Unavailable(format!("store task failed: {e}")))?
+                    .map_err(RegistryError::from)?
             })
             .await
     }
@@ -468,9 +448,7 @@ impl Inner {
         // An import may have switched the store while this waited for the write lock:
         // a change to a generation no longer served would be lost.
         if current_name(&self.dir)?.as_deref() != Some(generation.name.as_str()) {
-            return Err(RegistryError::Unavailable(
-                "the store was replaced by a new import; retry".into(),
-            ));
+            return Err(Unavailable::Replaced.into());
         }
         txn.set_quick_repair(true);
         let record = {
@@ -487,7 +465,7 @@ impl Inner {
             };
             change
                 .apply(&mut record)
-                .map_err(|e| RegistryError::Invalid(format!("change refused: {e}")))?;
+                .map_err(|e| RegistryError::from(Invalid::Change(e)))?;
             let Versions { head, floor } = versions_in(&meta)?;
             let version = head + 1;
             record.version = version;

@@ -14,7 +14,7 @@ use std::path::Path;
 use prost::Message;
 
 use super::household::{self, Member};
-use super::{Deadline, LookupKey, Registry, RegistryError};
+use super::{Deadline, Invalid, LookupKey, Registry, RegistryError, Unavailable};
 use crate::proto::registry::{CitizenRecord, Household};
 
 /// An in-memory registry with O(1) lookups by personal id, old id and household id.
@@ -90,17 +90,18 @@ impl EmbeddedRegistry {
     /// is not a valid record, has a malformed id, or repeats an id or old id is
     /// [`RegistryError::Invalid`] naming the line number.
     pub fn load_jsonl(path: &Path) -> Result<Self, RegistryError> {
-        let unavailable =
-            |e: std::io::Error| RegistryError::Unavailable(format!("{}: {e}", path.display()));
-        let file = std::fs::File::open(path).map_err(unavailable)?;
+        let file = std::fs::File::open(path)
+            .map_err(|e| RegistryError::from(Unavailable::file(path, e)))?;
         let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
         let mut builder = Builder::default();
         let mut line = String::new();
         let mut number = 0usize;
         loop {
             line.clear();
-            if reader.read_line(&mut line).map_err(|e| {
-                RegistryError::Invalid(format!("{} line {}: {e}", path.display(), number + 1))
+            if reader.read_line(&mut line).map_err(|e| Invalid::Line {
+                path: path.to_path_buf(),
+                line: number + 1,
+                problem: e.to_string(),
             })? == 0
             {
                 break;
@@ -110,8 +111,10 @@ impl EmbeddedRegistry {
             if text.is_empty() {
                 continue;
             }
-            let invalid = |msg: String| {
-                RegistryError::Invalid(format!("{} line {number}: {msg}", path.display()))
+            let invalid = |problem: String| Invalid::Line {
+                path: path.to_path_buf(),
+                line: number,
+                problem,
             };
             let record: CitizenRecord = serde_json::from_str(text).map_err(|e| {
                 // serde_json's message may quote a value (personal data): give only
@@ -167,7 +170,7 @@ impl EmbeddedRegistry {
         };
         CitizenRecord::decode(&bytes[..])
             .map(Some)
-            .map_err(|e| RegistryError::Invalid(format!("stored record does not decode: {e}")))
+            .map_err(|e| Invalid::record(e).into())
     }
 
     /// Synchronous lookup of a household (what [`Registry::household`] answers).
@@ -175,9 +178,13 @@ impl EmbeddedRegistry {
         let Some(bytes) = self.households.get(household_id) else {
             return Ok(None);
         };
-        Household::decode(&bytes[..])
-            .map(Some)
-            .map_err(|e| RegistryError::Invalid(format!("stored household does not decode: {e}")))
+        Household::decode(&bytes[..]).map(Some).map_err(|source| {
+            Invalid::Undecodable {
+                what: "household",
+                source,
+            }
+            .into()
+        })
     }
 
     /// Up to two living citizens with a full date of birth, to print as demo

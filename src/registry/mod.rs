@@ -20,6 +20,7 @@
 
 pub mod disk;
 pub mod embedded;
+pub mod error;
 pub mod generate;
 pub mod household;
 pub mod import;
@@ -36,6 +37,7 @@ use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
 pub use embedded::EmbeddedRegistry;
+pub use error::{Invalid, OutOfRange, RegistryError, Unavailable};
 pub use generate::{generate, generate_to_file, GenerateSummary};
 
 use crate::proto::registry::{Address, CitizenRecord, Household};
@@ -62,24 +64,6 @@ impl LookupKey {
             _ => None,
         }
     }
-}
-
-/// A registry could not answer. Never means "not found".
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum RegistryError {
-    /// The registry cannot be reached or is not ready.
-    #[error("registry unavailable: {0}")]
-    Unavailable(String),
-    /// The registry's data is malformed.
-    #[error("registry data invalid: {0}")]
-    Invalid(String),
-    /// The caller's deadline passed before the registry answered.
-    #[error("registry did not answer within the caller's deadline ({0} ms)")]
-    DeadlineExceeded(u128),
-    /// A change-feed position that can no longer be resumed from (compacted, or
-    /// from another history): the follower must drop what it cached.
-    #[error("{0}")]
-    OutOfRange(String),
 }
 
 /// When a registry call must have answered: the caller's deadline (its grpc-timeout
@@ -163,19 +147,19 @@ impl Deadline {
 
     /// The error of a call that ran out of time: DEADLINE_EXCEEDED when the caller's
     /// deadline bound, "unavailable" when the registry's cap did (`who` names it).
-    pub fn exceeded(&self, who: &str) -> RegistryError {
+    pub fn exceeded(&self, who: &'static str) -> RegistryError {
         let ms = (self.at - self.started).as_millis();
         if self.caller {
             RegistryError::DeadlineExceeded(ms)
         } else {
-            RegistryError::Unavailable(format!("{who} did not answer within {ms} ms"))
+            Unavailable::TimedOut { who, ms }.into()
         }
     }
 
     /// Runs `work` until this deadline.
     pub async fn run<T>(
         &self,
-        who: &str,
+        who: &'static str,
         work: impl std::future::Future<Output = Result<T, RegistryError>>,
     ) -> Result<T, RegistryError> {
         match tokio::time::timeout_at(self.at, work).await {
@@ -409,10 +393,12 @@ pub(crate) fn is_example(r: &CitizenRecord) -> bool {
 /// replayed.
 pub fn check_resume(after: u64, v: Versions) -> Result<(), RegistryError> {
     if after < v.floor || after > v.head {
-        return Err(RegistryError::OutOfRange(format!(
-            "version {after} cannot be resumed: the change feed holds versions {} to {}",
-            v.floor, v.head
-        )));
+        return Err(OutOfRange::Position {
+            after,
+            floor: v.floor,
+            head: v.head,
+        }
+        .into());
     }
     Ok(())
 }
@@ -481,8 +467,7 @@ pub async fn open_store(
             let dir = dir.clone();
             let options = options.clone();
             let store = tokio::task::spawn_blocking(move || disk::DiskStore::open(&dir, &options))
-                .await
-                .map_err(|e| RegistryError::Unavailable(e.to_string()))??;
+                .await??;
             Arc::new(store)
         }
         StoreLocation::Postgres(url) => Arc::new(postgres::PgStore::connect(url, options).await?),

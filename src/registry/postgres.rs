@@ -34,10 +34,10 @@ use std::sync::Arc;
 use super::household;
 use super::import::{id_number, ImportError, ImportSummary};
 use super::{
-    check_resume, import_version_base, polled_feed, Change, ChangeStream, Deadline, LookupKey,
-    Registry, RegistryError, Store, StoreOptions, Versions,
+    check_resume, import_version_base, polled_feed, Change, ChangeStream, Deadline, Invalid,
+    LookupKey, Registry, RegistryError, Store, StoreOptions, Unavailable, Versions,
 };
-use crate::link::postgres::{Migrations, PgLink};
+use crate::link::postgres::{Migrations, PgFailure, PgLink};
 use crate::proto::registry::{CitizenRecord, Household};
 
 /// The migrations, in order: (version, SQL).
@@ -50,28 +50,20 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
 const LOCK_KEY: i64 = 0x706f_7067_7772_6567; // "popgwreg"
 
 fn pg_err(e: tokio_postgres::Error) -> RegistryError {
-    // The server's message, never its DETAIL (which can quote a key value).
-    match e.as_db_error() {
-        Some(db) => RegistryError::Unavailable(format!(
-            "PostgreSQL: {} ({})",
-            db.message(),
-            db.code().code()
-        )),
-        None => RegistryError::Unavailable(format!("PostgreSQL: {e}")),
-    }
+    // The server's message and SQLSTATE, never its DETAIL (which can quote a key value).
+    RegistryError::from(e)
 }
 
 fn pool_err(e: deadpool_postgres::PoolError, link: &PgLink, timeout: Duration) -> RegistryError {
-    RegistryError::Unavailable(link.pool_error(e, timeout))
+    Unavailable::Pool(link.pool_error(e, timeout)).into()
 }
 
 fn decode(bytes: &[u8]) -> Result<CitizenRecord, RegistryError> {
-    CitizenRecord::decode(bytes)
-        .map_err(|e| RegistryError::Invalid(format!("stored record does not decode: {e}")))
+    CitizenRecord::decode(bytes).map_err(|e| Invalid::record(e).into())
 }
 
 fn link(url: &str) -> Result<PgLink, RegistryError> {
-    PgLink::parse(url).map_err(|e| RegistryError::Unavailable(e.to_string()))
+    PgLink::parse(url).map_err(|e| Unavailable::Link(Arc::new(e)).into())
 }
 
 /// The registry's schema: [`MIGRATIONS`], recorded in `popgw_schema_migrations`, applied
@@ -116,7 +108,7 @@ impl PgStore {
                 options.pool_size,
                 options.timeout,
             )
-            .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+            .map_err(|e| RegistryError::from(Unavailable::Link(Arc::new(e))))?;
         let store = PgStore {
             pool,
             link,
@@ -131,24 +123,26 @@ impl PgStore {
                         &[],
                     )
                     .await
-                    .map_err(|e| {
+                    .map_err(|e| match pg_err(e) {
                         // No such table (SQLSTATE 42P01): not a registry's database.
-                        let missing = e.code() == Some(&SqlState::UNDEFINED_TABLE);
-                        match pg_err(e) {
-                            RegistryError::Unavailable(m) if missing => RegistryError::Unavailable(
-                                format!("{m} (no registry in this database: `popgw registry import --to …` creates one)"),
-                            ),
-                            other => other,
+                        RegistryError::Unavailable(Unavailable::Postgres(PgFailure::Server {
+                            message,
+                            code,
+                        })) if code == SqlState::UNDEFINED_TABLE => {
+                            Unavailable::NoRegistry { message }.into()
                         }
+                        other => other,
                     })?;
                 Ok(row.get(0))
             })
             .await?;
         let latest = SCHEMA.latest();
         if applied != latest {
-            return Err(RegistryError::Unavailable(format!(
-                "registry schema version {applied}, this popgw needs {latest}: run `popgw registry import` to migrate"
-            )));
+            return Err(Unavailable::Schema {
+                applied,
+                needed: latest,
+            }
+            .into());
         }
         Ok(store)
     }
@@ -572,7 +566,7 @@ impl Store for PgStore {
             })
             .await?;
         let Some(first) = rows.first() else {
-            return Err(RegistryError::Invalid("registry meta rows missing".into()));
+            return Err(Invalid::MetaMissing.into());
         };
         let head: Option<i64> = first.get(0);
         let floor: Option<i64> = first.get(1);
@@ -614,7 +608,7 @@ impl Store for PgStore {
             let mut record = decode(row.get::<_, &[u8]>(0))?;
             change
                 .apply(&mut record)
-                .map_err(|e| RegistryError::Invalid(format!("change refused: {e}")))?;
+                .map_err(|e| RegistryError::from(Invalid::Change(e)))?;
             // Locks the head row until commit: updates are serialised.
             let version: i64 = txn
                 .query_one(

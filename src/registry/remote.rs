@@ -27,7 +27,10 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use super::{ChangeStream, Deadline, FeedEvent, LookupKey, Registry, RegistryError};
+use super::{
+    ChangeStream, Deadline, FeedEvent, Invalid, LookupKey, OutOfRange, Registry, RegistryError,
+    Unavailable,
+};
 use crate::proto::registry as pb;
 use crate::proto::registry::population_registry_client::PopulationRegistryClient;
 use crate::proto::registry::{CitizenRecord, Household};
@@ -246,7 +249,7 @@ impl RemoteRegistry {
         options: RemoteOptions,
         metrics: Arc<Metrics>,
     ) -> Result<RemoteRegistry, RegistryError> {
-        let bad = |what: String| RegistryError::Unavailable(format!("registry.endpoint: {what}"));
+        let bad = |what: String| RegistryError::from(Unavailable::Endpoint(what));
         let Some(rest) = options.endpoint.strip_prefix("https://") else {
             return Err(bad(
                 "must be https://HOST:PORT (the registry is reached over mutual TLS only)".into(),
@@ -263,11 +266,7 @@ impl RemoteRegistry {
             &options.key,
             options.identity.as_deref(),
         )
-        .map_err(|e| {
-            RegistryError::Unavailable(format!(
-                "registry client certificate (registry.ca, registry.cert, registry.key): {e}"
-            ))
-        })?;
+        .map_err(|e| RegistryError::from(Unavailable::ClientCertificate(Arc::new(e))))?;
         let server_name = rustls_pki_types::ServerName::try_from(host.clone())
             .map_err(|e| bad(format!("{host:?}: {e}")))?;
         match &options.identity {
@@ -340,11 +339,11 @@ impl RemoteRegistry {
                 Ok(permit) => permit,
                 Err(open) => {
                     self.metrics.upstream_short_circuited.inc();
-                    return Err(RegistryError::Unavailable(format!(
-                        "the registry failed {} times in a row; not asked again for {} ms (circuit open)",
-                        self.options.breaker_failures,
-                        open.as_millis()
-                    )));
+                    return Err(Unavailable::CircuitOpen {
+                        failures: self.options.breaker_failures,
+                        open_ms: open.as_millis(),
+                    }
+                    .into());
                 }
             };
             if deadline.passed() {
@@ -410,10 +409,11 @@ impl RemoteRegistry {
             }
             let pause = backoff(attempt);
             if attempt >= self.options.retries || deadline.remaining() <= pause * 2 {
-                return Err(RegistryError::Unavailable(format!(
-                    "the registry is unavailable ({rpc}, {} tries)",
-                    attempt + 1
-                )));
+                return Err(Unavailable::Retried {
+                    rpc,
+                    tries: attempt + 1,
+                }
+                .into());
             }
             attempt += 1;
             self.metrics.upstream_retries.inc();
@@ -431,35 +431,24 @@ fn backoff(attempt: u32) -> Duration {
 /// An answer other than UNAVAILABLE or DEADLINE_EXCEEDED: never retried, never a
 /// verdict. Only the code is kept: the registry's own message is free text that may
 /// name the citizen, and it would reach the caller and the audit log.
-fn refused(rpc: &str, code: Code) -> RegistryError {
-    let name = crate::telemetry::code_name(code);
+fn refused(rpc: &'static str, code: Code) -> RegistryError {
     match code {
-        Code::Internal | Code::DataLoss | Code::Unknown => {
-            RegistryError::Invalid(format!("the registry failed ({rpc}: {name})"))
-        }
-        Code::OutOfRange => RegistryError::OutOfRange(format!(
-            "the registry cannot resume its change feed from there ({rpc}: {name})"
-        )),
-        _ => RegistryError::Unavailable(format!("the registry refused {rpc}: {name}")),
+        Code::Internal | Code::DataLoss | Code::Unknown => Invalid::Failed { rpc, code }.into(),
+        Code::OutOfRange => OutOfRange::Remote { rpc }.into(),
+        _ => Unavailable::Refused { rpc, code }.into(),
     }
 }
 
 /// A record from the registry, checked: well formed, and the one asked for.
 fn checked(record: CitizenRecord, key: &LookupKey) -> Result<CitizenRecord, RegistryError> {
-    validation::check_record(&record).map_err(|e| {
-        RegistryError::Invalid(format!(
-            "the registry sent a record that fails validation ({})",
-            e.field
-        ))
-    })?;
+    validation::check_record(&record)
+        .map_err(|e| RegistryError::from(Invalid::Record { field: e.field }))?;
     let same = match key {
         LookupKey::PersonalId(id) => record.personal_id == *id,
         LookupKey::OldId(id) => record.old_id_number == *id,
     };
     if !same {
-        return Err(RegistryError::Invalid(
-            "the registry sent a record for another id than the one asked".into(),
-        ));
+        return Err(Invalid::AnotherId.into());
     }
     Ok(record)
 }
@@ -516,10 +505,7 @@ impl Registry for RemoteRegistry {
                 .chain(h.members.iter())
                 .all(|m| validation::parse_declared_id(&m.personal_id, false).is_ok());
             if h.household_id != household_id || !members_ok {
-                return Err(RegistryError::Invalid(
-                    "the registry sent a household that is not the one asked or names invalid ids"
-                        .into(),
-                ));
+                return Err(Invalid::Household.into());
             }
         }
         Ok(household)
@@ -546,9 +532,7 @@ impl Registry for RemoteRegistry {
             .into_iter()
             .map(|r| {
                 if !asked.contains(r.personal_id.as_str()) {
-                    return Err(RegistryError::Invalid(
-                        "the registry sent a record that was not asked for".into(),
-                    ));
+                    return Err(Invalid::NotAsked.into());
                 }
                 let key = LookupKey::PersonalId(r.personal_id.clone());
                 checked(r, &key)
@@ -583,9 +567,7 @@ impl Registry for RemoteRegistry {
                 citizen: None,
                 version,
             }) => Ok(FeedEvent::Mark(version)),
-            Err(status) if status.code() == Code::Unavailable => Err(RegistryError::Unavailable(
-                "the registry's change feed ended: UNAVAILABLE".into(),
-            )),
+            Err(status) if status.code() == Code::Unavailable => Err(Unavailable::FeedEnded.into()),
             Err(status) => Err(refused("WatchChanges", status.code())),
         })))
     }

@@ -574,12 +574,17 @@ pub fn bin() -> std::process::Command {
 /// A registry that fails the way a test needs: the one fake upstream of the tests
 /// (anything that answers is a real store or `registry serve`).
 pub enum FakeRegistry {
-    /// Unreachable: every call UNAVAILABLE ("connection refused").
+    /// Unreachable: every call UNAVAILABLE (every try of it refused).
     Down,
     /// Answers "no such citizen", but only after this long.
     Slow(std::time::Duration),
     /// A bug in the client: every citizen lookup panics.
     Panicking,
+}
+
+/// What a registry that cannot be reached answers: every try UNAVAILABLE.
+fn down(rpc: &'static str) -> popgw::registry::RegistryError {
+    popgw::registry::Unavailable::Retried { rpc, tries: 3 }.into()
 }
 
 #[tonic::async_trait]
@@ -590,9 +595,7 @@ impl Registry for FakeRegistry {
         _: popgw::registry::Deadline,
     ) -> Result<Option<CitizenRecord>, popgw::registry::RegistryError> {
         match self {
-            FakeRegistry::Down => Err(popgw::registry::RegistryError::Unavailable(
-                "connection refused".into(),
-            )),
+            FakeRegistry::Down => Err(down("GetCitizen")),
             FakeRegistry::Slow(after) => {
                 tokio::time::sleep(*after).await;
                 Ok(None)
@@ -606,9 +609,7 @@ impl Registry for FakeRegistry {
         _: popgw::registry::Deadline,
     ) -> Result<Option<popgw::proto::registry::Household>, popgw::registry::RegistryError> {
         match self {
-            FakeRegistry::Down => Err(popgw::registry::RegistryError::Unavailable(
-                "connection refused".into(),
-            )),
+            FakeRegistry::Down => Err(down("GetHousehold")),
             _ => Ok(None),
         }
     }

@@ -107,7 +107,7 @@ impl Indexer {
             .link
             .connect(&format!("popgw indexer {}", self.consumer))
             .await
-            .map_err(|e| feed("connect")(e.to_string()))?;
+            .map_err(feed("connect"))?;
         let js = jetstream::new(client);
         let stream = js
             .get_stream(&self.stream)
@@ -129,13 +129,13 @@ impl Indexer {
                 },
             )
             .await
-            .map_err(|e| feed("consumer")(e.to_string()))?;
+            .map_err(feed("consumer"))?;
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(MESSAGES_PER_COMMIT)
             .messages()
             .await
-            .map_err(|e| feed("consume")(e.to_string()))?;
+            .map_err(feed("consume"))?;
         let mut intake = Intake::new(self.node_keys.clone(), self.index.heads().await?);
         // Messages taken and not yet acknowledged (held parts of a batch among them).
         let mut waiting = HashMap::new();
@@ -168,15 +168,15 @@ impl Indexer {
             let first = tokio::time::timeout(Duration::from_secs(1), messages.next()).await;
             let first = match first {
                 Err(_) => continue, // quiet: nothing to index
-                Ok(None) => return Err(feed("consume")("the stream ended".into())),
-                Ok(Some(m)) => m.map_err(|e| feed("consume")(e.to_string()))?,
+                Ok(None) => return Err(feed("consume")("the stream ended")),
+                Ok(Some(m)) => m.map_err(feed("consume"))?,
             };
             let mut batch = vec![first];
             // Whatever else is already here, up to a commit's worth.
             while batch.len() < MESSAGES_PER_COMMIT {
                 match tokio::time::timeout(Duration::from_millis(5), messages.next()).await {
-                    Ok(Some(m)) => batch.push(m.map_err(|e| feed("consume")(e.to_string()))?),
-                    Ok(None) => return Err(feed("consume")("the stream ended".into())),
+                    Ok(Some(m)) => batch.push(m.map_err(feed("consume"))?),
+                    Ok(None) => return Err(feed("consume")("the stream ended")),
                     Err(_) => break,
                 }
             }
@@ -217,10 +217,7 @@ impl Indexer {
             .observe(started.elapsed().as_secs_f64());
         for stream_seq in step.settled {
             if let Some(message) = waiting.remove(&stream_seq) {
-                message
-                    .ack_with(AckKind::Ack)
-                    .await
-                    .map_err(|e| feed("ack")(e.to_string()))?;
+                message.ack_with(AckKind::Ack).await.map_err(feed("ack"))?;
             }
         }
         Ok(())

@@ -36,7 +36,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 
 use crate::audit::{RecordBody, StoredRecord};
-use crate::link::postgres::{Migrations, PgLink};
+use crate::link::postgres::{LinkError, Migrations, PgFailure, PgLink};
 
 /// The index's migrations, in order: (version, SQL).
 pub const MIGRATIONS: &[(i32, &str)] = &[
@@ -104,31 +104,53 @@ impl IndexConfig {
 /// Why the index could not answer or be fed.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
-    /// PostgreSQL failed or did not answer in time.
+    /// PostgreSQL failed (its message and SQLSTATE, never its DETAIL).
     #[error("audit index unavailable: {0}")]
-    Unavailable(String),
+    Postgres(#[from] PgFailure),
+    /// The link to PostgreSQL cannot be set up (URL, TLS material, password).
+    #[error("audit index unavailable: {0}")]
+    Link(#[from] LinkError),
+    /// No pooled connection (explained by the link: TLS, password, refused, timed out).
+    #[error("audit index unavailable: {0}")]
+    Pool(String),
+    /// A row of the index is not a record (written by something else than popgw).
+    #[error("audit index unavailable: indexed record {node}:{seq} does not parse: {source} (run popgw audit verify --index)")]
+    Unparsable {
+        /// Its node.
+        node: String,
+        /// Its sequence number.
+        seq: i64,
+        /// serde's error.
+        source: serde_json::Error,
+    },
     /// The witness stream could not be read.
-    #[error("audit index feed: {0}")]
-    Feed(String),
+    #[error("audit index feed: {step}: {problem}")]
+    Feed {
+        /// What was being done: connect, stream, consumer, consume, ack.
+        step: &'static str,
+        /// The NATS client's error.
+        problem: String,
+    },
     /// The node's folder could not be read (verify).
     #[error("audit folder: {0}")]
-    Folder(String),
+    Folder(#[from] crate::audit::AuditError),
+    /// Reading the folder failed in its task.
+    #[error("audit folder: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The folder holds neither records nor a signed checkpoint.
+    #[error("audit folder: {}: no records and no signed checkpoint: not an audit folder", .0.display())]
+    NotAnAuditFolder(std::path::PathBuf),
 }
 
 fn pg(e: tokio_postgres::Error) -> IndexError {
-    // The server's message, never its DETAIL (which can quote a key value).
-    match e.as_db_error() {
-        Some(db) => IndexError::Unavailable(format!(
-            "PostgreSQL: {} ({})",
-            db.message(),
-            db.code().code()
-        )),
-        None => IndexError::Unavailable(format!("PostgreSQL: {e}")),
-    }
+    IndexError::Postgres(e.into())
 }
 
-fn feed(what: &str) -> impl FnOnce(String) -> IndexError + '_ {
-    move |e| IndexError::Feed(format!("{what}: {e}"))
+fn feed<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> IndexError {
+    move |e| IndexError::Feed {
+        step,
+        problem: e.to_string(),
+    }
 }
 
 /// One record as the index holds it.

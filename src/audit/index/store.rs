@@ -21,8 +21,7 @@ impl AuditIndex {
     /// A pool on the index; connects on first use (a gateway starts while PostgreSQL is
     /// down, and answers UNAVAILABLE from the index until it is back).
     pub fn lazy(config: &IndexConfig) -> Result<AuditIndex, IndexError> {
-        let link =
-            PgLink::parse(&config.url).map_err(|e| IndexError::Unavailable(e.to_string()))?;
+        let link = PgLink::parse(&config.url)?;
         // Point queries: no parallel workers (launching them cost more than the query at
         // 10 M records, measured), and one generic plan per prepared statement, pruned at
         // run time (planning 25 monthly partitions of two tables took 6–8 ms a call).
@@ -31,14 +30,12 @@ impl AuditIndex {
              -c plan_cache_mode=force_generic_plan",
             config.timeout.as_millis().max(1)
         );
-        let pool = link
-            .pool(
-                "popgw-audit-index",
-                &options,
-                config.pool_size,
-                config.timeout,
-            )
-            .map_err(|e| IndexError::Unavailable(e.to_string()))?;
+        let pool = link.pool(
+            "popgw-audit-index",
+            &options,
+            config.pool_size,
+            config.timeout,
+        )?;
         Ok(AuditIndex {
             pool,
             link,
@@ -58,7 +55,7 @@ impl AuditIndex {
         self.pool
             .get()
             .await
-            .map_err(|e| IndexError::Unavailable(self.link.pool_error(e, self.timeout)))
+            .map_err(|e| IndexError::Pool(self.link.pool_error(e, self.timeout)))
     }
 
     /// Applies the migrations this database lacks ([`SCHEMA`]).
@@ -505,11 +502,12 @@ impl AuditIndex {
 fn stored_row(row: &tokio_postgres::Row) -> Result<IndexedRecord, IndexError> {
     let (node, seq): (String, i64) = (row.get(0), row.get(1));
     let json: String = row.get(3);
-    let body: RecordBody = serde_json::from_str(&json).map_err(|e| {
-        IndexError::Unavailable(format!(
-            "indexed record {node}:{seq} does not parse: {e} (run popgw audit verify --index)"
-        ))
-    })?;
+    let body: RecordBody =
+        serde_json::from_str(&json).map_err(|source| IndexError::Unparsable {
+            node: node.clone(),
+            seq,
+            source,
+        })?;
     Ok(IndexedRecord {
         body,
         hash: row.get(2),

@@ -60,9 +60,7 @@ pub async fn verify_against(dir: &Path, index: &AuditIndex) -> Result<IndexRepor
         (rx, scan)
     };
     let finished = |scan: tokio::task::JoinHandle<Result<(), crate::audit::AuditError>>| async move {
-        scan.await
-            .map_err(|e| IndexError::Folder(e.to_string()))?
-            .map_err(|e| IndexError::Folder(e.to_string()))
+        Ok::<_, IndexError>(scan.await??)
     };
     let (mut folder, mut scan) = scan_from(1);
     let mut report = IndexReport::default();
@@ -229,15 +227,8 @@ async fn empty_folder(dir: &Path, index: &AuditIndex) -> Result<IndexReport, Ind
         }
         Ok::<_, crate::audit::AuditError>((node, removed_upto))
     })
-    .await
-    .map_err(|e| IndexError::Folder(e.to_string()))?
-    .map_err(|e| IndexError::Folder(e.to_string()))?;
-    let node = node.ok_or_else(|| {
-        IndexError::Folder(format!(
-            "{}: no records and no signed checkpoint: not an audit folder",
-            dir.display()
-        ))
-    })?;
+    .await??;
+    let node = node.ok_or_else(|| IndexError::NotAnAuditFolder(dir.to_path_buf()))?;
     let client = index.client().await?;
     let last_indexed = client
         .query_opt(
