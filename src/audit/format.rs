@@ -1,6 +1,6 @@
 //! Byte-level format helpers shared by the writer, the readers and the verifier.
 
-use super::{AuditError, Checkpoint, RecordBody};
+use super::{AuditError, Checkpoint, Corruption, RecordBody};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -103,34 +103,55 @@ pub(crate) struct ParsedLine {
     pub seal: Option<String>,
 }
 
-pub(crate) fn parse_line(line: &[u8]) -> Result<ParsedLine, String> {
-    let text = std::str::from_utf8(line).map_err(|_| "line is not UTF-8".to_string())?;
-    let (hash, rest) = text
-        .split_once(' ')
-        .ok_or_else(|| "line has no space between hash and JSON".to_string())?;
+/// Why a line of a segment is not a record line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    /// Not UTF-8.
+    #[error("line is not UTF-8")]
+    NotUtf8,
+    /// No space between the hash and the JSON.
+    #[error("line has no space between hash and JSON")]
+    NoSpace,
+    /// The hash is not a hash.
+    #[error("hash is not 64 lowercase hex characters")]
+    BadHash,
+    /// Neither `}` nor a seal at the end.
+    #[error("line ends neither with the JSON object nor with a seal")]
+    NoEnd,
+    /// The seal is not a signature.
+    #[error("seal is not 128 lowercase hex characters")]
+    BadSeal,
+    /// The record's JSON does not parse: only the kind of error and where (serde_json's
+    /// own message may quote the value it choked on, and a tampered line may hold
+    /// anything).
+    #[error("record JSON does not parse ({category:?} error at column {column})")]
+    Json {
+        /// serde_json's kind of error.
+        category: serde_json::error::Category,
+        /// Where in the line.
+        column: usize,
+    },
+}
+
+pub(crate) fn parse_line(line: &[u8]) -> Result<ParsedLine, LineError> {
+    let text = std::str::from_utf8(line).map_err(|_| LineError::NotUtf8)?;
+    let (hash, rest) = text.split_once(' ').ok_or(LineError::NoSpace)?;
     if decode_hash(hash).is_none() {
-        return Err("hash is not 64 lowercase hex characters".into());
+        return Err(LineError::BadHash);
     }
     // The JSON object ends with `}`; a sealed line carries ` <seal>` after it.
     let (json, seal) = if rest.ends_with('}') {
         (rest, None)
     } else {
-        let (json, seal) = rest
-            .rsplit_once(' ')
-            .ok_or_else(|| "line ends neither with the JSON object nor with a seal".to_string())?;
+        let (json, seal) = rest.rsplit_once(' ').ok_or(LineError::NoEnd)?;
         if seal.len() != 128 || !seal.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err("seal is not 128 lowercase hex characters".into());
+            return Err(LineError::BadSeal);
         }
         (json, Some(seal.to_string()))
     };
-    let body: RecordBody = serde_json::from_str(json).map_err(|e| {
-        // serde_json's own message may quote the value it choked on, and a tampered line
-        // may hold anything: only the kind of error and where.
-        format!(
-            "record JSON does not parse ({:?} error at column {})",
-            e.classify(),
-            e.column()
-        )
+    let body: RecordBody = serde_json::from_str(json).map_err(|e| LineError::Json {
+        category: e.classify(),
+        column: e.column(),
     })?;
     Ok(ParsedLine {
         hash: hash.to_string(),
@@ -288,26 +309,38 @@ impl LogEntry {
 /// Checks that the lines of `checkpoints.log` chain: each chained line names the hash
 /// of the one before (zeros for the first); unchained lines (written before chaining
 /// existed) only before the first chained one.
-pub(crate) fn check_entry_chain(entries: &[(usize, LogEntry, [u8; 32])]) -> Result<(), String> {
+/// Why `checkpoints.log` is not one chain of lines.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryChainError {
+    /// A line's `prev` is not the line before's hash.
+    #[error("checkpoints.log line {line}: does not follow line {} (a line was removed, inserted or reordered)", line - 1)]
+    DoesNotFollow {
+        /// 1-based.
+        line: usize,
+    },
+    /// A line without `prev` after chained ones.
+    #[error("checkpoints.log line {line}: an unchained line after chained ones")]
+    Unchained {
+        /// 1-based.
+        line: usize,
+    },
+}
+
+pub(crate) fn check_entry_chain(
+    entries: &[(usize, LogEntry, [u8; 32])],
+) -> Result<(), EntryChainError> {
     let mut before = ZERO_HASH;
     let mut chained = false;
     for (line, entry, hash) in entries {
+        let line = *line;
         match entry.prev() {
             Some(prev) => {
                 if prev != hex::encode(before) {
-                    return Err(format!(
-                        "checkpoints.log line {line}: does not follow line {} (a line was \
-                         removed, inserted or reordered)",
-                        line - 1
-                    ));
+                    return Err(EntryChainError::DoesNotFollow { line });
                 }
                 chained = true;
             }
-            None if chained => {
-                return Err(format!(
-                    "checkpoints.log line {line}: an unchained line after chained ones"
-                ))
-            }
+            None if chained => return Err(EntryChainError::Unchained { line }),
             None => {}
         }
         before = *hash;
@@ -385,16 +418,27 @@ pub(crate) fn sign_retention(
     }
 }
 
-fn check_sig(key: &VerifyingKey, msg: &[u8], sig_hex: &str) -> Result<(), String> {
-    let mut raw = [0u8; 64];
-    if sig_hex.len() != 128 || hex::decode_to_slice(sig_hex, &mut raw).is_err() {
-        return Err("signature is not 128 hex characters".into());
-    }
-    key.verify(msg, &Signature::from_bytes(&raw))
-        .map_err(|_| "signature does not verify".to_string())
+/// Why a signed line's signature is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// Not a signature at all.
+    #[error("signature is not 128 hex characters")]
+    NotHex,
+    /// Not this key's signature of this line.
+    #[error("signature does not verify")]
+    DoesNotVerify,
 }
 
-pub(crate) fn verify_entry(key: &VerifyingKey, entry: &LogEntry) -> Result<(), String> {
+fn check_sig(key: &VerifyingKey, msg: &[u8], sig_hex: &str) -> Result<(), SignatureError> {
+    let mut raw = [0u8; 64];
+    if sig_hex.len() != 128 || hex::decode_to_slice(sig_hex, &mut raw).is_err() {
+        return Err(SignatureError::NotHex);
+    }
+    key.verify(msg, &Signature::from_bytes(&raw))
+        .map_err(|_| SignatureError::DoesNotVerify)
+}
+
+pub(crate) fn verify_entry(key: &VerifyingKey, entry: &LogEntry) -> Result<(), SignatureError> {
     match entry {
         LogEntry::Checkpoint(c) => check_sig(
             key,
@@ -430,8 +474,11 @@ pub(crate) fn read_log_entries(dir: &Path) -> Result<LogEntries, AuditError> {
     let (lines, tail) = split_lines(&bytes);
     let mut out = Vec::with_capacity(lines.len());
     for (i, (_, line)) in lines.iter().enumerate() {
-        let entry: LogEntry = serde_json::from_slice(line)
-            .map_err(|e| AuditError::Corrupt(format!("{}: line {}: {e}", path.display(), i + 1)))?;
+        let entry: LogEntry = serde_json::from_slice(line).map_err(|source| Corruption::Entry {
+            path: path.clone(),
+            line: i + 1,
+            source,
+        })?;
         out.push((i + 1, entry, line_hash(line)));
     }
     let torn = (tail < bytes.len()).then_some((tail, bytes.len() - tail));

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use entry::{AuditEntry, Outcome, Pseudonym, RecordedCall};
-pub use format::{RemovedSegment, RetentionNote};
+pub use format::{EntryChainError, LineError, RemovedSegment, RetentionNote, SignatureError};
 pub use keys::{load_or_create_signing_key, NodeFolder, Pseudonymizer};
 pub use verify::{
     parse_public_key, read_checkpoints, read_records, scan_records, verify_dir, VerifyFailure,
@@ -221,6 +221,98 @@ impl AuditConfig {
     }
 }
 
+/// Where a log's files stop being a valid log (what recovery refuses to continue).
+#[derive(Debug, thiserror::Error)]
+pub enum Corruption {
+    /// A line of a segment is not a record line.
+    #[error("{}: {at}: {source}", path.display())]
+    Line {
+        /// The segment.
+        path: PathBuf,
+        /// Where in it.
+        at: Place,
+        /// Why.
+        source: LineError,
+    },
+    /// A segment other than the last ends inside a line.
+    #[error("{}: unterminated last line", path.display())]
+    Unterminated {
+        /// The segment.
+        path: PathBuf,
+    },
+    /// A line of `checkpoints.log` is not an entry.
+    #[error("{}: line {line}: {source}", path.display())]
+    Entry {
+        /// `checkpoints.log`.
+        path: PathBuf,
+        /// 1-based.
+        line: usize,
+        /// serde's error (checkpoints hold no personal data).
+        source: serde_json::Error,
+    },
+    /// A checkpoint or retention note not signed by this log's key.
+    #[error("{}: line {line}: {source}; run verify", path.display())]
+    Signature {
+        /// `checkpoints.log`.
+        path: PathBuf,
+        /// 1-based.
+        line: usize,
+        /// Why.
+        source: SignatureError,
+    },
+    /// `checkpoints.log`'s lines are not one chain.
+    #[error("{0}; run verify")]
+    Entries(EntryChainError),
+    /// A segment's last record does not lead to the next segment's first.
+    #[error("{} does not end just before {}", before.display(), after.display())]
+    Gap {
+        /// The earlier segment.
+        before: PathBuf,
+        /// The later one.
+        after: PathBuf,
+    },
+    /// The oldest segment starts past seq 1 and no retention note says why.
+    #[error("{} starts at seq {first_seq} but no retention note explains the earlier records", path.display())]
+    Unexplained {
+        /// The segment.
+        path: PathBuf,
+        /// Its first seq.
+        first_seq: u64,
+    },
+    /// The records end before what a signed checkpoint covers.
+    #[error("log ends at seq {last} but a signed checkpoint covers seq {signed}: records were removed; run verify")]
+    Truncated {
+        /// The last record there is.
+        last: u64,
+        /// What the checkpoint covers.
+        signed: u64,
+    },
+    /// A record is not what the signed checkpoint says it was.
+    #[error("record {seq} differs from the signed checkpoint; run verify")]
+    DiffersFromCheckpoint {
+        /// The checkpoint's seq.
+        seq: u64,
+    },
+}
+
+/// Where in a segment a bad line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// At this byte offset.
+    Offset(usize),
+    /// The segment's last complete line.
+    LastRecord,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Offset(offset) => write!(f, "offset {offset}"),
+            Place::LastRecord => f.write_str("last record"),
+        }
+    }
+}
+
 /// Errors of the audit log.
 #[derive(thiserror::Error, Debug)]
 pub enum AuditError {
@@ -235,7 +327,7 @@ pub enum AuditError {
     Closed,
     /// The files on disk are not a valid log.
     #[error("audit log is corrupt: {0}")]
-    Corrupt(String),
+    Corrupt(#[from] Corruption),
     /// Another process writes this folder: two writers would fork the chain for good.
     #[error("audit folder {dir} is in use by another popgw ({holder}); two writers would fork the chain")]
     Locked {

@@ -5,7 +5,7 @@ use super::format::{
     verify_entry, Chain, ChainBreak, LogEntry, RemovedSegment, CHECKPOINTS_FILE, PUBKEY_FILE,
     ZERO_HASH,
 };
-use super::{AuditError, Checkpoint, StoredRecord};
+use super::{AuditError, Checkpoint, Corruption, Place, StoredRecord};
 use ed25519_dalek::VerifyingKey;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -49,14 +49,13 @@ pub fn scan_records(
         };
         let (lines, tail) = split_lines(&bytes);
         if tail < bytes.len() && i + 1 < segments.len() {
-            return Err(AuditError::Corrupt(format!(
-                "{}: unterminated last line",
-                path.display()
-            )));
+            return Err(Corruption::Unterminated { path: path.clone() }.into());
         }
         for (offset, line) in lines {
-            let p = parse_line(line).map_err(|e| {
-                AuditError::Corrupt(format!("{}: offset {offset}: {e}", path.display()))
+            let p = parse_line(line).map_err(|source| Corruption::Line {
+                path: path.clone(),
+                at: Place::Offset(offset),
+                source,
             })?;
             if p.body.seq < from_seq {
                 continue;
@@ -172,7 +171,7 @@ pub fn verify_dir(
     let mut max_ckpt: Option<u64> = None;
     let mut n_ckpt = 0usize;
     let mut removed: Vec<RemovedSegment> = Vec::new();
-    super::format::check_entry_chain(&entries).map_err(|e| fail(0, &ckpt_path, e))?;
+    super::format::check_entry_chain(&entries).map_err(|e| fail(0, &ckpt_path, e.to_string()))?;
     for (line, entry, _) in &entries {
         let seq = match entry {
             LogEntry::Checkpoint(c) => c.seq,

@@ -15,8 +15,7 @@ pub fn records_of(head: &Head) -> Result<Vec<IndexedRecord>, String> {
     let mut chain = Chain::new((head.first_seq != 0).then_some(head.first_seq), None);
     for (i, line) in head.lines.iter().enumerate() {
         // The kind of error only: a JSON error's message can quote the value.
-        let p = parse_line(line.as_bytes())
-            .map_err(|e| format!("line {i}: {}", e.split(": ").next().unwrap_or_default()))?;
+        let p = parse_line(line.as_bytes()).map_err(|e| format!("line {i}: {e}"))?;
         if p.seal.is_some() {
             return Err(format!(
                 "line {i}: carries a seal (lines are shipped without)"

@@ -15,7 +15,9 @@ use crate::audit::format::{
     check_seal, decode_hash, list_segments, parse_line, read_log_entries, split_lines, sync_dir,
     Chain, LogEntry, CHECKPOINTS_FILE, ZERO_HASH,
 };
-use crate::audit::{AuditConfig, AuditEntry, AuditError, Outcome, RecordedCall};
+use crate::audit::{
+    AuditConfig, AuditEntry, AuditError, Corruption, LineError, Outcome, Place, RecordedCall,
+};
 
 /// The last record of a segment file (complete lines only), if any.
 fn last_record_of(path: &Path) -> Result<Option<crate::audit::format::ParsedLine>, AuditError> {
@@ -23,9 +25,14 @@ fn last_record_of(path: &Path) -> Result<Option<crate::audit::format::ParsedLine
     let (lines, _) = split_lines(&bytes);
     match lines.last() {
         None => Ok(None),
-        Some((_, line)) => parse_line(line)
-            .map(Some)
-            .map_err(|e| AuditError::Corrupt(format!("{}: last record: {e}", path.display()))),
+        Some((_, line)) => parse_line(line).map(Some).map_err(|source| {
+            Corruption::Line {
+                path: path.to_path_buf(),
+                at: Place::LastRecord,
+                source,
+            }
+            .into()
+        }),
     }
 }
 
@@ -53,15 +60,15 @@ impl Writer {
         // removed or reordered line refuses the start (reported, never skipped).
         let verifying_key = key.verifying_key();
         for (line, entry, _) in &entries {
-            crate::audit::format::verify_entry(&verifying_key, entry).map_err(|e| {
-                AuditError::Corrupt(format!(
-                    "{}: line {line}: {e}; run verify",
-                    ckpt_path.display()
-                ))
+            crate::audit::format::verify_entry(&verifying_key, entry).map_err(|source| {
+                Corruption::Signature {
+                    path: ckpt_path.clone(),
+                    line: *line,
+                    source,
+                }
             })?;
         }
-        crate::audit::format::check_entry_chain(&entries)
-            .map_err(|e| AuditError::Corrupt(format!("{e}; run verify")))?;
+        crate::audit::format::check_entry_chain(&entries).map_err(Corruption::Entries)?;
         let ckpt_prev = entries.last().map_or(ZERO_HASH, |(_, _, h)| *h);
         let latest_ckpt = entries.iter().rev().find_map(|(_, e, _)| match e {
             LogEntry::Checkpoint(c) => Some(c.clone()),
@@ -153,23 +160,24 @@ impl Writer {
                         match last_record_of(prev_path)? {
                             Some(p) if p.body.seq + 1 == first_seq => {
                                 newest_ms = Some(p.body.time_unix_ms);
-                                decode_hash(&p.hash)
-                                    .ok_or_else(|| AuditError::Corrupt("bad hash".into()))?
+                                decode_hash(&p.hash).ok_or_else(|| Corruption::Line {
+                                    path: prev_path.clone(),
+                                    at: Place::LastRecord,
+                                    source: LineError::BadHash,
+                                })?
                             }
                             _ => {
-                                return Err(AuditError::Corrupt(format!(
-                                    "{} does not end just before {}",
-                                    prev_path.display(),
-                                    path.display()
-                                )))
+                                return Err(Corruption::Gap {
+                                    before: prev_path.clone(),
+                                    after: path.clone(),
+                                }
+                                .into())
                             }
                         }
                     } else {
-                        chain_start(first_seq).ok_or_else(|| {
-                            AuditError::Corrupt(format!(
-                                "{} starts at seq {first_seq} but no retention note explains the earlier records",
-                                path.display()
-                            ))
+                        chain_start(first_seq).ok_or_else(|| Corruption::Unexplained {
+                            path: path.clone(),
+                            first_seq,
                         })?
                     };
                 }
@@ -193,11 +201,11 @@ impl Writer {
         if let Some(c) = &latest_ckpt {
             let last = next_seq - 1;
             if c.seq > last {
-                return Err(AuditError::Corrupt(format!(
-                    "log ends at seq {last} but a signed checkpoint covers seq {}: \
-                     records were removed; run verify",
-                    c.seq
-                )));
+                return Err(Corruption::Truncated {
+                    last,
+                    signed: c.seq,
+                }
+                .into());
             }
             let known = if c.seq == 0 {
                 Some(ZERO_HASH)
@@ -209,10 +217,7 @@ impl Writer {
             };
             if let Some(h) = known {
                 if hex::encode(h) != c.head_hash {
-                    return Err(AuditError::Corrupt(format!(
-                        "record {} differs from the signed checkpoint; run verify",
-                        c.seq
-                    )));
+                    return Err(Corruption::DiffersFromCheckpoint { seq: c.seq }.into());
                 }
             }
         }
