@@ -9,6 +9,8 @@
 //! - **a secret, used once:** printed at start as `/login?token=…`; the first browser to
 //!   present it gets a session secret of its own in an `HttpOnly`, `SameSite=Strict`
 //!   cookie, and the printed one is spent (a browser's history keeps only a dead value).
+//!   "Sign out" (`POST /logout`) ends the session for good: its cookie, even replayed,
+//!   opens nothing; another session takes a restart of the console.
 //! - **loopback `Host`s only** (unless `--allow-remote`): a DNS-rebinding page whose name
 //!   now points at 127.0.0.1 sends its own name as `Host` and is refused.
 //! - **forms from the console only:** cookies do not keep ports apart, so a page served

@@ -56,6 +56,8 @@ pub struct Labels {
     pub other_language: &'static str,
     /// Signed in as.
     pub signed_in_as: &'static str,
+    /// The button that ends the session.
+    pub sign_out: &'static str,
     /// Column and field names.
     pub time: &'static str,
     /// The gateway node.
@@ -206,6 +208,7 @@ pub static VI: Labels = Labels {
     citizen: "Lịch sử công dân",
     other_language: "English",
     signed_in_as: "Định danh vận hành",
+    sign_out: "Đăng xuất",
     time: "Thời gian (UTC+7)",
     node: "Nút",
     client: "Bên gọi",
@@ -287,6 +290,7 @@ pub static EN: Labels = Labels {
     citizen: "Citizen's history",
     other_language: "Tiếng Việt",
     signed_in_as: "Operator identity",
+    sign_out: "Sign out",
     time: "Time (UTC+7)",
     node: "Node",
     client: "Client",

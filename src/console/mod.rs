@@ -251,6 +251,20 @@ impl Console {
         Some(session)
     }
 
+    /// Ends the session `presented` opened (its secret is refused from now on);
+    /// `false` when it was not open.
+    fn log_out(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut sessions = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let before = sessions.len();
+        sessions.retain(|s| *s != digest);
+        sessions.len() < before
+    }
+
     /// Whether `presented` is an open session's secret.
     fn session_matches(&self, presented: &str) -> bool {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();

@@ -45,6 +45,7 @@ pub fn routes() -> Router<Console> {
         .route("/health", get(health))
         .route("/citizen", get(citizen_form).post(citizen))
         .route("/lang/{code}", get(set_lang))
+        .route("/logout", post(log_out))
         .route(
             "/assets/console.css",
             get(|| async { asset(CSS, "text/css; charset=utf-8") }),
@@ -879,6 +880,34 @@ async fn set_lang(Path(code): Path<String>, Query(back): Query<Back>) -> Respons
         "{LANG_COOKIE}={}; SameSite=Strict; Path=/; Max-Age=31536000",
         lang.code()
     )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// Ends the browser's session: its secret is refused from now on and its cookie is
+/// cleared. The login address was spent when the session opened, so signing in again
+/// takes a restart of the console (one session per start).
+async fn log_out(State(console): State<Console>, headers: HeaderMap) -> Response {
+    for session in headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| super::guard::cookies(h, super::guard::COOKIE))
+    {
+        console.log_out(session);
+    }
+    let mut r = (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "Đã đăng xuất. Signed out.\n\
+         popgw console opens one session per start: restart it to sign in again.\n",
+    )
+        .into_response();
+    let cleared = format!(
+        "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+        super::guard::COOKIE
+    );
+    if let Ok(v) = HeaderValue::from_str(&cleared) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r

@@ -541,6 +541,37 @@ async fn the_console_shows_live_records_a_citizens_calls_integrity_and_health_in
             "no {rpc} by the operator on record"
         );
     }
+
+    // Signing out ends the session: the browser is signed out, and the old cookie,
+    // replayed, opens nothing.
+    let cookie = b.get_named_cookie("popgw_console").await.unwrap();
+    let cookie = format!("{}={}", cookie.name(), cookie.value());
+    b.find(Locator::Css("#sign-out"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let mut signed_out = false;
+    for _ in 0..50 {
+        if b.source().await.unwrap().contains("Signed out") {
+            signed_out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(signed_out, "the sign-out page");
+    b.goto(&format!("{base}/live")).await.unwrap();
+    assert!(b.source().await.unwrap().contains("not signed in"));
+    let host = base.trim_start_matches("http://");
+    let replayed = raw_request(
+        &base,
+        format!(
+            "GET /live HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(replayed.starts_with("HTTP/1.1 401"), "{replayed}");
     b.close().await.unwrap();
 }
 
