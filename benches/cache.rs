@@ -67,7 +67,7 @@ fn main() {
         .unwrap();
     rt.block_on(async move {
         let mut buf = Vec::new();
-        popgw::registry::generate(1_000, 2022, &mut buf).unwrap();
+        popgw_population::generate(1_000, 2022, &mut buf).unwrap();
         let templates: Vec<CitizenRecord> = buf
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())

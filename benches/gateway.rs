@@ -58,7 +58,7 @@ fn main() {
             config.registry.create_demo = false;
             config.zero_config = true;
             popgw::demo::prepare(&config).unwrap();
-            popgw::registry::generate_to_file(100_000, 2022, &config.population_path()).unwrap();
+            popgw_population::generate_to_file(100_000, 2022, &config.population_path()).unwrap();
             let file = std::io::BufReader::new(std::fs::File::open(config.population_path()).unwrap());
             popgw::registry::disk::DiskStore::import(
                 &config.registry_path(),

@@ -66,7 +66,7 @@ fn piped_population(
     std::sync::mpsc::Receiver<(String, String)>,
 ) {
     let (reader, mut writer) = std::io::pipe().unwrap();
-    std::thread::spawn(move || popgw::registry::generate(count, seed, &mut writer).unwrap());
+    std::thread::spawn(move || popgw_population::generate(count, seed, &mut writer).unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     let mut n = 0u64;
     let records = Records::new(std::io::BufReader::with_capacity(1 << 20, reader), false).inspect(
@@ -250,7 +250,7 @@ async fn main() {
     }
     if kind == "embedded" {
         let path = tmp.path().join("population.jsonl");
-        popgw::registry::generate_to_file(count, 1, &path).unwrap();
+        popgw_population::generate_to_file(count, 1, &path).unwrap();
         let t = Instant::now();
         let registry = EmbeddedRegistry::load_jsonl(&path).unwrap();
         println!(

@@ -13,8 +13,8 @@ use crate::config::{Config, RegistrySource};
 use crate::pki::{self, PkiError};
 use crate::policy::DEMO_POLICY;
 use crate::registry::disk::DiskStore;
-use crate::registry::generate;
 use crate::registry::import::{ImportError, Records};
+use popgw_population as generate;
 
 /// In a store folder: the name of the generation the demo import created.
 const DEMO_MARKER: &str = "demo-generation";

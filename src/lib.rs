@@ -14,8 +14,8 @@
 //!   dates, case ids).
 //! - [`registry`]: the `Registry` trait and what is behind it: the on-disk store (redb,
 //!   the default), PostgreSQL, a remote `popgw registry serve` (deadlines, retries, a
-//!   circuit breaker), in memory (tests); imports, the versioned change feed, the
-//!   synthetic population generator.
+//!   circuit breaker), in memory (tests); imports, the versioned change feed (the
+//!   synthetic population is a crate of its own, `crates/popgw-population`).
 //! - [`cache`]: records in memory (moka) in front of any registry, following its
 //!   change feed so that nothing changed is served; a bound on staleness.
 //! - [`matching`]: Vietnamese name normalisation and the verdict.
@@ -36,8 +36,9 @@
 //!   with an operator's certificate that serves pages on loopback; it binds nothing itself.
 //! - [`config`], [`telemetry`], [`pki`] (development certificates), [`demo`] (first
 //!   start), [`client`] (the command-line client's connection), [`display`] (its output at a terminal),
-//!   [`proto`] (generated). The benchmarks' load generator and baseline server are a
-//!   crate of their own, `crates/popgw-bench`: no deployment links them.
+//!   [`proto`] (the contracts compiled, a crate of its own: `crates/popgw-proto`). The
+//!   benchmarks' load generator and baseline server are a crate of their own,
+//!   `crates/popgw-bench`: no deployment links them.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 
@@ -57,7 +58,8 @@ pub mod link;
 pub mod matching;
 pub mod pki;
 pub mod policy;
-pub mod proto;
+/// The contracts (`proto/`) compiled: the crate `popgw-proto` (`crates/popgw-proto`).
+pub use popgw_proto as proto;
 pub mod registry;
 pub mod reload;
 pub mod server;

@@ -103,13 +103,13 @@ pub(crate) async fn run(command: RegistryCommand) -> Result<()> {
             let t = std::time::Instant::now();
             let s = if out == "-" {
                 let mut stdout = std::io::stdout().lock();
-                match registry::generate::generate(count, seed, &mut stdout) {
+                match popgw_population::generate(count, seed, &mut stdout) {
                     // The reader went away (`… | head`, or a failed import): stop quietly.
                     Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
                     other => other.context("writing to standard output")?,
                 }
             } else {
-                registry::generate::generate_to_file(count, seed, Path::new(&out))
+                popgw_population::generate_to_file(count, seed, Path::new(&out))
                     .with_context(|| format!("writing {out}"))?
             };
             let line = format!(

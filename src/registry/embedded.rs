@@ -1,6 +1,6 @@
 //! The embedded registry: a whole population held in memory, loaded from a JSON
 //! Lines file (one `CitizenRecord` per line, proto3 JSON, as written by
-//! [`crate::registry::generate`](mod@crate::registry::generate)).
+//! [`popgw_population::generate`]).
 //!
 //! Memory: each record is kept prost-encoded (a few hundred bytes) in a map keyed by
 //! the numeric personal id and decoded on lookup, so a million citizens fit in well
@@ -227,7 +227,7 @@ impl Registry for EmbeddedRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::generate::generate;
+    use popgw_population::generate;
     use std::io::Write;
 
     fn population(count: u64, seed: u64) -> (Vec<u8>, Vec<CitizenRecord>) {

@@ -144,7 +144,7 @@ mod tests {
 
     fn lines(n: u64) -> Vec<String> {
         let mut buf = Vec::new();
-        crate::registry::generate(n, 3, &mut buf).unwrap();
+        popgw_population::generate(n, 3, &mut buf).unwrap();
         String::from_utf8(buf)
             .unwrap()
             .lines()

@@ -5,8 +5,8 @@
 //!   `popgw serve`; imported with `popgw registry import`.
 //! - [`postgres::PgStore`]: the same data in PostgreSQL (what a ministry runs).
 //! - [`embedded::EmbeddedRegistry`]: a population held in memory, for tests.
-//! - [`generate`](mod@generate): a deterministic synthetic population;
-//!   [`import`]: reading and checking a population for import;
+//! - [`import`]: reading and checking a population for import (a synthetic one comes
+//!   from the crate `popgw-population`);
 //!   [`household`]: households assembled from members' records.
 //!
 //! The disk and PostgreSQL stores are also a [`Store`]: every change to a record
@@ -21,7 +21,6 @@
 pub mod disk;
 pub mod embedded;
 pub mod error;
-pub mod generate;
 pub mod household;
 pub mod import;
 pub mod postgres;
@@ -38,7 +37,6 @@ use tokio::time::Instant;
 
 pub use embedded::EmbeddedRegistry;
 pub use error::{Invalid, OutOfRange, RegistryError, Unavailable};
-pub use generate::{generate, generate_to_file, GenerateSummary};
 
 use crate::proto::registry::{Address, CitizenRecord, Household};
 use crate::validation::{self, InvalidField};

@@ -90,7 +90,7 @@ pub fn prepare(dir: &Path) -> (Config, DevCa) {
         ),
     )
     .unwrap();
-    popgw::registry::generate::generate_to_file(2_000, 7, &config.population_path()).unwrap();
+    popgw_population::generate_to_file(2_000, 7, &config.population_path()).unwrap();
     import_to_disk(&config.population_path(), &config.registry_path());
     (config, ca)
 }

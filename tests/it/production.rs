@@ -172,7 +172,7 @@ fn examples_are_printed_only_from_the_generated_demo_population() {
     );
     // Another population imported over the demo: it could be real, never printed.
     let population = dir.path().join("other.jsonl");
-    popgw::registry::generate::generate_to_file(500, 99, &population).unwrap();
+    popgw_population::generate_to_file(500, 99, &population).unwrap();
     let out = crate::common::bin()
         .args(["registry", "import", "--from"])
         .arg(&population)

@@ -665,7 +665,7 @@ async fn a_running_store_picks_up_a_new_import() {
     let first = records[0].personal_id.clone();
     // A new population (another seed) imported under the running store.
     let other = tempfile::NamedTempFile::new().unwrap();
-    popgw::registry::generate_to_file(300, 99, other.path()).unwrap();
+    popgw_population::generate_to_file(300, 99, other.path()).unwrap();
     std::thread::sleep(Duration::from_millis(5));
     let summary = import_to_disk(other.path(), &config.registry_path());
     assert_eq!(summary.imported, 300);

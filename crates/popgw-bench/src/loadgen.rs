@@ -312,7 +312,7 @@ impl Population {
     /// demo_count`, `demo_seed`): the same deterministic generator, in memory.
     pub fn demo(count: u64, seed: u64, take: usize) -> Result<Population, LoadError> {
         let mut out = Vec::new();
-        popgw::registry::generate::generate(count, seed, &mut out)
+        popgw_population::generate(count, seed, &mut out)
             .map_err(|e| LoadError::Plan(format!("generating the demo population: {e}")))?;
         Population::parse(&String::from_utf8_lossy(&out), "the demo population", take)
     }
