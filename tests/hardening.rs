@@ -77,14 +77,7 @@ async fn ten_thousand_unfinished_streams_do_not_exhaust_the_gateway() {
                 continue;
             }
         }
-        let request = http::Request::post(format!(
-            "https://localhost:{}/popgw.v1.IdentityGateway/VerifyIdentity",
-            gw.addr.port()
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
+        let request = grpc_post(&gw, VERIFY, "application/grpc");
         match attacker.send_request(request, false) {
             Ok((response, mut stream)) => {
                 let _ = stream.send_data(chunk.clone(), false);
@@ -267,22 +260,33 @@ async fn raw_call(
     body: Vec<u8>,
 ) -> Option<String> {
     let mut h2 = raw_h2(gw.addr, &gw.certs, "portal").await;
-    let request = http::Request::post(format!("https://localhost:{}{path}", gw.addr.port()))
-        .header("content-type", content_type)
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
+    let request = grpc_post(gw, path, content_type);
     h2 = h2.ready().await.unwrap();
     let (response, mut stream) = h2.send_request(request, false).unwrap();
     stream.send_data(Bytes::from(body), true).unwrap();
-    let response = response.await.unwrap();
+    grpc_status(response.await.unwrap()).await
+}
+
+/// The path of VerifyIdentity.
+const VERIFY: &str = "/popgw.v1.IdentityGateway/VerifyIdentity";
+
+/// A gRPC call's request head for `path` on the gateway (the body is the caller's to
+/// send, or to hold back).
+fn grpc_post(gw: &TestGateway, path: &str, content_type: &str) -> http::Request<()> {
+    http::Request::post(format!("https://localhost:{}{path}", gw.addr.port()))
+        .header("content-type", content_type)
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
+
+/// An answer's grpc-status: in its headers (a refusal answered at once) or its trailers.
+async fn grpc_status(response: http::Response<h2::RecvStream>) -> Option<String> {
     if let Some(s) = response.headers().get("grpc-status") {
         return Some(s.to_str().unwrap().to_string());
     }
     let mut body = response.into_body();
-    while let Some(chunk) = body.data().await {
-        let _ = chunk;
-    }
+    while body.data().await.is_some() {}
     body.trailers().await.ok().flatten().and_then(|t| {
         t.get("grpc-status")
             .map(|v| v.to_str().unwrap().to_string())
@@ -295,7 +299,7 @@ async fn requests_refused_before_their_handler_leave_a_record() {
     // Garbage protobuf: a gRPC frame of five 0xff bytes.
     let mut garbage = vec![0u8, 0, 0, 0, 5];
     garbage.extend([0xff; 5]);
-    let path = "/popgw.v1.IdentityGateway/VerifyIdentity";
+    let path = VERIFY;
     let status = raw_call(&gw, path, "application/grpc", garbage).await;
     assert!(status.is_some_and(|s| s != "0"), "refused");
     // A compressed-flag frame nobody negotiated.
@@ -351,7 +355,7 @@ async fn a_unary_call_with_two_messages_is_refused_and_recorded() {
         body.extend((message.len() as u32).to_be_bytes());
         body.extend(&message);
     }
-    let path = "/popgw.v1.IdentityGateway/VerifyIdentity";
+    let path = VERIFY;
     let status = raw_call(&gw, path, "application/grpc", body).await;
     assert_eq!(
         status.as_deref(),
@@ -474,14 +478,7 @@ async fn ten_thousand_unfinished_small_bodies_are_bounded_and_time_out() {
         let mut attacker = raw_h2(gw.addr, &gw.certs, "stranger").await;
         for _ in 0..250 {
             attacker = attacker.ready().await.unwrap();
-            let request = http::Request::post(format!(
-                "https://localhost:{}/popgw.v1.IdentityGateway/VerifyIdentity",
-                gw.addr.port()
-            ))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
+            let request = grpc_post(&gw, VERIFY, "application/grpc");
             let (response, mut stream) = attacker.send_request(request, false).unwrap();
             let _ = stream.send_data(chunk.clone(), false);
             held.push((response, stream));
@@ -509,20 +506,7 @@ async fn ten_thousand_unfinished_small_bodies_are_bounded_and_time_out() {
             .await
             .expect("answered within the body timeout")
             .unwrap();
-        if let Some(s) = response.headers().get("grpc-status") {
-            return s.to_str().unwrap().to_string();
-        }
-        let mut body = response.into_body();
-        while body.data().await.is_some() {}
-        body.trailers()
-            .await
-            .ok()
-            .flatten()
-            .and_then(|t| {
-                t.get("grpc-status")
-                    .map(|v| v.to_str().unwrap().to_string())
-            })
-            .unwrap_or_default()
+        grpc_status(response).await.unwrap_or_default()
     }))
     .await;
     let refused = statuses.iter().filter(|s| *s == "8").count();
@@ -550,14 +534,7 @@ async fn calls_without_a_body_are_charged_to_the_budget() {
     let mut held = Vec::new();
     for _ in 0..200 {
         attacker = attacker.ready().await.unwrap();
-        let request = http::Request::post(format!(
-            "https://localhost:{}/popgw.v1.IdentityGateway/VerifyIdentity",
-            gw.addr.port()
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
+        let request = grpc_post(&gw, VERIFY, "application/grpc");
         // Headers only: no data, no end of stream.
         held.push(attacker.send_request(request, false).unwrap());
     }
@@ -567,10 +544,10 @@ async fn calls_without_a_body_are_charged_to_the_budget() {
     // A refusal comes long before the 60 s body timeout; a waiting call does not end.
     let outcomes = futures::future::join_all(held.into_iter().map(|(response, stream)| async {
         let answered = tokio::time::timeout(Duration::from_secs(5), response).await;
-        let status = answered.ok().map(|response| {
-            let response = response.unwrap();
-            response.headers().get("grpc-status").unwrap().clone()
-        });
+        let status = match answered {
+            Ok(response) => grpc_status(response.unwrap()).await,
+            Err(_) => None,
+        };
         (status, stream)
     }))
     .await;
