@@ -49,11 +49,6 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
 /// Advisory lock key held by migrations and imports (one at a time per database).
 const LOCK_KEY: i64 = 0x706f_7067_7772_6567; // "popgwreg"
 
-fn pg_err(e: tokio_postgres::Error) -> RegistryError {
-    // The server's message and SQLSTATE, never its DETAIL (which can quote a key value).
-    RegistryError::from(e)
-}
-
 fn pool_err(e: deadpool_postgres::PoolError, link: &PgLink, timeout: Duration) -> RegistryError {
     Unavailable::Pool(link.pool_error(e, timeout)).into()
 }
@@ -123,7 +118,7 @@ impl PgStore {
                         &[],
                     )
                     .await
-                    .map_err(|e| match pg_err(e) {
+                    .map_err(|e| match RegistryError::from(e) {
                         // No such table (SQLSTATE 42P01): not a registry's database.
                         RegistryError::Unavailable(Unavailable::Postgres(PgFailure::Server {
                             message,
@@ -183,8 +178,8 @@ impl PgStore {
         deadline: Deadline,
     ) -> Result<Vec<CitizenRecord>, RegistryError> {
         self.call_until(deadline.capped(self.timeout), |c| async move {
-            let stmt = c.prepare_cached(sql).await.map_err(pg_err)?;
-            let rows = c.query(&stmt, &[&key]).await.map_err(pg_err)?;
+            let stmt = c.prepare_cached(sql).await.map_err(RegistryError::from)?;
+            let rows = c.query(&stmt, &[&key]).await.map_err(RegistryError::from)?;
             rows.iter().map(|r| decode(r.get::<_, &[u8]>(0))).collect()
         })
         .await
@@ -198,7 +193,8 @@ impl PgStore {
         mut progress: impl FnMut(u64) + Send,
     ) -> Result<ImportSummary, ImportError> {
         let store_err = |e: RegistryError| ImportError::Store(e.to_string());
-        let sql_err = |e: tokio_postgres::Error| ImportError::Store(pg_err(e).to_string());
+        let sql_err =
+            |e: tokio_postgres::Error| ImportError::Store(RegistryError::from(e).to_string());
         let link = link(url).map_err(store_err)?;
         if let Some(name) = link
             .create_database_if_missing(Duration::from_secs(30))
@@ -240,7 +236,7 @@ impl PgStore {
         SCHEMA
             .apply(&mut client)
             .await
-            .map_err(pg_err)
+            .map_err(RegistryError::from)
             .map_err(store_err)?;
         let head: i64 = client
             .query_one(
@@ -529,8 +525,8 @@ impl Store for PgStore {
                      FROM popgw_registry_meta",
                 )
                 .await
-                .map_err(pg_err)?;
-            let row = c.query_one(&stmt, &[]).await.map_err(pg_err)?;
+                .map_err(RegistryError::from)?;
+            let row = c.query_one(&stmt, &[]).await.map_err(RegistryError::from)?;
             let head: Option<i64> = row.get(0);
             let floor: Option<i64> = row.get(1);
             Ok(Versions {
@@ -561,8 +557,8 @@ impl Store for PgStore {
                          ORDER BY c.version",
                     )
                     .await
-                    .map_err(pg_err)?;
-                c.query(&stmt, &[&after_i, &limit_i]).await.map_err(pg_err)
+                    .map_err(RegistryError::from)?;
+                c.query(&stmt, &[&after_i, &limit_i]).await.map_err(RegistryError::from)
             })
             .await?;
         let Some(first) = rows.first() else {
@@ -594,14 +590,14 @@ impl Store for PgStore {
         let kept = self.changes_kept as i64;
         let change = change.clone();
         self.call(|mut c| async move {
-            let txn = c.transaction().await.map_err(pg_err)?;
+            let txn = c.transaction().await.map_err(RegistryError::from)?;
             let Some(row) = txn
                 .query_opt(
                     "SELECT record FROM citizens WHERE personal_id = $1 FOR UPDATE",
                     &[&id],
                 )
                 .await
-                .map_err(pg_err)?
+                .map_err(RegistryError::from)?
             else {
                 return Ok(None);
             };
@@ -616,7 +612,7 @@ impl Store for PgStore {
                     &[],
                 )
                 .await
-                .map_err(pg_err)?
+                .map_err(RegistryError::from)?
                 .get(0);
             record.version = version as u64;
             let bytes = record.encode_to_vec();
@@ -625,32 +621,32 @@ impl Store for PgStore {
                 &[&id, &bytes, &version],
             )
             .await
-            .map_err(pg_err)?;
+            .map_err(RegistryError::from)?;
             txn.execute(
                 "INSERT INTO citizen_changes (version, personal_id, record) VALUES ($1, $2, $3)",
                 &[&version, &id, &bytes],
             )
             .await
-            .map_err(pg_err)?;
+            .map_err(RegistryError::from)?;
             // Compaction: keep the newest `changes_kept` changes.
             let floor: i64 = txn
                 .query_one("SELECT value FROM popgw_registry_meta WHERE key = 'floor'", &[])
                 .await
-                .map_err(pg_err)?
+                .map_err(RegistryError::from)?
                 .get(0);
             if version - floor > kept {
                 let new_floor = version - kept;
                 txn.execute("DELETE FROM citizen_changes WHERE version <= $1", &[&new_floor])
                     .await
-                    .map_err(pg_err)?;
+                    .map_err(RegistryError::from)?;
                 txn.execute(
                     "UPDATE popgw_registry_meta SET value = $1 WHERE key = 'floor'",
                     &[&new_floor],
                 )
                 .await
-                .map_err(pg_err)?;
+                .map_err(RegistryError::from)?;
             }
-            txn.commit().await.map_err(pg_err)?;
+            txn.commit().await.map_err(RegistryError::from)?;
             Ok(Some(record))
         })
         .await
@@ -664,7 +660,7 @@ impl Store for PgStore {
                     &[],
                 )
                 .await
-                .map_err(pg_err)?;
+                .map_err(RegistryError::from)?;
             Ok(row.get::<_, i64>(0).max(0) as u64)
         })
         .await
@@ -679,7 +675,7 @@ impl Store for PgStore {
                         &[],
                     )
                     .await
-                    .map_err(pg_err)?;
+                    .map_err(RegistryError::from)?;
                 rows.iter()
                     .map(|r| decode(r.get::<_, &[u8]>(0)))
                     .collect::<Result<Vec<_>, _>>()

@@ -142,8 +142,10 @@ pub enum IndexError {
     NotAnAuditFolder(std::path::PathBuf),
 }
 
-fn pg(e: tokio_postgres::Error) -> IndexError {
-    IndexError::Postgres(e.into())
+impl From<tokio_postgres::Error> for IndexError {
+    fn from(e: tokio_postgres::Error) -> IndexError {
+        IndexError::Postgres(e.into())
+    }
 }
 
 fn feed<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> IndexError {

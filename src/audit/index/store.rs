@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 
 use super::{
-    month_of, month_start, month_suffix, partition_month, pg, AuditIndex, IndexConfig, IndexError,
+    month_of, month_start, month_suffix, partition_month, AuditIndex, IndexConfig, IndexError,
     IndexedRecord, PersonEvent, CONTIGUOUS_SCAN, LOCK_KEY, MAX_TIME_MS, MIN_TIME_MS, SCHEMA,
 };
 use crate::audit::{Filter, RecordBody, StoredRecord};
@@ -61,7 +61,7 @@ impl AuditIndex {
     /// Applies the migrations this database lacks ([`SCHEMA`]).
     pub async fn migrate(&self) -> Result<(), IndexError> {
         let mut client = self.client().await?;
-        SCHEMA.apply(&mut client).await.map_err(pg)
+        SCHEMA.apply(&mut client).await.map_err(IndexError::from)
     }
 
     /// Creates the monthly partitions `records` need that do not exist yet.
@@ -81,10 +81,10 @@ impl AuditIndex {
             return Ok(());
         }
         let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(pg)?;
+        let txn = client.transaction().await.map_err(IndexError::from)?;
         txn.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         for &month in &needed {
             let (from, to, suffix) = (
                 month_start(month),
@@ -98,9 +98,9 @@ impl AuditIndex {
                      FOR VALUES FROM ('{from}') TO ('{to}');"
             ))
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         }
-        txn.commit().await.map_err(pg)?;
+        txn.commit().await.map_err(IndexError::from)?;
         self.months.lock().expect("months lock").extend(needed);
         Ok(())
     }
@@ -157,7 +157,7 @@ impl AuditIndex {
             }
         }
         let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(pg)?;
+        let txn = client.transaction().await.map_err(IndexError::from)?;
         let inserted = txn
             .execute(
                 "INSERT INTO audit_record
@@ -176,7 +176,7 @@ impl AuditIndex {
                 ],
             )
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         txn.execute(
             "INSERT INTO audit_person (pseudonym, at, node, seq, related)
              SELECT p, timestamptz 'epoch' + t * interval '1 millisecond', node, seq, related
@@ -186,7 +186,7 @@ impl AuditIndex {
             &[&p_pseudonym, &p_time, &p_node, &p_seq, &p_related],
         )
         .await
-        .map_err(pg)?;
+        .map_err(IndexError::from)?;
         for (node, (seq, hash, time)) in &heads {
             txn.execute(
                 "INSERT INTO audit_index_node (node, last_seq, last_hash, last_at)
@@ -201,7 +201,7 @@ impl AuditIndex {
                 &[node, seq, hash, time],
             )
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         }
         for node in heads.keys() {
             advance_contiguous(&txn, node).await?;
@@ -212,9 +212,9 @@ impl AuditIndex {
                 &[node, &(*stream_seq as i64), problem],
             )
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         }
-        txn.commit().await.map_err(pg)?;
+        txn.commit().await.map_err(IndexError::from)?;
         Ok(inserted)
     }
 
@@ -227,7 +227,7 @@ impl AuditIndex {
                 &[],
             )
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -245,11 +245,11 @@ impl AuditIndex {
         let statement = client
             .prepare_cached("SELECT json FROM audit_record WHERE node = $1 AND seq = $2 LIMIT 1")
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         let row = client
             .query_opt(&statement, &[&node, &(seq as i64)])
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         Ok(row
             .and_then(|r| serde_json::from_str::<RecordBody>(r.get::<_, &str>(0)).ok())
             .map(|b| b.prev))
@@ -270,7 +270,7 @@ impl AuditIndex {
                 &[],
             )
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         Ok(row.get(0))
     }
 
@@ -283,7 +283,7 @@ impl AuditIndex {
                 &[&node],
             )
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         Ok(row.get::<_, i64>(0) as u64)
     }
 
@@ -365,17 +365,20 @@ impl AuditIndex {
         // Prepared once per connection and shape of query: planning 25 monthly partitions
         // of two tables costs more than running the query (~6 ms against ~1 ms measured),
         // and a prepared statement lets PostgreSQL keep a generic plan, pruned at run time.
-        let statement = client.prepare_cached(&sql).await.map_err(pg)?;
+        let statement = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(IndexError::from)?;
         let rows = client
             .query_raw(
                 &statement,
                 params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)),
             )
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         futures::pin_mut!(rows);
         while let Some(row) = rows.next().await {
-            let record = stored_row(&row.map_err(pg)?)?;
+            let record = stored_row(&row.map_err(IndexError::from)?)?;
             if tx.send(record.stored()).await.is_err() {
                 break;
             }
@@ -416,14 +419,14 @@ impl AuditIndex {
                  LIMIT $5",
             )
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         let rows = client
             .query(
                 &statement,
                 &[&pseudonym, &from_ms, &to_ms, &rpcs, &(limit as i64)],
             )
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         rows.iter()
             .map(|row| {
                 Ok(PersonEvent {
@@ -439,10 +442,10 @@ impl AuditIndex {
     /// tables dropped.
     pub async fn drop_months_before(&self, month: i32) -> Result<Vec<String>, IndexError> {
         let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(pg)?;
+        let txn = client.transaction().await.map_err(IndexError::from)?;
         txn.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         let rows = txn
             .query(
                 "SELECT c.relname FROM pg_inherits i
@@ -452,14 +455,14 @@ impl AuditIndex {
                 &[],
             )
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         let mut dropped = Vec::new();
         for row in rows {
             let name: String = row.get(0);
             if partition_month(&name).is_some_and(|m| m < month) {
                 txn.batch_execute(&format!("DROP TABLE {name}"))
                     .await
-                    .map_err(pg)?;
+                    .map_err(IndexError::from)?;
                 dropped.push(name);
             }
         }
@@ -473,9 +476,9 @@ impl AuditIndex {
                 &[],
             )
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         }
-        txn.commit().await.map_err(pg)?;
+        txn.commit().await.map_err(IndexError::from)?;
         let mut months = self.months.lock().expect("months lock");
         months.retain(|m| *m >= month);
         Ok(dropped)
@@ -493,7 +496,7 @@ impl AuditIndex {
                 &[],
             )
             .await
-            .map_err(pg)?;
+            .map_err(IndexError::from)?;
         Ok(row.get::<_, i64>(0) as u64)
     }
 }
@@ -528,7 +531,7 @@ async fn advance_contiguous(
             &[&node],
         )
         .await
-        .map_err(pg)?;
+        .map_err(IndexError::from)?;
     let (mark, first): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
     let Some(mut mark) = mark.or(first.map(|f| f - 1)) else {
         return Ok(());
@@ -540,7 +543,7 @@ async fn advance_contiguous(
             &[&node, &mark, &CONTIGUOUS_SCAN],
         )
         .await
-        .map_err(pg)?;
+        .map_err(IndexError::from)?;
     let mut at = None;
     for r in &rows {
         if r.get::<_, i64>(0) != mark + 1 {
@@ -557,14 +560,14 @@ async fn advance_contiguous(
             &[&node, &mark, &at],
         )
         .await
-        .map_err(pg)?;
+        .map_err(IndexError::from)?;
     } else if row.get::<_, Option<i64>>(0).is_none() {
         txn.execute(
             "UPDATE audit_index_node SET contiguous_seq = $2 WHERE node = $1",
             &[&node, &mark],
         )
         .await
-        .map_err(pg)?;
+        .map_err(IndexError::from)?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tokio::sync::mpsc;
 
-use super::{pg, AuditIndex, IndexError};
+use super::{AuditIndex, IndexError};
 use crate::audit::StoredRecord;
 
 /// What [`verify_against`] found.
@@ -79,7 +79,7 @@ pub async fn verify_against(dir: &Path, index: &AuditIndex) -> Result<IndexRepor
             &[&node],
         )
         .await
-        .map_err(pg)?;
+        .map_err(IndexError::from)?;
     let (last_indexed, dropped_before) = meta
         .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Option<i64>>(1)))
         .unwrap_or((0, None));
@@ -105,7 +105,7 @@ pub async fn verify_against(dir: &Path, index: &AuditIndex) -> Result<IndexRepor
                     &[&node, &after.0, &after.1],
                 )
                 .await
-                .map_err(pg)?;
+                .map_err(IndexError::from)?;
             Ok::<_, IndexError>(
                 rows.iter()
                     .map(|r| Row {
@@ -236,7 +236,7 @@ async fn empty_folder(dir: &Path, index: &AuditIndex) -> Result<IndexReport, Ind
             &[&node],
         )
         .await
-        .map_err(pg)?
+        .map_err(IndexError::from)?
         .map_or(0, |r| r.get::<_, i64>(0) as u64);
     let invented = client
         .query(
@@ -245,7 +245,7 @@ async fn empty_folder(dir: &Path, index: &AuditIndex) -> Result<IndexReport, Ind
             &[&node, &(removed_upto as i64)],
         )
         .await
-        .map_err(pg)?
+        .map_err(IndexError::from)?
         .iter()
         .map(|r| r.get::<_, i64>(0) as u64)
         .collect();
