@@ -144,7 +144,7 @@ impl Console {
             inner: Arc::new(Inner {
                 nodes: std::iter::once(first).chain(others).collect(),
                 operator,
-                token_hash: Mutex::new(Some(Sha256::digest(token.as_bytes()).into())),
+                token_hash: Mutex::new(Some(digest(&token))),
                 sessions: Mutex::new(Vec::new()),
                 ring: Mutex::new(samples::Ring::new(keep)),
                 verified: Mutex::new(Default::default()),
@@ -231,49 +231,44 @@ impl Console {
     /// secret and it was not used yet. The secret printed at start (which a browser's
     /// history keeps) opens one session only; the session's own secret is never printed.
     fn log_in(&self, presented: &str) -> Option<String> {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut token = self
             .inner
             .token_hash
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         // Compared as digests: the comparison's time says nothing about the secret.
-        if token.as_ref() != Some(&digest) {
+        if token.as_ref() != Some(&digest(presented)) {
             return None;
         }
         *token = None;
         let session = secret();
-        self.inner
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Sha256::digest(session.as_bytes()).into());
+        self.sessions().push(digest(&session));
         Some(session)
     }
 
-    /// Ends the session `presented` opened (its secret is refused from now on);
-    /// `false` when it was not open.
-    fn log_out(&self, presented: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let mut sessions = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let before = sessions.len();
-        sessions.retain(|s| *s != digest);
-        sessions.len() < before
+    /// Ends the session `presented` opened: its secret is refused from now on.
+    fn log_out(&self, presented: &str) {
+        let gone = digest(presented);
+        self.sessions().retain(|s| *s != gone);
     }
 
     /// Whether `presented` is an open session's secret.
     fn session_matches(&self, presented: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.sessions().contains(&digest(presented))
+    }
+
+    /// The digests of the open sessions.
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Vec<[u8; 32]>> {
         self.inner
             .sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&digest)
     }
+}
+
+/// What the console keeps of a secret: its SHA-256.
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
 }
 
 /// The console's routes, guarded.
