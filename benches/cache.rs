@@ -6,7 +6,7 @@
 //! weighs what it would hold in production. Its change feed is the quiet one (a mark
 //! every second), followed as `popgw serve` does.
 //!
-//! `cargo bench --bench cache` (POPGW_BENCH_CITIZENS, POPGW_BENCH_ENTRIES, POPGW_BENCH_DRAWS,
+//! `cargo bench -p popgw-benches --bench cache` (POPGW_BENCH_CITIZENS, POPGW_BENCH_ENTRIES, POPGW_BENCH_DRAWS,
 //! POPGW_BENCH_ZIPF_S to change).
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -16,7 +16,7 @@
 #   3. popgw with every lookup a cache miss through `popgw registry serve` with 1 ms
 #      injected latency (the registry shares core 1 with the generator);
 #   4. one fdatasync on the work folder's disk (benches/fdatasync.py), and the audit log's
-#      durable, sealed records per second (`cargo bench --bench audit`,
+#      durable, sealed records per second (`cargo bench -p popgw-benches --bench audit`,
 #      both cores).
 # Writes target/bench-report/report.md and report.json (and each run's JSON).
 #
@@ -242,8 +242,8 @@ stop "$R"
 python3 "$ROOT/benches/fdatasync.py" "$WORK" >"$OUT/fdatasync.txt"
 
 # The audit log alone: durable (fdatasync) and sealed records per second.
-cargo bench --quiet --bench audit >"$OUT/audit-bench.txt" 2>&1 || {
-    echo "cargo bench --bench audit failed: see $OUT/audit-bench.txt" >&2
+cargo bench --quiet -p popgw-benches --bench audit >"$OUT/audit-bench.txt" 2>&1 || {
+    echo "cargo bench -p popgw-benches --bench audit failed: see $OUT/audit-bench.txt" >&2
     exit 1
 }
 

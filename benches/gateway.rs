@@ -6,13 +6,13 @@
 //! `VerifyIdentity` and waiting for the answer, for DURATION. Server and load
 //! generator share this process and the machine's cores, so the figure is a floor.
 //!
-//! `cargo bench --bench gateway` (POPGW_BENCH_SECS, POPGW_BENCH_CALLERS to change).
+//! `cargo bench -p popgw-benches --bench gateway` (POPGW_BENCH_SECS, POPGW_BENCH_CALLERS to change).
 //!
 //! Against a gateway already running elsewhere (e.g. `taskset -c 0 popgw serve` in
 //! DIR, so that server and generator each get their own core): set
 //! POPGW_BENCH_ADDR=localhost:50051 and POPGW_BENCH_DIR=DIR (its certs/ and data/).
 //! With POPGW_BENCH_IDS=FILE the declarations are made up from a file of ids (the
-//! `ids.txt` that `POPGW_BENCH_KEEP=DIR cargo bench --bench registry` writes), for a
+//! `ids.txt` that `POPGW_BENCH_KEEP=DIR cargo bench -p popgw-benches --bench registry` writes), for a
 //! gateway over a national-size store whose population file is not at hand.
 
 use std::sync::Arc;
@@ -67,7 +67,7 @@ fn main() {
             )
             .unwrap();
         }
-        // POPGW_BENCH_IDS=FILE (one id per line, as `cargo bench --bench registry` keeps
+        // POPGW_BENCH_IDS=FILE (one id per line, as `cargo bench -p popgw-benches --bench registry` keeps
         // them): declarations made up from the ids alone (answers NO_MATCH after a real
         // lookup), for a store whose population file is not at hand.
         let from_ids = std::env::var("POPGW_BENCH_IDS").ok();

@@ -1,4 +1,4 @@
-//! The central audit index (`cargo bench --bench index`; PostgreSQL on 127.0.0.1:5432 and
+//! The central audit index (`cargo bench -p popgw-benches --bench index`; PostgreSQL on 127.0.0.1:5432 and
 //! NATS JetStream on 127.0.0.1:4222, each bench run in a database and stream of its own,
 //! removed at the end):
 //!

@@ -4,13 +4,13 @@
 //!
 //! ```text
 //! # import N citizens (generated, piped: no intermediate file), then measure
-//! POPGW_BENCH_CITIZENS=1000000 POPGW_BENCH_STORE=disk cargo bench --bench registry
-//! POPGW_BENCH_STORE=postgres POPGW_BENCH_PG=postgres://postgres@127.0.0.1:5432/bench cargo bench --bench registry
-//! POPGW_BENCH_STORE=embedded cargo bench --bench registry       # the in-memory registry
-//! POPGW_BENCH_OPEN=DIR cargo bench --bench registry             # lookups only, on a kept store
+//! POPGW_BENCH_CITIZENS=1000000 POPGW_BENCH_STORE=disk cargo bench -p popgw-benches --bench registry
+//! POPGW_BENCH_STORE=postgres POPGW_BENCH_PG=postgres://postgres@127.0.0.1:5432/bench cargo bench -p popgw-benches --bench registry
+//! POPGW_BENCH_STORE=embedded cargo bench -p popgw-benches --bench registry       # the in-memory registry
+//! POPGW_BENCH_OPEN=DIR cargo bench -p popgw-benches --bench registry             # lookups only, on a kept store
 //! # keep the store (POPGW_BENCH_KEEP=DIR) and write the sampled ids to DIR/ids.txt, then
 //! # drive a `popgw registry serve --store DIR` from another core:
-//! POPGW_BENCH_SERVE_ADDR=localhost:50061 POPGW_BENCH_DIR=DIR POPGW_BENCH_CERTS=certs cargo bench --bench registry
+//! POPGW_BENCH_SERVE_ADDR=localhost:50061 POPGW_BENCH_DIR=DIR POPGW_BENCH_CERTS=certs cargo bench -p popgw-benches --bench registry
 //! ```
 
 use std::io::Write;
