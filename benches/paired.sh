@@ -9,7 +9,9 @@
 # generator (`popgw-bench loadgen`, its own process) runs pinned to core 1: cache-hit
 # VerifyIdentity, 64 callers on 4 connections, then one caller, POPGW_BENCH_SECS (default
 # 10) seconds each after 2 s of warm-up. PAIRS (default 3) rounds of old, new. Writes
-# target/bench-paired/report.md (and each run's JSON).
+# target/bench-paired/report.md (and each run's JSON). POPGW_BENCH_CALLERS and
+# POPGW_BENCH_CONNECTIONS change the closed loop's 64 callers on 4 connections (256 on 8
+# keep the server's core saturated: what a change of CPU per request shows in).
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: benches/paired.sh OLD_BINARY NEW_BINARY [PAIRS]" >&2; exit 2; }
 cd "$(dirname "$0")/.."
@@ -18,6 +20,8 @@ OLD=$(realpath "$1")
 NEW=$(realpath "$2")
 PAIRS=${3:-3}
 SECS=${POPGW_BENCH_SECS:-10}
+CALLERS=${POPGW_BENCH_CALLERS:-64}
+CONNECTIONS=${POPGW_BENCH_CONNECTIONS:-4}
 for b in "$OLD" "$NEW"; do
     [ -x "$b" ] || { echo "$b is not an executable popgw" >&2; exit 2; }
 done
@@ -77,7 +81,7 @@ for i in $(seq "$PAIRS"); do
         [ $side = new ] && bin=$NEW
         serve "$side-$i" "$bin"
         load "$side-$i-warmup" --secs 4
-        load "$side-$i-closed"
+        load "$side-$i-closed" --callers "$CALLERS" --connections "$CONNECTIONS"
         load "$side-$i-one" --callers 1 --connections 1
         halt
     done
@@ -89,7 +93,8 @@ out, pairs, old, new = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 def run(name):
     return json.load(open(os.path.join(out, name + ".json")))
 lines = [f"# Paired runs: old `{old}`, new `{new}`", "",
-         f"{platform.node()}, {os.cpu_count()} cores; server on core 0, generator on core 1.", "",
+         f"{platform.node()}, {os.cpu_count()} cores; server on core 0, generator on core 1; closed loop: "
+         f"{os.environ.get('POPGW_BENCH_CALLERS', '64')} callers on {os.environ.get('POPGW_BENCH_CONNECTIONS', '4')} connections.", "",
          "| pair | old ok/s | new ok/s | new/old | old p99 ms | new p99 ms | old 1-caller p50 ms | new 1-caller p50 ms |",
          "|---|---|---|---|---|---|---|---|"]
 ratios = []

@@ -109,7 +109,7 @@ impl AuditLog for AuditLogService {
             Rpc::AuditQuery,
             identity.clone(),
             String::new(),
-            async move {
+            Box::pin(async move {
                 let mut ctx: RequestCtx = gw.begin(Rpc::AuditQuery, identity, None);
                 let admitted = gw
                     .admit(&ctx)
@@ -129,7 +129,7 @@ impl AuditLog for AuditLogService {
                 });
                 // The record is durable before the first result leaves.
                 gw.finish(ctx, result).await
-            },
+            }),
         )
         .await?;
         // Results stream as the files are read, one segment at a time, through a bounded

@@ -309,6 +309,22 @@ impl http_body::Body for OneMessage {
     }
 }
 
+/// Records a call that never reached its handler, refused with `code` before it was
+/// read. Boxed: a rare path, kept out of the future every call carries.
+fn unreached<'a>(
+    gw: &'a Gateway,
+    rpc: Rpc,
+    identity: Result<crate::tls::ClientId, crate::tls::IdentityError>,
+    code: Code,
+) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        let ctx = gw.begin(rpc, identity, None);
+        let _ = gw
+            .finish::<()>(ctx, Err(GatewayError::Undecodable(code)))
+            .await;
+    })
+}
+
 fn status_code(response: &http::Response<Body>) -> Option<Code> {
     let value = response.headers().get("grpc-status")?.to_str().ok()?;
     Some(Code::from_i32(value.parse().ok()?))
@@ -432,9 +448,7 @@ where
                                 // A handler in its own task still finishes and records
                                 // itself; one never reached is recorded here.
                                 if !reached.load(Ordering::Acquire) {
-                                    let ctx = gw.begin(rpc, identity(), None);
-                                    let refused = GatewayError::Undecodable(Code::DeadlineExceeded);
-                                    let _ = gw.finish::<()>(ctx, Err(refused)).await;
+                                    unreached(&gw, rpc, identity(), Code::DeadlineExceeded).await;
                                 }
                                 return Ok(
                                     tonic::Status::from(EarlyRefusal::CallerDeadline).into_http()
@@ -446,11 +460,8 @@ where
                 if !reached.load(Ordering::Acquire) {
                     let code = status_code(&response).unwrap_or(Code::Unknown);
                     if code != Code::Ok {
-                        let ctx = gw.begin(rpc, identity(), None);
                         // The answer is tonic's; the record says it was refused unread.
-                        let _ = gw
-                            .finish::<()>(ctx, Err(GatewayError::Undecodable(code)))
-                            .await;
+                        unreached(&gw, rpc, identity(), code).await;
                     }
                 }
                 Ok(response)

@@ -442,12 +442,17 @@ impl Gateway {
 /// At most `limits.max_in_flight` such tasks run at once: beyond, the request is shed
 /// at once — UNAVAILABLE with a RetryInfo, recorded like any refusal — instead of
 /// queueing without bound behind a slow registry or disk.
+///
+/// The request comes boxed: its future (the handler, its lookups and its audit append)
+/// runs to kilobytes, and a box moves as one pointer through the task's layers where the
+/// future itself would be copied at each (`memmove` was the largest single item of the
+/// request path's profile).
 pub(crate) async fn detached<T: Send + 'static>(
     gw: &Gateway,
     rpc: Rpc,
     identity: Result<tls::ClientId, tls::IdentityError>,
     personal_id: String,
-    request: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
+    request: futures::future::BoxFuture<'static, Result<T, Status>>,
 ) -> Result<T, Status> {
     // The record of a request that never ran its course: found by a query on the
     // citizen's id, like any refused attempt.
@@ -506,21 +511,25 @@ pub(crate) async fn unary<Req, T, Fut>(
 where
     Req: Send + 'static,
     T: Send + 'static,
-    Fut: std::future::Future<Output = (RequestCtx, Result<(T, Disclosure), GatewayError>)> + Send,
+    Fut: std::future::Future<Output = (RequestCtx, Result<(T, Disclosure), GatewayError>)>
+        + Send
+        + 'static,
 {
     let early::Caller {
         identity, timeout, ..
     } = early::reached(&request);
     let request = request.into_inner();
     let about = personal_id(&request).to_string();
+    let identity_for_shed = identity.clone();
     let task_gw = gw.clone();
-    detached(gw, rpc, identity.clone(), about, async move {
+    let request = Box::pin(async move {
         let ctx = task_gw.begin(rpc, identity, timeout);
         let (ctx, result) = handle(task_gw.clone(), ctx, request).await;
         task_gw.finish(ctx, result).await
-    })
-    .await
-    .map(tonic::Response::new)
+    });
+    detached(gw, rpc, identity_for_shed, about, request)
+        .await
+        .map(tonic::Response::new)
 }
 
 /// Whether the permit's procedure allows household data and its client is granted it.
