@@ -205,7 +205,7 @@ if batches.get("popgw_audit_batch_records_count"):
     )
 if audit:
     lines.append(
-        f"- The audit log alone (`cargo bench --bench audit`, fsync, sealed, both cores): {audit.get('throughput', '?')} "
+        f"- The audit log alone (`cargo bench -p popgw-benches --bench audit`, fsync, sealed, both cores): {audit.get('throughput', '?')} "
         "records/s (criterion low / estimate / high; target ≥ 40,000)."
     )
 lines += ["", "Targets met: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in targets.items()), ""]

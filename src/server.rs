@@ -252,6 +252,11 @@ impl Server {
         audit_config.append_timeout = Duration::from_millis(a.append_timeout_ms);
         audit_config.metrics = metrics.clone();
         audit_config.expect_existing = key_was_in_use;
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight));
+        audit_config.requests_running = Some(audit::RequestsRunning::new(
+            in_flight.clone(),
+            config.limits.max_in_flight,
+        ));
         audit_config.retention =
             (a.retention_days > 0).then(|| Duration::from_secs(a.retention_days * 86_400));
         let verifying_key = key.verifying_key();
@@ -290,7 +295,7 @@ impl Server {
                 crate::limits::national::NationalBudget::start(national, limits, metrics.clone())
             }),
             max_stream_items: config.limits.max_stream_items,
-            in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
+            in_flight,
             in_flight_max: config.limits.max_in_flight,
             body_budget: Default::default(),
             refusals: crate::service::refusals::Refusals::new(

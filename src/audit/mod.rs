@@ -196,6 +196,32 @@ pub struct AuditConfig {
     /// A log is expected in `dir` (its signing key was in use before this start): an
     /// empty folder is then a wiped log, and opening refuses.
     pub expect_existing: bool,
+    /// The gateway's requests running, when the log serves one: a batch that already
+    /// holds a record of every running request skips the commit delay (none could join
+    /// it while the writer waits).
+    pub requests_running: Option<RequestsRunning>,
+}
+
+/// How many of the gateway's requests are running: the permits taken from its in-flight
+/// semaphore (`limits.max_in_flight`). Every request that waits on an audit record
+/// holds one, so when the writer's batch is at least this large, every request that
+/// could add a record to it already has.
+#[derive(Clone, Debug)]
+pub struct RequestsRunning {
+    permits: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl RequestsRunning {
+    /// Over a semaphore created with `max` permits.
+    pub fn new(permits: Arc<tokio::sync::Semaphore>, max: usize) -> Self {
+        RequestsRunning { permits, max }
+    }
+
+    /// Requests running now.
+    pub fn count(&self) -> usize {
+        self.max.saturating_sub(self.permits.available_permits())
+    }
 }
 
 impl AuditConfig {
@@ -217,6 +243,7 @@ impl AuditConfig {
             append_timeout: Duration::from_secs(5),
             metrics: Arc::default(),
             expect_existing: false,
+            requests_running: None,
         }
     }
 }

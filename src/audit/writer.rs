@@ -427,6 +427,13 @@ fn first_record_of(path: &Path) -> io::Result<Option<super::format::ParsedLine>>
     }
 }
 
+/// Whether records may arrive during a commit delay, for a batch of `batch` records
+/// after one of `last_batch`, with `running` requests in the gateway (when known): not
+/// for a lone caller, nor when the batch holds as many records as requests are running.
+fn more_may_come(batch: usize, last_batch: usize, running: Option<usize>) -> bool {
+    (batch > 1 || last_batch > 1) && running.is_none_or(|running| running > batch)
+}
+
 impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Msg>) {
         let tick = self
@@ -453,12 +460,16 @@ impl Writer {
             // records are arriving concurrently, sleep a moment before committing so
             // that one write, one fdatasync and one seal serve more of them. Records
             // queued meanwhile wake no one (the writer is not waiting on the queue).
-            // A lone caller (the last batch and this one of one record) never waits.
+            // A lone caller (the last batch and this one of one record) never waits, nor
+            // does a batch that already holds a record of every running request: its
+            // callers all wait on this commit, so no record can come during the delay
+            // (a closed loop of N callers would otherwise idle the node for it each round).
             let delay = self.cfg.commit_delay;
+            let running = self.cfg.requests_running.as_ref().map(|r| r.count());
             if !delay.is_zero()
                 && stop.is_none()
                 && batch.len() < max_batch
-                && (batch.len() > 1 || last_batch > 1)
+                && more_may_come(batch.len(), last_batch, running)
             {
                 std::thread::sleep(delay);
                 stop = self.take(&rx, None, &mut batch, max_batch);
@@ -800,5 +811,26 @@ impl Writer {
         if !self.failed() {
             self.checkpoint();
         }
+    }
+}
+
+#[cfg(test)]
+mod commit_delay_tests {
+    use super::more_may_come;
+
+    #[test]
+    fn the_commit_delay_is_skipped_when_no_record_can_join_the_batch() {
+        // A lone caller never waits.
+        assert!(!more_may_come(1, 1, None));
+        assert!(!more_may_come(1, 0, Some(10)));
+        // Records arriving together wait for more while others may still come...
+        assert!(more_may_come(5, 1, None));
+        assert!(more_may_come(5, 1, Some(6)));
+        assert!(more_may_come(1, 5, Some(64)));
+        // ...but not when every running request's record is in the batch already (a
+        // closed loop of 64 callers all waiting on this commit).
+        assert!(!more_may_come(64, 64, Some(64)));
+        assert!(!more_may_come(5, 1, Some(5)));
+        assert!(!more_may_come(5, 1, Some(0)));
     }
 }
