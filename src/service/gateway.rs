@@ -485,20 +485,29 @@ impl IdentityGateway for GatewayService {
                         break;
                     }
                 };
-                // One deadline for a whole stream says nothing about one item: the cap.
-                let mut ctx = gw.begin(Rpc::VerifyIdentityStream, identity.clone(), None);
                 items += 1;
                 let over = items > gw.max_stream_items;
-                let result = match item.request {
-                    _ if over => Err(GatewayError::StreamItems(gw.max_stream_items)),
-                    Some(req) => gw.verify(&mut ctx, req).await,
-                    None => Err(InvalidField {
-                        field: "request",
-                        reason: "required".into(),
-                    }
-                    .into()),
-                };
-                let result = match gw.finish(ctx, result).await {
+                // Each item is a request of its own, with a span of its own for its id and
+                // outcome: recorded on the stream's one span, they would pile up there
+                // (the fmt layer appends a recorded field) for as many items as it sends.
+                let item_span = crate::telemetry::request_span(Rpc::VerifyIdentityStream.name());
+                let answered = async {
+                    // One deadline for a whole stream says nothing about one item: the cap.
+                    let mut ctx = gw.begin(Rpc::VerifyIdentityStream, identity.clone(), None);
+                    let result = match item.request {
+                        _ if over => Err(GatewayError::StreamItems(gw.max_stream_items)),
+                        Some(req) => gw.verify(&mut ctx, req).await,
+                        None => Err(InvalidField {
+                            field: "request",
+                            reason: "required".into(),
+                        }
+                        .into()),
+                    };
+                    gw.finish(ctx, result).await
+                }
+                .instrument(item_span)
+                .await;
+                let result = match answered {
                     Ok(resp) => pb::verify_identity_stream_response::Result::Response(resp),
                     Err(status) => {
                         pb::verify_identity_stream_response::Result::Error(pb::ItemError {

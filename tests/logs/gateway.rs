@@ -69,3 +69,68 @@ async fn tracing_output_carries_no_personal_data() {
         .unwrap_or_default();
     assert!(household.is_empty() || !text.contains(&household));
 }
+
+#[tokio::test]
+async fn each_stream_item_is_traced_in_a_span_of_its_own() {
+    let capture = crate::capture();
+    let gw = TestGateway::start().await;
+    let r = gw.living().clone();
+    let mut portal = gw.client("portal").await;
+    let items: Vec<pb::VerifyIdentityStreamRequest> = (0..4)
+        .map(|i| pb::VerifyIdentityStreamRequest {
+            correlation_id: format!("item-{i}"),
+            request: Some(declare(&r, "P03")),
+        })
+        .collect();
+    let mut answers = portal
+        .verify_identity_stream(tokio_stream::iter(items))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answered = 0;
+    while let Some(answer) = answers.message().await.unwrap() {
+        assert!(matches!(
+            answer.result,
+            Some(pb::verify_identity_stream_response::Result::Response(_))
+        ));
+        answered += 1;
+    }
+    assert_eq!(answered, 4);
+
+    // Every line traced while answering an item names one request id in its spans (and
+    // the event may name it once more): the stream's span does not gather the ids of
+    // every item before it.
+    let text = without_colours(&String::from_utf8(capture.0.lock().unwrap().clone()).unwrap());
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.contains("rpc=\"VerifyIdentityStream\"") || l.contains("rpc=VerifyIdentityStream")
+        })
+        .filter(|l| l.contains("answered"))
+        .collect();
+    assert!(lines.len() >= 4, "each item is traced:\n{text}");
+    for line in lines {
+        assert!(
+            line.matches("request_id=").count() <= 2,
+            "an item's line carries the ids of others: {line}"
+        );
+    }
+}
+
+/// The captured text without its ANSI colour codes (`ESC [ ... m`).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
