@@ -86,10 +86,14 @@ fn same_origin(headers: &axum::http::HeaderMap, host: Option<&str>) -> bool {
     origin_ok && site_ok
 }
 
-/// Whether the peer's socket belongs to the user running the console: the socket whose
-/// local address is `peer` in `/proc/net/tcp` (or `tcp6`), its owner's uid against ours.
-/// Unknown (not Linux, not found) is a refusal.
-fn same_user(peer: SocketAddr) -> bool {
+/// Whether the peer's socket belongs to the user running the console: the *established*
+/// socket in `/proc/net/tcp` (or `tcp6`) whose local address is `peer` and whose remote
+/// port is the console's, its owner's uid against ours. Only that one: a socket in
+/// TIME_WAIT is listed as root's, and another connection may share the peer's local port
+/// (to another remote) — either would pass another user's connection as the console
+/// user's when the console runs as root, or as that socket's owner. Unknown (not Linux,
+/// not found) is a refusal.
+fn same_user(peer: SocketAddr, console_port: u16) -> bool {
     use std::os::unix::fs::MetadataExt as _;
     let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
         return false;
@@ -115,9 +119,16 @@ fn same_user(peer: SocketAddr) -> bool {
     let Ok(text) = std::fs::read_to_string(table) else {
         return false;
     };
+    const ESTABLISHED: &str = "01";
     text.lines().skip(1).any(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
+        let remote_port = fields
+            .get(2)
+            .and_then(|r| r.rsplit(':').next())
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
         fields.get(1) == Some(&wanted.as_str())
+            && remote_port == Some(console_port)
+            && fields.get(3) == Some(&ESTABLISHED)
             && fields.get(7).and_then(|u| u.parse::<u32>().ok()) == Some(me)
     })
 }
@@ -139,7 +150,7 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let remote = guard.console.inner.options.allow_remote;
-    let mut response = if !remote && !peer.is_some_and(same_user) {
+    let mut response = if !remote && !peer.is_some_and(|peer| same_user(peer, guard.port)) {
         refuse(
             StatusCode::FORBIDDEN,
             "the console answers the user who runs it only",
@@ -226,10 +237,21 @@ mod tests {
     #[test]
     fn a_socket_of_this_user_is_recognised_and_an_unknown_one_is_not() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        assert!(same_user(client.local_addr().unwrap()));
-        // No socket has this address: refused, never assumed.
+        let (server_side, _) = listener.accept().unwrap();
+        let peer = client.local_addr().unwrap();
+        assert!(same_user(peer, port));
+        // The same local address connected elsewhere is not this connection.
+        assert!(!same_user(peer, port.wrapping_add(1)));
+        // Closed by the client first, its socket waits in TIME_WAIT, listed as root's:
+        // never taken for a live connection (it let another user's curl through when the
+        // console ran as root and a new connection reused the port).
         drop(client);
-        assert!(!same_user("127.0.0.1:1".parse().unwrap()));
+        drop(server_side);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!same_user(peer, port));
+        // No socket has this address: refused, never assumed.
+        assert!(!same_user("127.0.0.1:1".parse().unwrap(), port));
     }
 }
