@@ -100,7 +100,7 @@ async fn each_stream_item_is_traced_in_a_span_of_its_own() {
     // Every line traced while answering an item names one request id in its spans (and
     // the event may name it once more): the stream's span does not gather the ids of
     // every item before it.
-    let text = without_colours(&String::from_utf8(capture.0.lock().unwrap().clone()).unwrap());
+    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| {
@@ -115,22 +115,4 @@ async fn each_stream_item_is_traced_in_a_span_of_its_own() {
             "an item's line carries the ids of others: {line}"
         );
     }
-}
-
-/// The captured text without its ANSI colour codes (`ESC [ ... m`).
-fn without_colours(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

@@ -22,6 +22,8 @@ fn capture() -> common::Capture {
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new("popgw=trace,info"))
                 .with_writer(capture.clone())
+                // Plain text: what is searched for is never split by colour codes.
+                .with_ansi(false)
                 .init();
             capture
         })
