@@ -11,7 +11,9 @@
 # 10) seconds each after 2 s of warm-up. PAIRS (default 3) rounds of old, new. Writes
 # target/bench-paired/report.md (and each run's JSON). POPGW_BENCH_CALLERS and
 # POPGW_BENCH_CONNECTIONS change the closed loop's 64 callers on 4 connections (256 on 8
-# keep the server's core saturated: what a change of CPU per request shows in).
+# keep the server's core saturated: what a change of CPU per request shows in);
+# POPGW_BENCH_CONNECT=N replaces the closed loop with N callers each opening a new
+# mutual-TLS connection per call (what a change of the handshake shows in).
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: benches/paired.sh OLD_BINARY NEW_BINARY [PAIRS]" >&2; exit 2; }
 cd "$(dirname "$0")/.."
@@ -22,6 +24,8 @@ PAIRS=${3:-3}
 SECS=${POPGW_BENCH_SECS:-10}
 CALLERS=${POPGW_BENCH_CALLERS:-64}
 CONNECTIONS=${POPGW_BENCH_CONNECTIONS:-4}
+LOOP=(--callers "$CALLERS" --connections "$CONNECTIONS")
+[ -n "${POPGW_BENCH_CONNECT:-}" ] && LOOP=(--connect --callers "$POPGW_BENCH_CONNECT")
 for b in "$OLD" "$NEW"; do
     [ -x "$b" ] || { echo "$b is not an executable popgw" >&2; exit 2; }
 done
@@ -81,7 +85,7 @@ for i in $(seq "$PAIRS"); do
         [ $side = new ] && bin=$NEW
         serve "$side-$i" "$bin"
         load "$side-$i-warmup" --secs 4
-        load "$side-$i-closed" --callers "$CALLERS" --connections "$CONNECTIONS"
+        load "$side-$i-closed" "${LOOP[@]}"
         load "$side-$i-one" --callers 1 --connections 1
         halt
     done
@@ -93,8 +97,9 @@ out, pairs, old, new = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 def run(name):
     return json.load(open(os.path.join(out, name + ".json")))
 lines = [f"# Paired runs: old `{old}`, new `{new}`", "",
-         f"{platform.node()}, {os.cpu_count()} cores; server on core 0, generator on core 1; closed loop: "
-         f"{os.environ.get('POPGW_BENCH_CALLERS', '64')} callers on {os.environ.get('POPGW_BENCH_CONNECTIONS', '4')} connections.", "",
+         f"{platform.node()}, {os.cpu_count()} cores; server on core 0, generator on core 1; "
+         + (f"a new connection per call, {os.environ['POPGW_BENCH_CONNECT']} callers." if os.environ.get('POPGW_BENCH_CONNECT') else
+            f"closed loop: {os.environ.get('POPGW_BENCH_CALLERS', '64')} callers on {os.environ.get('POPGW_BENCH_CONNECTIONS', '4')} connections."), "",
          "| pair | old ok/s | new ok/s | new/old | old p99 ms | new p99 ms | old 1-caller p50 ms | new 1-caller p50 ms |",
          "|---|---|---|---|---|---|---|---|"]
 ratios = []

@@ -32,6 +32,9 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::telemetry::Metrics;
 
+mod verified;
+pub use verified::VerifiedChains;
+
 /// Mutual TLS settings.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -251,7 +254,9 @@ fn client_verifier_from(
 /// `client_crls` lists any, not revoked (a certificate whose issuer has no CRL among
 /// them is refused too: revocation status unknown). ALPN h2. TLS 1.3 only unless
 /// `allow_tls12`: with 1.2 the client certificate — and so the agency's identity —
-/// crosses the wire in clear. Every file is read again: a reload calls this.
+/// crosses the wire in clear. A chain once verified is not verified again while every
+/// certificate of it is valid ([`VerifiedChains`]). Every file is read again: a reload
+/// calls this (and so starts with no chain remembered).
 pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     let (client_ca, cert, key) = (&settings.client_ca, &settings.cert, &settings.key);
     let mut roots = RootCertStore::empty();
@@ -276,7 +281,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(VerifiedChains::new(verifier)))
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];

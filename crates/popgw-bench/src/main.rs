@@ -96,7 +96,14 @@ async fn hold(
 }
 
 async fn baseline(listen: String, dir: PathBuf) -> Result<()> {
-    let config = Config::rooted_at(&dir);
+    let mut config = Config::rooted_at(&dir);
+    // The development CA's CRL, as `popgw serve` checks it on its zero-config defaults:
+    // the same revocation check at every handshake, or the baseline's new connections
+    // would skip a signature verification the gateway's make.
+    let crl = config.tls.client_ca.with_file_name("crl.pem");
+    if crl.exists() {
+        config.tls.client_crls = vec![crl];
+    }
     let tls = popgw::tls::server_config(&config.tls)?;
     let defaults = &config.registry;
     let population =
