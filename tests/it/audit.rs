@@ -539,6 +539,32 @@ async fn disclosures_about_relatives_are_found_by_the_relatives_id() {
     let _ = &mut op;
 }
 
+/// The VerifyIdentity records under `personal_id`, once there is one (at most 2 s).
+async fn verifications_recorded(gw: &TestGateway, personal_id: &str) -> Vec<pb::AuditRecord> {
+    let mut op = gw.audit_client("operator").await;
+    let mut found = Vec::new();
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        found = op
+            .query(pb::AuditQueryRequest {
+                personal_id: personal_id.to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .unwrap();
+        // (The operator's own queries are recorded under this subject too.)
+        found.retain(|x| x.rpc == "VerifyIdentity");
+        if !found.is_empty() {
+            break;
+        }
+    }
+    found
+}
+
 #[tokio::test]
 async fn a_request_its_client_gave_up_on_still_leaves_its_record() {
     let gw = TestGateway::builder()
@@ -561,27 +587,7 @@ async fn a_request_its_client_gave_up_on_still_leaves_its_record() {
         "{e:?}"
     );
     // The request goes on to its end on the server and is recorded.
-    let mut op = gw.audit_client("operator").await;
-    let mut found = Vec::new();
-    for _ in 0..40 {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        found = op
-            .query(pb::AuditQueryRequest {
-                personal_id: r.personal_id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-            .unwrap();
-        // (The operator's own queries are recorded under this subject too.)
-        found.retain(|x| x.rpc == "VerifyIdentity");
-        if !found.is_empty() {
-            break;
-        }
-    }
+    let found = verifications_recorded(&gw, &r.personal_id).await;
     assert_eq!(
         found.len(),
         1,
@@ -590,6 +596,32 @@ async fn a_request_its_client_gave_up_on_still_leaves_its_record() {
     // The upstream call had the caller's deadline (less a margin): it gave up in time and
     // the record says so, rather than a verdict nobody received.
     assert_eq!(found[0].outcome, "DEADLINE_EXCEEDED");
+}
+
+#[tokio::test]
+async fn a_request_whose_caller_hangs_up_runs_to_its_record() {
+    // The request runs in its connection's task; a caller that resets the call (or drops
+    // the connection) mid-request drops that task's future, and the rest of the request
+    // must still run — here, the registry's answer 400 ms later, then the record.
+    let gw = TestGateway::builder()
+        .registry(Arc::new(common::FakeRegistry::Slow(
+            std::time::Duration::from_millis(400),
+        )))
+        .start()
+        .await;
+    let r = gw.population[0].clone();
+    let mut client = gw.client("portal").await;
+    let declared = declare(&r, "P03");
+    let call = tokio::spawn(async move { client.verify_identity(declared).await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    let found = verifications_recorded(&gw, &r.personal_id).await;
+    assert_eq!(found.len(), 1, "exactly one record for the hung-up call");
+    assert_eq!(
+        found[0].code, "OK",
+        "the request ran to its answer: {found:?}"
+    );
 }
 
 #[tokio::test]
