@@ -102,13 +102,15 @@ if "baseline-one" in runs and fdatasync.get("median_us"):
     one_caller_bound_us = runs["baseline-one"]["latency_us"]["p50"] + fdatasync["median_us"]
 
 targets = {
-    "closed_ratio_at_least_0.70": ratios["closed"] is not None and ratios["closed"] >= 0.70,
+    "closed_ratio_at_least_0.50": ratios["closed"] is not None and ratios["closed"] >= 0.50,
+    "closed_ratio_at_least_0.70_goal": ratios["closed"] is not None and ratios["closed"] >= 0.70,
     "over_nginx_at_least_1.5": ratios["over_nginx"] is not None and ratios["over_nginx"] >= 1.5,
     "one_caller_p50_within_baseline_plus_fdatasync": one_caller_bound_us is not None
     and "popgw-one" in runs
     and runs["popgw-one"]["latency_us"]["p50"] <= one_caller_bound_us,
     "open_half_p99_at_most_5ms": "popgw-open-half" in runs
     and runs["popgw-open-half"]["latency_us"]["p99"] <= 5000,
+    "connections_ratio_at_least_0.9": ratios["connect"] is not None and ratios["connect"] >= 0.9,
     "connections_per_s_at_least_500": "popgw-connect" in runs and runs["popgw-connect"]["throughput"] >= 500,
     "audit_sealed_records_per_s_at_least_40k": audit.get("estimate_per_s", 0) >= 40000,
 }
@@ -181,10 +183,12 @@ for name in [
     lines.append(row(name))
 lines += [
     "",
-    f"- **Cache-hit VerifyIdentity, popgw / baseline: {fmt_ratio(ratios['closed'])}** (target ≥ 0.70×).",
+    f"- **Cache-hit VerifyIdentity, popgw / baseline: {fmt_ratio(ratios['closed'])}** (issue 28's target ≥ 0.50×, goal 0.70×).",
     f"- Zipf mix (VerifyIdentity 8 : GetCitizen 1 : GetHousehold 1, s = 1.1): {fmt_ratio(ratios['mix'])}.",
     f"- New mutual-TLS connections (full handshake and one call): {fmt_ratio(ratios['connect'])} "
-    "(target ≥ 500/s).",
+    "(target ≥ 0.9× the baseline, and ≥ 500/s)"
+    + (" — the baseline's generator is at its limit: the baseline could answer more, so this ratio is an upper bound."
+       if runs.get("baseline-connect", {}).get("generator_limited") else "."),
     "- One caller, latency popgw adds over the baseline (p50): "
     + ("n/a" if added_one_caller_us is None else f"{added_one_caller_us:,.0f} µs"),
     "- One fdatasync on this disk (benches/fdatasync.py, 600-byte appends): "
