@@ -73,11 +73,7 @@ pub(crate) async fn run(
         out!("{note}");
     }
     if config.zero_config {
-        // The development CA's revocation list (`popgw certs revoke`), when it has one.
-        let crl = config.tls.client_ca.with_file_name("crl.pem");
-        if crl.exists() {
-            config.tls.client_crls = vec![crl];
-        }
+        config.tls.check_dev_crl();
     }
     raise_open_files(&config.tls);
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -56,6 +56,15 @@ pub struct Config {
 pub use crate::tls::TlsSettings;
 
 impl TlsSettings {
+    /// Zero-config: checks the development CA's revocation list (`crl.pem` beside
+    /// `client_ca`, which `popgw certs revoke` writes) when there is one.
+    pub fn check_dev_crl(&mut self) {
+        let crl = self.client_ca.with_file_name("crl.pem");
+        if crl.exists() {
+            self.client_crls = vec![crl];
+        }
+    }
+
     /// The caps on connections before any request is read.
     pub fn connection_limits(&self) -> crate::tls::ConnectionLimits {
         crate::tls::ConnectionLimits {

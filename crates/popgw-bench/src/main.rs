@@ -100,10 +100,7 @@ async fn baseline(listen: String, dir: PathBuf) -> Result<()> {
     // The development CA's CRL, as `popgw serve` checks it on its zero-config defaults:
     // the same revocation check at every handshake, or the baseline's new connections
     // would skip a signature verification the gateway's make.
-    let crl = config.tls.client_ca.with_file_name("crl.pem");
-    if crl.exists() {
-        config.tls.client_crls = vec![crl];
-    }
+    config.tls.check_dev_crl();
     let tls = popgw::tls::server_config(&config.tls)?;
     let defaults = &config.registry;
     let population =
