@@ -37,7 +37,7 @@ fn load_or_create_secret(path: &Path) -> io::Result<[u8; 32]> {
         }
         Err(e) => return Err(e),
     };
-    file.write_all(format!("{}\n", hex::encode(secret)).as_bytes())?;
+    file.write_all(format!("{}\n", super::format::encode_hex(secret)).as_bytes())?;
     file.sync_all()?;
     if let Some(parent) = path.parent() {
         let parent = if parent.as_os_str().is_empty() {
@@ -77,7 +77,9 @@ pub fn load_or_create_signing_key(path: &Path) -> io::Result<SigningKey> {
 /// log itself never contains the id.
 #[derive(Clone)]
 pub struct Pseudonymizer {
-    key: [u8; 32],
+    /// HMAC keyed once (its inner and outer pads hashed), cloned for each pseudonym: two
+    /// SHA-256 blocks a pseudonym less than keying it each time. As secret as the key.
+    keyed: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for Pseudonymizer {
@@ -89,7 +91,9 @@ impl std::fmt::Debug for Pseudonymizer {
 impl Pseudonymizer {
     /// A pseudonymizer over this HMAC key.
     pub fn new(key: [u8; 32]) -> Self {
-        Pseudonymizer { key }
+        let keyed =
+            <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC accepts keys of any length");
+        Pseudonymizer { keyed }
     }
 
     /// Loads an existing key (32 bytes as hex); a missing file is an error, so that a
@@ -109,10 +113,9 @@ impl Pseudonymizer {
     /// Which key this is, without revealing it: the first 16 bytes of
     /// HMAC(key, "popgw pseudonym key fingerprint"), hex.
     pub fn fingerprint(&self) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
-            .expect("HMAC accepts keys of any length");
+        let mut mac = self.keyed.clone();
         mac.update(b"popgw pseudonym key fingerprint");
-        hex::encode(&mac.finalize().into_bytes()[..16])
+        super::format::encode_hex(&mac.finalize().into_bytes()[..16])
     }
 
     /// The pseudonym key of the audit log in `audit_dir`. The log records the key's
@@ -174,20 +177,26 @@ impl Pseudonymizer {
     /// number finds it (the gateway pseudonymises the query's value the same way).
     pub fn case_pseudonym(&self, case_id: &str) -> Pseudonym {
         use unicode_normalization::UnicodeNormalization;
-        let normal: String = case_id.trim().nfkc().collect();
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
-            .expect("HMAC accepts keys of any length");
+        let trimmed = case_id.trim();
+        // ASCII is its own NFKC form: the usual dossier number needs no normalising.
+        let normal: std::borrow::Cow<str> = if trimmed.is_ascii() {
+            trimmed.into()
+        } else {
+            trimmed.nfkc().collect::<String>().into()
+        };
+        let mut mac = self.keyed.clone();
         mac.update(b"popgw-case-v1\n");
         mac.update(normal.as_bytes());
-        Pseudonym::from_hex(hex::encode(&mac.finalize().into_bytes()[..16]))
+        Pseudonym::from_hex(super::format::encode_hex(
+            &mac.finalize().into_bytes()[..16],
+        ))
     }
 
     /// 64 lowercase hex characters.
     pub fn pseudonym(&self, personal_id: &str) -> Pseudonym {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
-            .expect("HMAC accepts keys of any length");
+        let mut mac = self.keyed.clone();
         mac.update(personal_id.as_bytes());
-        Pseudonym::from_hex(hex::encode(mac.finalize().into_bytes()))
+        Pseudonym::from_hex(super::format::encode_hex(mac.finalize().into_bytes()))
     }
 }
 

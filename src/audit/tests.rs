@@ -573,6 +573,31 @@ fn pseudonyms_are_stable_keyed_and_hide_the_id() {
     assert!(!format!("{a:?}").contains(&hex::encode([1u8; 32])));
 }
 
+/// Pinned whatever shape the computation takes (the keyed HMAC is prepared once and
+/// cloned): records already written must stay findable by the same id and dossier.
+#[test]
+fn pseudonyms_are_the_documented_hmacs() {
+    use hmac::{Hmac, Mac};
+    let key = [7u8; 32];
+    let mac = |parts: &[&[u8]]| {
+        let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).unwrap();
+        for part in parts {
+            m.update(part);
+        }
+        m.finalize().into_bytes()
+    };
+    let keys = Pseudonymizer::new(key);
+    assert_eq!(
+        keys.pseudonym("001038047646").as_str(),
+        hex::encode(mac(&[b"001038047646"]))
+    );
+    let dossier = hex::encode(&mac(&[b"popgw-case-v1\n", b"HS-9"])[..16]);
+    assert_eq!(keys.case_pseudonym("  HS-9 ").as_str(), dossier);
+    // Full-width letters and signs: their NFKC form is the ASCII number.
+    assert_eq!(keys.case_pseudonym("ＨＳ－９").as_str(), dossier);
+    assert_ne!(keys.case_pseudonym("HS-90").as_str(), dossier);
+}
+
 #[tokio::test]
 async fn a_log_without_any_signed_checkpoint_does_not_verify() {
     let tmp = tempfile::tempdir().unwrap();
@@ -780,6 +805,17 @@ mod properties {
         fn any_text_is_parsed_or_refused(hash in "[0-9a-f]{64}", json in "\\PC{0,300}", seal in "[0-9a-f ]{0,130}") {
             let _ = format::parse_line(format!("{hash} {json}").as_bytes());
             let _ = format::parse_line(format!("{hash} {json} {seal}").as_bytes());
+        }
+
+        // The log's own hex writer spells every byte string as the hex crate does (the
+        // lowercase form the log has always held, which readers compare as text).
+        #[test]
+        fn hashes_are_written_in_the_logs_hex(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let written = format::encode_hex(&bytes);
+            prop_assert_eq!(&written, &hex::encode(&bytes));
+            if let Ok(digest) = <[u8; 32]>::try_from(bytes.as_slice()) {
+                prop_assert_eq!(format::decode_hash(&written), Some(digest));
+            }
         }
 
         #[test]

@@ -285,13 +285,13 @@ pub fn verify_dir(
              \"empty log\" when it first closes one)",
         ));
     }
-    let head_hash = hex::encode(prev.unwrap_or(ZERO_HASH));
+    let head_hash = super::format::encode_hex(prev.unwrap_or(ZERO_HASH));
     if prev.is_none() && last_seq > 0 {
         // Only empty segments survive: retention notes must explain the rest.
         check_retention(&removed, last_seq + 1, "")
             .map_err(|r| fail(last_seq + 1, &segments[0].1, r))?;
     }
-    check_ckpt(0, &hex::encode(ZERO_HASH), &ckpt_path)?;
+    check_ckpt(0, &super::format::encode_hex(ZERO_HASH), &ckpt_path)?;
 
     // 3. No checkpoint may name a record that no longer exists.
     if let Some(max) = max_ckpt {

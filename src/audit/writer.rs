@@ -160,7 +160,7 @@ impl AuditLog {
             refuse_wiped(&cfg.dir)?;
         }
         ensure_pubkey(&cfg.dir, &key)?;
-        let public_key = hex::encode(key.verifying_key().to_bytes());
+        let public_key = super::format::encode_hex(key.verifying_key().to_bytes());
 
         let (bcast, _) = broadcast::channel(16384);
         let shared = Arc::new(Shared {
@@ -365,7 +365,7 @@ fn refuse_wiped(dir: &Path) -> Result<(), AuditError> {
 /// Writes `audit-signing.pub` if absent; refuses a different key.
 fn ensure_pubkey(dir: &Path, key: &SigningKey) -> Result<(), AuditError> {
     let path = dir.join(PUBKEY_FILE);
-    let want = hex::encode(key.verifying_key().to_bytes());
+    let want = super::format::encode_hex(key.verifying_key().to_bytes());
     match std::fs::read_to_string(&path) {
         Ok(have) if have.trim() == want => Ok(()),
         Ok(_) => Err(AuditError::KeyMismatch(format!(
@@ -568,10 +568,15 @@ impl Writer {
         let last = self.next_seq + entries.len() as u64 - 1;
         for e in entries {
             // The entry's fields move into the record: no copy per field.
-            let body = e.into_body(seq, now, self.cfg.node.clone(), hex::encode(prev));
+            let body = e.into_body(
+                seq,
+                now,
+                self.cfg.node.clone(),
+                super::format::encode_hex(prev),
+            );
             let json = serde_json::to_string(&body).expect("record serialises");
             let hash = record_hash(&prev, json.as_bytes());
-            let hash_hex = hex::encode(hash);
+            let hash_hex = super::format::encode_hex(hash);
             buf.extend_from_slice(hash_hex.as_bytes());
             buf.push(b' ');
             buf.extend_from_slice(json.as_bytes());
@@ -738,7 +743,7 @@ impl Writer {
             removed,
             now,
             &self.cfg.node,
-            hex::encode(self.ckpt_prev),
+            super::format::encode_hex(self.ckpt_prev),
         );
         if let Err(e) = self.append_log_entry(&LogEntry::Retention(note.clone())) {
             self.fail("retention note write", &e);
@@ -792,10 +797,10 @@ impl Writer {
         let cp = sign_checkpoint(
             &self.key,
             self.next_seq - 1,
-            hex::encode(self.last_hash),
+            super::format::encode_hex(self.last_hash),
             now_ms(),
             &self.cfg.node,
-            hex::encode(self.ckpt_prev),
+            super::format::encode_hex(self.ckpt_prev),
         );
         if let Err(e) = self.append_log_entry(&LogEntry::Checkpoint(cp.clone())) {
             self.fail("checkpoint write", &e);

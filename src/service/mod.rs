@@ -327,9 +327,17 @@ impl Gateway {
                 }
             }
         }
-        let span = tracing::Span::current();
-        span.record("outcome", outcome.as_str());
-        span.record("code", code_name(code));
+        // The span's outcome and code are for the events logged from here on: the debug
+        // "answered" line, and an audit failure's error (which names them itself). The fmt
+        // layer formats a field when it is recorded, whether or not an event ever shows it
+        // (~1.5 % of an answer's instructions, `benches/instructions.sh`), so they are
+        // recorded only when that debug line is on.
+        let outcome_name = outcome.as_str();
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let span = tracing::Span::current();
+            span.record("outcome", outcome_name);
+            span.record("code", code_name(code));
+        }
         let entry = AuditEntry {
             request_id: ctx.request_id.clone(),
             client: client.clone(),
@@ -353,7 +361,14 @@ impl Gateway {
                 if self.audit.is_failed() {
                     self.set_not_serving().await;
                 }
-                tracing::error!(%request_id, rpc = ctx.rpc.name(), error = %e, "audit write failed; request refused");
+                tracing::error!(
+                    %request_id,
+                    rpc = ctx.rpc.name(),
+                    outcome = outcome_name,
+                    code = code_name(code),
+                    error = %e,
+                    "audit write failed; request refused"
+                );
                 let status: tonic::Status = GatewayError::Audit(e).into();
                 self.count(counted, status.code());
                 return Err(with_request_id(status, &request_id));
@@ -434,19 +449,20 @@ impl Gateway {
     }
 }
 
-/// Runs a request to its end in its own task, so that a client that gives up
-/// (cancels, times out, disconnects) cannot cut it short between the decision and its
-/// audit record: every request that reached a service leaves exactly one record.
-/// The task is tracked, so shutdown waits for it before closing the audit log.
+/// Runs a request to its end, so that a client that gives up (cancels, times out,
+/// disconnects) cannot cut it short between the decision and its audit record: every
+/// request that reached a service leaves exactly one record. The request runs in the
+/// caller's own task ([`RunToEnd`]: no task spawned per request); only if that task drops
+/// it unfinished — the caller gave up — is the rest handed to a task of its own. Either
+/// way it is tracked, so shutdown waits for it before closing the audit log.
 ///
-/// At most `limits.max_in_flight` such tasks run at once: beyond, the request is shed
+/// At most `limits.max_in_flight` requests run at once: beyond, the request is shed
 /// at once — UNAVAILABLE with a RetryInfo, recorded like any refusal — instead of
 /// queueing without bound behind a slow registry or disk.
 ///
 /// The request comes boxed: its future (the handler, its lookups and its audit append)
-/// runs to kilobytes, and a box moves as one pointer through the task's layers where the
-/// future itself would be copied at each (`memmove` was the largest single item of the
-/// request path's profile).
+/// runs to kilobytes, and a box moves as one pointer (`memmove` was the largest single
+/// item of the request path's profile) and can be handed to a task half-run.
 pub(crate) async fn detached<T: Send + 'static>(
     gw: &Gateway,
     rpc: Rpc,
@@ -470,28 +486,77 @@ pub(crate) async fn detached<T: Send + 'static>(
             .finish::<T>(ctx, Err(GatewayError::Overloaded(gw.in_flight_max)))
             .await;
     };
-    let task = gw.tasks.spawn(
-        async move {
-            let answer = request.await;
-            drop(permit);
-            answer
-        }
-        .in_current_span(),
-    );
-    match task.await {
+    let running = RunToEnd {
+        request: Some(request),
+        permit: Some(permit),
+        tasks: gw.tasks.clone(),
+        _tracked: gw.tasks.token(),
+        span: tracing::Span::current(),
+    };
+    match running.await {
         Ok(answer) => answer,
-        Err(e) => {
+        Err(_panic) => {
             // A panic's message may carry anything — a value from the request, a record —
-            // so it is not logged: only that the task died. The caller gets a fixed text
+            // so it is not logged: only that the request died. The caller gets a fixed text
             // and the request still leaves its record (what it established died with it).
-            let how = if e.is_panic() {
-                "panicked"
-            } else {
-                "was cancelled"
-            };
-            tracing::error!(rpc = rpc.name(), "request task {how}; answered INTERNAL");
+            tracing::error!(rpc = rpc.name(), "request panicked; answered INTERNAL");
             gw.finish::<T>(unrun(identity), Err(GatewayError::Internal))
                 .await
+        }
+    }
+}
+
+/// A request polled in its caller's task until it ends (a panic in it caught, as the
+/// answer's `Err`); dropped unfinished, it hands the rest of the request, with its
+/// in-flight permit and its span, to a task of the gateway's tracker, which runs it to its
+/// record. Counted by the tracker (its token) from start to end, so shutdown waits for it
+/// wherever it runs.
+struct RunToEnd<T: Send + 'static> {
+    request: Option<futures::future::BoxFuture<'static, Result<T, Status>>>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    tasks: tokio_util::task::TaskTracker,
+    _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
+    span: tracing::Span,
+}
+
+impl<T: Send + 'static> std::future::Future for RunToEnd<T> {
+    type Output = std::thread::Result<Result<T, Status>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(request) = self.request.as_mut() else {
+            // Polled again after its end: it has nothing more to give.
+            return std::task::Poll::Pending;
+        };
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| request.as_mut().poll(cx)));
+        let done = match polled {
+            Ok(std::task::Poll::Pending) => return std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(answer)) => Ok(answer),
+            Err(panic) => Err(panic),
+        };
+        self.request = None;
+        self.permit = None;
+        std::task::Poll::Ready(done)
+    }
+}
+
+impl<T: Send + 'static> Drop for RunToEnd<T> {
+    fn drop(&mut self) {
+        let Some(request) = self.request.take() else {
+            return;
+        };
+        let permit = self.permit.take();
+        let rest = async move {
+            let _ = request.await;
+            drop(permit);
+        }
+        .instrument(self.span.clone());
+        // Dropped outside any runtime (the process ending): nothing is left to run it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.tasks.spawn_on(rest, &runtime);
         }
     }
 }

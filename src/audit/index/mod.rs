@@ -281,7 +281,7 @@ mod tests {
         body.outcome = "DISCLOSED".into();
         let json = serde_json::to_string(&body).unwrap();
         let prev = decode_hash(&body.prev).unwrap();
-        let hash = hex::encode(record_hash(&prev, json.as_bytes()));
+        let hash = crate::audit::format::encode_hex(record_hash(&prev, json.as_bytes()));
         Head {
             node: node.into(),
             seq: body.seq,
@@ -419,7 +419,7 @@ mod tests {
         body.time_unix_ms = -1;
         let json = serde_json::to_string(&body).unwrap();
         let prev = decode_hash(&body.prev).unwrap();
-        let new_hash = hex::encode(record_hash(&prev, json.as_bytes()));
+        let new_hash = crate::audit::format::encode_hex(record_hash(&prev, json.as_bytes()));
         assert_ne!(hash, new_hash);
         bad.hash = new_hash.clone();
         bad.lines = vec![format!("{new_hash} {json}")];

@@ -216,7 +216,7 @@ impl Writer {
                     .map(|(_, h)| *h)
             };
             if let Some(h) = known {
-                if hex::encode(h) != c.head_hash {
+                if crate::audit::format::encode_hex(h) != c.head_hash {
                     return Err(Corruption::DiffersFromCheckpoint { seq: c.seq }.into());
                 }
             }
