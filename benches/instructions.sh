@@ -6,6 +6,9 @@
 #
 #   benches/instructions.sh BINARY...
 #
+# A BINARY given as `baseline` counts `popgw-bench baseline` instead (bare tonic + rustls
+# with popgw's TLS configuration and a fixed reply: what the shared stack costs).
+#
 # Each binary serves in turn under `valgrind --tool=callgrind` on the same folder (the dev
 # PKI, the demo population and an fsynced, sealed audit log made by the first start, the
 # demo clients' rate limits lifted); `popgw-bench loadgen` warms its cache (POPGW_BENCH_PEOPLE,
@@ -26,6 +29,7 @@ CALLS=${POPGW_BENCH_CALLS:-4000}
 PEOPLE=${POPGW_BENCH_PEOPLE:-500}
 BINS=()
 for b in "$@"; do
+    if [ "$b" = baseline ]; then BINS+=(baseline); continue; fi
     [ -x "$b" ] || { echo "$b is not an executable popgw" >&2; exit 2; }
     BINS+=("$(realpath "$b")")
 done
@@ -49,11 +53,16 @@ trap cleanup EXIT
 serve() {
     local name=$1
     shift
-    (cd "$WORK" && exec "$@" serve --listen "$GW" --admin-listen "$ADMIN" >"$OUT/$name.log" 2>&1) &
+    if [ "${!#}" = baseline ]; then
+        (cd "$WORK" && exec "${@:1:$#-1}" "$BENCH" baseline --dir . --listen "$GW" \
+            >"$OUT/$name.log" 2>&1) &
+    else
+        (cd "$WORK" && exec "$@" serve --listen "$GW" --admin-listen "$ADMIN" >"$OUT/$name.log" 2>&1) &
+    fi
     G=$!
     for _ in $(seq 1200); do
         kill -0 "$G" 2>/dev/null || { echo "$name exited: see $OUT/$name.log" >&2; exit 1; }
-        grep -q '^popgw serving' "$OUT/$name.log" 2>/dev/null && return 0
+        grep -q '^popgw serving\|^baseline listening' "$OUT/$name.log" 2>/dev/null && return 0
         sleep 0.1
     done
     echo "$name does not serve after 120 s" >&2
@@ -69,7 +78,11 @@ load() { # loadgen flags...
         --callers 64 --connections 4 "$@" >/dev/null 2>>"$OUT/loadgen.log"
 }
 
-serve first "${BINS[0]}"
+# The folder (dev PKI, demo population, audit log) is made by a popgw's first start.
+FIRST=
+for b in "${BINS[@]}"; do [ "$b" = baseline ] || { FIRST=$b; break; }; done
+[ -n "$FIRST" ] || { echo "name at least one popgw build (the baseline needs its folder)" >&2; exit 2; }
+serve first "$FIRST"
 halt
 sed -i -E 's#^identity = "spiffe://popgw.dev/(portal/dvcqg|ministry/justice)"$#&\nrate_per_second = 1000000\nburst = 1000000#' \
     "$WORK/data/policy.toml"
