@@ -43,7 +43,7 @@ GW=127.0.0.1:27051
 ADMIN=127.0.0.1:27464
 G=
 cleanup() {
-    [ -n "$G" ] && kill "$G" 2>/dev/null
+    [ -n "$G" ] && kill "$G" 2>/dev/null || true
     wait 2>/dev/null || true
     rm -rf "$WORK"
 }

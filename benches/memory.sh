@@ -35,7 +35,7 @@ G=
 H=
 cleanup() {
     [ -n "$H" ] && kill "$H" 2>/dev/null
-    [ -n "$G" ] && kill "$G" 2>/dev/null
+    [ -n "$G" ] && kill "$G" 2>/dev/null || true
     wait 2>/dev/null || true
     rm -rf "$WORK"
 }

@@ -474,8 +474,8 @@ pub fn init(json: bool) {
 
 /// The span of one request to popgw's services: its RPC at once; its request id and
 /// client when the request begins (`Gateway::begin`), its outcome and code when it ends
-/// (`Gateway::finish`, only when debug logging is on: no event at a higher level follows
-/// them but the audit failure's, which names them itself). Every event logged while
+/// (`Gateway::finish`, only when debug logging is on: after them come only the debug
+/// "answered" line and the audit log's errors, which say what failed). Every event logged while
 /// serving it carries them. Never a personal field.
 pub fn request_span(rpc: &'static str) -> tracing::Span {
     tracing::info_span!(

@@ -445,8 +445,9 @@ where
                         match tokio::time::timeout(lead, call).await {
                             Ok(response) => response?,
                             Err(_) => {
-                                // A handler in its own task still finishes and records
-                                // itself; one never reached is recorded here.
+                                // A handler reached still finishes and records itself
+                                // (dropped here, `detached` hands it to a task of its
+                                // own); one never reached is recorded here.
                                 if !reached.load(Ordering::Acquire) {
                                     unreached(&gw, rpc, identity(), Code::DeadlineExceeded).await;
                                 }

@@ -88,7 +88,9 @@ pub struct Gateway {
     pub(crate) health: tonic_health::server::HealthReporter,
     /// Turns true when shutdown begins: long-lived streams (AuditLog.Watch) end then.
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
-    /// Every request task; shutdown waits for them before it closes the audit log.
+    /// Every request, from start to end wherever it runs (a token while it runs in its
+    /// caller's task, a task once handed off); shutdown waits for them before it closes
+    /// the audit log.
     pub(crate) tasks: tokio_util::task::TaskTracker,
 }
 
@@ -452,9 +454,10 @@ impl Gateway {
 /// Runs a request to its end, so that a client that gives up (cancels, times out,
 /// disconnects) cannot cut it short between the decision and its audit record: every
 /// request that reached a service leaves exactly one record. The request runs in the
-/// caller's own task ([`RunToEnd`]: no task spawned per request); only if that task drops
-/// it unfinished — the caller gave up — is the rest handed to a task of its own. Either
-/// way it is tracked, so shutdown waits for it before closing the audit log.
+/// caller's own task — the one hyper gives the call's stream ([`RunToEnd`]: no second
+/// task per request); only if that task drops it unfinished — the caller gave up, or the
+/// early layer did at the caller's grpc-timeout — is the rest handed to a task of its
+/// own. Either way it is tracked, so shutdown waits for it before closing the audit log.
 ///
 /// At most `limits.max_in_flight` requests run at once: beyond, the request is shed
 /// at once — UNAVAILABLE with a RetryInfo, recorded like any refusal — instead of
@@ -486,11 +489,14 @@ pub(crate) async fn detached<T: Send + 'static>(
             .finish::<T>(ctx, Err(GatewayError::Overloaded(gw.in_flight_max)))
             .await;
     };
+    // Counted until this function returns — the panic path's record included; if the
+    // caller drops this future, `RunToEnd` (dropped first: declared after) hands the rest
+    // to a tracked task before the token goes.
+    let _tracked = gw.tasks.token();
     let running = RunToEnd {
         request: Some(request),
         permit: Some(permit),
         tasks: gw.tasks.clone(),
-        _tracked: gw.tasks.token(),
         span: tracing::Span::current(),
     };
     match running.await {
@@ -509,13 +515,12 @@ pub(crate) async fn detached<T: Send + 'static>(
 /// A request polled in its caller's task until it ends (a panic in it caught, as the
 /// answer's `Err`); dropped unfinished, it hands the rest of the request, with its
 /// in-flight permit and its span, to a task of the gateway's tracker, which runs it to its
-/// record. Counted by the tracker (its token) from start to end, so shutdown waits for it
-/// wherever it runs.
+/// record. ([`detached`] holds a tracker token around it, so shutdown waits for the
+/// request wherever it runs.)
 struct RunToEnd<T: Send + 'static> {
     request: Option<futures::future::BoxFuture<'static, Result<T, Status>>>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     tasks: tokio_util::task::TaskTracker,
-    _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
     span: tracing::Span,
 }
 
@@ -562,8 +567,9 @@ impl<T: Send + 'static> Drop for RunToEnd<T> {
 }
 
 /// The shared preamble of a unary call about a person: its caller as the early layer
-/// named it, its request, and `handle` run to its end in a task of its own
-/// ([`detached`]), so that the call leaves exactly one record whoever gives up. `handle`
+/// named it, its request, and `handle` run to its end ([`detached`]: in the caller's task,
+/// handed to a tracked task if the caller gives up), so that the call leaves exactly one
+/// record whoever gives up. `handle`
 /// gets the request's context (begun with the caller's identity and deadline) and hands
 /// it back with its result, which [`Gateway::finish`] records and answers.
 pub(crate) async fn unary<Req, T, Fut>(

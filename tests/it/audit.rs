@@ -594,9 +594,9 @@ async fn a_request_its_client_gave_up_on_still_leaves_its_record() {
 
 #[tokio::test]
 async fn a_request_whose_caller_hangs_up_runs_to_its_record() {
-    // The request runs in its connection's task; a caller that resets the call (or drops
-    // the connection) mid-request drops that task's future, and the rest of the request
-    // must still run — here, the registry's answer 400 ms later, then the record.
+    // The request runs in the task hyper gives its stream; a caller that resets the call
+    // (or drops the connection) mid-request drops that task's future, and the rest of the
+    // request must still run — here, the registry's answer 400 ms later, then the record.
     let gw = TestGateway::builder()
         .registry(Arc::new(common::FakeRegistry::Slow(
             std::time::Duration::from_millis(400),
