@@ -332,7 +332,7 @@ impl Gateway {
         // The span's outcome and code are for the events logged from here on: the debug
         // "answered" line, and an audit failure's error (which names them itself). The fmt
         // layer formats a field when it is recorded, whether or not an event ever shows it
-        // (~1.5 % of an answer's instructions, `benches/instructions.sh`), so they are
+        // (1.7 % of an answer's instructions, `benches/instructions.sh`), so they are
         // recorded only when that debug line is on.
         let outcome_name = outcome.as_str();
         if tracing::enabled!(tracing::Level::DEBUG) {
